@@ -1,0 +1,270 @@
+"""The Kaldi data-directory contract between stages.
+
+A data dir is a folder of line-oriented maps keyed by utterance id::
+
+    wav.scp      utt  /abs/path/to/audio.wav        (required)
+    text         utt  words of the transcript      (required; may be empty)
+    utt2spk      utt  speaker                       (required; primary)
+    spk2utt      spk  utt1 utt2 ...                 (derived from utt2spk)
+    utt2emo      utt  ang|hap|sad|neu               (required)
+    utt2dur      utt  seconds                       (optional)
+    text_phn, text_phncls, text_<type>              (optional, stage 1 output; may be empty)
+
+Every file is sorted by its first field in the C locale (byte order) and has
+unique keys; all per-utterance files hold the same key set. As in Kaldi,
+``utt2spk`` is primary and ``spk2utt`` is derived. Unlike Kaldi we do not
+require speaker ids to be prefixes of utterance ids: IEMOCAP's keys are its
+turn names (``Ses01F_impro01_M003`` is spoken by ``Ses01M``), and nothing here
+relies on the two sort orders agreeing.
+
+Usage:
+    python -m mtlser.data.datadir validate data/all [--no-audio-check]
+    python -m mtlser.data.datadir fix data/all       # keep utterances present in every file
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from mtlser.utils import MtlserError, run_main, setup_logging
+from mtlser.utils.fileio import atomic_dir, atomic_open
+
+logger = logging.getLogger(__name__)
+
+#: The four classes and their indices (ang 0, hap 1, sad 2, neu 3), as in the paper.
+EMOTIONS: tuple[str, ...] = ("ang", "hap", "sad", "neu")
+
+REQUIRED_FILES = ("wav.scp", "text", "utt2spk", "utt2emo")
+#: Per-utterance files whose value may be empty (a transcript of only non-verbal tags).
+EMPTY_VALUE_OK_PREFIX = "text"
+
+
+class DataDirError(MtlserError):
+    """A data dir breaks the contract; the message names the file and line."""
+
+
+def sort_key(key: str) -> bytes:
+    """C-locale order is byte order of the UTF-8 encoding."""
+    return key.encode("utf-8")
+
+
+def read_table(path: str | os.PathLike, *, allow_empty_value: bool = False) -> dict[str, str]:
+    """Read a ``key value...`` file into a dict (value = rest of the line, stripped).
+
+    Raises DataDirError naming ``file:line`` for a missing value or a duplicate key.
+    Order is kept as in the file; :func:`check_sorted` checks it separately.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataDirError(f"{path}: no such file")
+    table: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                raise DataDirError(f"{path}:{lineno}: empty line; remove it")
+            parts = line.split(maxsplit=1)
+            key = parts[0]
+            if line[0].isspace():
+                raise DataDirError(f"{path}:{lineno}: line starts with whitespace; the first field must be the key")
+            value = parts[1].strip() if len(parts) > 1 else ""
+            if not value and not allow_empty_value:
+                raise DataDirError(f"{path}:{lineno}: key '{key}' has no value")
+            if key in table:
+                raise DataDirError(f"{path}:{lineno}: duplicate key '{key}'; keys must be unique")
+            table[key] = value
+    return table
+
+
+def write_table(path: str | os.PathLike, table: Mapping[str, str]) -> None:
+    """Write ``key value`` lines sorted in C order, atomically."""
+    with atomic_open(path) as f:
+        for key in sorted(table, key=sort_key):
+            value = table[key]
+            f.write(f"{key} {value}\n" if value != "" else f"{key}\n")
+
+
+def check_sorted(path: str | os.PathLike, keys: Iterable[str]) -> None:
+    prev = None
+    for i, key in enumerate(keys, 1):
+        if prev is not None and sort_key(key) < sort_key(prev):
+            raise DataDirError(
+                f"{path}:{i}: '{key}' comes after '{prev}' but sorts before it in the C locale; "
+                f"sort the file (LC_ALL=C sort) or run: python -m mtlser.data.datadir fix {Path(path).parent}"
+            )
+        prev = key
+
+
+def spk2utt_from_utt2spk(utt2spk: Mapping[str, str]) -> dict[str, str]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for utt in sorted(utt2spk, key=sort_key):
+        groups[utt2spk[utt]].append(utt)
+    return {spk: " ".join(utts) for spk, utts in groups.items()}
+
+
+def per_utt_files(path: Path) -> list[str]:
+    """The per-utterance files present in a data dir (spk2utt excluded)."""
+    names = []
+    for p in sorted(path.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.name in REQUIRED_FILES or p.name == "utt2dur" or p.name.startswith("text_") or p.name.startswith("utt2"):
+            names.append(p.name)
+    return names
+
+
+class DataDir:
+    """An in-memory data dir: ``tables[name][utt] = value`` for per-utterance files."""
+
+    def __init__(self, tables: Mapping[str, Mapping[str, str]], path: Path | None = None):
+        self.tables: dict[str, dict[str, str]] = {k: dict(v) for k, v in tables.items()}
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, names: Iterable[str] | None = None) -> "DataDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise DataDirError(f"{path}: not a data directory (missing); run the stage that writes it first")
+        names = list(names) if names is not None else per_utt_files(path)
+        tables = {}
+        for name in names:
+            tables[name] = read_table(path / name, allow_empty_value=name.startswith(EMPTY_VALUE_OK_PREFIX))
+        return cls(tables, path)
+
+    @property
+    def utts(self) -> list[str]:
+        return sorted(self.tables["utt2spk"], key=sort_key)
+
+    def __len__(self) -> int:
+        return len(self.tables["utt2spk"])
+
+    def __getitem__(self, name: str) -> dict[str, str]:
+        return self.tables[name]
+
+    def subset(self, utts: Iterable[str]) -> "DataDir":
+        keep = set(utts)
+        return DataDir({name: {u: v for u, v in t.items() if u in keep} for name, t in self.tables.items()})
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write all tables and the derived spk2utt; the dir appears complete or not at all."""
+        with atomic_dir(path) as tmp:
+            for name, table in self.tables.items():
+                write_table(tmp / name, table)
+            if "utt2spk" in self.tables:
+                write_table(tmp / "spk2utt", spk2utt_from_utt2spk(self.tables["utt2spk"]))
+        self.path = Path(path)
+
+
+def validate_data_dir(
+    path: str | os.PathLike,
+    *,
+    check_audio: bool = True,
+    emotions: Iterable[str] = EMOTIONS,
+) -> DataDir:
+    """Check the contract; return the loaded dir or raise DataDirError listing what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataDirError(f"{path}: no such data directory")
+    missing = [n for n in REQUIRED_FILES if not (path / n).is_file()]
+    if missing:
+        raise DataDirError(f"{path}: missing {', '.join(missing)} (a data dir needs {', '.join(REQUIRED_FILES)})")
+    names = per_utt_files(path)
+    dd = DataDir.load(path, names)
+    for name in names:
+        check_sorted(path / name, dd.tables[name].keys())
+
+    ref = set(dd.tables["utt2spk"])
+    for name in names:
+        keys = set(dd.tables[name])
+        if keys != ref:
+            extra = sorted(keys - ref)[:3]
+            lack = sorted(ref - keys)[:3]
+            raise DataDirError(
+                f"{path / name}: key set differs from utt2spk "
+                f"({len(keys - ref)} extra, e.g. {extra}; {len(ref - keys)} missing, e.g. {lack}); "
+                f"run: python -m mtlser.data.datadir fix {path}"
+            )
+    if not ref:
+        raise DataDirError(f"{path}: no utterances")
+
+    if (path / "spk2utt").is_file():
+        spk2utt = read_table(path / "spk2utt")
+        check_sorted(path / "spk2utt", spk2utt.keys())
+        if spk2utt != spk2utt_from_utt2spk(dd.tables["utt2spk"]):
+            raise DataDirError(f"{path / 'spk2utt'}: does not match utt2spk; run: python -m mtlser.data.datadir fix {path}")
+
+    allowed = set(emotions)
+    for lineno, (utt, emo) in enumerate(dd.tables["utt2emo"].items(), 1):
+        if emo not in allowed:
+            raise DataDirError(
+                f"{path / 'utt2emo'}:{lineno}: utterance '{utt}' has label '{emo}'; "
+                f"expected one of {' '.join(sorted(allowed))} (map or drop other labels in local/data.sh)"
+            )
+
+    for lineno, (utt, rxfile) in enumerate(dd.tables["wav.scp"].items(), 1):
+        if rxfile.endswith("|"):
+            continue  # a Kaldi pipe: nothing to stat until it runs
+        if not os.path.isabs(rxfile):
+            raise DataDirError(f"{path / 'wav.scp'}:{lineno}: '{rxfile}' is not an absolute path")
+        if check_audio and not os.path.isfile(rxfile):
+            raise DataDirError(
+                f"{path / 'wav.scp'}:{lineno}: audio for '{utt}' not found: {rxfile} "
+                f"(fix the path, or drop the utterance in local/data.sh)"
+            )
+
+    if "utt2dur" in dd.tables:
+        for lineno, (utt, dur) in enumerate(dd.tables["utt2dur"].items(), 1):
+            try:
+                ok = float(dur) > 0 and math.isfinite(float(dur))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise DataDirError(f"{path / 'utt2dur'}:{lineno}: '{utt}' has duration '{dur}'; expected seconds > 0")
+    return dd
+
+
+def fix_data_dir(path: str | os.PathLike) -> tuple[int, int]:
+    """Keep utterances present in every per-utterance file, sort, rebuild spk2utt.
+
+    Returns (kept, total) where total counts utterances in utt2spk; logs "kept N of M".
+    """
+    path = Path(path)
+    names = per_utt_files(path)
+    tables = {}
+    for name in names:
+        tables[name] = read_table(path / name, allow_empty_value=name.startswith(EMPTY_VALUE_OK_PREFIX))
+    total = len(tables.get("utt2spk", {}))
+    common = set.intersection(*(set(t) for t in tables.values())) if tables else set()
+    dd = DataDir({n: {u: v for u, v in t.items() if u in common} for n, t in tables.items()})
+    dd.write(path)
+    logger.info("fix_data_dir %s: kept %d of %d utterances", path, len(common), total)
+    return len(common), total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Validate or fix a Kaldi-style data dir.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("validate", help="check the contract; exit 1 with the problem if broken")
+    p.add_argument("data_dir")
+    p.add_argument("--no-audio-check", action="store_true", help="do not check that audio files exist")
+    p = sub.add_parser("fix", help="keep utterances present in every file, sort, rebuild spk2utt")
+    p.add_argument("data_dir")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.cmd == "validate":
+        dd = validate_data_dir(args.data_dir, check_audio=not args.no_audio_check)
+        logger.info("%s: OK (%d utterances, %d speakers)", args.data_dir, len(dd), len(set(dd["utt2spk"].values())))
+    else:
+        fix_data_dir(args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
