@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mtlser.utils import run_main, setup_logging
+from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
@@ -167,10 +167,22 @@ def emo_eval_block(start: float, end: float, turn: str, label: str, rng: np.rand
 
 
 def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speaker: int = 40) -> dict:
-    """Write the corpus under ``out`` (atomically); returns a summary dict."""
+    """Write the corpus under ``out`` (atomically); returns a summary dict.
+
+    Idempotent: when ``out`` already holds a corpus made with the same settings, nothing is done.
+    """
     from mtlser.data.espeak import Espeak
 
     out = Path(out)
+    marker = out / "README.mtlser.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if (old.get("seed"), old.get("sessions"), old.get("utts_per_speaker")) == (seed, n_sessions, utts_per_speaker):
+            logger.info("mini corpus already in %s (seed %d); not regenerated", out, seed)
+            return old
+        logger.info("mini corpus in %s was made with other settings; regenerating", out)
+    if not 1 <= n_sessions <= 5:
+        raise MtlserError(f"--sessions {n_sessions}: IEMOCAP's layout has 1 to 5 sessions")
     rng = np.random.default_rng(seed)
     engine = Espeak()
     speakers = make_speakers(n_sessions, rng)

@@ -1,0 +1,19 @@
+# Where jobs run, chosen in one place (ESPnet's cmd.sh). Recipes source this.
+#   local : on this machine; stages 3-4 run up to --nj folds at once
+#   slurm : an sbatch array per stage (set sbatch options below, e.g. the partition)
+# Override without editing: MTLSER_CMD_BACKEND=slurm ./run.sh ...
+cmd_backend=${MTLSER_CMD_BACKEND:-local}
+case "${cmd_backend}" in
+    local)
+        train_cmd="run_local.sh"
+        decode_cmd="run_local.sh"
+        ;;
+    slurm)
+        train_cmd="run_slurm.sh --gpu 1 --sbatch-opt=--cpus-per-task=8 --sbatch-opt=--mem=32G"
+        decode_cmd="run_slurm.sh --sbatch-opt=--cpus-per-task=2 --sbatch-opt=--mem=8G"
+        ;;
+    *)
+        echo "cmd.sh: unknown cmd_backend '${cmd_backend}' (local or slurm)" >&2
+        return 1
+        ;;
+esac

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# mtlser's recipe template: the six stages, run from a recipe dir (egs/<corpus>/).
+# A recipe's run.sh calls this with its defaults; a corpus brings only
+# local/data.sh (stage 0) and a config. Logic lives in `python -m mtlser.*`.
+set -euo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*" >&2
+}
+SECONDS=0
+cmdline="$0 $*"
+
+# General
+stage=0              # first stage to run
+stop_stage=5         # last stage to run
+nj=2                 # folds trained/decoded at once (stages 3-4)
+gpu_per_job=0        # GPUs each training job asks the job backend for (slurm)
+# Data
+local_data_opts=""   # options passed to local/data.sh
+protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds)
+valid=share          # share (of each training speaker) | session-mate (the test speaker's session partner)
+valid_share=0.1      # valid share of each training speaker's utterances, with valid=share
+split_seed=0         # seed of the valid selection
+phone_classes=conf/phone_classes.yaml  # ARPAbet -> phoneme class map (stage 1)
+# Training and inference
+train_config=conf/train_mtl.yaml  # experiment config (stage 3)
+train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50"
+tag=""               # experiment name (default: <config name>_<protocol>)
+folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
+lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
+infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
+
+help_message=$(cat <<EOF
+Usage: $0 [options]
+  --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score)
+  --nj N                     folds trained/decoded at once (default ${nj})
+  --local-data-opts "..."    passed to local/data.sh
+  --protocol loso|loso-session, --valid share|session-mate, --valid-share X, --split-seed N
+  --phone-classes FILE       phone -> class map (default ${phone_classes})
+  --train-config FILE        experiment YAML (default ${train_config})
+  --train-opts "..."         config overrides, e.g. "--loss.lambda 0"
+  --tag NAME                 experiment dir name under exp/
+  --folds "1 2"              only these folds in stages 3-5
+  --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
+EOF
+)
+
+. utils/parse_options.sh
+if [ $# -ne 0 ]; then
+    log "unexpected arguments: $*"; log "${help_message}"; exit 2
+fi
+. ./path.sh
+. ./cmd.sh
+
+[ -x local/data.sh ] || { log "local/data.sh not found or not executable in $(pwd): a recipe needs one"; exit 1; }
+[ -f "${train_config}" ] || { log "config ${train_config} not found"; exit 1; }
+
+data=data
+folds_dir=${data}/${protocol}
+token_list=${data}/token_list
+[ -n "${tag}" ] || tag=$(basename "${train_config}" .yaml)_${protocol}
+score_sh=local/score.sh
+[ -x "${score_sh}" ] || score_sh=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/local/score.sh
+
+fold_list() {  # the fold numbers to run: --folds, or every fold stage 2 wrote
+    if [ -n "${folds}" ]; then echo "${folds}" | tr -s ' ' '\n'; return; fi
+    local n
+    n=$(find "${folds_dir}" -maxdepth 1 -name 'fold[0-9]*' -type d | wc -l)
+    [ "${n}" -gt 0 ] || { log "no folds in ${folds_dir}: run stage 2 first"; exit 1; }
+    seq 1 "${n}"
+}
+
+if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
+    log "Stage 0: data preparation -> ${data}/all"
+    # shellcheck disable=SC2086
+    local/data.sh ${local_data_opts}
+    python -m mtlser.data.datadir validate ${data}/all
+fi
+
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+    log "Stage 1: G2P and phoneme-class tokens -> ${data}/all/text_phn{,cls}, ${token_list}"
+    python -m mtlser.text.tokenize --data-dir ${data}/all --token-list "${token_list}" \
+        --phone-classes "${phone_classes}"
+fi
+
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+    log "Stage 2: audio check and ${protocol} folds -> ${folds_dir}/foldNN/{train,valid,test}"
+    python -m mtlser.data.split --data-dir ${data}/all --out "${folds_dir}" --protocol "${protocol}" \
+        --valid "${valid}" --valid-share "${valid_share}" --seed "${split_seed}" --audio-dir ${data}/wav16k
+fi
+
+# Stages 3-5 run once per experiment: the config as given, or one per lambda of the sweep.
+experiments=()
+if [ -n "${lambdas}" ]; then
+    for l in ${lambdas}; do experiments+=("${tag}_lambda${l}|--loss.lambda ${l}"); done
+else
+    experiments+=("${tag}|")
+fi
+
+for experiment in "${experiments[@]}"; do
+    exp_tag=${experiment%%|*}
+    exp_opts=${experiment#*|}
+    expdir=exp/${exp_tag}
+
+    if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+        log "Stage 3: training folds $(fold_list | xargs) -> ${expdir}/foldNN (logs in ${expdir}/logs)"
+        mkdir -p "${expdir}/logs"
+        # A replayable record of this experiment, as ESPnet keeps one per exp dir.
+        echo "# $(date)" >> "${expdir}/run.sh"
+        echo "(cd $(pwd) && ${cmdline})" >> "${expdir}/run.sh"
+        cp "${train_config}" "${expdir}/config.yaml"
+        fold_args=$(fold_list | xargs | tr ' ' ',')
+        # shellcheck disable=SC2086
+        ${train_cmd} --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/train.JOB.log" \
+            python -m mtlser.utils.nth_fold "${fold_args}" JOB \
+            python -m mtlser.train --config "${train_config}" --folds-dir "${folds_dir}" --fold FOLD \
+                --token-list "${token_list}" --exp-dir "${expdir}" ${train_opts} ${exp_opts}
+    fi
+
+    if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+        log "Stage 4: inference on each fold's test set -> ${expdir}/foldNN/decode_test"
+        fold_args=$(fold_list | xargs | tr ' ' ',')
+        # shellcheck disable=SC2086
+        ${decode_cmd} --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/decode.JOB.log" \
+            python -m mtlser.utils.nth_fold "${fold_args}" JOB \
+            python -m mtlser.infer --model-dir "${expdir}" --folds-dir "${folds_dir}" --fold FOLD \
+                --num-threads 1 ${infer_opts}
+    fi
+
+    if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+        log "Stage 5: scoring -> ${expdir}/foldNN/decode_test/result.{txt,json}, ${expdir}/RESULTS.md"
+        for f in $(fold_list); do
+            "${score_sh}" "${expdir}/$(printf 'fold%02d' "${f}")/decode_test"
+        done
+        python -m mtlser.score aggregate "${expdir}"
+        log "$(head -c 2000 "${expdir}/RESULTS.md" | grep -E '^\|(WA|UA)\|' | sed 's/^/    /')"
+    fi
+done
+
+if [ -n "${lambdas}" ] && [ "${stop_stage}" -ge 5 ]; then
+    log "Lambda sweep: comparison -> exp/${tag}_lambdas.md"
+    # shellcheck disable=SC2046
+    python -m mtlser.score compare --out "exp/${tag}_lambdas.md" $(for l in ${lambdas}; do echo "exp/${tag}_lambda${l}"; done)
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Kaldi slurm.pl's interface: run_slurm.sh [--max-jobs-run N] [--gpu N] [--sbatch-opt=OPT ...] JOB=1:N LOG command...
+exec python -m mtlser.utils.launch --backend slurm "$@"

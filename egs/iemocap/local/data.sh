@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Stage 0 of the IEMOCAP recipe: IEMOCAP_full_release -> data/all (5531 utterances,
+# 4 classes with exc merged into hap; counts checked against the full release).
+set -euo pipefail
+db_root=""
+sessions="1 2 3 4 5"
+. utils/parse_options.sh
+. ./path.sh
+
+if [ -z "${db_root}" ] || [ "${db_root}" = MISSING ]; then
+    echo "$0: give the IEMOCAP copy: ./run.sh --db-root /path/to/IEMOCAP_full_release (or export IEMOCAP=...)" >&2
+    exit 1
+fi
+# shellcheck disable=SC2086
+python -m mtlser.data.iemocap --db-root "${db_root}" --out data/all --sessions ${sessions}

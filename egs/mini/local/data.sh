@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Stage 0 of the mini recipe: synthesise the corpus in IEMOCAP's layout (once),
+# then prepare data/all with the same code as the real IEMOCAP recipe.
+set -euo pipefail
+seed=0                  # corpus seed: the same seed gives the same audio
+sessions=5              # 2 speakers per session
+utts_per_speaker=40
+db=downloads/mini_iemocap
+. utils/parse_options.sh
+. ./path.sh
+
+python -m mtlser.data.mini_corpus --out "${db}" --seed "${seed}" --sessions "${sessions}" \
+    --utts-per-speaker "${utts_per_speaker}"
+python -m mtlser.data.iemocap --db-root "${db}" --out data/all --no-check-counts

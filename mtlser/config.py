@@ -1,0 +1,345 @@
+"""Experiment configuration: plain YAML loaded into typed dataclasses.
+
+Every hyperparameter lives in the YAML files under ``conf/`` (one file per
+experiment); this module is where each field is documented, once, in the
+``doc`` of its field. Defaults are the paper's settings (Li et al.: wav2vec2-
+base fine-tuned whole, Adam 5e-5, weight decay 1e-5, batch 16, 100 epochs,
+lambda 0.1), so a YAML lists what its experiment is about and the resolved
+config saved in the experiment dir (``config.yaml``) lists everything.
+
+Any field can be overridden on the command line, SpeechBrain/ESPnet style::
+
+    python -m mtlser.train --config conf/train_mtl.yaml --loss.lambda 0 --optim.lr 1e-4
+
+``python -m mtlser.config`` prints every field with its default and doc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtlser.utils import MtlserError
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING):
+    """A dataclass field with its documentation attached (metadata['doc'])."""
+    kw: dict[str, Any] = {"metadata": {"doc": text}}
+    if default is not dataclasses.MISSING:
+        kw["default"] = default
+    if default_factory is not dataclasses.MISSING:
+        kw["default_factory"] = default_factory
+    return field(**kw)
+
+
+@dataclass
+class BackboneConfig:
+    arch: str = doc("Self-supervised backbone: wav2vec2 | hubert | wavlm.", "wav2vec2")
+    init: str | None = doc(
+        "Pretrained weights, read locally, never downloaded: a Hugging Face model dir (config.json + "
+        "model.safetensors or pytorch_model.bin), a torchaudio bundle state-dict file (.pth), or a fairseq "
+        "checkpoint (.pt). null = random init, for smoke tests only (a loud warning is logged).", None)
+    size: str = doc(
+        "Architecture when `init` does not carry one (null init, or a bare state dict): base | large | "
+        "custom. `custom` takes torchaudio.models.wav2vec2_model arguments from `custom`.", "base")
+    custom: dict = doc(
+        "torchaudio.models.wav2vec2_model keyword arguments for size=custom, e.g. a tiny model for the "
+        "mini corpus (extractor_conv_layer_config, encoder_embed_dim, encoder_num_layers, ...).", default_factory=dict)
+    freeze_feature_encoder: bool = doc(
+        "Freeze the 7-layer CNN feature encoder. The paper trains it (false); freezing is common "
+        "practice and much faster.", False)
+    freeze_steps: int = doc("Keep the whole backbone frozen for the first N optimizer steps (heads warm up).", 0)
+    lr_scale: float = doc("Backbone learning rate = optim.lr * lr_scale (fusion and heads use optim.lr).", 1.0)
+    mask_time_prob: float = doc(
+        "wav2vec2-style time masking of the transformer input during training: probability of a frame "
+        "starting a masked span. The paper uses none (0).", 0.0)
+    mask_time_length: int = doc("Length in frames of each masked span.", 10)
+    layer_drop: float = doc(
+        "Probability of skipping a transformer layer in training (LayerDrop). Kept at 0 while layers "
+        "are fused: a dropped layer would feed the fusion a copy of its input.", 0.0)
+    dropout: float = doc("Dropout after attention and feed-forward blocks (fairseq `dropout`).", 0.1)
+    attention_dropout: float = doc("Dropout on attention weights (fairseq `attention_dropout`).", 0.1)
+    activation_dropout: float = doc("Dropout inside the feed-forward block (fairseq `activation_dropout`).", 0.0)
+    projection_dropout: float = doc("Dropout after the feature projection (fairseq `dropout_input`).", 0.1)
+    normalize_waveform: bool = doc(
+        "Normalise each waveform to zero mean and unit variance before the CNN. wav2vec2-base was "
+        "pre-trained without it (fairseq normalize=False); large-lv60 models expect it.", False)
+
+
+@dataclass
+class ModelConfig:
+    fusion: str = doc(
+        "How the L+1 hidden states become one: softmax (the paper: H = sum_l softmax(alpha)_l H_l, "
+        "alpha initialised to 0) | last (the last layer only).", "softmax")
+    head_dropout: float = doc("Dropout on the fused features before both heads.", 0.0)
+
+
+@dataclass
+class LossConfig:
+    lambda_: float = doc(
+        "YAML key `lambda`: weight of the CTC term, L = L_CE + lambda * L_CTC. 0.1 in the paper; 0 gives "
+        "the single-task baseline (the CTC head is then not built).", 0.1)
+    ctc_reduction: str = doc(
+        "How per-utterance CTC losses make L_CTC: sum (summed over the batch, as Hugging Face's "
+        "Wav2Vec2 default that the public MTL-SER code inherits) | mean_batch (sum / batch size, ESPnet) | "
+        "mean (each divided by its target length, then averaged: torch's default).", "sum")
+    class_weights: list | None = doc(
+        "Per-class weights for the cross entropy, in emotion order (ang hap sad neu); null = unweighted "
+        "(the paper).", None)
+
+
+@dataclass
+class OptimConfig:
+    name: str = doc("adam (the paper; weight decay as L2) | adamw (decoupled weight decay).", "adam")
+    lr: float = doc("Learning rate of fusion and heads (backbone: lr * backbone.lr_scale).", 5e-5)
+    weight_decay: float = doc("Weight decay.", 1e-5)
+    betas: list = doc("Adam betas.", default_factory=lambda: [0.9, 0.999])
+    eps: float = doc("Adam epsilon.", 1e-8)
+    grad_clip: float = doc("Clip the global gradient norm to this value; 0 = no clipping (the paper states none).", 0.0)
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = doc("constant (the paper states none) | warmup_linear (linear warm-up, then linear decay to 0) | "
+                    "warmup_constant.", "constant")
+    warmup_steps: int = doc("Warm-up length in optimizer steps.", 0)
+
+
+@dataclass
+class DataConfig:
+    emotions: list = doc("Emotion classes in index order; the CTC tokens' tags follow it.",
+                         default_factory=lambda: ["ang", "hap", "sad", "neu"])
+    token_type: str = doc("CTC target type: the text_<token_type> file of the data dir (phncls: the paper).", "phncls")
+    batch_size: int = doc("Utterances per batch (the paper: 16).", 16)
+    batching: str = doc(
+        "random (utterances in random order) | bucket (each epoch: shuffle, sort by duration within windows "
+        "of `bucket_window` batches, shuffle the batches; same maths, less padding).", "bucket")
+    bucket_window: int = doc("Batches per sorting window for batching=bucket.", 50)
+    max_duration: float = doc("Utterances longer than this (seconds) are cut to a random window of this length "
+                              "in training; 0 = no limit (the paper).", 0.0)
+    cache_audio: bool = doc("Keep decoded waveforms in memory after the first epoch.", False)
+    num_workers: int = doc("DataLoader worker processes (0 = load in the training process).", 0)
+    sample_rate: int = doc("Expected sample rate; stage 2 converts other audio once.", 16000)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = doc("Training epochs (the paper: 100).", 100)
+    seed: int = doc("Seed of every random choice in training (init, batches, dropout).", 1)
+    device: str = doc("auto (cuda when present) | cpu | cuda | cuda:N.", "auto")
+    precision: str = doc("fp32 | bf16 (autocast; GPUs that support it) | fp16 (autocast with loss scaling).", "fp32")
+    num_threads: int = doc("torch CPU threads; 0 = torch's default.", 0)
+    select_metric: str = doc("Validation metric that picks the best epoch: ua | wa | loss.", "ua")
+    patience: int = doc("Stop when the selection metric has not improved for this many epochs; 0 = never.", 0)
+    log_interval: int = doc("Log training statistics every N steps.", 50)
+    keep_epoch_checkpoints: bool = doc("Keep the model of every epoch (epochN.safetensors) besides best and last.", False)
+
+
+@dataclass
+class Config:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+#: YAML names that are not Python identifiers.
+_YAML_TO_ATTR = {"lambda": "lambda_"}
+_ATTR_TO_YAML = {v: k for k, v in _YAML_TO_ATTR.items()}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last_err = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except MtlserError as e:
+                last_err = e
+        raise last_err  # type: ignore[misc]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise MtlserError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise MtlserError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise MtlserError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise MtlserError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise MtlserError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise MtlserError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is list or origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise MtlserError(f"{where}: expected a list, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise MtlserError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise MtlserError(f"{where}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        attr = _YAML_TO_ATTR.get(key, key)
+        if attr not in fields:
+            names = sorted(_ATTR_TO_YAML.get(n, n) for n in fields)
+            raise MtlserError(f"{where}: unknown key '{key}'; expected one of {names}")
+        tp = hints[attr]
+        sub = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(tp):
+            kwargs[attr] = from_dict(tp, value or {}, sub)
+        else:
+            kwargs[attr] = _coerce(value, tp, sub)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[_ATTR_TO_YAML.get(f.name, f.name)] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``['--loss.lambda', '0', '--optim.lr=1e-4']`` -> nested dict; values parsed as YAML scalars."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise MtlserError(f"unexpected argument '{arg}'; overrides look like --section.key value")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise MtlserError(f"override '{arg}' has no value")
+            key, raw = arg[2:], args[i + 1]
+            i += 2
+        parts = key.replace("-", "_").split(".") if "." in key else [key]
+        parts = [p if p != "lambda_" else "lambda" for p in parts]
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> Config:
+    """Load a YAML config (None = all defaults) and apply command-line overrides."""
+    data: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise MtlserError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise MtlserError(f"{path}: not valid YAML: {e}") from None
+    if overrides:
+        over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        data = _merge(data, over)
+    cfg = from_dict(Config, data, where)
+    check_config(cfg, where)
+    return cfg
+
+
+def check_config(cfg: Config, where: str = "config") -> None:
+    choices = {
+        "backbone.arch": (cfg.backbone.arch, ("wav2vec2", "hubert", "wavlm")),
+        "backbone.size": (cfg.backbone.size, ("base", "large", "custom")),
+        "model.fusion": (cfg.model.fusion, ("softmax", "last")),
+        "loss.ctc_reduction": (cfg.loss.ctc_reduction, ("sum", "mean_batch", "mean")),
+        "optim.name": (cfg.optim.name, ("adam", "adamw")),
+        "scheduler.name": (cfg.scheduler.name, ("constant", "warmup_linear", "warmup_constant")),
+        "data.batching": (cfg.data.batching, ("random", "bucket")),
+        "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
+        "train.select_metric": (cfg.train.select_metric, ("ua", "wa", "loss")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise MtlserError(f"{where}: {key} = {value!r}; expected one of {', '.join(allowed)}")
+    if cfg.loss.lambda_ < 0:
+        raise MtlserError(f"{where}: loss.lambda = {cfg.loss.lambda_}; expected >= 0")
+    if cfg.data.batch_size < 1:
+        raise MtlserError(f"{where}: data.batch_size = {cfg.data.batch_size}; expected >= 1")
+    if cfg.loss.class_weights is not None and len(cfg.loss.class_weights) != len(cfg.data.emotions):
+        raise MtlserError(f"{where}: loss.class_weights has {len(cfg.loss.class_weights)} values for "
+                          f"{len(cfg.data.emotions)} emotions")
+    if cfg.backbone.size == "custom" and not cfg.backbone.custom:
+        raise MtlserError(f"{where}: backbone.size = custom needs backbone.custom (wav2vec2_model arguments)")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from mtlser.utils.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[str]:
+    lines = []
+    for f in dataclasses.fields(cls):
+        name = _ATTR_TO_YAML.get(f.name, f.name)
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, f"{prefix}{name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{prefix}{name} (default {default!r}): {f.metadata.get('doc', '')}")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(describe()))
+    sys.exit(0)

@@ -1,0 +1,234 @@
+"""Training data: a data dir as a torch Dataset, batching by duration, padding.
+
+The sampler is deterministic given (seed, epoch) and remembers how many
+batches of the epoch were consumed, so the trainer checkpoints it as a whole
+and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from mtlser.data.datadir import EMOTIONS, read_table, sort_key
+from mtlser.utils import MtlserError
+
+logger = logging.getLogger(__name__)
+
+
+def read_audio(rxfile: str, sample_rate: int | None = None) -> np.ndarray:
+    """Mono float32 samples of a wav.scp entry (a path, or a Kaldi pipe ``cmd |``)."""
+    if rxfile.endswith("|"):
+        import kaldiio
+
+        rate, data = kaldiio.load_mat(rxfile)
+        data = np.asarray(data, dtype=np.float32)
+        if np.issubdtype(np.asarray(data).dtype, np.integer) or np.abs(data).max(initial=0) > 1.5:
+            data = data / 32768.0
+    else:
+        try:
+            data, rate = sf.read(rxfile, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise MtlserError(f"{rxfile}: cannot read audio ({e})") from None
+    if data.ndim == 2:
+        data = data.mean(axis=1)
+    if sample_rate is not None and rate != sample_rate:
+        raise MtlserError(f"{rxfile}: sample rate {rate} Hz, expected {sample_rate}; stage 2 converts audio, rerun it")
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+class SERDataset(Dataset):
+    """Utterances of one data dir: waveform, emotion index and CTC target ids."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        token_list: list[str] | None = None,
+        token_type: str = "phncls",
+        emotions: tuple[str, ...] | list[str] = EMOTIONS,
+        sample_rate: int = 16000,
+        cache_audio: bool = False,
+        max_duration: float = 0.0,
+    ):
+        self.data_dir = Path(data_dir)
+        self.sample_rate = sample_rate
+        self.max_duration = max_duration
+        wav_scp = read_table(self.data_dir / "wav.scp")
+        utt2emo = read_table(self.data_dir / "utt2emo")
+        self.utts = sorted(wav_scp, key=sort_key)
+        self.wavs = [wav_scp[u] for u in self.utts]
+        emo_index = {e: i for i, e in enumerate(emotions)}
+        self.emotions = []
+        for lineno, u in enumerate(self.utts, 1):
+            if u not in utt2emo:
+                raise MtlserError(f"{self.data_dir / 'utt2emo'}: no label for '{u}'")
+            if utt2emo[u] not in emo_index:
+                raise MtlserError(f"{self.data_dir / 'utt2emo'}: '{u}' has label '{utt2emo[u]}', "
+                                  f"expected one of {list(emotions)}")
+            self.emotions.append(emo_index[utt2emo[u]])
+
+        self.targets: list[list[int]] | None = None
+        if token_list is not None:
+            path = self.data_dir / f"text_{token_type}"
+            text = read_table(path, allow_empty_value=True)
+            tok_index = {t: i for i, t in enumerate(token_list)}
+            self.targets = []
+            for u in self.utts:
+                if u not in text:
+                    raise MtlserError(f"{path}: no line for '{u}'; rerun stage 1")
+                ids = []
+                for t in text[u].split():
+                    if t not in tok_index:
+                        raise MtlserError(f"{path}: '{u}' has token '{t}' that is not in the token list; "
+                                          "rerun stage 1 so the two agree")
+                    ids.append(tok_index[t])
+                self.targets.append(ids)
+
+        dur_file = self.data_dir / "utt2dur"
+        if dur_file.is_file():
+            utt2dur = read_table(dur_file)
+            self.durations = [float(utt2dur[u]) for u in self.utts]
+        else:
+            self.durations = [sf.info(w).duration if not w.endswith("|") else 1.0 for w in self.wavs]
+        self._cache: dict[int, np.ndarray] | None = {} if cache_audio else None
+        self.training = False
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def _audio(self, idx: int) -> np.ndarray:
+        if self._cache is not None and idx in self._cache:
+            return self._cache[idx]
+        x = read_audio(self.wavs[idx], self.sample_rate)
+        if self._cache is not None:
+            self._cache[idx] = x
+        return x
+
+    def __getitem__(self, idx: int) -> dict:
+        wav = self._audio(idx)
+        target = self.targets[idx] if self.targets is not None else []
+        if self.training and self.max_duration > 0 and len(wav) > self.max_duration * self.sample_rate:
+            n = int(self.max_duration * self.sample_rate)
+            start = int(torch.randint(0, len(wav) - n + 1, (1,)).item())
+            wav = wav[start:start + n]
+            target = []  # a cut utterance no longer matches its transcript: no CTC term
+        return {
+            "utt": self.utts[idx],
+            "wav": torch.from_numpy(np.array(wav, copy=True)),
+            "emotion": self.emotions[idx],
+            "target": torch.tensor(target, dtype=torch.long),
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    """Pad to the longest: wavs (B, S) with 0, targets (B, L) with -1."""
+    B = len(items)
+    wav_lens = torch.tensor([len(it["wav"]) for it in items], dtype=torch.long)
+    wavs = torch.zeros(B, int(wav_lens.max()))
+    for i, it in enumerate(items):
+        wavs[i, : len(it["wav"])] = it["wav"]
+    target_lens = torch.tensor([len(it["target"]) for it in items], dtype=torch.long)
+    targets = torch.full((B, max(1, int(target_lens.max()))), -1, dtype=torch.long)
+    for i, it in enumerate(items):
+        targets[i, : len(it["target"])] = it["target"]
+    return {
+        "utts": [it["utt"] for it in items],
+        "wavs": wavs,
+        "wav_lens": wav_lens,
+        "emotions": torch.tensor([it["emotion"] for it in items], dtype=torch.long),
+        "targets": targets,
+        "target_lens": target_lens,
+    }
+
+
+class BatchSampler(Sampler[list[int]]):
+    """Batches of utterance indices; deterministic in (seed, epoch), resumable mid-epoch.
+
+    batching="random": a random permutation cut into batches (the paper).
+    batching="bucket": a random permutation, sorted by duration inside windows of
+    ``window`` batches, cut into batches, batch order shuffled: the same utterances
+    per epoch in a different grouping, with little padding.
+    shuffle=False (evaluation): sorted by duration, fixed.
+    With world_size > 1 each rank takes every world_size-th batch (torchrun).
+    """
+
+    def __init__(self, durations: list[float], batch_size: int, batching: str = "bucket", window: int = 50,
+                 shuffle: bool = True, seed: int = 1, rank: int = 0, world_size: int = 1):
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_size = batch_size
+        self.batching = batching
+        self.window = max(1, window)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.batches_done = 0  # of the current epoch, on this rank
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.batches_done = 0
+        self.epoch = epoch
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        n = len(self.durations)
+        if not self.shuffle:
+            order = np.argsort(self.durations, kind="stable").tolist()
+            batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        else:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            perm = torch.randperm(n, generator=g).tolist()
+            if self.batching == "bucket":
+                span = self.batch_size * self.window
+                chunks = [perm[i:i + span] for i in range(0, n, span)]
+                perm = [j for c in chunks for j in sorted(c, key=lambda k: self.durations[k])]
+            batches = [perm[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+            if self.batching == "bucket":
+                order = torch.randperm(len(batches), generator=g).tolist()
+                batches = [batches[i] for i in order]
+        if self.world_size > 1:
+            # Every rank gets the same number of batches (some repeat) so collectives line up.
+            while len(batches) % self.world_size:
+                batches.append(batches[len(batches) % max(1, len(batches))])
+            batches = batches[self.rank::self.world_size]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches(self.epoch)
+        for b in batches[self.batches_done:]:
+            self.batches_done += 1
+            yield b
+        self.batches_done = 0
+        # Next epoch unless set_epoch says otherwise.
+        self.epoch += 1
+
+    def __len__(self) -> int:
+        return len(self.epoch_batches(self.epoch)) - self.batches_done
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self.batches_done = int(state["batches_done"])
+
+    def padding_share(self, epoch: int = 0) -> float:
+        """Fraction of padded samples over an epoch's batches (for the logs and benchmarks)."""
+        total = padded = 0.0
+        for b in self.epoch_batches(epoch):
+            d = self.durations[b]
+            total += d.max() * len(b)
+            padded += d.max() * len(b) - d.sum()
+        return padded / total if total else 0.0
+
+
+def batch_to(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}

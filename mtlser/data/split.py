@@ -1,0 +1,180 @@
+"""Stage 2: audio to 16 kHz mono once, then one Kaldi data dir per fold.
+
+Protocols:
+  loso          10 folds on IEMOCAP: each speaker is the test set once (the paper).
+  loso-session  5 folds: each session is the test set once (needs ``utt2session``).
+
+Model selection never sees the test speaker. The valid set comes from the
+training speakers only:
+  share         a fixed share of each training speaker's utterances, stratified by
+                emotion (default; every training speaker stays in training)
+  session-mate  the other speaker of the test speaker's session (loso only; the
+                remaining 8 speakers train)
+
+Writes ``OUT/foldNN/{train,valid,test}/`` (full data dirs: every per-utterance
+file of the source, spk2utt rebuilt) and ``OUT/folds.tsv`` describing the folds.
+Each fold dir is written atomically; the whole stage is deterministic in --seed.
+
+Usage:
+    python -m mtlser.data.split --data-dir data/all --out data/loso \\
+        [--protocol loso] [--valid share] [--valid-share 0.1] [--seed 0] [--audio-dir data/wav16k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
+from mtlser.utils import MtlserError, run_main, setup_logging
+from mtlser.utils.fileio import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_audio(dd: DataDir, audio_dir: Path, sample_rate: int = 16000) -> int:
+    """Rewrite wav.scp entries that are not ``sample_rate`` mono to converted copies in ``audio_dir``.
+
+    A converted file is reused when it exists (so reruns are cheap). Returns how many entries point to copies.
+    """
+    import torch
+    import torchaudio.functional as AF
+
+    converted = 0
+    for utt, path in list(dd["wav.scp"].items()):
+        if path.endswith("|"):
+            continue
+        try:
+            info = sf.info(path)
+        except Exception as e:
+            raise MtlserError(f"{path}: cannot read audio header for '{utt}' ({e})") from None
+        if info.samplerate == sample_rate and info.channels == 1:
+            continue
+        out = audio_dir / f"{utt}.wav"
+        if not out.is_file():
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+            x = torch.from_numpy(data.mean(axis=1))
+            if rate != sample_rate:
+                x = AF.resample(x, rate, sample_rate)
+            audio_dir.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.wav")
+            sf.write(tmp, x.numpy(), sample_rate, subtype="PCM_16")
+            tmp.replace(out)
+        dd["wav.scp"][utt] = str(out.resolve())
+        if "utt2dur" in dd.tables:
+            dd["utt2dur"][utt] = f"{sf.info(str(out)).duration:.4f}"
+        converted += 1
+    return converted
+
+
+def make_folds(dd: DataDir, protocol: str) -> list[tuple[str, list[str]]]:
+    """(fold description, test speakers) per fold, in sorted speaker/session order."""
+    speakers = sorted(set(dd["utt2spk"].values()), key=sort_key)
+    if protocol == "loso":
+        return [(spk, [spk]) for spk in speakers]
+    if protocol == "loso-session":
+        if "utt2session" not in dd.tables:
+            raise MtlserError(f"{dd.path}: protocol loso-session needs utt2session (written by the IEMOCAP prep)")
+        spk2sess: dict[str, set] = defaultdict(set)
+        for utt, spk in dd["utt2spk"].items():
+            spk2sess[spk].add(dd["utt2session"][utt])
+        bad = [s for s, ss in spk2sess.items() if len(ss) > 1]
+        if bad:
+            raise MtlserError(f"{dd.path}: speaker {bad[0]} appears in sessions {sorted(spk2sess[bad[0]])}; "
+                              "a speaker must belong to one session")
+        sessions = sorted({next(iter(v)) for v in spk2sess.values()}, key=sort_key)
+        return [(sess, sorted([s for s in speakers if sess in spk2sess[s]], key=sort_key)) for sess in sessions]
+    raise MtlserError(f"unknown protocol '{protocol}'; expected loso or loso-session")
+
+
+def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how: str, share: float,
+               rng: np.random.Generator) -> list[str]:
+    if how == "share":
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for u in train_utts:
+            groups[(dd["utt2spk"][u], dd["utt2emo"][u])].append(u)
+        valid = []
+        for key in sorted(groups):
+            utts = sorted(groups[key], key=sort_key)
+            k = int(round(share * len(utts)))
+            if k:
+                idx = rng.choice(len(utts), size=k, replace=False)
+                valid.extend(utts[i] for i in sorted(idx))
+        return valid
+    if how == "session-mate":
+        if "utt2session" not in dd.tables:
+            raise MtlserError(f"{dd.path}: --valid session-mate needs utt2session")
+        sessions = {dd["utt2session"][u] for u in dd.utts if dd["utt2spk"][u] in test_speakers}
+        return [u for u in train_utts if dd["utt2session"][u] in sessions]
+    raise MtlserError(f"unknown valid selection '{how}'; expected share or session-mate")
+
+
+def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: str = "share",
+          valid_share: float = 0.1, seed: int = 0, audio_dir: str | Path | None = None,
+          sample_rate: int = 16000) -> list[dict]:
+    data_dir, out = Path(data_dir), Path(out)
+    dd = validate_data_dir(data_dir)
+    if protocol == "loso-session" and valid == "session-mate":
+        raise MtlserError("--valid session-mate holds out the test session's other speaker; with loso-session "
+                          "that speaker is already in the test set. Use --valid share")
+    audio_dir = Path(audio_dir) if audio_dir else data_dir.parent / "wav16k"
+    n_conv = normalize_audio(dd, audio_dir, sample_rate)
+    if n_conv:
+        logger.info("%d utterances were not %d Hz mono; converted once into %s", n_conv, sample_rate, audio_dir)
+    rng = np.random.default_rng(seed)
+    folds = make_folds(dd, protocol)
+    rows = []
+    for i, (name, test_spk) in enumerate(folds, 1):
+        test = [u for u in dd.utts if dd["utt2spk"][u] in test_spk]
+        rest = [u for u in dd.utts if dd["utt2spk"][u] not in test_spk]
+        valid_utts = set(pick_valid(dd, rest, test_spk, valid, valid_share, rng))
+        train = [u for u in rest if u not in valid_utts]
+        if not train or not valid_utts or not test:
+            raise MtlserError(f"fold {i} ({name}): empty split (train {len(train)}, valid {len(valid_utts)}, "
+                              f"test {len(test)}); need more speakers or utterances")
+        leak = {dd["utt2spk"][u] for u in list(valid_utts) + train} & set(test_spk)
+        assert not leak, f"test speaker(s) {leak} leaked into train/valid of fold {i}"
+        fold_dir = out / f"fold{i:02d}"
+        for split_name, utts in (("train", train), ("valid", sorted(valid_utts, key=sort_key)), ("test", test)):
+            dd.subset(utts).write(fold_dir / split_name)
+        valid_spk = sorted({dd["utt2spk"][u] for u in valid_utts}, key=sort_key)
+        rows.append({"fold": f"fold{i:02d}", "test": ",".join(test_spk), "valid_speakers": ",".join(valid_spk),
+                     "train": len(train), "valid": len(valid_utts), "test_utts": len(test)})
+    header = "fold\ttest_speakers\tvalid_speakers\tn_train\tn_valid\tn_test\n"
+    atomic_write_text(out / "folds.tsv", header + "".join(
+        f"{r['fold']}\t{r['test']}\t{r['valid_speakers']}\t{r['train']}\t{r['valid']}\t{r['test_utts']}\n"
+        for r in rows))
+    write_table(out / "protocol", {"protocol": protocol, "valid": valid, "valid_share": str(valid_share),
+                                   "seed": str(seed), "source": str(data_dir.resolve())})
+    logger.info("%s: %d folds (%s, valid=%s) written to %s", data_dir, len(rows), protocol, valid, out)
+    for r in rows:
+        logger.info("  %s test %s: train %d, valid %d, test %d", r["fold"], r["test"], r["train"], r["valid"],
+                    r["test_utts"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Stage 2: audio normalisation and fold splits.")
+    parser.add_argument("--data-dir", required=True, help="the whole corpus (data/all)")
+    parser.add_argument("--out", required=True, help="folds dir to write (e.g. data/loso)")
+    parser.add_argument("--protocol", default="loso", choices=["loso", "loso-session"])
+    parser.add_argument("--valid", default="share", choices=["share", "session-mate"])
+    parser.add_argument("--valid-share", type=float, default=0.1, help="share of each training speaker (valid=share)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--audio-dir", default=None, help="where converted audio goes (default: DATA_DIR/../wav16k)")
+    parser.add_argument("--sample-rate", type=int, default=16000)
+    args = parser.parse_args(argv)
+    setup_logging()
+    split(args.data_dir, args.out, args.protocol, args.valid, args.valid_share, args.seed, args.audio_dir,
+          args.sample_rate)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,263 @@
+"""Self-supervised speech backbones (wav2vec2, HuBERT, WavLM) on torchaudio's components.
+
+The model is torchaudio's ``Wav2Vec2Model`` (feature extractor CNN + encoder),
+built from a plain dict of ``wav2vec2_model``/``wavlm_model`` arguments (the
+*architecture*), so a trained model can be rebuilt from its experiment dir
+without the pretrained checkpoint. :class:`Backbone` adds what torchaudio's
+``extract_features`` lacks for layer fusion:
+
+- hidden state 0, the transformer's input (after the positional convolution
+  and, for post-LN models like wav2vec2-base, the encoder layer norm): what
+  Hugging Face returns as ``hidden_states[0]``;
+- the final layer norm on the last state of pre-LN models (large), as HF does;
+- WavLM's relative position bias carried from layer to layer;
+- time masking drawn from torch's RNG (so it is checkpointed with the trainer).
+
+Layer numbering: 0 = transformer input, 1..L = transformer layer outputs;
+wav2vec2-base has L = 12, so the fusion takes 13 states of 768 dims.
+
+Usage::
+
+    backbone = load_backbone("wav2vec2", "/path/to/wav2vec2-base")   # HF dir, .pth or fairseq .pt
+    states, frame_lens = backbone.extract_features(wavs, wav_lens)   # 13 x (B, T, 768), (B,)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtlser.utils import MtlserError
+
+logger = logging.getLogger(__name__)
+
+#: torchaudio.models.wav2vec2_model arguments of the published sizes (dropouts set later).
+_BASE = dict(
+    extractor_mode="group_norm",
+    extractor_conv_layer_config=None,
+    extractor_conv_bias=False,
+    encoder_embed_dim=768,
+    encoder_projection_dropout=0.1,
+    encoder_pos_conv_kernel=128,
+    encoder_pos_conv_groups=16,
+    encoder_num_layers=12,
+    encoder_num_heads=12,
+    encoder_attention_dropout=0.1,
+    encoder_ff_interm_features=3072,
+    encoder_ff_interm_dropout=0.0,
+    encoder_dropout=0.1,
+    encoder_layer_norm_first=False,
+    encoder_layer_drop=0.0,
+    aux_num_out=None,
+)
+_LARGE = dict(
+    _BASE,
+    extractor_mode="layer_norm",
+    extractor_conv_bias=True,
+    encoder_embed_dim=1024,
+    encoder_num_layers=24,
+    encoder_num_heads=16,
+    encoder_ff_interm_features=4096,
+    encoder_layer_norm_first=True,
+)
+#: WavLM adds relative position buckets (torchaudio.models.wavlm_model).
+_WAVLM_EXTRA = dict(encoder_num_buckets=320, encoder_max_distance=800)
+
+SIZES = {"base": _BASE, "large": _LARGE}
+ARCHS = ("wav2vec2", "hubert", "wavlm")
+
+
+def architecture(arch: str, size: str = "base", custom: dict | None = None) -> dict:
+    """The constructor arguments for ``arch`` at ``size`` (or ``custom`` arguments)."""
+    if arch not in ARCHS:
+        raise MtlserError(f"unknown backbone arch '{arch}'; expected one of {ARCHS}")
+    if size == "custom":
+        if not custom:
+            raise MtlserError("backbone size 'custom' needs the wav2vec2_model arguments in backbone.custom")
+        kw = dict(_BASE)
+        unknown = set(custom) - set(_BASE) - set(_WAVLM_EXTRA)
+        if unknown:
+            raise MtlserError(f"backbone.custom: unknown wav2vec2_model arguments {sorted(unknown)}; "
+                              f"expected some of {sorted(_BASE)}")
+        kw.update(custom)
+    elif size in SIZES:
+        kw = dict(SIZES[size])
+    else:
+        raise MtlserError(f"unknown backbone size '{size}'; expected base, large or custom")
+    if arch == "wavlm":
+        kw = {**_WAVLM_EXTRA, **kw}
+    if kw.get("extractor_conv_layer_config") is not None:
+        kw["extractor_conv_layer_config"] = [tuple(c) for c in kw["extractor_conv_layer_config"]]
+    return kw
+
+
+def build_torchaudio_model(arch: str, kw: dict) -> nn.Module:
+    import torchaudio.models as tam
+
+    kw = dict(kw)
+    if arch == "wavlm":
+        kw.pop("aux_num_out", None)
+        kw.setdefault("aux_num_out", None)
+        return tam.wavlm_model(**kw)
+    kw = {k: v for k, v in kw.items() if k not in _WAVLM_EXTRA}
+    return tam.wav2vec2_model(**kw)
+
+
+class Backbone(nn.Module):
+    """A torchaudio Wav2Vec2Model that returns every hidden state (see module doc)."""
+
+    def __init__(self, arch: str, arch_kwargs: dict, model: nn.Module | None = None,
+                 mask_time_prob: float = 0.0, mask_time_length: int = 10, normalize_waveform: bool = False):
+        super().__init__()
+        self.arch = arch
+        self.arch_kwargs = dict(arch_kwargs)
+        self.model = model if model is not None else build_torchaudio_model(arch, arch_kwargs)
+        self.num_layers: int = len(self.model.encoder.transformer.layers)
+        self.hidden_size: int = self.model.encoder.feature_projection.projection.out_features
+        self.mask_time_prob = mask_time_prob
+        self.mask_time_length = mask_time_length
+        self.normalize_waveform = normalize_waveform
+        # The learned vector that replaces masked frames (fairseq's mask_emb); only used when masking.
+        self.mask_embedding = nn.Parameter(torch.zeros(self.hidden_size).uniform_()) if mask_time_prob > 0 else None
+
+    @property
+    def feature_extractor(self) -> nn.Module:
+        return self.model.feature_extractor
+
+    def frame_lengths(self, lengths: Tensor) -> Tensor:
+        """Frames the CNN makes from ``lengths`` samples (torchaudio's formula, layer by layer)."""
+        for layer in self.model.feature_extractor.conv_layers:
+            lengths = torch.div(lengths - layer.kernel_size, layer.stride, rounding_mode="floor") + 1
+            lengths = torch.clamp(lengths, min=0)
+        return lengths
+
+    def _normalize(self, waveforms: Tensor, lengths: Tensor | None) -> Tensor:
+        if lengths is None:
+            mean = waveforms.mean(dim=1, keepdim=True)
+            var = waveforms.var(dim=1, keepdim=True, unbiased=False)
+            return (waveforms - mean) / torch.sqrt(var + 1e-7)
+        mask = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]
+        n = lengths.clamp(min=1).to(waveforms.dtype)[:, None]
+        mean = (waveforms * mask).sum(1, keepdim=True) / n
+        var = (((waveforms - mean) * mask) ** 2).sum(1, keepdim=True) / n
+        return ((waveforms - mean) / torch.sqrt(var + 1e-7)) * mask
+
+    def _time_mask(self, x: Tensor, frame_lens: Tensor | None) -> Tensor:
+        """wav2vec2-style span masking of the transformer input (training only)."""
+        B, T, _ = x.shape
+        span = self.mask_time_length
+        if T <= span:
+            return x
+        starts = torch.rand(B, T - span + 1, device=x.device) < self.mask_time_prob / span * 1.0
+        mask = torch.zeros(B, T, dtype=torch.bool, device=x.device)
+        for offset in range(span):
+            mask[:, offset:offset + starts.shape[1]] |= starts
+        if frame_lens is not None:
+            mask &= torch.arange(T, device=x.device)[None, :] < frame_lens[:, None]
+        return torch.where(mask[..., None], self.mask_embedding.to(x.dtype), x)
+
+    def extract_features(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[list[Tensor], Tensor | None]:
+        """Hidden states 0..L and frame lengths.
+
+        Args:
+            waveforms: (B, S) float, 16 kHz.
+            lengths: (B,) valid samples per row, or None when nothing is padded.
+        Returns:
+            (states, frame_lengths): L+1 tensors (B, T, D); (B,) valid frames (None if lengths is None).
+        """
+        assert waveforms.ndim == 2, f"waveforms must be (batch, samples), got {tuple(waveforms.shape)}"
+        if self.normalize_waveform:
+            waveforms = self._normalize(waveforms, lengths)
+        x, frame_lens = self.model.feature_extractor(waveforms, lengths)  # (B, T, C)
+        encoder = self.model.encoder
+        x, attn_mask = encoder._preprocess(x, frame_lens)  # projection; pads zeroed; (B, 1, T, T) additive mask
+        if self.training and self.mask_embedding is not None and self.mask_time_prob > 0:
+            x = self._time_mask(x, frame_lens)
+        transformer = encoder.transformer
+        x = transformer._preprocess(x)  # + positional conv (+ layer norm for post-LN models), dropout
+        states = [x]
+        position_bias = None
+        for layer in transformer.layers:
+            if self.training and transformer.layer_drop > 0 and torch.rand(1).item() < transformer.layer_drop:
+                states.append(x)  # LayerDrop: the layer passes its input through
+                continue
+            x, position_bias = layer(x, attn_mask, position_bias=position_bias)
+            states.append(x)
+        if not transformer.layer_norm_first:
+            # Pre-LN models (large) end with a layer norm that HF applies to the last hidden state.
+            states[-1] = transformer.layer_norm(states[-1])
+        return states, frame_lens
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[list[Tensor], Tensor | None]:
+        return self.extract_features(waveforms, lengths)
+
+
+def _set_dropouts(kw: dict, overrides: dict[str, float]) -> dict:
+    names = {
+        "dropout": "encoder_dropout",
+        "attention_dropout": "encoder_attention_dropout",
+        "activation_dropout": "encoder_ff_interm_dropout",
+        "projection_dropout": "encoder_projection_dropout",
+        "layer_drop": "encoder_layer_drop",
+    }
+    kw = dict(kw)
+    for ours, theirs in names.items():
+        if overrides.get(ours) is not None:
+            kw[theirs] = float(overrides[ours])
+    return kw
+
+
+def load_backbone(
+    arch: str = "wav2vec2",
+    init: str | os.PathLike | None = None,
+    *,
+    size: str = "base",
+    custom: dict | None = None,
+    mask_time_prob: float = 0.0,
+    mask_time_length: int = 10,
+    normalize_waveform: bool = False,
+    **dropouts: float,
+) -> Backbone:
+    """Build a backbone and load pretrained weights from a local copy.
+
+    Args:
+        arch: wav2vec2 | hubert | wavlm.
+        init: a Hugging Face model dir, a torchaudio bundle state-dict file, a fairseq
+            checkpoint, or None (random init: smoke tests only, warns loudly).
+        size, custom: the architecture when ``init`` does not carry one.
+        dropouts: dropout, attention_dropout, activation_dropout, projection_dropout, layer_drop.
+    """
+    from mtlser.model import checkpoints
+
+    if init is None:
+        kw = _set_dropouts(architecture(arch, size, custom), dropouts)
+        logger.warning(
+            "backbone %s (%s) is RANDOMLY INITIALISED: no `backbone.init` given. Fine for smoke tests and the "
+            "mini corpus; for real results point backbone.init at a pretrained checkpoint.", arch, size)
+        return Backbone(arch, kw, mask_time_prob=mask_time_prob, mask_time_length=mask_time_length,
+                        normalize_waveform=normalize_waveform)
+    kw, state_dict = checkpoints.read_pretrained(arch, Path(init), size=size, custom=custom)
+    kw = _set_dropouts(kw, dropouts)
+    backbone = Backbone(arch, kw, mask_time_prob=mask_time_prob, mask_time_length=mask_time_length,
+                        normalize_waveform=normalize_waveform)
+    checkpoints.load_state_dict_strict(backbone.model, state_dict, source=str(init))
+    logger.info("backbone %s loaded from %s (%d layers, %d dims)", arch, init, backbone.num_layers, backbone.hidden_size)
+    return backbone
+
+
+def build_backbone(cfg: Any) -> Backbone:
+    """From a :class:`mtlser.config.BackboneConfig`."""
+    return load_backbone(
+        cfg.arch, cfg.init, size=cfg.size, custom=copy.deepcopy(cfg.custom) or None,
+        mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
+        normalize_waveform=cfg.normalize_waveform,
+        dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout, projection_dropout=cfg.projection_dropout,
+        layer_drop=cfg.layer_drop,
+    )

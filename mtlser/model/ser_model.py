@@ -1,0 +1,204 @@
+"""The paper's model: backbone -> layer fusion -> emotion head (CE) + CTC head.
+
+    H = sum_l softmax(alpha)_l * H_l                  over the L+1 hidden states, alpha = 0 at init
+    emotion logits = W_e * meanpool_valid(H) + b_e    4 classes, cross entropy
+    token logits   = W_c * H_t + b_c                  per frame, CTC over emotion-tagged phone classes
+    L = L_CE + lambda * L_CTC
+
+``forward`` returns ``(loss, stats, batch_size)`` (ESPnet's convention).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtlser.model.backbone import Backbone
+
+logger = logging.getLogger(__name__)
+
+
+class LayerFusion(nn.Module):
+    """Learned softmax-weighted sum of hidden states (s3prl's Featurizer, the paper's fusion)."""
+
+    def __init__(self, num_states: int):
+        super().__init__()
+        # Zero logits: the fusion starts as the plain average of all states.
+        self.logits = nn.Parameter(torch.zeros(num_states))
+
+    @property
+    def weights(self) -> Tensor:
+        return F.softmax(self.logits, dim=0)
+
+    def forward(self, states: list[Tensor]) -> Tensor:
+        assert len(states) == self.logits.numel(), (
+            f"fusion was built for {self.logits.numel()} hidden states but got {len(states)}; "
+            "the backbone's layer count and the fusion must match")
+        w = self.weights.to(states[0].dtype)
+        fused = w[0] * states[0]
+        for i in range(1, len(states)):
+            fused = fused + w[i] * states[i]
+        return fused  # (B, T, D)
+
+
+def valid_mask(frame_lens: Tensor | None, T: int, device: torch.device) -> Tensor | None:
+    if frame_lens is None:
+        return None
+    return torch.arange(T, device=device)[None, :] < frame_lens[:, None]  # (B, T)
+
+
+def mean_pool(x: Tensor, frame_lens: Tensor | None) -> Tensor:
+    """Mean over valid frames: (B, T, D) -> (B, D)."""
+    if frame_lens is None:
+        return x.mean(dim=1)
+    mask = valid_mask(frame_lens, x.shape[1], x.device).to(x.dtype)
+    return (x * mask[..., None]).sum(1) / frame_lens.clamp(min=1).to(x.dtype)[:, None]
+
+
+def ctc_required_frames(targets: Tensor, target_lens: Tensor) -> Tensor:
+    """Frames CTC needs for each target: its length plus one blank between repeated tokens."""
+    if targets.shape[1] < 2:
+        return target_lens.clone()
+    same = targets[:, 1:] == targets[:, :-1]
+    pos = torch.arange(1, targets.shape[1], device=targets.device)[None, :]
+    repeats = (same & (pos < target_lens[:, None])).sum(1)
+    return target_lens + repeats
+
+
+class SERModel(nn.Module):
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_emotions: int,
+        vocab_size: int,
+        fusion: str = "softmax",
+        head_dropout: float = 0.0,
+        ctc_weight: float = 0.1,
+        ctc_reduction: str = "sum",
+        class_weights: list[float] | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.fusion = LayerFusion(backbone.num_layers + 1) if fusion == "softmax" else None
+        self.dropout = nn.Dropout(head_dropout)
+        self.emotion_head = nn.Linear(backbone.hidden_size, num_emotions)
+        self.ctc_weight = ctc_weight
+        self.ctc_reduction = ctc_reduction
+        # lambda = 0 is the single-task baseline: no CTC head, no CTC compute.
+        self.ctc_head = nn.Linear(backbone.hidden_size, vocab_size) if ctc_weight > 0 else None
+        self.register_buffer(
+            "class_weights",
+            torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None,
+            persistent=False,
+        )
+
+    def encode(self, wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Fused features (B, T, D) and frame lengths (B,)."""
+        states, frame_lens = self.backbone.extract_features(wavs, wav_lens)
+        fused = self.fusion(states) if self.fusion is not None else states[-1]
+        return self.dropout(fused), frame_lens
+
+    def heads(self, fused: Tensor, frame_lens: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        emo_logits = self.emotion_head(mean_pool(fused, frame_lens))  # (B, E)
+        ctc_logits = self.ctc_head(fused) if self.ctc_head is not None else None  # (B, T, V)
+        return emo_logits, ctc_logits
+
+    def ctc_loss(self, ctc_logits: Tensor, frame_lens: Tensor, targets: Tensor, target_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """L_CTC over the utterances that can be aligned; returns (loss, usable mask).
+
+        Utterances with no target (transcript of non-verbal tags only) or fewer frames
+        than their targets need are skipped and counted, never turned into inf/NaN.
+        """
+        usable = (target_lens > 0) & (ctc_required_frames(targets, target_lens) <= frame_lens)
+        if not bool(usable.any()):
+            return ctc_logits.sum() * 0.0, usable
+        log_probs = F.log_softmax(ctc_logits[usable].float(), dim=-1).transpose(0, 1)  # (T, B', V)
+        lens = target_lens[usable]
+        per_utt = F.ctc_loss(
+            log_probs, targets[usable].clamp(min=0), frame_lens[usable], lens,
+            blank=0, reduction="none", zero_infinity=False,
+        )
+        if self.ctc_reduction == "sum":
+            loss = per_utt.sum()
+        elif self.ctc_reduction == "mean_batch":
+            loss = per_utt.sum() / per_utt.numel()
+        else:  # mean: torch's default, per-token
+            loss = (per_utt / lens.to(per_utt.dtype)).mean()
+        return loss, usable
+
+    def loss_and_logits(
+        self,
+        wavs: Tensor,
+        wav_lens: Tensor | None,
+        emotions: Tensor,
+        targets: Tensor | None = None,
+        target_lens: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float], Tensor]:
+        """The objective, its statistics, and the emotion logits (B, E)."""
+        fused, frame_lens = self.encode(wavs, wav_lens)
+        emo_logits, ctc_logits = self.heads(fused, frame_lens)
+        loss_ce = F.cross_entropy(emo_logits.float(), emotions, weight=self.class_weights)
+        stats = {
+            "loss_ce": loss_ce.detach().item(),
+            "acc": (emo_logits.argmax(-1) == emotions).float().mean().item(),
+        }
+        loss = loss_ce
+        if ctc_logits is not None:
+            assert targets is not None and target_lens is not None, "the CTC head needs targets"
+            if frame_lens is None:
+                frame_lens = torch.full((wavs.shape[0],), ctc_logits.shape[1], dtype=torch.long, device=wavs.device)
+            loss_ctc, usable = self.ctc_loss(ctc_logits, frame_lens, targets, target_lens)
+            loss = loss_ce + self.ctc_weight * loss_ctc
+            stats["loss_ctc"] = loss_ctc.detach().item()
+            stats["ctc_skipped"] = float((~usable).sum().item())
+        stats["loss"] = loss.detach().item()
+        return loss, stats, emo_logits
+
+    def forward(
+        self,
+        wavs: Tensor,
+        wav_lens: Tensor | None,
+        emotions: Tensor,
+        targets: Tensor | None = None,
+        target_lens: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float], int]:
+        """Args: wavs (B, S); wav_lens (B,); emotions (B,); targets (B, Lmax) padded with -1; target_lens (B,).
+
+        Returns (loss, stats, batch_size).
+        """
+        loss, stats, _ = self.loss_and_logits(wavs, wav_lens, emotions, targets, target_lens)
+        return loss, stats, wavs.shape[0]
+
+    @torch.no_grad()
+    def predict(self, wavs: Tensor, wav_lens: Tensor | None) -> dict[str, Tensor | None]:
+        """Emotion posteriors and, with a CTC head, per-frame token log-probabilities."""
+        fused, frame_lens = self.encode(wavs, wav_lens)
+        emo_logits, ctc_logits = self.heads(fused, frame_lens)
+        return {
+            "emo_probs": F.softmax(emo_logits.float(), dim=-1),
+            "ctc_log_probs": F.log_softmax(ctc_logits.float(), dim=-1) if ctc_logits is not None else None,
+            "frame_lens": frame_lens,
+        }
+
+
+def build_model(cfg, vocab_size: int) -> SERModel:
+    """Wire the model from a :class:`mtlser.config.Config`, top to bottom."""
+    from mtlser.model.backbone import build_backbone
+
+    backbone = build_backbone(cfg.backbone)
+    if cfg.backbone.layer_drop > 0 and cfg.model.fusion == "softmax":
+        logger.warning("backbone.layer_drop = %s while layers are fused: dropped layers feed the fusion copies "
+                       "of their input. Set it to 0 unless that is what you want.", cfg.backbone.layer_drop)
+    return SERModel(
+        backbone,
+        num_emotions=len(cfg.data.emotions),
+        vocab_size=vocab_size,
+        fusion=cfg.model.fusion,
+        head_dropout=cfg.model.head_dropout,
+        ctc_weight=cfg.loss.lambda_,
+        ctc_reduction=cfg.loss.ctc_reduction,
+        class_weights=cfg.loss.class_weights,
+    )

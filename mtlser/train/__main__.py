@@ -1,0 +1,93 @@
+"""Stage 3: train one fold.
+
+Usage:
+    python -m mtlser.train --config conf/train_mini.yaml --folds-dir data/loso --fold 3 \\
+        --token-list data/token_list --exp-dir exp/train_mini [--loss.lambda 0 ...]
+    python -m mtlser.train --config conf/train_mtl.yaml --data-dir data/loso/fold03 \\
+        --token-list data/token_list --exp-dir exp/train_mtl/fold03
+
+With --fold N the data dir is FOLDS_DIR/foldNN and the experiment dir EXP_DIR/foldNN
+(what the recipe's parallel jobs pass as JOB). Anything after the known options
+overrides the config (``--section.key value``). Rerunning resumes from
+``checkpoint.pt``; a finished fold returns at once. Under torchrun, ranks share
+the work and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from mtlser.config import load_config
+from mtlser.text.tokenize import read_token_list
+from mtlser.utils import MtlserError, run_main, setup_logging
+
+logger = logging.getLogger("mtlser.train")
+
+
+def fold_name(n: int) -> str:
+    return f"fold{n:02d}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train one fold (stage 3).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--config", required=True, help="experiment YAML (conf/*.yaml)")
+    parser.add_argument("--token-list", required=True, help="token list from stage 1")
+    parser.add_argument("--exp-dir", required=True, help="experiment dir (with --fold: its parent)")
+    parser.add_argument("--data-dir", help="fold data dir holding train/ valid/ (or use --folds-dir and --fold)")
+    parser.add_argument("--folds-dir", help="dir of fold data dirs (fold01, fold02, ...)")
+    parser.add_argument("--fold", type=int, help="fold number (1-based)")
+    args, overrides = parser.parse_known_args(argv)
+
+    if args.fold is not None:
+        if not args.folds_dir:
+            parser.error("--fold needs --folds-dir")
+        data_dir = Path(args.folds_dir) / fold_name(args.fold)
+        exp_dir = Path(args.exp_dir) / fold_name(args.fold)
+    elif args.data_dir:
+        data_dir, exp_dir = Path(args.data_dir), Path(args.exp_dir)
+    else:
+        parser.error("give --data-dir, or --folds-dir with --fold")
+
+    rank = int(os.environ.get("RANK", 0))
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(exp_dir / "train.log" if rank == 0 else None)
+    logger.info("command: python -m mtlser.train %s", " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
+    cfg = load_config(args.config, overrides)
+    tokens = read_token_list(args.token_list)
+    if not data_dir.is_dir():
+        raise MtlserError(f"{data_dir}: fold data dir not found; run stage 2 first")
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group(backend="nccl" if cfg.train.device != "cpu" and _cuda() else "gloo")
+    from mtlser.train.trainer import Trainer
+
+    try:
+        best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if best:
+        logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
+                    best.get("ua", float("nan")))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,420 @@
+"""Training one fold: epochs of L = CE + lambda * CTC, validation, checkpoints.
+
+Trainer state (model, optimizer, scheduler, sampler position, every RNG, epoch,
+history, best score) is one ``checkpoint.pt`` written atomically after every
+epoch and read with ``torch.load(weights_only=True)``. A rerun resumes from it
+and ends bit-identical to an uninterrupted run (tested). The best model by the
+validation metric (valid speakers only; never the test speaker) is kept as
+``best.safetensors``; with ``model.yaml``, ``config.yaml`` and ``token_list``
+the experiment dir is a self-contained model for :mod:`mtlser.infer`.
+
+Experiment dir::
+
+    config.yaml        resolved config (every field)
+    model.yaml         backbone arch + architecture arguments, emotions, vocab
+    token_list         CTC tokens (index = line - 1), <blank> first
+    checkpoint.pt      trainer state after the last finished epoch
+    best.safetensors   model weights of the best validation epoch
+    history.tsv        per-epoch train/valid statistics and fusion weights
+    train.log          the log; train_curves.png the curves
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mtlser.config import Config, save_config
+from mtlser.data.dataset import BatchSampler, SERDataset, batch_to, collate
+from mtlser.model.ser_model import SERModel, build_model
+from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+from mtlser.utils import MtlserError
+from mtlser.utils.fileio import atomic_open, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run is rank 0 of 1."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def select_device(name: str, dist: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MtlserError("train.device asks for cuda but no GPU is visible; use --train.device cpu")
+        if name == "cuda":
+            name = f"cuda:{dist.local_rank}"
+    return torch.device(name)
+
+
+def lr_lambda(name: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if name == "warmup_constant":
+            return 1.0
+        return max(0.0, (total - step) / max(1, total - warmup))  # warmup_linear
+
+    return f
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data_dir: str | Path, token_list: list[str], exp_dir: str | Path):
+        self.cfg = cfg
+        self.data_dir = Path(data_dir)
+        self.exp_dir = Path(exp_dir)
+        self.token_list = token_list
+        self.dist = dist_info()
+        self.device = select_device(cfg.train.device, self.dist)
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+
+        for split in ("train", "valid"):
+            if not (self.data_dir / split / "wav.scp").is_file():
+                raise MtlserError(f"{self.data_dir / split}: missing; run stage 2 (fold splits) first")
+        use_ctc = cfg.loss.lambda_ > 0
+        ds_kw = dict(token_list=token_list if use_ctc else None, token_type=cfg.data.token_type,
+                     emotions=cfg.data.emotions, sample_rate=cfg.data.sample_rate, cache_audio=cfg.data.cache_audio)
+        self.train_set = SERDataset(self.data_dir / "train", max_duration=cfg.data.max_duration, **ds_kw)
+        self.train_set.training = True
+        self.valid_set = SERDataset(self.data_dir / "valid", **ds_kw)
+        self.sampler = BatchSampler(self.train_set.durations, cfg.data.batch_size, cfg.data.batching,
+                                    cfg.data.bucket_window, shuffle=True, seed=cfg.train.seed,
+                                    rank=self.dist.rank, world_size=self.dist.world_size)
+        self.valid_sampler = BatchSampler(self.valid_set.durations, cfg.data.batch_size, shuffle=False)
+        self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate,
+                                       num_workers=cfg.data.num_workers)
+        self.valid_loader = DataLoader(self.valid_set, batch_sampler=self.valid_sampler, collate_fn=collate,
+                                       num_workers=cfg.data.num_workers)
+
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        self.model: SERModel = build_model(cfg, vocab_size=len(token_list)).to(self.device)
+        if cfg.backbone.freeze_feature_encoder:
+            for p in self.model.backbone.feature_extractor.parameters():
+                p.requires_grad_(False)
+        self.ddp_model = self.model
+        if self.dist.world_size > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.backbone.freeze_steps > 0)
+
+        backbone_params = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in self.model.backbone.parameters()}
+        head_params = [p for p in self.model.parameters() if id(p) not in backbone_ids and p.requires_grad]
+        groups = [
+            {"params": backbone_params, "lr": cfg.optim.lr * cfg.backbone.lr_scale, "name": "backbone"},
+            {"params": head_params, "lr": cfg.optim.lr, "name": "heads"},
+        ]
+        opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                 weight_decay=cfg.optim.weight_decay)
+        total_steps = cfg.train.epochs * max(1, len(self.sampler.epoch_batches(0)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.scheduler.name, cfg.scheduler.warmup_steps, total_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+
+        self.epoch = 0  # epochs finished
+        self.step = 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.finished = False
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": capture_rng(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": json.dumps(self.history),
+            "best": json.dumps(self.best),
+            "finished": self.finished,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.history = json.loads(state["history"])
+        self.best = json.loads(state["best"])
+        self.finished = bool(state["finished"])
+
+    def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        with atomic_open(self.exp_dir / CHECKPOINT, "wb") as f:
+            torch.save(self.state_dict(), f)
+
+    def try_resume(self) -> bool:
+        path = self.exp_dir / CHECKPOINT
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise MtlserError(f"{path}: cannot read the checkpoint ({e}); delete it to start this fold again") from None
+        self.load_state_dict(state)
+        logger.info("resumed from %s after epoch %d (step %d)", path, self.epoch, self.step)
+        return True
+
+    # ------------------------------------------------------------------ setup files
+    def write_model_files(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.exp_dir / "config.yaml")
+        atomic_write_text(self.exp_dir / "token_list", "".join(t + "\n" for t in self.token_list))
+        info = {
+            "arch": self.model.backbone.arch,
+            "arch_kwargs": {k: (list(map(list, v)) if k == "extractor_conv_layer_config" and v is not None else v)
+                            for k, v in self.model.backbone.arch_kwargs.items()},
+            "emotions": list(self.cfg.data.emotions),
+            "vocab_size": len(self.token_list),
+            "num_hidden_states": self.model.backbone.num_layers + 1,
+        }
+        atomic_write_text(self.exp_dir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+
+    # ------------------------------------------------------------------ loop
+    def autocast(self):
+        if self.cfg.train.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _set_backbone_frozen(self, frozen: bool) -> None:
+        for name, p in self.model.backbone.named_parameters():
+            if self.cfg.backbone.freeze_feature_encoder and "feature_extractor" in name:
+                continue
+            p.requires_grad_(not frozen)
+
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        self.sampler.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        n = 0
+        t0 = time.time()
+        audio_s = 0.0
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
+                   disable=not self.dist.is_main, leave=False, mininterval=5)
+        for batch in bar:
+            frozen = self.step < cfg.backbone.freeze_steps
+            self._set_backbone_frozen(frozen)
+            batch = batch_to(batch, self.device)
+            with self.autocast():
+                loss, stats, bs = self.ddp_model(batch["wavs"], batch["wav_lens"], batch["emotions"],
+                                                 batch["targets"], batch["target_lens"])
+            if not torch.isfinite(loss):
+                raise MtlserError(f"non-finite loss {loss.item()} at step {self.step} (utterances "
+                                  f"{batch['utts'][:4]}...); lower optim.lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.optim.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v * (bs if k != "ctc_skipped" else 1)
+            n += bs
+            audio_s += float(batch["wav_lens"].sum()) / cfg.data.sample_rate
+            if self.step % cfg.train.log_interval == 0 and self.dist.is_main:
+                logger.info("epoch %d step %d: %s", self.epoch + 1, self.step,
+                            " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+        out = {k: (v / max(n, 1) if k != "ctc_skipped" else v) for k, v in sums.items()}
+        out["time_s"] = time.time() - t0
+        out["audio_s_per_s"] = audio_s / max(out["time_s"], 1e-9)
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Objective, WA and UA on the fold's valid set (training speakers only)."""
+        self.model.eval()
+        refs, hyps = [], []
+        loss_sum = 0.0
+        n = 0
+        for batch in self.valid_loader:
+            batch = batch_to(batch, self.device)
+            with self.autocast():
+                loss, _, emo_logits = self.model.loss_and_logits(
+                    batch["wavs"], batch["wav_lens"], batch["emotions"], batch["targets"], batch["target_lens"])
+            bs = len(batch["utts"])
+            loss_sum += float(loss) * bs
+            n += bs
+            refs.extend(batch["emotions"].tolist())
+            hyps.extend(emo_logits.argmax(-1).tolist())
+        self.model.train()
+        cm = confusion_matrix(refs, hyps, len(self.cfg.data.emotions))
+        return {"loss": loss_sum / max(n, 1), "wa": weighted_accuracy(cm), "ua": unweighted_accuracy(cm)}
+
+    def is_better(self, valid: dict) -> bool:
+        metric = self.cfg.train.select_metric
+        if self.best is None:
+            return True
+        if metric == "loss":
+            return valid["loss"] < self.best["loss"]
+        if valid[metric] != self.best[metric]:
+            return valid[metric] > self.best[metric]
+        return valid["loss"] < self.best["loss"]  # tie: lower loss wins
+
+    def save_best(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.dist.is_main:
+            return
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = self.exp_dir / f".{BEST}.tmp"
+        save_file(state, str(tmp), metadata={"epoch": str(self.epoch)})
+        os.replace(tmp, self.exp_dir / BEST)
+        if self.cfg.train.keep_epoch_checkpoints:
+            save_file(state, str(self.exp_dir / f"epoch{self.epoch}.safetensors"))
+
+    def write_history(self) -> None:
+        if not self.dist.is_main or not self.history:
+            return
+        keys = list(self.history[0].keys())
+        lines = ["\t".join(keys)]
+        for h in self.history:
+            lines.append("\t".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in keys))
+        atomic_write_text(self.exp_dir / "history.tsv", "\n".join(lines) + "\n")
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.write_model_files()
+        self.try_resume()
+        if self.finished or self.epoch >= cfg.train.epochs:
+            logger.info("%s: training already finished (%d epochs); nothing to do", self.exp_dir, self.epoch)
+            return self.best or {}
+        logger.info("train: %d utterances (%.1f min), valid: %d; %d batches/epoch, padding %.1f%%; device %s",
+                    len(self.train_set), sum(self.train_set.durations) / 60, len(self.valid_set),
+                    len(self.sampler.epoch_batches(0)), 100 * self.sampler.padding_share(0), self.device)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        logger.info("model: %.2fM parameters, %d hidden states fused (%s), lambda=%g",
+                    n_params / 1e6, self.model.backbone.num_layers + 1, cfg.model.fusion, cfg.loss.lambda_)
+        since_best = 0
+        if self.best is not None:
+            since_best = self.epoch - int(self.best["epoch"])
+        while self.epoch < cfg.train.epochs:
+            train_stats = self.train_epoch()
+            self.epoch += 1
+            valid = self.validate()
+            record = {"epoch": self.epoch, "step": self.step}
+            record.update({f"train_{k}": v for k, v in train_stats.items()})
+            record.update({f"valid_{k}": v for k, v in valid.items()})
+            if self.model.fusion is not None:
+                w = self.model.fusion.weights.detach().cpu().tolist()
+                record["fusion_weights"] = " ".join(f"{x:.4f}" for x in w)
+            self.history.append(record)
+            improved = self.is_better(valid)
+            if improved:
+                self.best = {"epoch": self.epoch, **valid}
+                self.save_best()
+                since_best = 0
+            else:
+                since_best += 1
+            if cfg.train.patience > 0 and since_best >= cfg.train.patience:
+                logger.info("no improvement of valid %s for %d epochs: stopping early", cfg.train.select_metric,
+                            since_best)
+                self.finished = True
+            if self.epoch >= cfg.train.epochs:
+                self.finished = True
+            self.save_checkpoint()
+            self.write_history()
+            if self.dist.is_main:
+                logger.info(
+                    "epoch %d: train loss %.4f (ce %.4f%s) %.0f audio-s/s | valid loss %.4f WA %.4f UA %.4f%s",
+                    self.epoch, train_stats.get("loss", math.nan), train_stats.get("loss_ce", math.nan),
+                    f", ctc {train_stats['loss_ctc']:.4f}, {int(train_stats.get('ctc_skipped', 0))} ctc-skipped"
+                    if "loss_ctc" in train_stats else "",
+                    train_stats["audio_s_per_s"], valid["loss"], valid["wa"], valid["ua"],
+                    " (best)" if improved else "")
+            if self.finished:
+                break
+        if self.dist.is_main:
+            atomic_write_text(self.exp_dir / "best.json", json.dumps(self.best, indent=1) + "\n")
+            plot_history(self.history, self.exp_dir / "train_curves.png")
+        return self.best or {}
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(ep, [h.get("train_loss", np.nan) for h in history], label="train loss")
+    axes[0].plot(ep, [h.get("valid_loss", np.nan) for h in history], label="valid loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    axes[1].plot(ep, [h.get("valid_wa", np.nan) for h in history], label="valid WA")
+    axes[1].plot(ep, [h.get("valid_ua", np.nan) for h in history], label="valid UA")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylim(0, 1)
+    axes[1].legend()
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

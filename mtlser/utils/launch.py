@@ -1,0 +1,194 @@
+"""Run an array of jobs locally or on Slurm, with Kaldi's run.pl interface.
+
+    python -m mtlser.utils.launch [--backend local|slurm] [--max-jobs-run N] [--gpu N] [--sbatch-opt=OPT ...] \\
+        JOB=1:10 exp/x/logs/train.JOB.log  python -m mtlser.train ... --fold JOB
+
+``JOB`` in the log path and in the command becomes 1..N. Each job's stdout and
+stderr go to its log, framed by the command line and its exit status, as
+run.pl writes them. Locally, at most --max-jobs-run jobs run at once and a
+progress bar per running job follows the ``epoch i/N`` lines of its log.
+With --backend slurm the array goes to ``sbatch --wait --array=1-N%M``.
+Exit status: 0 when every job succeeded; otherwise 1, naming the failed logs.
+
+Recipes reach this through cmd.sh (``train_cmd``/``decode_cmd``), which picks
+the backend in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def parse_range(spec: str) -> tuple[str, int, int]:
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(\d+):(\d+)", spec)
+    if not m:
+        raise SystemExit(f"launch: expected a job range like JOB=1:10, got '{spec}'")
+    name, lo, hi = m.group(1), int(m.group(2)), int(m.group(3))
+    if hi < lo:
+        raise SystemExit(f"launch: empty job range {spec}")
+    return name, lo, hi
+
+
+def substitute(args: list[str], name: str, value: int) -> list[str]:
+    return [re.sub(rf"\b{name}\b", str(value), a) for a in args]
+
+
+def _header(cmd: list[str]) -> str:
+    return f"# {' '.join(shlex.quote(c) for c in cmd)}\n# Started at {time.strftime('%a %b %d %H:%M:%S %Z %Y')}\n#\n"
+
+
+def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int,
+              progress_regex: str | None) -> list[int]:
+    from tqdm import tqdm
+
+    pending = list(range(lo, hi + 1))
+    running: dict[int, tuple[subprocess.Popen, Path, float, object]] = {}
+    failed: list[int] = []
+    pattern = re.compile(progress_regex) if progress_regex else None
+    show_bars = pattern is not None and sys.stderr.isatty() or os.environ.get("MTLSER_PROGRESS") == "1"
+    overall = tqdm(total=len(pending), desc="jobs done", unit="job", position=0, leave=True,
+                   disable=len(pending) < 2)
+    slots = list(range(1, max_jobs + 1))
+
+    def start(job: int) -> None:
+        log = Path(substitute([log_pattern], name, job)[0])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        job_cmd = substitute(cmd, name, job)
+        f = open(log, "w", encoding="utf-8")
+        f.write(_header(job_cmd))
+        f.flush()
+        env = dict(os.environ, MTLSER_JOB=str(job))
+        proc = subprocess.Popen(job_cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        slot = slots.pop(0)
+        bar = tqdm(total=None, desc=f"{name}={job}", position=slot, leave=False, disable=not show_bars,
+                   bar_format="{desc}: {n}/{total} {bar} {elapsed}")
+        running[job] = (proc, log, time.time(), (f, bar, slot))
+
+    def finish(job: int, rc: int) -> None:
+        proc, log, t0, (f, bar, slot) = running.pop(job)
+        f.write(f"# Accounting: time={int(time.time() - t0)} threads=1\n# Ended (code {rc}) at "
+                f"{time.strftime('%a %b %d %H:%M:%S %Z %Y')}, elapsed time {int(time.time() - t0)} seconds\n")
+        f.close()
+        bar.close()
+        slots.append(slot)
+        slots.sort()
+        overall.update(1)
+        if rc != 0:
+            failed.append(job)
+            tqdm.write(f"launch: job {name}={job} failed (exit {rc}); see {log}", file=sys.stderr)
+
+    def kill_all(*_):
+        for proc, *_rest in running.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        raise SystemExit(130)
+
+    old = signal.signal(signal.SIGTERM, kill_all)
+    try:
+        while pending or running:
+            while pending and len(running) < max_jobs:
+                start(pending.pop(0))
+            time.sleep(0.5)
+            for job in list(running):
+                proc, log, _t0, (_f, bar, _slot) = running[job]
+                if show_bars and pattern is not None:
+                    try:
+                        with open(log, "rb") as fh:
+                            fh.seek(max(0, log.stat().st_size - 8192))
+                            tail = fh.read().decode("utf-8", "replace")
+                        hits = pattern.findall(tail)
+                        if hits:
+                            done, total = map(int, hits[-1])
+                            bar.total = total
+                            bar.n = done
+                            bar.refresh()
+                    except OSError:
+                        pass
+                rc = proc.poll()
+                if rc is not None:
+                    finish(job, rc)
+    except KeyboardInterrupt:
+        kill_all()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        overall.close()
+    return failed
+
+
+def run_slurm(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int, gpu: int,
+              extra: list[str]) -> list[int]:
+    log_dir = Path(substitute([log_pattern], name, lo)[0]).parent
+    qdir = log_dir / "q"
+    qdir.mkdir(parents=True, exist_ok=True)
+    script = qdir / f"{Path(log_pattern).name.replace(name, 'array')}.sh"
+    job_cmd = " ".join(shlex.quote(c) for c in cmd)
+    job_cmd = re.sub(rf"\b{name}\b", "${SLURM_ARRAY_TASK_ID}", job_cmd)
+    log_sh = re.sub(rf"\b{name}\b", "${SLURM_ARRAY_TASK_ID}", shlex.quote(log_pattern))
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        f"cd {shlex.quote(os.getcwd())}\n"
+        f"log={log_sh}\n"
+        'mkdir -p "$(dirname "$log")"\n'
+        f'{{ echo "# {job_cmd}"; echo "# Started at $(date)"; }} > "$log"\n'
+        f'export MTLSER_JOB=${{SLURM_ARRAY_TASK_ID}}\n'
+        f'( {job_cmd} ) >> "$log" 2>&1\n'
+        'rc=$?\necho "# Ended (code $rc) at $(date)" >> "$log"\nexit $rc\n'
+    )
+    sbatch = ["sbatch", "--wait", f"--array={lo}-{hi}%{max_jobs}", f"--output={qdir}/slurm-%A_%a.out",
+              f"--job-name={Path(log_pattern).stem.split('.')[0]}"]
+    if gpu > 0:
+        sbatch.append(f"--gres=gpu:{gpu}")
+    sbatch += extra + [str(script)]
+    rc = subprocess.call(sbatch)
+    if rc == 0:
+        return []
+    failed = []
+    for job in range(lo, hi + 1):
+        log = Path(substitute([log_pattern], name, job)[0])
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        if "# Ended (code 0)" not in text:
+            failed.append(job)
+    return failed or list(range(lo, hi + 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--backend", default=os.environ.get("MTLSER_CMD_BACKEND", "local"),
+                        choices=["local", "slurm"])
+    parser.add_argument("--max-jobs-run", type=int, default=1)
+    parser.add_argument("--gpu", type=int, default=0, help="GPUs per job (slurm: --gres=gpu:N)")
+    parser.add_argument("--progress-regex", default=r"epoch (\d+)/(\d+)")
+    parser.add_argument("--sbatch-opt", action="append", default=[],
+                        help="an extra sbatch option, repeatable: --sbatch-opt=--partition=gpu --sbatch-opt=--mem=16G")
+    parser.add_argument("range", help="JOB=1:N")
+    parser.add_argument("log", help="log file path; JOB is replaced")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.error("no command given")
+    name, lo, hi = parse_range(args.range)
+    if args.backend == "local":
+        failed = run_local(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.progress_regex)
+    else:
+        failed = run_slurm(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.gpu,
+                           args.sbatch_opt)
+    if failed:
+        logs = ", ".join(substitute([args.log], name, j)[0] for j in failed)
+        print(f"launch: {len(failed)} of {hi - lo + 1} jobs failed: {logs}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
