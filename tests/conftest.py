@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny corpora, data dirs and configs built on the fly (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: A tiny wav2vec2-shaped backbone for tests: 2 conv layers (320x), 2 pre-LN layers of 32 dims.
+TINY_BACKBONE = {
+    "arch": "wav2vec2",
+    "init": None,
+    "size": "custom",
+    "custom": {
+        "extractor_mode": "group_norm",
+        "extractor_conv_layer_config": [[8, 40, 20], [16, 16, 16]],
+        "encoder_embed_dim": 32,
+        "encoder_pos_conv_kernel": 8,
+        "encoder_pos_conv_groups": 4,
+        "encoder_num_layers": 2,
+        "encoder_num_heads": 2,
+        "encoder_ff_interm_features": 64,
+        "encoder_layer_norm_first": True,
+    },
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "projection_dropout": 0.0,
+}
+
+
+def tiny_config_dict(**sections) -> dict:
+    cfg = {
+        "backbone": dict(TINY_BACKBONE),
+        "loss": {"lambda": 0.1, "ctc_reduction": "mean"},
+        "optim": {"lr": 1e-3},
+        "data": {"batch_size": 4},
+        "train": {"epochs": 2, "seed": 3, "num_threads": 1, "device": "cpu"},
+    }
+    for k, v in sections.items():
+        cfg.setdefault(k, {}).update(v)
+    return cfg
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """Write a tiny training YAML and return its path."""
+    import yaml
+
+    def make(**sections) -> Path:
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(tiny_config_dict(**sections)))
+        return path
+
+    return make
+
+
+def write_wav(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int = 1, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    x = 0.3 * np.sin(2 * np.pi * (120 + 40 * rng.random()) * t) + 0.01 * rng.standard_normal(n)
+    if channels > 1:
+        x = np.stack([x] * channels, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), sr, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+def make_data_dir(tmp_path):
+    """A valid stage-0 data dir with ``n_spk`` speakers x ``n_utt`` utterances (sine-ish audio)."""
+    from mtlser.data.datadir import DataDir, EMOTIONS
+
+    def make(name: str = "all", n_spk: int = 4, n_utt: int = 4, seconds: float = 1.0, text: str = "hello world"):
+        tables = {k: {} for k in ("wav.scp", "text", "utt2spk", "utt2emo", "utt2dur", "utt2session")}
+        for s in range(n_spk):
+            spk = f"Ses{s // 2 + 1:02d}{'FM'[s % 2]}"
+            for i in range(n_utt):
+                utt = f"{spk}_dlg_{'FM'[s % 2]}{i:03d}"
+                wav = write_wav(tmp_path / "wav" / f"{utt}.wav", seconds, seed=s * 100 + i)
+                tables["wav.scp"][utt] = str(wav)
+                tables["text"][utt] = text
+                tables["utt2spk"][utt] = spk
+                tables["utt2emo"][utt] = EMOTIONS[(s + i) % 4]
+                tables["utt2dur"][utt] = f"{seconds:.4f}"
+                tables["utt2session"][utt] = spk[:5]
+        path = tmp_path / name
+        DataDir(tables).write(path)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def g2p():
+    from mtlser.text.g2p import G2P
+
+    return G2P()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
