@@ -96,16 +96,22 @@ def make_folds(dd: DataDir, protocol: str) -> list[tuple[str, list[str]]]:
 def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how: str, share: float,
                rng: np.random.Generator) -> list[str]:
     if how == "share":
-        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for u in train_utts:
-            groups[(dd["utt2spk"][u], dd["utt2emo"][u])].append(u)
+        # Per training speaker: round(share * n) utterances, at least one, spread over the emotions
+        # (round-robin over the speaker's shuffled utterances of each emotion), so valid covers every
+        # training speaker and every class without emptying small groups.
+        by_spk: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for u in sorted(train_utts, key=sort_key):
+            by_spk[dd["utt2spk"][u]][dd["utt2emo"][u]].append(u)
         valid = []
-        for key in sorted(groups):
-            utts = sorted(groups[key], key=sort_key)
-            k = int(round(share * len(utts)))
-            if k:
-                idx = rng.choice(len(utts), size=k, replace=False)
-                valid.extend(utts[i] for i in sorted(idx))
+        for spk in sorted(by_spk, key=sort_key):
+            queues = []
+            for emo in sorted(by_spk[spk]):
+                utts = by_spk[spk][emo]
+                queues.append([utts[i] for i in rng.permutation(len(utts))])
+            n = sum(len(q) for q in queues)
+            k = min(n - 1, max(1, int(round(share * n)))) if share > 0 else 0
+            order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+            valid.extend(order[:k])
         return valid
     if how == "session-mate":
         if "utt2session" not in dd.tables:
