@@ -103,6 +103,21 @@ class SERDataset(Dataset):
     def __len__(self) -> int:
         return len(self.utts)
 
+    def drop_shorter_than(self, seconds: float) -> list[str]:
+        """Remove utterances shorter than ``seconds`` (e.g. less than one CNN frame); returns their ids."""
+        keep = [i for i, d in enumerate(self.durations) if d >= seconds]
+        dropped = [self.utts[i] for i in range(len(self.utts)) if self.durations[i] < seconds]
+        if dropped:
+            self.utts = [self.utts[i] for i in keep]
+            self.wavs = [self.wavs[i] for i in keep]
+            self.emotions = [self.emotions[i] for i in keep]
+            self.durations = [self.durations[i] for i in keep]
+            if self.targets is not None:
+                self.targets = [self.targets[i] for i in keep]
+            if self._cache:
+                raise RuntimeError("drop utterances before the audio cache fills")
+        return dropped
+
     def _audio(self, idx: int) -> np.ndarray:
         if self._cache is not None and idx in self._cache:
             return self._cache[idx]

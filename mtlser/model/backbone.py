@@ -137,6 +137,13 @@ class Backbone(nn.Module):
             lengths = torch.clamp(lengths, min=0)
         return lengths
 
+    def min_samples(self) -> int:
+        """The shortest input that gives one frame (the CNN's receptive field): 400 samples for wav2vec2."""
+        n = 1
+        for layer in reversed(self.model.feature_extractor.conv_layers):
+            n = (n - 1) * layer.stride + layer.kernel_size
+        return n
+
     def _normalize(self, waveforms: Tensor, lengths: Tensor | None) -> Tensor:
         if lengths is None:
             mean = waveforms.mean(dim=1, keepdim=True)

@@ -125,6 +125,18 @@ class Trainer:
         self.train_set = SERDataset(self.data_dir / "train", max_duration=cfg.data.max_duration, **ds_kw)
         self.train_set.training = True
         self.valid_set = SERDataset(self.data_dir / "valid", **ds_kw)
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        self.model: SERModel = build_model(cfg, vocab_size=len(token_list)).to(self.device)
+        # Utterances shorter than the CNN's receptive field give no frame at all: a logged, counted skip.
+        min_s = self.model.backbone.min_samples() / cfg.data.sample_rate
+        for name, ds in (("train", self.train_set), ("valid", self.valid_set)):
+            dropped = ds.drop_shorter_than(min_s)
+            if dropped:
+                logger.warning("%s: skipped %d utterances shorter than %.3f s (one frame), e.g. %s",
+                               self.data_dir / name, len(dropped), min_s, dropped[:3])
+            if len(ds) == 0:
+                raise MtlserError(f"{self.data_dir / name}: no utterance of at least {min_s:.3f} s")
         self.sampler = BatchSampler(self.train_set.durations, cfg.data.batch_size, cfg.data.batching,
                                     cfg.data.bucket_window, shuffle=True, seed=cfg.train.seed,
                                     rank=self.dist.rank, world_size=self.dist.world_size)
@@ -134,9 +146,6 @@ class Trainer:
         self.valid_loader = DataLoader(self.valid_set, batch_sampler=self.valid_sampler, collate_fn=collate,
                                        num_workers=cfg.data.num_workers)
 
-        torch.manual_seed(cfg.train.seed)
-        random.seed(cfg.train.seed)
-        self.model: SERModel = build_model(cfg, vocab_size=len(token_list)).to(self.device)
         if cfg.backbone.freeze_feature_encoder:
             for p in self.model.backbone.feature_extractor.parameters():
                 p.requires_grad_(False)
