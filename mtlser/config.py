@@ -43,11 +43,17 @@ def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = da
 class BackboneConfig:
     arch: str = doc("Self-supervised backbone: wav2vec2 | hubert | wavlm.", "wav2vec2")
     init: str | None = doc(
-        "Pretrained weights, read locally, never downloaded: a Hugging Face model dir (config.json + "
-        "model.safetensors or pytorch_model.bin), a torchaudio bundle state-dict file (.pth), or a fairseq "
-        "checkpoint (.pt). null = random init, for smoke tests only (a loud warning is logged).", None)
+        "Pretrained weights, read locally, never downloaded (docs/backbones.md): a Hugging Face model dir "
+        "(config.json + model.safetensors or pytorch_model.bin); torchaudio:BUNDLE (e.g. "
+        "torchaudio:WAV2VEC2_BASE, its file read from `cache_dir`) or such a bundle's cached .pth file; a fairseq "
+        "checkpoint (wav2vec_small.pt, hubert_base_ls960.pt, WavLM-Base+.pt); or a state dict in torchaudio's "
+        "naming (architecture from `size`). The checkpoint sets the architecture and must be an `arch` model. "
+        "null = random init, for smoke tests only (a loud warning is logged).", None)
+    cache_dir: str | None = doc(
+        "Directory holding the weights file of a torchaudio:BUNDLE `init`; null = torch hub's cache "
+        "($TORCH_HOME/hub/checkpoints, where bundle.get_model() stores it).", None)
     size: str = doc(
-        "Architecture when `init` does not carry one (null init, or a bare state dict): base | large | "
+        "Architecture when `init` does not carry one (null init, or a bare torchaudio state dict): base | large | "
         "custom. `custom` takes torchaudio.models.wav2vec2_model arguments from `custom`.", "base")
     custom: dict = doc(
         "torchaudio.models.wav2vec2_model keyword arguments for size=custom, e.g. a tiny model for the "
@@ -55,11 +61,17 @@ class BackboneConfig:
     freeze_feature_encoder: bool = doc(
         "Freeze the 7-layer CNN feature encoder. The paper trains it (false); freezing is common "
         "practice and much faster.", False)
+    freeze: bool = doc(
+        "Probing, SUPERB style: the whole backbone stays frozen in eval mode (no dropout, masking or LayerDrop) "
+        "and out of the optimizer; only the layer fusion and the heads train. Not the paper (it fine-tunes).",
+        False)
     freeze_steps: int = doc("Keep the whole backbone frozen for the first N optimizer steps (heads warm up).", 0)
     lr_scale: float = doc("Backbone learning rate = optim.lr * lr_scale (fusion and heads use optim.lr).", 1.0)
     mask_time_prob: float = doc(
-        "wav2vec2-style time masking of the transformer input during training: probability of a frame "
-        "starting a masked span. The paper uses none (0).", 0.0)
+        "wav2vec2-style time masking of the transformer input during training (fairseq mask_prob, HF "
+        "mask_time_prob): each utterance gets about mask_time_prob * valid_frames / mask_time_length spans, so "
+        "roughly this share of its valid frames is replaced by the (pre-trained) mask embedding; padding is never "
+        "masked, nor utterances shorter than one span. The paper uses none (0).", 0.0)
     mask_time_length: int = doc("Length in frames of each masked span.", 10)
     layer_drop: float = doc(
         "Probability of skipping a transformer layer in training (LayerDrop). Kept at 0 while layers "
@@ -317,6 +329,12 @@ def check_config(cfg: Config, where: str = "config") -> None:
     if cfg.loss.class_weights is not None and len(cfg.loss.class_weights) != len(cfg.data.emotions):
         raise MtlserError(f"{where}: loss.class_weights has {len(cfg.loss.class_weights)} values for "
                           f"{len(cfg.data.emotions)} emotions")
+    if cfg.backbone.freeze and cfg.backbone.mask_time_prob > 0:
+        raise MtlserError(f"{where}: backbone.freeze = true runs the backbone in eval mode, so "
+                          f"backbone.mask_time_prob = {cfg.backbone.mask_time_prob} would never mask; set it to 0")
+    if cfg.backbone.mask_time_prob < 0 or cfg.backbone.mask_time_prob >= 1 or cfg.backbone.mask_time_length < 1:
+        raise MtlserError(f"{where}: backbone.mask_time_prob = {cfg.backbone.mask_time_prob} must be in [0, 1) and "
+                          f"backbone.mask_time_length = {cfg.backbone.mask_time_length} >= 1")
     if cfg.backbone.size == "custom" and not cfg.backbone.custom:
         raise MtlserError(f"{where}: backbone.size = custom needs backbone.custom (wav2vec2_model arguments)")
 

@@ -10,15 +10,18 @@ without the pretrained checkpoint. :class:`Backbone` adds what torchaudio's
   and, for post-LN models like wav2vec2-base, the encoder layer norm): what
   Hugging Face returns as ``hidden_states[0]``;
 - the final layer norm on the last state of pre-LN models (large), as HF does;
-- WavLM's relative position bias carried from layer to layer;
-- time masking drawn from torch's RNG (so it is checkpointed with the trainer).
+- WavLM's relative position bias carried from layer to layer, and its padding
+  given as a key padding mask (torchaudio's WavLM attention rejects the additive
+  mask its own ``extract_features`` passes, so padded batches fail there);
+- time masking drawn from torch's RNG (so it is checkpointed with the trainer);
+- :meth:`Backbone.freeze` for probing (SUPERB): no gradients, always eval mode.
 
 Layer numbering: 0 = transformer input, 1..L = transformer layer outputs;
 wav2vec2-base has L = 12, so the fusion takes 13 states of 768 dims.
 
 Usage::
 
-    backbone = load_backbone("wav2vec2", "/path/to/wav2vec2-base")   # HF dir, .pth or fairseq .pt
+    backbone = load_backbone("wav2vec2", "/path/to/wav2vec2-base")   # formats: mtlser.model.checkpoints
     states, frame_lens = backbone.extract_features(wavs, wav_lens)   # 13 x (B, T, 768), (B,)
 """
 
@@ -27,7 +30,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,8 +125,23 @@ class Backbone(nn.Module):
         self.mask_time_prob = mask_time_prob
         self.mask_time_length = mask_time_length
         self.normalize_waveform = normalize_waveform
-        # The learned vector that replaces masked frames (fairseq's mask_emb); only used when masking.
+        # The learned vector that replaces masked frames (fairseq's mask_emb, HF's masked_spec_embed): uniform
+        # init as both do; load_backbone copies the pre-trained one when the checkpoint has it.
         self.mask_embedding = nn.Parameter(torch.zeros(self.hidden_size).uniform_()) if mask_time_prob > 0 else None
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Probing (SUPERB): the whole backbone fixed, run in eval mode without building a graph.
+
+        Eval mode for good, as s3prl runs a frozen upstream: dropout, time masking and
+        LayerDrop would only add noise to features nothing here can adapt to.
+        """
+        self.frozen = True
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(mode and not self.frozen)
 
     @property
     def feature_extractor(self) -> nn.Module:
@@ -155,19 +172,29 @@ class Backbone(nn.Module):
         var = (((waveforms - mean) * mask) ** 2).sum(1, keepdim=True) / n
         return ((waveforms - mean) / torch.sqrt(var + 1e-7)) * mask
 
-    def _time_mask(self, x: Tensor, frame_lens: Tensor | None) -> Tensor:
-        """wav2vec2-style span masking of the transformer input (training only)."""
-        B, T, _ = x.shape
+    def time_mask(self, batch: int, frames: int, frame_lens: Tensor | None, device: torch.device) -> Tensor:
+        """Which frames to mask, (B, T) bool: wav2vec2's span masking, valid frames only.
+
+        As fairseq's ``compute_mask_indices`` (static spans, overlap allowed): an utterance
+        of n valid frames gets floor(mask_time_prob * n / span + u) spans, u ~ U(0, 1)
+        (probabilistic rounding), each starting uniformly where it fits inside the valid
+        frames; so about mask_time_prob of the valid frames are masked (fewer where spans
+        overlap), padding never, and utterances shorter than one span not at all.
+        Drawn from torch's RNG, so the trainer's checkpoint resumes it exactly.
+        """
         span = self.mask_time_length
-        if T <= span:
-            return x
-        starts = torch.rand(B, T - span + 1, device=x.device) < self.mask_time_prob / span * 1.0
-        mask = torch.zeros(B, T, dtype=torch.bool, device=x.device)
-        for offset in range(span):
-            mask[:, offset:offset + starts.shape[1]] |= starts
-        if frame_lens is not None:
-            mask &= torch.arange(T, device=x.device)[None, :] < frame_lens[:, None]
-        return torch.where(mask[..., None], self.mask_embedding.to(x.dtype), x)
+        valid = frame_lens if frame_lens is not None else torch.full((batch,), frames, device=device)
+        room = (valid - span + 1).clamp(min=0)  # (B,) start positions where a whole span fits
+        num = torch.floor(self.mask_time_prob * valid / span + torch.rand(batch, device=device)).long()
+        num = torch.where(room > 0, num, torch.zeros_like(num))  # (B,)
+        max_num = int(num.max()) if batch > 0 else 0
+        if max_num == 0:
+            return torch.zeros(batch, frames, dtype=torch.bool, device=device)
+        starts = (torch.rand(batch, max_num, device=device) * room[:, None]).long()  # (B, N) in [0, room)
+        used = torch.arange(max_num, device=device)[None, :] < num[:, None]  # (B, N)
+        t = torch.arange(frames, device=device)[None, None, :]  # (1, 1, T)
+        covered = (t >= starts[..., None]) & (t < starts[..., None] + span) & used[..., None]  # (B, N, T)
+        return covered.any(dim=1)
 
     def extract_features(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[list[Tensor], Tensor | None]:
         """Hidden states 0..L and frame lengths.
@@ -179,25 +206,40 @@ class Backbone(nn.Module):
             (states, frame_lengths): L+1 tensors (B, T, D); (B,) valid frames (None if lengths is None).
         """
         assert waveforms.ndim == 2, f"waveforms must be (batch, samples), got {tuple(waveforms.shape)}"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self._extract(waveforms, lengths)
+
+    def _extract(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[list[Tensor], Tensor | None]:
         if self.normalize_waveform:
             waveforms = self._normalize(waveforms, lengths)
         x, frame_lens = self.model.feature_extractor(waveforms, lengths)  # (B, T, C)
         encoder = self.model.encoder
         x, attn_mask = encoder._preprocess(x, frame_lens)  # projection; pads zeroed; (B, 1, T, T) additive mask
         if self.training and self.mask_embedding is not None and self.mask_time_prob > 0:
-            x = self._time_mask(x, frame_lens)
+            mask = self.time_mask(x.shape[0], x.shape[1], frame_lens, x.device)  # (B, T)
+            x = torch.where(mask[..., None], self.mask_embedding.to(x.dtype), x)
+        key_padding_mask = None
+        if self.arch == "wavlm":
+            # torchaudio's WavLM attention takes padding as a (B, T) key mask, never attn_mask; additive and in
+            # x's dtype (as the position bias it is added to), -10000 at pads like Encoder._preprocess.
+            if frame_lens is not None:
+                pads = torch.arange(x.shape[1], device=x.device)[None, :] >= frame_lens[:, None]  # (B, T)
+                key_padding_mask = pads.to(x.dtype) * -10000.0
+            attn_mask = None
         transformer = encoder.transformer
         x = transformer._preprocess(x)  # + positional conv (+ layer norm for post-LN models), dropout
         states = [x]
-        position_bias = None
+        position_bias = None  # WavLM: made by layer 0 from its relative position embedding, reused by the rest
         for layer in transformer.layers:
             if self.training and transformer.layer_drop > 0 and torch.rand(1).item() < transformer.layer_drop:
                 states.append(x)  # LayerDrop: the layer passes its input through
                 continue
-            x, position_bias = layer(x, attn_mask, position_bias=position_bias)
+            x, position_bias = layer(x, attn_mask, position_bias=position_bias, key_padding_mask=key_padding_mask)
             states.append(x)
         if not transformer.layer_norm_first:
-            # Pre-LN models (large) end with a layer norm that HF applies to the last hidden state.
+            # torchaudio's Transformer.layer_norm_first is True for post-LN models (it is the negation of
+            # wav2vec2_model's encoder_layer_norm_first). Pre-LN models (large) end with a layer norm that
+            # HF applies to the last hidden state.
             states[-1] = transformer.layer_norm(states[-1])
         return states, frame_lens
 
@@ -226,44 +268,72 @@ def load_backbone(
     *,
     size: str = "base",
     custom: dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
     mask_time_prob: float = 0.0,
     mask_time_length: int = 10,
     normalize_waveform: bool = False,
+    freeze: bool = False,
     **dropouts: float,
 ) -> Backbone:
     """Build a backbone and load pretrained weights from a local copy.
 
     Args:
-        arch: wav2vec2 | hubert | wavlm.
-        init: a Hugging Face model dir, a torchaudio bundle state-dict file, a fairseq
-            checkpoint, or None (random init: smoke tests only, warns loudly).
-        size, custom: the architecture when ``init`` does not carry one.
-        dropouts: dropout, attention_dropout, activation_dropout, projection_dropout, layer_drop.
+        arch: wav2vec2 | hubert | wavlm; must match what the checkpoint is.
+        init: a Hugging Face model dir, ``torchaudio:BUNDLE``, a torchaudio bundle file, a fairseq
+            checkpoint, a torchaudio-named state dict (see :mod:`mtlser.model.checkpoints`), or None
+            (random init: smoke tests only, warns loudly).
+        size, custom: the architecture when ``init`` does not carry one (None, or a bare state dict).
+        cache_dir: where ``torchaudio:BUNDLE`` weights are (default: torch hub's checkpoints dir).
+        freeze: probing; see :meth:`Backbone.freeze`.
+        dropouts: dropout, attention_dropout, activation_dropout, projection_dropout, layer_drop;
+            these override the checkpoint's own values (the config is the training recipe).
+    Returns:
+        The backbone; ``backbone.arch_kwargs`` is the architecture actually built, enough to
+        rebuild it without the checkpoint (the trainer writes it to model.yaml).
     """
     from mtlser.model import checkpoints
 
-    if init is None:
+    if init is None or str(init) == "":
         kw = _set_dropouts(architecture(arch, size, custom), dropouts)
         logger.warning(
             "backbone %s (%s) is RANDOMLY INITIALISED: no `backbone.init` given. Fine for smoke tests and the "
-            "mini corpus; for real results point backbone.init at a pretrained checkpoint.", arch, size)
-        return Backbone(arch, kw, mask_time_prob=mask_time_prob, mask_time_length=mask_time_length,
-                        normalize_waveform=normalize_waveform)
-    kw, state_dict = checkpoints.read_pretrained(arch, Path(init), size=size, custom=custom)
-    kw = _set_dropouts(kw, dropouts)
-    backbone = Backbone(arch, kw, mask_time_prob=mask_time_prob, mask_time_length=mask_time_length,
-                        normalize_waveform=normalize_waveform)
-    checkpoints.load_state_dict_strict(backbone.model, state_dict, source=str(init))
-    logger.info("backbone %s loaded from %s (%d layers, %d dims)", arch, init, backbone.num_layers, backbone.hidden_size)
+            "mini corpus; for real results point backbone.init at a pretrained checkpoint (docs/backbones.md).",
+            arch, size)
+        backbone = Backbone(arch, kw, mask_time_prob=mask_time_prob, mask_time_length=mask_time_length,
+                            normalize_waveform=normalize_waveform)
+    else:
+        pre = checkpoints.read_pretrained(arch, init, size=size, custom=custom, cache_dir=cache_dir)
+        kw = _set_dropouts(pre.arch_kwargs, dropouts)
+        backbone = Backbone(arch, kw, mask_time_prob=mask_time_prob, mask_time_length=mask_time_length,
+                            normalize_waveform=normalize_waveform)
+        checkpoints.load_state_dict_strict(backbone.model, pre.state, source=str(pre.source))
+        if backbone.mask_embedding is not None and pre.mask_embedding is not None:
+            if tuple(pre.mask_embedding.shape) == tuple(backbone.mask_embedding.shape):
+                with torch.no_grad():
+                    backbone.mask_embedding.copy_(pre.mask_embedding)
+        if pre.ignored:
+            logger.info("%s: not loaded, heads of the pre-training/fine-tuning task: %d tensors (%s%s)", pre.source,
+                        len(pre.ignored), ", ".join(pre.ignored[:4]), " ..." if len(pre.ignored) > 4 else "")
+        if pre.normalize is not None and pre.normalize != normalize_waveform:
+            # HF preprocessor configs say do_normalize=true even for wav2vec2-base, which fairseq trained on raw
+            # waveforms, so only fairseq's and torchaudio's own flags are worth a warning.
+            log = logger.info if pre.format == "hf" else logger.warning
+            log("%s was pre-trained %s waveform normalisation, but backbone.normalize_waveform is %s; "
+                "set it to %s to feed the model what it was trained on", pre.source,
+                "with" if pre.normalize else "without", normalize_waveform, pre.normalize)
+        logger.info("backbone %s loaded from %s (%s format; %d layers, %d dims)", arch, pre.source, pre.format,
+                    backbone.num_layers, backbone.hidden_size)
+    if freeze:
+        backbone.freeze()
     return backbone
 
 
 def build_backbone(cfg: Any) -> Backbone:
     """From a :class:`mtlser.config.BackboneConfig`."""
     return load_backbone(
-        cfg.arch, cfg.init, size=cfg.size, custom=copy.deepcopy(cfg.custom) or None,
+        cfg.arch, cfg.init, size=cfg.size, custom=copy.deepcopy(cfg.custom) or None, cache_dir=cfg.cache_dir,
         mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
-        normalize_waveform=cfg.normalize_waveform,
+        normalize_waveform=cfg.normalize_waveform, freeze=cfg.freeze,
         dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
         activation_dropout=cfg.activation_dropout, projection_dropout=cfg.projection_dropout,
         layer_drop=cfg.layer_drop,

@@ -248,6 +248,8 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _set_backbone_frozen(self, frozen: bool) -> None:
+        if self.model.backbone.frozen:
+            return  # backbone.freeze (probing): frozen for good, never thawed after freeze_steps
         for name, p in self.model.backbone.named_parameters():
             if self.cfg.backbone.freeze_feature_encoder and "feature_extractor" in name:
                 continue
