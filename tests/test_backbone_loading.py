@@ -597,3 +597,49 @@ def _enum(value):
     from mtlser.model.safe_load import _stand_in
 
     return _stand_in("fairseq.dataclass.constants.Choices")(value)  # Enum members pickle as Cls(value)
+
+
+# ----------------------------------------------------------------------------- config and experiment dir
+def test_pretrained_mask_embedding_is_used_for_time_masking(tmp_path, omegaconf_like):
+    model = hf_model("hubert", "base")
+    d = write_hf_safetensors(model, tmp_path / "hf")
+    bb = load_backbone("hubert", d, mask_time_prob=0.05)
+    assert torch.equal(bb.mask_embedding.detach(), model.masked_spec_embed.detach())
+    fs = write_fairseq(model, tmp_path / "fs", "cfg", omegaconf_like)  # fairseq's mask_emb
+    assert torch.equal(load_backbone("hubert", fs, mask_time_prob=0.05).mask_embedding.detach(),
+                       model.masked_spec_embed.detach())
+
+
+def test_config_override_points_the_recipe_at_a_checkpoint(tmp_path):
+    from mtlser.config import load_config
+    from mtlser.model.backbone import build_backbone
+
+    model = hf_model("wavlm", "base")
+    d = write_hf_safetensors(model, tmp_path / "wavlm-base-plus")
+    cfg = load_config(None, ["--backbone.arch", "wavlm", "--backbone.init", str(d), "--backbone.dropout", "0",
+                             "--backbone.attention_dropout", "0", "--backbone.projection_dropout", "0"])
+    assert max_diff(build_backbone(cfg.backbone), model) <= TOL
+
+
+def test_trained_model_dir_needs_no_checkpoint(tmp_path, make_data_dir):
+    """The trainer records the loaded architecture in model.yaml; mtlser.infer rebuilds it after the
+    pretrained checkpoint is deleted, with identical outputs."""
+    from conftest import tiny_config_dict
+
+    from mtlser.config import load_config
+    from mtlser.infer import load_model
+    from mtlser.train.trainer import Trainer
+
+    model = hf_model("wav2vec2", "large")
+    d = write_hf_safetensors(model, tmp_path / "hf")
+    make_data_dir("data/train", n_spk=2, n_utt=2)
+    make_data_dir("data/valid", n_spk=2, n_utt=1)
+    backbone = {"arch": "wav2vec2", "init": str(d), "size": "base", "custom": {}}
+    cfg = load_config(None, tiny_config_dict(backbone=backbone, loss={"lambda": 0.0}))
+    trainer = Trainer(cfg, tmp_path / "data", token_list=["<blank>"], exp_dir=tmp_path / "exp")
+    trainer.write_model_files()
+    trainer.save_best()
+    shutil.rmtree(d)
+    rebuilt, _ = load_model(tmp_path / "exp")
+    assert rebuilt.backbone.arch_kwargs["encoder_layer_norm_first"] is True
+    assert max_diff(rebuilt.backbone, model) <= TOL
