@@ -403,7 +403,8 @@ def test_missing_bundle_file_names_the_file_and_cache_dir(tmp_path):
         load_backbone("wav2vec2", "torchaudio:WAV2VEC2_BASE", cache_dir=tmp_path)
     with pytest.raises(MtlserError, match=r"no such torchaudio bundle.*torchaudio:WAV2VEC2_BASE"):
         load_backbone("wav2vec2", "torchaudio:WAV2VEC3_HUGE")
-    with pytest.raises(MtlserError, match=r"HUBERT_BASE: is a hubert checkpoint \(torchaudio bundle torchaudio:HUBERT_BASE\)"):
+    with pytest.raises(MtlserError, match=r"HUBERT_BASE: is a hubert checkpoint \(torchaudio bundle "
+                                          r"torchaudio:HUBERT_BASE\)"):
         load_backbone("wav2vec2", "torchaudio:HUBERT_BASE", cache_dir=tmp_path)
 
 
@@ -643,3 +644,19 @@ def test_trained_model_dir_needs_no_checkpoint(tmp_path, make_data_dir):
     rebuilt, _ = load_model(tmp_path / "exp")
     assert rebuilt.backbone.arch_kwargs["encoder_layer_norm_first"] is True
     assert max_diff(rebuilt.backbone, model) <= TOL
+
+
+def test_loading_imports_neither_transformers_nor_fairseq(tmp_path, omegaconf_like):
+    """transformers is a test-only dependency: reading an HF dir or a fairseq checkpoint must not import it."""
+    import subprocess
+
+    model = hf_model("wavlm", "base")
+    hf = write_hf_safetensors(model, tmp_path / "hf")
+    fs = write_fairseq(hf_model("hubert", "base"), tmp_path / "fs", "cfg", omegaconf_like)
+    code = (f"import sys; from mtlser.model.backbone import load_backbone; load_backbone('wavlm', {str(hf)!r}); "
+            f"load_backbone('hubert', {str(fs)!r}); "
+            "bad = [m for m in ('transformers', 'fairseq', 'omegaconf') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
