@@ -484,9 +484,17 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 
 
 def test_wrong_size_for_a_bare_state_dict(tmp_path):
-    path = write_torchaudio_pth(hf_model("wav2vec2", "base"), tmp_path)
-    with pytest.raises(MtlserError, match=r"tiny\.pth: does not match .* missing keys .*backbone\.size"):
-        load_backbone("wav2vec2", path, size="base")
+    model = hf_model("wav2vec2", "base")
+    path = write_torchaudio_pth(model, tmp_path)
+    three_layers = dict(torchaudio_kwargs(model), encoder_num_layers=3)
+    with pytest.raises(MtlserError, match=r"tiny\.pth: does not match .* missing keys "
+                                          r"\['encoder\.transformer\.layers\.2\..*backbone\.size"):
+        load_backbone("wav2vec2", path, size="custom", custom=three_layers)
+    wider = dict(torchaudio_kwargs(model), encoder_ff_interm_features=128)
+    with pytest.raises(MtlserError, match=r"tiny\.pth: shape mismatch for 6 tensors, e\.g\. encoder\.transformer\."
+                                          r"layers\.0\.feed_forward\.intermediate_dense\.weight: checkpoint "
+                                          r"\(96, 64\) vs model \(128, 64\)"):
+        load_backbone("wav2vec2", path, size="custom", custom=wider)
 
 
 def test_fairseq_missing_key(tmp_path, omegaconf_like):
@@ -646,17 +654,26 @@ def test_trained_model_dir_needs_no_checkpoint(tmp_path, make_data_dir):
     assert max_diff(rebuilt.backbone, model) <= TOL
 
 
-def test_loading_imports_neither_transformers_nor_fairseq(tmp_path, omegaconf_like):
-    """transformers is a test-only dependency: reading an HF dir or a fairseq checkpoint must not import it."""
-    import subprocess
+def test_loading_imports_neither_transformers_nor_fairseq(tmp_path, omegaconf_like, monkeypatch):
+    """transformers is a test-only dependency: reading an HF dir or a fairseq checkpoint must not import it.
+
+    In-process (a subprocess would spend seconds importing torch): the three packages are made unimportable
+    (a None entry in sys.modules makes ``import`` raise) and mtlser's model package is imported afresh.
+    """
+    import importlib
 
     model = hf_model("wavlm", "base")
     hf = write_hf_safetensors(model, tmp_path / "hf")
     fs = write_fairseq(hf_model("hubert", "base"), tmp_path / "fs", "cfg", omegaconf_like)
-    code = (f"import sys; from mtlser.model.backbone import load_backbone; load_backbone('wavlm', {str(hf)!r}); "
-            f"load_backbone('hubert', {str(fs)!r}); "
-            "bad = [m for m in ('transformers', 'fairseq', 'omegaconf') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("transformers", "fairseq", "omegaconf"):
+        monkeypatch.setitem(sys.modules, name, None)
+    import mtlser
+
+    monkeypatch.setattr(mtlser, "model", sys.modules["mtlser.model"])  # restored after the fresh import rebinds it
+    for name in [m for m in sys.modules if m.startswith("mtlser.model")]:
+        monkeypatch.delitem(sys.modules, name)
+    fresh = importlib.import_module("mtlser.model.backbone")
+    assert max_diff(fresh.load_backbone("wavlm", hf, **NO_DROPOUT), model) <= TOL
+    fresh.load_backbone("hubert", fs)
+    with pytest.raises(ImportError):
+        import transformers as _  # noqa: F401  (the block works)
