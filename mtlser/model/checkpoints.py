@@ -316,7 +316,7 @@ def read_torchaudio_bundle(arch: str, spec: str, cache_dir: str | os.PathLike | 
                           f"{', '.join(BUNDLE_PREFIX + n for n in sorted(bundles))}")
     bundle = bundles[name]
     _check_family(arch, _bundle_family(name), Path(spec), f"torchaudio bundle {spec}")
-    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = directory / os.path.basename(bundle._path)
     if not path.is_file():
         raise MtlserError(
