@@ -633,7 +633,7 @@ def test_config_override_points_the_recipe_at_a_checkpoint(tmp_path):
 def test_trained_model_dir_needs_no_checkpoint(tmp_path, make_data_dir):
     """The trainer records the loaded architecture in model.yaml; mtlser.infer rebuilds it after the
     pretrained checkpoint is deleted, with identical outputs."""
-    from conftest import tiny_config_dict
+    from tests.conftest import tiny_config_dict
 
     from mtlser.config import load_config
     from mtlser.infer import load_model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE, tiny_config_dict
+from tests.conftest import TINY_BACKBONE, tiny_config_dict
 
 from mtlser.config import load_config
 from mtlser.model.backbone import load_backbone
