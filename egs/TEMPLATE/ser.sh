@@ -101,7 +101,7 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
-    log "Stage 1: ${token_type} tokens -> ${data}/all/text_${token_set}, ${token_list}"
+    log "Stage 1: ${token_type} tokens (set ${token_set}) -> ${data}/all, ${data}/token_list (bpe: per fold in stage 2)"
     python -m mtlser.text.tokenize --data-dir ${data}/all --token-list-dir ${data}/token_list \
         --token-type "${token_type}" --emo-tag "${emo_tag}" --nbpe "${nbpe}" --phone-classes "${phone_classes}"
 fi

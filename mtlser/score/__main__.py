@@ -307,8 +307,8 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
         "WA = accuracy, UA = mean per-class recall, each computed per fold (test speaker) and given as mean ± "
         "std over folds (sample std); pooled = over all test utterances at once. Δ = mean over folds of "
         f"(experiment − `{base['name']}`), in points; UA up / down = folds where UA rose / fell. The paired "
-        "tests take each fold as one pair; with 10 folds the Wilcoxon test cannot go below p = 0.002, and a "
-        "difference holds when most folds move the same way and p is small.",
+        f"tests take each fold as one pair; with {n_folds} folds the two-sided Wilcoxon p cannot go below "
+        f"{2 / 2 ** n_folds:.3g}. A difference holds when most folds move the same way and p is small.",
     ]
     if ref:
         lines += ["", f"Columns `{ref['label']} WA` and `{ref['label']} UA` are the published figures of "

@@ -4,7 +4,7 @@
 # with a report in data/local/iemocap_prep/ (counts.json; dropped: turn and reason).
 set -euo pipefail
 db_root=""
-sessions="1 2 3 4 5"
+sessions="1 2 3 4 5"        # sessions to prepare: "1 2 3 4 5" or 1,2,3,4,5
 skip_missing_audio=false   # true: drop turns whose wav is missing instead of failing
 . utils/parse_options.sh
 . ./path.sh
@@ -16,5 +16,5 @@ fi
 opts=()
 if "${skip_missing_audio}"; then opts+=(--skip-missing-audio); fi
 # shellcheck disable=SC2086
-python -m mtlser.data.iemocap --db-root "${db_root}" --out data/all --sessions ${sessions} \
+python -m mtlser.data.iemocap --db-root "${db_root}" --out data/all --sessions ${sessions//,/ } \
     --report-dir data/local/iemocap_prep "${opts[@]}"
