@@ -154,6 +154,14 @@ def test_compare_with_the_papers_figures_marked_as_such(tmp_path, sweep):
     assert rows["0.01"].endswith("|—|76.7|") and rows["1"].endswith("|—|—|")
     assert "published figures of Li et al. (the paper), matched by λ — not results of this run" in md
 
+    # Beside experiments of another setup (here: other CTC targets) the published figures are left out.
+    ref.write_text(yaml.safe_dump({**yaml.safe_load(ref.read_text()), "setup": {"token_type": "char"}}))
+    md = compare(exps, tmp_path / "lambdas.md", ref)
+    rows = {line.split("|")[2]: line for line in md.splitlines() if line.startswith("|train_mtl")}
+    assert rows["0"].endswith("|72.4|73.9|")  # single task: no CTC targets to differ
+    assert rows["0.1"].endswith("|—|—|")
+    assert "left out for train_mtl_loso_lambda0.01, train_mtl_loso_lambda0.1, train_mtl_loso_lambda1" in md
+
 
 def test_compare_refuses_folds_of_another_protocol(tmp_path):
     a = make_exp(tmp_path, "a", 0.0, [0.7, 0.8], [0.7, 0.8])

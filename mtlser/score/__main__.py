@@ -184,11 +184,18 @@ def _exp_setup(exp_dir: Path) -> dict:
     """What distinguishes experiments in a comparison: lambda and CTC targets, from fold01's resolved config."""
     import yaml
 
+    out: dict = {}
     configs = sorted(exp_dir.glob("fold[0-9]*/config.yaml"))
-    if not configs:
-        return {}
-    cfg = yaml.safe_load(configs[0].read_text()) or {}
-    return {"lambda": (cfg.get("loss") or {}).get("lambda"), "token_type": (cfg.get("data") or {}).get("token_type")}
+    if configs:
+        cfg = yaml.safe_load(configs[0].read_text()) or {}
+        out["lambda"] = (cfg.get("loss") or {}).get("lambda")
+        out["token_type"] = (cfg.get("data") or {}).get("token_type")
+    pointers = sorted(exp_dir.glob("fold[0-9]*/decode_test/data_dir"))
+    if pointers:
+        protocol = Path(pointers[0].read_text().strip()).parent.parent / "protocol"
+        if protocol.is_file():
+            out["protocol"] = read_table(protocol).get("protocol")
+    return out
 
 
 def load_reference(path: str | Path) -> dict:
@@ -201,13 +208,16 @@ def load_reference(path: str | Path) -> dict:
     ref = yaml.safe_load(path.read_text()) or {}
     if not isinstance(ref.get("rows"), list) or not ref.get("source"):
         raise MtlserError(f"{path}: expected keys 'source' (who reported the figures) and 'rows' "
-                          "(a list of {{lambda, wa, ua}} in percent)")
+                          "(a list of {lambda, wa, ua} in percent), optionally 'setup' ({protocol, token_type})")
     rows = {}
     for i, row in enumerate(ref["rows"], 1):
         if not isinstance(row, dict) or "lambda" not in row:
             raise MtlserError(f"{path}: row {i} has no 'lambda'")
         rows[float(row["lambda"])] = {k: row.get(k) for k in ("wa", "ua")}
-    return {"source": str(ref["source"]), "label": str(ref.get("label", "paper")), "rows": rows}
+    setup = ref.get("setup") or {}
+    if not isinstance(setup, dict) or set(setup) - {"protocol", "token_type"}:
+        raise MtlserError(f"{path}: 'setup' may give protocol and token_type, got {setup!r}")
+    return {"source": str(ref["source"]), "label": str(ref.get("label", "paper")), "rows": rows, "setup": setup}
 
 
 def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
@@ -252,7 +262,12 @@ def compare_experiments(exp_dirs: list[str | Path], reference: str | Path | None
     ref = load_reference(reference) if reference else None
     if ref:
         for e in exps:
-            e["reference"] = ref["rows"].get(float(e["lambda"])) if e.get("lambda") is not None else None
+            # Published figures sit beside ours only in their own setup (a single-task run has no CTC targets).
+            e["reference_mismatch"] = [
+                k for k, v in ref["setup"].items()
+                if e.get(k) is not None and e[k] != v and not (k == "token_type" and e.get("lambda") == 0)]
+            known = e.get("lambda") is not None and not e["reference_mismatch"]
+            e["reference"] = ref["rows"].get(float(e["lambda"])) if known else None
     return {"experiments": exps, "reference": ref}
 
 
@@ -313,6 +328,11 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
     if ref:
         lines += ["", f"Columns `{ref['label']} WA` and `{ref['label']} UA` are the published figures of "
                   f"{ref['source']}, matched by λ — not results of this run; — = not reported there."]
+        other = [e["name"] for e in exps if e.get("reference_mismatch")]
+        if other:
+            want = ", ".join(f"{k} {v}" for k, v in ref["setup"].items())
+            lines[-1] += (f" They are left out for {', '.join(other)}: not the setup they were reported for "
+                          f"({want}).")
     for metric in ("ua", "wa"):
         lines += ["", f"## {metric.upper()} per fold", "",
                   "|fold|test speakers|" + "|".join(e["name"] for e in exps) + "|",
