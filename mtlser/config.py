@@ -128,7 +128,10 @@ class SchedulerConfig:
 class DataConfig:
     emotions: list = doc("Emotion classes in index order; the CTC tokens' tags follow it.",
                          default_factory=lambda: ["ang", "hap", "sad", "neu"])
-    token_type: str = doc("CTC target type: the text_<token_type> file of the data dir (phncls: the paper).", "phncls")
+    token_type: str = doc(
+        "CTC target set: the text_<token_type> file of the data dir. phncls (the paper: emotion-tagged "
+        "phoneme classes), phn, char, bpe<N>; each with _notag for targets without the emotion tag "
+        "(mtlser.text.tokenize). The recipe sets it from --token-type/--emo-tag/--nbpe.", "phncls")
     batch_size: int = doc("Utterances per batch (the paper: 16).", 16)
     batching: str = doc(
         "random (utterances in random order) | bucket (each epoch: shuffle, sort by duration within windows "

@@ -9,7 +9,7 @@ log() {
     echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*" >&2
 }
 SECONDS=0
-cmdline="$0 $*"
+cmdline="$0$(printf ' %q' "$@")"  # quoted, so that exp/*/run.sh replays the exact command
 
 # General
 stage=0              # first stage to run
@@ -23,6 +23,9 @@ valid=share          # share (of each training speaker) | session-mate (the test
 valid_share=0.1      # valid share of each training speaker's utterances, with valid=share
 split_seed=0         # seed of the valid selection
 phone_classes=conf/phone_classes.yaml  # ARPAbet -> phoneme class map (stage 1)
+token_type=phncls    # CTC targets: phncls (the paper) | phn | char | bpe (trained per fold on its training text)
+emo_tag=true         # tag every token with the utterance's emotion (the paper)
+nbpe=100             # pieces per fold, with token_type=bpe
 # Training and inference
 train_config=conf/train_mtl.yaml  # experiment config (stage 3)
 train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50"
@@ -30,6 +33,7 @@ tag=""               # experiment name (default: <config name>_<protocol>)
 folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
 lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
 infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
+compare_opts=""      # extra options of python -m mtlser.score compare (the sweep's table), e.g. "--reference FILE"
 
 help_message=$(cat <<EOF
 Usage: $0 [options]
@@ -38,11 +42,13 @@ Usage: $0 [options]
   --local-data-opts "..."    passed to local/data.sh
   --protocol loso|loso-session, --valid share|session-mate, --valid-share X, --split-seed N
   --phone-classes FILE       phone -> class map (default ${phone_classes})
+  --token-type phncls|phn|char|bpe, --emo-tag true|false, --nbpe N   CTC targets (default phncls, tagged)
   --train-config FILE        experiment YAML (default ${train_config})
   --train-opts "..."         config overrides, e.g. "--loss.lambda 0"
   --tag NAME                 experiment dir name under exp/
   --folds "1 2"              only these folds in stages 3-5
   --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
+  --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
 EOF
 )
 
@@ -58,8 +64,24 @@ fi
 
 data=data
 folds_dir=${data}/${protocol}
-token_list=${data}/token_list
-[ -n "${tag}" ] || tag=$(basename "${train_config}" .yaml)_${protocol}
+# The CTC target set: text_<token_set> in the data dirs, its token list under token_list/<token_set>/
+# (names as in mtlser.text.tokenize.token_set_name). bpe units depend on the fold, so their
+# token list lives in the fold dir; the trainer replaces foldNN with the fold.
+case "${token_type}" in
+    phncls|phn|char) token_set=${token_type} ;;
+    bpe) token_set=bpe${nbpe} ;;
+    *) log "--token-type ${token_type}: expected phncls, phn, char or bpe"; exit 2 ;;
+esac
+${emo_tag} || token_set=${token_set}_notag
+if [ "${token_type}" = bpe ]; then
+    token_list=${folds_dir}/foldNN/token_list/${token_set}/tokens.txt
+else
+    token_list=${data}/token_list/${token_set}/tokens.txt
+fi
+if [ -z "${tag}" ]; then
+    tag=$(basename "${train_config}" .yaml)_${protocol}
+    [ "${token_set}" = phncls ] || tag=${tag}_${token_set}
+fi
 score_sh=local/score.sh
 [ -x "${score_sh}" ] || score_sh=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/local/score.sh
 
@@ -79,15 +101,19 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
-    log "Stage 1: G2P and phoneme-class tokens -> ${data}/all/text_phn{,cls}, ${token_list}"
-    python -m mtlser.text.tokenize --data-dir ${data}/all --token-list "${token_list}" \
-        --phone-classes "${phone_classes}"
+    log "Stage 1: ${token_type} tokens (set ${token_set}) -> ${data}/all, ${data}/token_list (bpe: per fold in stage 2)"
+    python -m mtlser.text.tokenize --data-dir ${data}/all --token-list-dir ${data}/token_list \
+        --token-type "${token_type}" --emo-tag "${emo_tag}" --nbpe "${nbpe}" --phone-classes "${phone_classes}"
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "Stage 2: audio check and ${protocol} folds -> ${folds_dir}/foldNN/{train,valid,test}"
     python -m mtlser.data.split --data-dir ${data}/all --out "${folds_dir}" --protocol "${protocol}" \
         --valid "${valid}" --valid-share "${valid_share}" --seed "${split_seed}" --audio-dir ${data}/wav16k
+    if [ "${token_type}" = bpe ]; then
+        log "Stage 2: bpe per fold, trained on its training text only -> ${token_list}"
+        python -m mtlser.text.bpe --folds-dir "${folds_dir}" --nbpe "${nbpe}" --emo-tag "${emo_tag}"
+    fi
 fi
 
 # Stages 3-5 run once per experiment: the config as given, or one per lambda of the sweep.
@@ -109,13 +135,14 @@ for experiment in "${experiments[@]}"; do
         # A replayable record of this experiment, as ESPnet keeps one per exp dir.
         echo "# $(date)" >> "${expdir}/run.sh"
         echo "(cd $(pwd) && ${cmdline})" >> "${expdir}/run.sh"
-        cp "${train_config}" "${expdir}/config.yaml"
+        # Each fold's resolved config (every field, overrides applied) is ${expdir}/foldNN/config.yaml.
         fold_args=$(fold_list | xargs | tr ' ' ',')
         # shellcheck disable=SC2086
         ${train_cmd} --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/train.JOB.log" \
             python -m mtlser.utils.nth_fold "${fold_args}" JOB \
             python -m mtlser.train --config "${train_config}" --folds-dir "${folds_dir}" --fold FOLD \
-                --token-list "${token_list}" --exp-dir "${expdir}" ${train_opts} ${exp_opts}
+                --token-list "${token_list}" --exp-dir "${expdir}" ${train_opts} ${exp_opts} \
+                --data.token_type "${token_set}"
     fi
 
     if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
@@ -141,7 +168,8 @@ done
 if [ -n "${lambdas}" ] && [ "${stop_stage}" -ge 5 ]; then
     log "Lambda sweep: comparison -> exp/${tag}_lambdas.md"
     # shellcheck disable=SC2046
-    python -m mtlser.score compare --out "exp/${tag}_lambdas.md" $(for l in ${lambdas}; do echo "exp/${tag}_lambda${l}"; done)
+    python -m mtlser.score compare --out "exp/${tag}_lambdas.md" ${compare_opts} \
+        $(for l in ${lambdas}; do echo "exp/${tag}_lambda${l}"; done)
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
 # The paper's experiment on a licensed IEMOCAP copy (Li et al., multi-task SER):
 # wav2vec2-base + layer fusion + CE + 0.1 CTC over emotion-tagged phoneme classes,
-# 10-fold leave-one-speaker-out.
+# 10-fold leave-one-speaker-out. See README.md here.
 #   ./run.sh --db-root /path/to/IEMOCAP_full_release [--stage 0 --stop-stage 5] \
 #            [--train-opts "--backbone.init /path/to/wav2vec2-base"]
+#   ./run.sh ... --lambdas "0 0.001 0.01 0.1 1"     # the paper's Table 3, one experiment per lambda
 # Other options go to ../TEMPLATE/ser.sh (./run.sh --help).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 ../../tools/install.sh
 
 db_root=${IEMOCAP:-}    # or export IEMOCAP=/path/to/IEMOCAP_full_release
+local_data_opts=""      # more options of local/data.sh, e.g. "--sessions 1,2 --skip-missing-audio true"
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --db-root) db_root=$2; shift 2 ;;
         --db-root=*) db_root=${1#*=}; shift ;;
+        --local-data-opts) local_data_opts=$2; shift 2 ;;
+        --local-data-opts=*) local_data_opts=${1#*=}; shift ;;
         *) args+=("$1"); shift ;;
     esac
 done
 
+# Model selection: 10% of each training speaker's utterances (stratified by emotion)
+# form the valid set, so all 9 training speakers of a fold train, as in the paper's
+# leave-one-speaker-out folds, and the test speaker is never seen before testing.
+# (--valid session-mate would hold out the test speaker's session partner instead:
+# speaker-independent selection, but 8 training speakers and a one-voice valid set.)
 ./ser.sh \
-    --local-data-opts "--db-root ${db_root:-MISSING}" \
+    --local-data-opts "--db-root ${db_root:-MISSING} ${local_data_opts}" \
     --train-config conf/train_mtl.yaml \
+    --protocol loso \
+    --valid share --valid-share 0.1 \
+    --compare-opts "--reference local/paper_table3.yaml" \
     --nj 1 \
     "${args[@]}"

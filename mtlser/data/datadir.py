@@ -8,7 +8,8 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
     spk2utt      spk  utt1 utt2 ...                 (derived from utt2spk)
     utt2emo      utt  ang|hap|sad|neu               (required)
     utt2dur      utt  seconds                       (optional)
-    text_phn, text_phncls, text_<type>              (optional, stage 1 output; may be empty)
+    text_<set>   utt  CTC targets: text_phncls, text_phn_notag, text_norm, ... (optional, stage 1
+                 output, see mtlser.text.tokenize; may be empty)
 
 Every file is sorted by its first field in the C locale (byte order) and has
 unique keys; all per-utterance files hold the same key set. As in Kaldi,

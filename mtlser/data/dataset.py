@@ -77,6 +77,9 @@ class SERDataset(Dataset):
         self.targets: list[list[int]] | None = None
         if token_list is not None:
             path = self.data_dir / f"text_{token_type}"
+            if not path.is_file():
+                raise MtlserError(f"{path}: no CTC targets of token set '{token_type}' (data.token_type); run "
+                                  "stages 1-2 with the matching --token-type/--emo-tag/--nbpe")
             text = read_table(path, allow_empty_value=True)
             tok_index = {t: i for i, t in enumerate(token_list)}
             self.targets = []

@@ -12,7 +12,8 @@ import numpy as np
 from mtlser.utils.fileio import atomic_open, atomic_write_text
 
 
-def environment() -> dict:
+def environment(device=None) -> dict:
+    """Where this process runs: versions, git commit, and the GPU (``device``'s, else GPU 0's, else none)."""
     import torch
 
     root = Path(__file__).resolve().parents[2]
@@ -21,7 +22,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "gpu": _gpu_name(device),
     }
     try:
         import torchaudio
@@ -38,6 +39,59 @@ def environment() -> dict:
     except Exception:
         env["git_commit"] = "unknown"
     return env
+
+
+def _gpu_name(device) -> str:
+    import torch
+
+    if device is not None and getattr(device, "type", str(device)) == "cpu":
+        return "none (cpu)"
+    if not torch.cuda.is_available():
+        return "none"
+    return torch.cuda.get_device_name(device if device is not None else 0)
+
+
+def experiment_setup(exp_dir: Path) -> list[str]:
+    """Markdown lines: protocol, objective, targets, backbone of an experiment, from what stages 2-3 wrote."""
+    import yaml
+
+    lines = []
+    configs = sorted(exp_dir.glob("fold[0-9]*/config.yaml"))
+    pointers = sorted(exp_dir.glob("fold[0-9]*/decode_test/data_dir"))
+    if pointers:
+        folds_dir = Path(pointers[0].read_text().strip()).parent.parent
+        proto = folds_dir / "protocol"
+        if proto.is_file():
+            from mtlser.data.datadir import read_table
+
+            p = read_table(proto)
+            valid = p.get("valid", "?")
+            if valid == "share":
+                valid += f" ({float(p.get('valid_share', 'nan')):.0%} of each training speaker, seed {p.get('seed')})"
+            lines.append(f"- protocol: `{p.get('protocol')}` ({folds_dir}); model selection on valid = {valid}")
+    if configs:
+        cfg = yaml.safe_load(configs[0].read_text()) or {}
+        loss, data, bb, tr = (cfg.get(k) or {} for k in ("loss", "data", "backbone", "train"))
+        lam = loss.get("lambda")
+        if lam == 0:
+            lines.append("- objective: L = CE (single task, λ = 0: no CTC head)")
+        else:
+            lines.append(f"- objective: L = CE + {lam:g} · CTC (CTC {loss.get('ctc_reduction')}), CTC targets "
+                         f"`{data.get('token_type')}` (text_{data.get('token_type')})")
+        init = bb.get("init") or "random init (no pretrained weights)"
+        lines.append(f"- backbone: {bb.get('arch')} {bb.get('size')} from `{init}`; feature encoder "
+                     f"{'frozen' if bb.get('freeze_feature_encoder') else 'fine-tuned'}; fusion "
+                     f"{(cfg.get('model') or {}).get('fusion')}")
+        lines.append(f"- training: {tr.get('epochs')} epochs, best epoch by valid {tr.get('select_metric')}")
+    return lines
+
+
+def training_environment(exp_dir: Path) -> dict | None:
+    """What the first fold's trainer recorded (env.json): the GPU and versions results were trained with."""
+    import json
+
+    envs = sorted(exp_dir.glob("fold[0-9]*/env.json"))
+    return json.loads(envs[0].read_text()) if envs else None
 
 
 def fusion_weights(exp_dir: Path) -> list[list[float]]:
@@ -91,10 +145,12 @@ def plot_fusion(weights: list[list[float]], path: Path, title: str) -> None:
     w = np.array(weights)
     layers = np.arange(w.shape[1])
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for row in w:
-        ax.plot(layers, row, color="0.75", lw=0.8)
-    ax.bar(layers, w.mean(0), alpha=0.7, label=f"mean over {len(w)} folds")
-    ax.axhline(1 / w.shape[1], ls="--", color="k", lw=0.8, label="uniform (initial)")
+    ax.bar(layers, w.mean(0), alpha=0.6, label=f"mean over {len(w)} folds", zorder=1)
+    # Each fold on top of the bars, so that a spread across folds stays visible.
+    for i, row in enumerate(w):
+        ax.plot(layers, row, color="0.3", lw=0.6, marker=".", ms=3, alpha=0.6, zorder=2,
+                label="each fold" if i == 0 else None)
+    ax.axhline(1 / w.shape[1], ls="--", color="k", lw=0.8, label="uniform (initial)", zorder=3)
     ax.set_xticks(layers)
     ax.set_xlabel("hidden state (0 = transformer input, l = layer l output)")
     ax.set_ylabel("softmax weight")
@@ -118,27 +174,37 @@ def write_report(exp_dir: Path, summary: dict) -> None:
         plot_fusion(weights, exp_dir / "fusion_weights.png", f"{name}: learned layer-fusion weights")
         summary["fusion_weights_mean"] = np.mean(weights, axis=0).tolist()
 
-    config = exp_dir / "config.yaml"
-    if not config.is_file():
-        folds = sorted(exp_dir.glob("fold[0-9]*/config.yaml"))
-        config = folds[0] if folds else None
+    # The trainer's resolved config (every field, overrides applied) of the first fold.
+    folds = sorted(exp_dir.glob("fold[0-9]*/config.yaml"))
+    config = folds[0] if folds else (exp_dir / "config.yaml" if (exp_dir / "config.yaml").is_file() else None)
+    # Training is where versions and the GPU matter; scoring may run elsewhere, so both are recorded.
+    train_env = training_environment(exp_dir) or {}
+
+    def both(key: str) -> str:
+        t = train_env.get(key)
+        dirty = " (uncommitted changes)" if key == "git_commit" and train_env.get("git_dirty") else ""
+        if t is None:
+            return f"`{env[key]}` (scoring; training did not record it)"
+        return f"`{t}`{dirty}" + ("" if t == env[key] else f" (training), `{env[key]}` (scoring)")
+
     lines = [
         "<!-- Generated by `python -m mtlser.score aggregate`; edits are overwritten. -->",
         "# RESULTS",
         "## Environments",
         f"- date: `{env['date']}`",
-        f"- python version: `{env['python']}`",
-        f"- torch version: `{env['torch']}`" + (f", torchaudio `{env['torchaudio']}`" if "torchaudio" in env else ""),
-        f"- mtlser git hash: `{env['git_commit']}`" + (" (uncommitted changes)" if env.get("git_dirty") else ""),
-        f"- GPU: `{env['gpu']}`",
-        f"- platform: `{env['platform']}`",
+        f"- python version: {both('python')}",
+        f"- torch version: {both('torch')}" + (f", torchaudio {both('torchaudio')}" if "torchaudio" in env else ""),
+        f"- mtlser git hash: {both('git_commit')}",
+        f"- GPU: {both('gpu')}",
+        f"- platform: {both('platform')}",
         "",
         f"## {exp_dir}",
         f"- config: `{config}`" if config else "- config: (not found)",
+        *experiment_setup(exp_dir),
         f"- folds: {summary['num_folds']}, test utterances: {summary['n']}",
         "",
-        "WA = accuracy of a fold, UA = mean per-class recall of a fold; mean ± std over folds "
-        "(the paper's protocol), and pooled over all test utterances.",
+        "WA = accuracy of a fold, UA = mean per-class recall of a fold (classes present in it); mean ± std "
+        "(sample std) over folds, the paper's protocol, and pooled over all test utterances at once.",
         "",
         "|metric|mean over folds|std|pooled|",
         "|---|---|---|---|",

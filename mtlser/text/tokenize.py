@@ -1,45 +1,98 @@
-"""Stage 1: transcripts -> phones -> emotion-tagged phoneme-class tokens.
+"""Stage 1: transcripts -> CTC targets of one token type, emotion-tagged or not, and its token list.
 
-Reads ``DATA/text`` and ``DATA/utt2emo``; writes
+Token types (``--token-type``):
+  phncls  the paper's phoneme classes S F N L V Vs (conf/phone_classes.yaml), from G2P phones
+  phn     the G2P phones themselves, ARPAbet with stress digits (69 symbols): phncls refined
+  char    letters a-z, apostrophe, and ``|`` between words
+  bpe     SentencePiece pieces, trained per fold on that fold's training text only, so that
+          no test speaker's text shapes the units (:mod:`mtlser.text.bpe`, run after stage 2)
 
-    DATA/text_phn      utt  HH AH0 L OW1 ...     (g2p output, kept for inspection)
-    DATA/text_phncls   utt  F1 V1 L1 Vs1 ...     (CTC targets of the paper)
-    TOKEN_LIST         <blank> then S0 F0 ... Vs3, one per line (index = line number - 1)
+Emotion tagging (``--emo-tag``, the paper's idea, on by default) appends the
+utterance's emotion index (ang 0, hap 1, sad 2, neu 3) to every token: ``Vs1`` is a
+stressed vowel in a happy utterance. phncls keeps the paper's spelling (``Vs1``);
+the other types separate the tag with ``_`` (``AH0_1``, ``a_1``, ``▁the_1``), so a
+tag never reads as a stress digit.
 
-An utterance whose transcript is empty after cleaning (only ``[LAUGHTER]``
-and the like) gets empty lines in both files: it keeps its emotion label and
-trains without the CTC term. Each file is written atomically.
+File names. A token set is named after its type, ``_notag`` added when untagged:
+``phncls``, ``phncls_notag``, ``phn``, ``phn_notag``, ``char``, ``char_notag``,
+``bpe<N>``, ``bpe<N>_notag`` (N = --nbpe). For a set S, stage 1 writes
+
+    DATA/text_S                   utt  targets (empty for an utterance with no words)
+    TOKEN_LIST_DIR/S/tokens.txt   <blank> first (the CTC blank, index 0), then one token per line
+
+and the trainer reads ``text_<data.token_type>`` with data.token_type = S. Besides,
+G2P-based types keep the G2P output as ``DATA/text_phn_notag`` (which is the
+untagged phn set), and char/bpe write the normalised transcript ``DATA/text_norm``
+(lower case, non-verbal tags and punctuation removed) that they are built from.
+bpe writes no targets here: its units depend on the fold (see mtlser.text.bpe).
+
+An utterance whose transcript is empty after cleaning (only ``[LAUGHTER]`` and the
+like) gets an empty target line: it keeps its emotion label and trains without
+the CTC term. Each file is written atomically.
 
 Usage:
-    python -m mtlser.text.tokenize --data-dir data/all --token-list data/token_list \\
-        [--phone-classes conf/phone_classes.yaml]
+    python -m mtlser.text.tokenize --data-dir data/all --token-list-dir data/token_list \\
+        [--token-type phncls] [--emo-tag true] [--nbpe 100] [--phone-classes conf/phone_classes.yaml]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+import unicodedata
 from pathlib import Path
 
 from tqdm import tqdm
 
-from mtlser.data.datadir import DataDir, read_table, write_table
+from mtlser.data.datadir import EMOTIONS, DataDir, read_table, write_table
 from mtlser.text.g2p import G2P, clean_transcript
-from mtlser.text.phone_classes import PhoneClassMap, emotion_tagged, phncls_token_list
+from mtlser.text.phone_classes import ARPABET, ARPABET_VOWELS, BLANK, PhoneClassMap, emotion_tagged
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+TOKEN_TYPES = ("phncls", "phn", "char", "bpe")
+NOTAG = "_notag"
+#: The char inventory: what normalised text can hold, and the word boundary (wav2vec2's ``|``).
+CHARS = tuple("abcdefghijklmnopqrstuvwxyz'")
+WORD_BOUNDARY = "|"
+
+
+def token_set_name(token_type: str, emo_tag: bool = True, nbpe: int = 100) -> str:
+    """``('phncls', True) -> 'phncls'``, ``('bpe', False, 100) -> 'bpe100_notag'``: the text_<name> suffix."""
+    if token_type not in TOKEN_TYPES:
+        raise MtlserError(f"unknown token type '{token_type}'; expected one of {', '.join(TOKEN_TYPES)}")
+    name = f"bpe{nbpe}" if token_type == "bpe" else token_type
+    return name if emo_tag else name + NOTAG
+
+
+def tag_separator(token_type: str) -> str:
+    """phncls: the paper's ``Vs1``; others ``AH0_1`` so that a tag is never read as a stress digit."""
+    return "" if token_type == "phncls" else "_"
+
+
+def tagged_token_list(units: list[str], emo_tag: bool, sep: str, emotions=EMOTIONS) -> list[str]:
+    """``<blank>`` first (CTC blank = index 0), then the units, once per emotion index when tagged."""
+    if not emo_tag:
+        return [BLANK] + list(units)
+    return [BLANK] + [f"{u}{sep}{i}" for i in range(len(emotions)) for u in units]
+
+
+def tag(tokens: list[str], emotion: str, emo_tag: bool, sep: str) -> str:
+    return " ".join(emotion_tagged(tokens, emotion, sep) if emo_tag else tokens)
+
 
 def read_token_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
-        raise MtlserError(f"{path}: token list not found; run stage 1 (tokenization) first")
+        raise MtlserError(f"{path}: token list not found; run stage 1 (tokens), and for bpe stage 2, with the "
+                          "same --token-type / --emo-tag / --nbpe")
     tokens = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    if not tokens or tokens[0] != "<blank>":
-        raise MtlserError(f"{path}:1: the first token must be <blank> (the CTC blank, index 0)")
+    if not tokens or tokens[0] != BLANK:
+        raise MtlserError(f"{path}:1: the first token must be {BLANK} (the CTC blank, index 0)")
     for i, t in enumerate(tokens, 1):
         if not t or " " in t:
             raise MtlserError(f"{path}:{i}: empty or multi-word token '{t}'")
@@ -49,7 +102,41 @@ def read_token_list(path: str | Path) -> list[str]:
 
 
 def write_token_list(path: str | Path, tokens: list[str]) -> None:
+    path = Path(path)
+    for parent in (path.parent, *path.parent.parents):
+        if parent.is_file():
+            raise MtlserError(f"{parent}: is a file (the token list of an older layout); remove it and rerun "
+                              "stage 1: token lists are now TOKEN_LIST_DIR/<token set>/tokens.txt")
     atomic_write_text(path, "".join(t + "\n" for t in tokens))
+
+
+def normalize_text(text: str) -> str:
+    """The transcript as char and bpe see it: no tags or punctuation, no accents, lower case."""
+    text = clean_transcript(text)
+    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    return " ".join(text.lower().split())
+
+
+def chars_of(norm: str) -> tuple[list[str], int]:
+    """Characters of a normalised transcript with ``|`` between words; and how many were not in CHARS."""
+    out: list[str] = []
+    dropped = 0
+    for i, word in enumerate(norm.split()):
+        if i:
+            out.append(WORD_BOUNDARY)
+        for c in word:
+            if c in CHARS:
+                out.append(c)
+            else:
+                dropped += 1  # digits and non-Latin letters: rare in IEMOCAP
+    while out and out[-1] == WORD_BOUNDARY:  # a word made only of dropped characters
+        out.pop()
+    return out, dropped
+
+
+def phn_units() -> list[str]:
+    """ARPAbet as G2P writes it: consonants bare, vowels with stress 0, 1 or 2 (69 symbols)."""
+    return [f"{p}{s}" for p in ARPABET for s in ((0, 1, 2) if p in ARPABET_VOWELS else ("",))]
 
 
 def phonemize(texts: dict[str, str], g2p: G2P | None = None, progress: bool = True) -> dict[str, list[str]]:
@@ -60,50 +147,97 @@ def phonemize(texts: dict[str, str], g2p: G2P | None = None, progress: bool = Tr
     return out
 
 
-def tokenize_data_dir(data_dir: str | Path, token_list: str | Path, phone_classes: str | Path | None = None) -> dict:
+_PHONE = re.compile(r"^[A-Z]+[012]?$")
+
+
+def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_type: str = "phncls",
+                      emo_tag: bool = True, phone_classes: str | Path | None = None, nbpe: int = 100,
+                      g2p: G2P | None = None) -> dict:
+    """Write DATA/text_<set> and TOKEN_LIST_DIR/<set>/tokens.txt (see the module doc); return statistics."""
     data_dir = Path(data_dir)
+    name = token_set_name(token_type, emo_tag, nbpe)
     texts = read_table(data_dir / "text", allow_empty_value=True)
     utt2emo = read_table(data_dir / "utt2emo")
     if set(texts) != set(utt2emo):
-        raise MtlserError(f"{data_dir}: text and utt2emo have different utterances; run: python -m mtlser.data.datadir fix {data_dir}")
-    cmap = PhoneClassMap.load(phone_classes)
+        raise MtlserError(f"{data_dir}: text and utt2emo have different utterances; "
+                          f"run: python -m mtlser.data.datadir fix {data_dir}")
+    sep = tag_separator(token_type)
+    units: list[str] | None = None
+    seqs: dict[str, list[str]] = {}
+    if token_type in ("phncls", "phn"):
+        phones = phonemize(texts, g2p)
+        write_table(data_dir / "text_phn_notag", {u: " ".join(p) for u, p in phones.items()})
+        if token_type == "phncls":
+            cmap = PhoneClassMap.load(phone_classes)
+            units = list(cmap.classes)
+            seqs = {u: cmap.classes_of(p) for u, p in phones.items()}
+        else:
+            units = phn_units()
+            known = set(units)
+            for u, p in phones.items():
+                bad = [x for x in p if x not in known]
+                if bad:
+                    raise MtlserError(f"{data_dir / 'text_phn_notag'}: '{u}' has phone(s) {bad} outside ARPAbet "
+                                      "with stress digits; check the G2P output")
+            seqs = phones
+    else:
+        norm = {u: normalize_text(t) for u, t in texts.items()}
+        write_table(data_dir / "text_norm", norm)
+        if token_type == "char":
+            units = list(CHARS) + [WORD_BOUNDARY]
+            n_dropped = 0
+            for u, t in norm.items():
+                seqs[u], d = chars_of(t)
+                n_dropped += d
+            if n_dropped:
+                logger.warning("%d characters outside a-z and ' (digits, other scripts) were left out of text_%s",
+                               n_dropped, name)
 
-    phones = phonemize(texts)
-    text_phn = {u: " ".join(p) for u, p in phones.items()}
-    text_phncls = {}
-    for utt, ph in phones.items():
-        classes = cmap.classes_of(ph)
-        text_phncls[utt] = " ".join(emotion_tagged(classes, utt2emo[utt]))
-
-    write_table(data_dir / "text_phn", text_phn)
-    write_table(data_dir / "text_phncls", text_phncls)
-    write_token_list(token_list, phncls_token_list(cmap.classes))
-
-    n_empty = sum(1 for v in text_phncls.values() if not v)
-    n_nonverbal = sum(1 for u, t in texts.items() if t.strip() and not clean_transcript(t))
-    stats = {
-        "utterances": len(texts),
-        "empty_targets": n_empty,
-        "nonverbal_only": n_nonverbal,
-        "tokens": sum(len(v.split()) for v in text_phncls.values()),
-    }
+    stats = {"token_set": name, "utterances": len(texts),
+             "nonverbal_only": sum(1 for t in texts.values() if t.strip() and not clean_transcript(t))}
+    if units is None:  # bpe: per fold, after stage 2
+        logger.info("%s: wrote text_norm for %d utterances; bpe units are trained per fold on the training "
+                    "split after stage 2 (python -m mtlser.text.bpe)", data_dir, len(texts))
+        return stats
+    text_out = {u: tag(seqs[u], utt2emo[u], emo_tag, sep) for u in texts}
+    write_table(data_dir / f"text_{name}", text_out)
+    token_list = Path(token_list_dir) / name / "tokens.txt"
+    tokens = tagged_token_list(units, emo_tag, sep)
+    write_token_list(token_list, tokens)
+    stats.update({"empty_targets": sum(1 for v in text_out.values() if not v),
+                  "tokens": sum(len(v.split()) for v in text_out.values()), "token_list": str(token_list)})
     logger.info(
-        "%s: %d utterances, %d tokens; %d with no phones (%d of them only non-verbal tags) "
-        "keep their emotion label and train without the CTC term",
-        data_dir, stats["utterances"], stats["tokens"], n_empty, n_nonverbal,
+        "%s: text_%s for %d utterances, %d tokens (list: %s, %d entries); %d with no tokens (%d of them only "
+        "non-verbal tags) keep their emotion label and train without the CTC term",
+        data_dir, name, stats["utterances"], stats["tokens"], token_list, len(tokens),
+        stats["empty_targets"], stats["nonverbal_only"],
     )
     return stats
 
 
+def str2bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Stage 1: G2P and phoneme-class tokenization.")
+    parser = argparse.ArgumentParser(description="Stage 1: CTC targets of one token type and their token list.")
     parser.add_argument("--data-dir", required=True, help="data dir with text and utt2emo (e.g. data/all)")
-    parser.add_argument("--token-list", required=True, help="where to write the token list (e.g. data/token_list)")
+    parser.add_argument("--token-list-dir", required=True,
+                        help="token lists go to TOKEN_LIST_DIR/<token set>/tokens.txt (e.g. data/token_list)")
+    parser.add_argument("--token-type", default="phncls", choices=TOKEN_TYPES)
+    parser.add_argument("--emo-tag", type=str2bool, default=True,
+                        help="append the emotion index to every token (the paper; default true)")
+    parser.add_argument("--nbpe", type=int, default=100, help="bpe: pieces per fold (names the set bpe<N>)")
     parser.add_argument("--phone-classes", default=None, help="phone -> class map (default conf/phone_classes.yaml)")
     args = parser.parse_args(argv)
     setup_logging()
     DataDir.load(args.data_dir, ["utt2spk"])  # fails early with a clear message if the dir is missing
-    tokenize_data_dir(args.data_dir, args.token_list, args.phone_classes)
+    tokenize_data_dir(args.data_dir, args.token_list_dir, args.token_type, args.emo_tag, args.phone_classes,
+                      args.nbpe)
     return 0
 
 

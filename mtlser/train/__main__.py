@@ -4,10 +4,14 @@ Usage:
     python -m mtlser.train --config conf/train_mini.yaml --folds-dir data/loso --fold 3 \\
         --token-list data/token_list --exp-dir exp/train_mini [--loss.lambda 0 ...]
     python -m mtlser.train --config conf/train_mtl.yaml --data-dir data/loso/fold03 \\
-        --token-list data/token_list --exp-dir exp/train_mtl/fold03
+        --token-list data/token_list/phncls/tokens.txt --exp-dir exp/train_mtl/fold03
+    python -m mtlser.train --config conf/train_mtl.yaml --folds-dir data/loso --fold 3 \\
+        --token-list data/loso/foldNN/token_list/bpe100/tokens.txt --exp-dir exp/train_mtl_bpe100 \\
+        --data.token_type bpe100
 
 With --fold N the data dir is FOLDS_DIR/foldNN and the experiment dir EXP_DIR/foldNN
-(what the recipe's parallel jobs pass as JOB). Anything after the known options
+(what the recipe's parallel jobs pass as JOB); a literal ``foldNN`` in --token-list
+becomes the fold too (bpe token lists are per fold: they are trained on its training text). Anything after the known options
 overrides the config (``--section.key value``). Rerunning resumes from
 ``checkpoint.pt``; a finished fold returns at once. Under torchrun, ranks share
 the work and rank 0 writes.
@@ -37,20 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one fold (stage 3).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--config", required=True, help="experiment YAML (conf/*.yaml)")
-    parser.add_argument("--token-list", required=True, help="token list from stage 1")
+    parser.add_argument("--token-list", required=True,
+                        help="token list from stage 1 (bpe: stage 2); 'foldNN' in it is replaced with --fold")
     parser.add_argument("--exp-dir", required=True, help="experiment dir (with --fold: its parent)")
     parser.add_argument("--data-dir", help="fold data dir holding train/ valid/ (or use --folds-dir and --fold)")
     parser.add_argument("--folds-dir", help="dir of fold data dirs (fold01, fold02, ...)")
     parser.add_argument("--fold", type=int, help="fold number (1-based)")
     args, overrides = parser.parse_known_args(argv)
 
+    token_list = args.token_list
     if args.fold is not None:
         if not args.folds_dir:
             parser.error("--fold needs --folds-dir")
         data_dir = Path(args.folds_dir) / fold_name(args.fold)
         exp_dir = Path(args.exp_dir) / fold_name(args.fold)
+        token_list = token_list.replace("foldNN", fold_name(args.fold))
     elif args.data_dir:
         data_dir, exp_dir = Path(args.data_dir), Path(args.exp_dir)
+        if "foldNN" in token_list:
+            parser.error("--token-list names foldNN: give --folds-dir and --fold instead of --data-dir")
     else:
         parser.error("give --data-dir, or --folds-dir with --fold")
 
@@ -59,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(exp_dir / "train.log" if rank == 0 else None)
     logger.info("command: python -m mtlser.train %s", " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     cfg = load_config(args.config, overrides)
-    tokens = read_token_list(args.token_list)
+    tokens = read_token_list(token_list)
     if not data_dir.is_dir():
         raise MtlserError(f"{data_dir}: fold data dir not found; run stage 2 first")
 

@@ -11,6 +11,7 @@ the experiment dir is a self-contained model for :mod:`mtlser.infer`.
 Experiment dir::
 
     config.yaml        resolved config (every field)
+    env.json           versions, git commit and GPU of the training run
     model.yaml         backbone arch + architecture arguments, emotions, vocab
     token_list         CTC tokens (index = line - 1), <blank> first
     checkpoint.pt      trainer state after the last finished epoch
@@ -230,6 +231,10 @@ class Trainer:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.exp_dir / "config.yaml")
         atomic_write_text(self.exp_dir / "token_list", "".join(t + "\n" for t in self.token_list))
+        # The versions and GPU this fold trains with, for RESULTS.md (scoring may run on another machine).
+        from mtlser.score.report import environment
+
+        atomic_write_text(self.exp_dir / "env.json", json.dumps(environment(self.device), indent=1) + "\n")
         info = {
             "arch": self.model.backbone.arch,
             "arch_kwargs": {k: (list(map(list, v)) if k == "extractor_conv_layer_config" and v is not None else v)
