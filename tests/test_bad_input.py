@@ -52,7 +52,7 @@ def test_missing_wav_is_an_error_or_a_counted_skip(db, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     r = cli("mtlser.data.iemocap", "--db-root", str(db), "--out", str(out), "--no-check-counts",
             "--skip-missing-audio", check_ok=True)
-    assert "1 evaluated turns have no audio" in r.stderr
+    assert "1 evaluated turns of the 4 classes have no audio" in r.stderr
     assert wav.stem not in read_table(out / "wav.scp")
 
 

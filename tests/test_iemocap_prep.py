@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from conftest import write_wav
+from tests.conftest import write_wav
 from mtlser.data import iemocap
 from mtlser.data.datadir import read_table, validate_data_dir
 from mtlser.utils import MtlserError

@@ -57,13 +57,13 @@ def test_stages_0_to_5(tmp_path):
     assert set(dd["utt2emo"].values()) <= {"ang", "hap", "sad", "neu"}
 
     # Stage 1: phones, phone classes with emotion tags, the token list.
-    tokens = (data / "token_list").read_text().split()
+    tokens = (data / "token_list" / "phncls" / "tokens.txt").read_text().split()
     assert len(tokens) == 25 and tokens[0] == "<blank>"
     phncls = read_table(data / "all" / "text_phncls", allow_empty_value=True)
     idx = {"ang": "0", "hap": "1", "sad": "2", "neu": "3"}
     for utt, seq in phncls.items():
         assert all(t in tokens and t[-1] == idx[dd["utt2emo"][utt]] for t in seq.split())
-    assert (data / "all" / "text_phn").is_file()
+    assert (data / "all" / "text_phn_notag").is_file()
 
     # Stage 2: four leave-one-speaker-out folds.
     folds = sorted((data / "loso").glob("fold[0-9]*"))
@@ -113,7 +113,8 @@ def test_failed_job_fails_the_stage(tmp_path):
     """A fold whose training fails makes stage 3 fail, naming the log (no silent partial results)."""
     recipe = make_recipe(tmp_path / "egs" / "x")
     (recipe / "data" / "loso" / "fold01").mkdir(parents=True)  # a fold without train/valid
-    (recipe / "data" / "token_list").write_text("<blank>\nS0\n")
+    (recipe / "data" / "token_list" / "phncls").mkdir(parents=True)
+    (recipe / "data" / "token_list" / "phncls" / "tokens.txt").write_text("<blank>\nS0\n")
     r = ser(recipe, "--stage", "3", "--stop-stage", "3", "--train-config", "conf/train_mini.yaml")
     assert r.returncode != 0
     assert "train.1.log" in r.stderr

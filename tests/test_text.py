@@ -102,14 +102,14 @@ def test_tokenize_data_dir(make_data_dir, tmp_path):
     (path / "text").write_text("".join(f"{u} {t}\n" for u, t in sorted(text.items())))
     stats = tokenize_data_dir(path, tmp_path / "token_list")
     phncls = read_table(path / "text_phncls", allow_empty_value=True)
-    phn = read_table(path / "text_phn", allow_empty_value=True)
+    phn = read_table(path / "text_phn_notag", allow_empty_value=True)
     emo = read_table(path / "utt2emo")
     assert phncls[utts[0]] == "" and phn[utts[0]] == ""
     idx = ["ang", "hap", "sad", "neu"].index(emo[utts[1]])
     assert phn[utts[1]] == "HH AH0 L OW1 W ER1 L D"
     assert phncls[utts[1]].split() == [f"{c}{idx}" for c in ["F", "V", "L", "Vs", "L", "Vs", "L", "S"]]
     assert stats["empty_targets"] == 1 and stats["nonverbal_only"] == 1
-    assert read_token_list(tmp_path / "token_list")[0] == "<blank>"
+    assert read_token_list(tmp_path / "token_list" / "phncls" / "tokens.txt")[0] == "<blank>"
 
 
 def test_token_list_errors(tmp_path):
