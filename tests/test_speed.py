@@ -418,3 +418,21 @@ def test_memory_efficient_attention_matches_math_on_gpu():
     g0 = torch.cat([g.flatten() for g in results[0][1].values()])
     g1 = torch.cat([g.flatten() for g in results[1][1].values()])
     assert float(torch.nn.functional.cosine_similarity(g0, g1, dim=0)) > 0.99
+
+
+# ---------------------------------------------------------------- several folds on one GPU
+
+def test_local_jobs_share_gpus_round_robin_and_split_the_cores(tmp_path):
+    from mtlser.utils.launch import job_env, main
+
+    env = job_env(3, 4, ["0"], base={})
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert [job_env(s, 4, ["0", "1"], base={})["CUDA_VISIBLE_DEVICES"] for s in (1, 2, 3, 4)] == ["0", "1", "0", "1"]
+    assert "CUDA_VISIBLE_DEVICES" not in job_env(1, 4, [], base={})
+    assert job_env(1, 2, [], base={"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"  # the user's choice stays
+    code = "import os; print('GPU', os.environ['CUDA_VISIBLE_DEVICES'], 'THREADS', os.environ['OMP_NUM_THREADS'])"
+    rc = main(["--backend", "local", "--max-jobs-run", "2", "--gpus", "5", "JOB=1:2", str(tmp_path / "log.JOB"),
+               sys.executable, "-c", code])
+    assert rc == 0
+    for j in (1, 2):
+        assert "GPU 5 THREADS" in (tmp_path / f"log.{j}").read_text()
