@@ -181,6 +181,9 @@ class TrainConfig:
         "takes the padding mask, no per-shape planning; math if it refuses the inputs) | default (torch's "
         "choice: cuDNN on H100, which re-plans for every new shape, ~7.6 ms CPU per layer) | math | flash "
         "(refuses a padding mask) | cudnn. CPUs always use torch's choice.", "efficient")
+    cudnn_benchmark: bool = doc(
+        "Let cuDNN time its convolution algorithms once per shape (the CNN; shapes repeat with data.pad_ladder). "
+        "Off unless the benchmark shows it pays: choosing by timing makes GPU runs less reproducible.", False)
     compile: str = doc(
         "torch.compile the transformer layers: none | default | reduce-overhead (CUDA graphs, one per padded "
         "length of data.pad_ladder). Off unless the benchmark shows it pays (bench/train_throughput.py "

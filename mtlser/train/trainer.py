@@ -126,6 +126,8 @@ class Trainer:
         self.device = select_device(cfg.train.device, self.dist)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
         for split in ("train", "valid"):
             if not (self.data_dir / split / "wav.scp").is_file():
