@@ -158,12 +158,12 @@ class DataConfig:
         "backbone.padding_invariant_cnn.", 1.05)
     cache_cnn_features: bool = doc(
         "With backbone.freeze_feature_encoder: compute the CNN output once per utterance, store it under "
-        "cnn_cache_dir (shared by folds and experiments with the same CNN) and train the transformer on it; "
-        "epochs skip the CNN. No effect when the CNN is trained (the paper).", True)
+        "cnn_cache_dir (shared by the folds of an experiment) and train the transformer on it; epochs skip "
+        "the CNN. No effect when the CNN is trained (the paper).", True)
     cnn_cache_dir: str = doc(
-        "Where cached CNN features go (relative paths: from the working dir, the recipe dir in stage 3); a "
-        "subdir per CNN fingerprint (weights, extractor, normalisation), memory-mapped float32.",
-        "dump/cnn_cache")
+        "Where cached CNN features go: a subdir per CNN fingerprint (weights, extractor, normalisation), "
+        "memory-mapped float32. Empty = cnn_cache/ next to the fold dirs (exp/<tag>/cnn_cache); a path such as "
+        "dump/cnn_cache (relative to the working dir, the recipe dir) shares it across experiments too.", "")
     cache_audio: bool = doc("Keep decoded waveforms in memory after the first epoch.", False)
     num_workers: int = doc("DataLoader worker processes (0 = load in the training process).", 0)
     sample_rate: int = doc("Expected sample rate; stage 2 converts other audio once.", 16000)

@@ -297,7 +297,8 @@ class Trainer:
             logger.warning("cached CNN features are computed per utterance; with backbone.padding_invariant_cnn "
                            "false the uncached CNN would normalise over the padded batch instead")
         utts = [(u, w) for ds in (self.train_set, self.valid_set) for u, w in zip(ds.utts, ds.wavs)]
-        cache = build_cache(backbone, utts, cfg.data.cnn_cache_dir, self.device, cfg.data.sample_rate)
+        cache_dir = cfg.data.cnn_cache_dir or self.exp_dir.parent / "cnn_cache"
+        cache = build_cache(backbone, utts, cache_dir, self.device, cfg.data.sample_rate)
         self.train_set.features = cache
         self.valid_set.features = cache
         self._make_loaders(frames_of=cache.frames_of)  # batches padded to the uncached path's frame counts
