@@ -83,6 +83,17 @@ class BackboneConfig:
     normalize_waveform: bool = doc(
         "Normalise each waveform to zero mean and unit variance before the CNN. wav2vec2-base was "
         "pre-trained without it (fairseq normalize=False); large-lv60 models expect it.", False)
+    padding_invariant_cnn: bool = doc(
+        "Take the statistics of the CNN's first-layer GroupNorm (group_norm extractors: wav2vec2-base, "
+        "HuBERT-base) over each utterance's own samples, not over the zero-padded batch, so an utterance's "
+        "features do not depend on its batch mates (as in pre-training, where batches were cropped, and as "
+        "one utterance alone at inference). false = over the padded batch, Hugging Face's and torchaudio's "
+        "behaviour. Needed for data.pad_ladder and data.cache_cnn_features to leave the maths unchanged. "
+        "No effect on layer_norm extractors (large), which are per frame anyway.", True)
+    pos_conv_impl: str = doc(
+        "How the transformer's positional convolution (grouped Conv1d, kernel 128, 16 groups in base) is "
+        "computed: fft (by FFT in float32: same weights and maths, far fewer FLOPs; the direct grouped "
+        "conv is the slowest op of a bf16 step on an H100) | conv (torchaudio's Conv1d).", "fft")
 
 
 @dataclass
@@ -139,6 +150,20 @@ class DataConfig:
     bucket_window: int = doc("Batches per sorting window for batching=bucket.", 50)
     max_duration: float = doc("Utterances longer than this (seconds) are cut to a random window of this length "
                               "in training; 0 = no limit (the paper).", 0.0)
+    pad_ladder: float = doc(
+        "Pad each batch up to the next length of a geometric ladder with this ratio between consecutive "
+        "lengths (multiples of 20 ms), so a few dozen shapes repeat across epochs (cuDNN/cuFFT plans, "
+        "allocator blocks and compiled graphs are reused); costs about (ratio - 1) / 2 extra padding. "
+        "1 = pad to the batch's longest utterance only. The loss is unchanged with "
+        "backbone.padding_invariant_cnn.", 1.05)
+    cache_cnn_features: bool = doc(
+        "With backbone.freeze_feature_encoder: compute the CNN output once per utterance, store it under "
+        "cnn_cache_dir (shared by the folds of an experiment) and train the transformer on it; epochs skip "
+        "the CNN. No effect when the CNN is trained (the paper).", True)
+    cnn_cache_dir: str = doc(
+        "Where cached CNN features go: a subdir per CNN fingerprint (weights, extractor, normalisation), "
+        "memory-mapped float32. Empty = cnn_cache/ next to the fold dirs (exp/<tag>/cnn_cache); a path such as "
+        "dump/cnn_cache (relative to the working dir, the recipe dir) shares it across experiments too.", "")
     cache_audio: bool = doc("Keep decoded waveforms in memory after the first epoch.", False)
     num_workers: int = doc("DataLoader worker processes (0 = load in the training process).", 0)
     sample_rate: int = doc("Expected sample rate; stage 2 converts other audio once.", 16000)
@@ -149,7 +174,20 @@ class TrainConfig:
     epochs: int = doc("Training epochs (the paper: 100).", 100)
     seed: int = doc("Seed of every random choice in training (init, batches, dropout).", 1)
     device: str = doc("auto (cuda when present) | cpu | cuda | cuda:N.", "auto")
-    precision: str = doc("fp32 | bf16 (autocast; GPUs that support it) | fp16 (autocast with loss scaling).", "fp32")
+    precision: str = doc("auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 (autocast) | fp16 "
+                         "(autocast with loss scaling).", "auto")
+    sdpa_backend: str = doc(
+        "Attention kernel (torch scaled_dot_product_attention) on GPUs: efficient (memory-efficient kernel: "
+        "takes the padding mask, no per-shape planning; math if it refuses the inputs) | default (torch's "
+        "choice: cuDNN on H100, which re-plans for every new shape, ~7.6 ms CPU per layer) | math | flash "
+        "(refuses a padding mask) | cudnn. CPUs always use torch's choice.", "efficient")
+    cudnn_benchmark: bool = doc(
+        "Let cuDNN time its convolution algorithms once per shape (the CNN; shapes repeat with data.pad_ladder). "
+        "Off unless the benchmark shows it pays: choosing by timing makes GPU runs less reproducible.", False)
+    compile: str = doc(
+        "torch.compile the transformer layers: none | default | reduce-overhead (CUDA graphs, one per padded "
+        "length of data.pad_ladder). Off unless the benchmark shows it pays (bench/train_throughput.py "
+        "--compile).", "none")
     num_threads: int = doc("torch CPU threads; 0 = torch's default.", 0)
     select_metric: str = doc("Validation metric that picks the best epoch: ua | wa | loss.", "ua")
     patience: int = doc("Stop when the selection metric has not improved for this many epochs; 0 = never.", 0)
@@ -319,7 +357,10 @@ def check_config(cfg: Config, where: str = "config") -> None:
         "optim.name": (cfg.optim.name, ("adam", "adamw")),
         "scheduler.name": (cfg.scheduler.name, ("constant", "warmup_linear", "warmup_constant")),
         "data.batching": (cfg.data.batching, ("random", "bucket")),
-        "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
+        "train.precision": (cfg.train.precision, ("auto", "fp32", "bf16", "fp16")),
+        "train.sdpa_backend": (cfg.train.sdpa_backend, ("efficient", "default", "math", "flash", "cudnn")),
+        "train.compile": (cfg.train.compile, ("none", "default", "reduce-overhead")),
+        "backbone.pos_conv_impl": (cfg.backbone.pos_conv_impl, ("fft", "conv")),
         "train.select_metric": (cfg.train.select_metric, ("ua", "wa", "loss")),
     }
     for key, (value, allowed) in choices.items():
@@ -327,6 +368,8 @@ def check_config(cfg: Config, where: str = "config") -> None:
             raise MtlserError(f"{where}: {key} = {value!r}; expected one of {', '.join(allowed)}")
     if cfg.loss.lambda_ < 0:
         raise MtlserError(f"{where}: loss.lambda = {cfg.loss.lambda_}; expected >= 0")
+    if cfg.data.pad_ladder < 1:
+        raise MtlserError(f"{where}: data.pad_ladder = {cfg.data.pad_ladder}; expected >= 1 (1 = no ladder)")
     if cfg.data.batch_size < 1:
         raise MtlserError(f"{where}: data.batch_size = {cfg.data.batch_size}; expected >= 1")
     if cfg.loss.class_weights is not None and len(cfg.loss.class_weights) != len(cfg.data.emotions):

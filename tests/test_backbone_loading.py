@@ -626,7 +626,10 @@ def test_config_override_points_the_recipe_at_a_checkpoint(tmp_path):
     model = hf_model("wavlm", "base")
     d = write_hf_safetensors(model, tmp_path / "wavlm-base-plus")
     cfg = load_config(None, ["--backbone.arch", "wavlm", "--backbone.init", str(d), "--backbone.dropout", "0",
-                             "--backbone.attention_dropout", "0", "--backbone.projection_dropout", "0"])
+                             "--backbone.attention_dropout", "0", "--backbone.projection_dropout", "0",
+                             # HF's CNN normalises over the padded batch; mtlser's default does not (docs/speed.md)
+                             "--backbone.padding_invariant_cnn", "false"])
+    assert cfg.backbone.pos_conv_impl == "fft"  # the FFT positional conv agrees with HF's Conv1d
     assert max_diff(build_backbone(cfg.backbone), model) <= TOL
 
 

@@ -1,5 +1,7 @@
 # Where jobs run, chosen in one place (ESPnet's cmd.sh). Recipes source this.
-#   local : on this machine; stages 3-4 run up to --nj folds at once
+#   local : on this machine; stages 3-4 run up to --nj folds at once. On a GPU machine
+#           MTLSER_GPUS=0 ./run.sh --nj 4 trains 4 folds at once, all on GPU 0 (MTLSER_GPUS=0,1:
+#           round robin over two); each job gets cores/nj CPU threads (docs/speed.md)
 #   slurm : an sbatch array per stage (set sbatch options below, e.g. the partition)
 # Override without editing: MTLSER_CMD_BACKEND=slurm ./run.sh ...
 cmd_backend=${MTLSER_CMD_BACKEND:-local}

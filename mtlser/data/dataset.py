@@ -3,11 +3,16 @@
 The sampler is deterministic given (seed, epoch) and remembers how many
 batches of the epoch were consumed, so the trainer checkpoints it as a whole
 and a resumed run sees exactly the batches it would have seen.
+
+With a frozen CNN the dataset can serve cached CNN features instead of audio
+(:mod:`mtlser.data.cnn_cache`); :func:`collate` pads either to a length of a
+geometric ladder (``pad_ladder``) so that batch shapes repeat.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -102,6 +107,8 @@ class SERDataset(Dataset):
             self.durations = [sf.info(w).duration if not w.endswith("|") else 1.0 for w in self.wavs]
         self._cache: dict[int, np.ndarray] | None = {} if cache_audio else None
         self.training = False
+        #: A CNNFeatureCache: when set, items carry CNN features (T, C) instead of audio.
+        self.features = None
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -130,8 +137,17 @@ class SERDataset(Dataset):
         return x
 
     def __getitem__(self, idx: int) -> dict:
-        wav = self._audio(idx)
         target = self.targets[idx] if self.targets is not None else []
+        if self.features is not None:
+            feats, num_samples = self.features.get(self.utts[idx])
+            return {
+                "utt": self.utts[idx],
+                "feats": torch.from_numpy(np.array(feats, copy=True)),  # (T, C), out of the memory map
+                "num_samples": num_samples,
+                "emotion": self.emotions[idx],
+                "target": torch.tensor(target, dtype=torch.long),
+            }
+        wav = self._audio(idx)
         if self.training and self.max_duration > 0 and len(wav) > self.max_duration * self.sample_rate:
             n = int(self.max_duration * self.sample_rate)
             start = int(torch.randint(0, len(wav) - n + 1, (1,)).item())
@@ -145,25 +161,53 @@ class SERDataset(Dataset):
         }
 
 
-def collate(items: list[dict]) -> dict:
-    """Pad to the longest: wavs (B, S) with 0, targets (B, L) with -1."""
+def ladder_length(n: int, ratio: float, quantum: int) -> int:
+    """The smallest length >= n on the ladder q, 2q, ... (steps of q), then x ratio (rounded up to q).
+
+    ratio = 1 gives n itself. With q = 320 samples (one wav2vec2 frame) and ratio 1.05 the ladder
+    has ~100 lengths up to 20 s; a batch is padded by (ratio - 1) / 2 of its length on average.
+    """
+    if ratio <= 1.0:
+        return n
+    v = quantum
+    while v < n:
+        v = max(v + quantum, quantum * math.ceil(v * ratio / quantum))
+    return v
+
+
+def collate(items: list[dict], pad_ladder: float = 1.0, frames_of=None) -> dict:
+    """Pad wavs (B, S) with 0, or cached CNN features (B, T, C) with 0, and targets (B, L) with -1.
+
+    Audio is padded to the longest item's length, raised to :func:`ladder_length` with ``pad_ladder``.
+    Features are padded to ``frames_of(that padded audio length)``: the frames the CNN would have
+    made of the padded audio, so that cached and uncached batches have the same shapes (and
+    dropout draws the same random numbers). ``num_samples`` (B,) is each utterance's audio length.
+    """
     B = len(items)
-    wav_lens = torch.tensor([len(it["wav"]) for it in items], dtype=torch.long)
-    wavs = torch.zeros(B, int(wav_lens.max()))
-    for i, it in enumerate(items):
-        wavs[i, : len(it["wav"])] = it["wav"]
+    out: dict = {"utts": [it["utt"] for it in items]}
+    if "feats" in items[0]:
+        assert frames_of is not None, "collating CNN features needs frames_of (the CNN's length formula)"
+        feat_lens = torch.tensor([len(it["feats"]) for it in items], dtype=torch.long)
+        S = ladder_length(max(int(it["num_samples"]) for it in items), pad_ladder, 320)
+        T = max(int(frames_of(S)), int(feat_lens.max()))
+        feats = torch.zeros(B, T, items[0]["feats"].shape[1], dtype=items[0]["feats"].dtype)
+        for i, it in enumerate(items):
+            feats[i, : len(it["feats"])] = it["feats"]
+        out.update(feats=feats, feat_lens=feat_lens,
+                   num_samples=torch.tensor([it["num_samples"] for it in items], dtype=torch.long))
+    else:
+        wav_lens = torch.tensor([len(it["wav"]) for it in items], dtype=torch.long)
+        wavs = torch.zeros(B, ladder_length(int(wav_lens.max()), pad_ladder, 320), dtype=items[0]["wav"].dtype)
+        for i, it in enumerate(items):
+            wavs[i, : len(it["wav"])] = it["wav"]
+        out.update(wavs=wavs, wav_lens=wav_lens, num_samples=wav_lens.clone())
     target_lens = torch.tensor([len(it["target"]) for it in items], dtype=torch.long)
     targets = torch.full((B, max(1, int(target_lens.max()))), -1, dtype=torch.long)
     for i, it in enumerate(items):
         targets[i, : len(it["target"])] = it["target"]
-    return {
-        "utts": [it["utt"] for it in items],
-        "wavs": wavs,
-        "wav_lens": wav_lens,
-        "emotions": torch.tensor([it["emotion"] for it in items], dtype=torch.long),
-        "targets": targets,
-        "target_lens": target_lens,
-    }
+    out.update(emotions=torch.tensor([it["emotion"] for it in items], dtype=torch.long),
+               targets=targets, target_lens=target_lens)
+    return out
 
 
 class BatchSampler(Sampler[list[int]]):
@@ -238,14 +282,26 @@ class BatchSampler(Sampler[list[int]]):
         self.epoch = int(state["epoch"])
         self.batches_done = int(state["batches_done"])
 
-    def padding_share(self, epoch: int = 0) -> float:
-        """Fraction of padded samples over an epoch's batches (for the logs and benchmarks)."""
-        total = padded = 0.0
-        for b in self.epoch_batches(epoch):
-            d = self.durations[b]
-            total += d.max() * len(b)
-            padded += d.max() * len(b) - d.sum()
-        return padded / total if total else 0.0
+    def padding_share(self, epoch: int = 0, pad_ladder: float = 1.0, sample_rate: int = 16000) -> float:
+        """Fraction of padded samples over an epoch's batches (for the logs and benchmarks).
+
+        With ``pad_ladder`` > 1 the batch length is raised as :func:`collate` does.
+        """
+        return padding_share(self.epoch_batches(epoch), self.durations, pad_ladder, sample_rate)
+
+
+def padding_share(batches: list[list[int]], durations, pad_ladder: float = 1.0, sample_rate: int = 16000) -> float:
+    """Padded share of the (batch size x padded length) samples of ``batches``."""
+    durations = np.asarray(durations, dtype=np.float64)
+    total = padded = 0.0
+    for b in batches:
+        d = durations[b]
+        longest = d.max()
+        if pad_ladder > 1.0:
+            longest = ladder_length(int(round(longest * sample_rate)), pad_ladder, 320) / sample_rate
+        total += longest * len(b)
+        padded += longest * len(b) - d.sum()
+    return padded / total if total else 0.0
 
 
 def batch_to(batch: dict, device: torch.device) -> dict:

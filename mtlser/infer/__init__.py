@@ -21,7 +21,7 @@ import yaml
 
 from mtlser.config import load_config
 from mtlser.data.dataset import read_audio
-from mtlser.model.backbone import Backbone
+from mtlser.model.backbone import Backbone, set_fast_path
 from mtlser.model.ser_model import SERModel
 from mtlser.utils import MtlserError
 
@@ -57,6 +57,7 @@ def load_model(model_dir: str | Path, weights: str = "best.safetensors",
     backbone = Backbone(info["arch"], kw, mask_time_prob=cfg.backbone.mask_time_prob,
                         mask_time_length=cfg.backbone.mask_time_length,
                         normalize_waveform=cfg.backbone.normalize_waveform)
+    set_fast_path(backbone, cfg.backbone)  # the same maths as in training (padding-invariant CNN)
     model = SERModel(backbone, num_emotions=len(info["emotions"]), vocab_size=len(tokens),
                      fusion=cfg.model.fusion, head_dropout=cfg.model.head_dropout, ctc_weight=cfg.loss.lambda_,
                      ctc_reduction=cfg.loss.ctc_reduction, class_weights=cfg.loss.class_weights)

@@ -115,8 +115,13 @@ class Backbone(nn.Module):
     """A torchaudio Wav2Vec2Model that returns every hidden state (see module doc)."""
 
     def __init__(self, arch: str, arch_kwargs: dict, model: nn.Module | None = None,
-                 mask_time_prob: float = 0.0, mask_time_length: int = 10, normalize_waveform: bool = False):
+                 mask_time_prob: float = 0.0, mask_time_length: int = 10, normalize_waveform: bool = False,
+                 padding_invariant_cnn: bool = False, pos_conv_impl: str = "conv"):
         super().__init__()
+        assert pos_conv_impl in ("conv", "fft"), f"pos_conv_impl must be conv or fft, got {pos_conv_impl!r}"
+        # Speed and padding switches (mtlser.model.fast_ops); the defaults here are torchaudio's own maths.
+        self.padding_invariant_cnn = padding_invariant_cnn
+        self.pos_conv_impl = pos_conv_impl
         self.arch = arch
         self.arch_kwargs = dict(arch_kwargs)
         self.model = model if model is not None else build_torchaudio_model(arch, arch_kwargs)
@@ -207,14 +212,53 @@ class Backbone(nn.Module):
         """
         assert waveforms.ndim == 2, f"waveforms must be (batch, samples), got {tuple(waveforms.shape)}"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self._extract(waveforms, lengths)
+            x, frame_lens = self._cnn(waveforms, lengths)  # (B, T, C)
+            return self._transformer(x, frame_lens), frame_lens
 
-    def _extract(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[list[Tensor], Tensor | None]:
+    def cnn(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The CNN feature encoder alone: (B, S) samples -> (B, T, C) features and (B,) valid frames."""
+        assert waveforms.ndim == 2, f"waveforms must be (batch, samples), got {tuple(waveforms.shape)}"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self._cnn(waveforms, lengths)
+
+    def transformer_states(self, features: Tensor, frame_lens: Tensor | None) -> list[Tensor]:
+        """Hidden states 0..L from CNN features (B, T, C): :meth:`cnn`'s output, or a cached copy of it."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self._transformer(features, frame_lens)
+
+    def _cnn(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """With ``padding_invariant_cnn`` the first layer's GroupNorm (group_norm extractor) takes its
+        statistics over each utterance's own frames, so a row's features do not depend on the padding
+        in its batch (fast_ops.valid_group_norm); otherwise torchaudio's FeatureExtractor."""
         if self.normalize_waveform:
             waveforms = self._normalize(waveforms, lengths)
-        x, frame_lens = self.model.feature_extractor(waveforms, lengths)  # (B, T, C)
+        extractor = self.model.feature_extractor
+        if not self.padding_invariant_cnn or lengths is None:
+            return extractor(waveforms, lengths)
+        from mtlser.model.fast_ops import valid_group_norm
+
+        x = waveforms.unsqueeze(1)  # (B, 1, S)
+        for layer in extractor.conv_layers:  # torchaudio's ConvLayerBlock, unrolled
+            x = layer.conv(x)
+            lengths = torch.div(lengths - layer.kernel_size, layer.stride, rounding_mode="floor") + 1
+            lengths = torch.clamp(lengths, min=0)
+            if isinstance(layer.layer_norm, nn.GroupNorm):
+                x = valid_group_norm(x, lengths, layer.layer_norm)
+            elif layer.layer_norm is not None:
+                x = layer.layer_norm(x)  # per-frame layer norm: padding cannot reach it
+            x = nn.functional.gelu(x)
+        return x.transpose(1, 2), lengths  # (B, T, C)
+
+    def _transformer(self, features: Tensor, frame_lens: Tensor | None) -> list[Tensor]:
         encoder = self.model.encoder
-        x, attn_mask = encoder._preprocess(x, frame_lens)  # projection; pads zeroed; (B, 1, T, T) additive mask
+        x = encoder.feature_projection(features)  # (B, T, D)
+        attn_mask = None
+        if frame_lens is not None:
+            # torchaudio's Encoder._preprocess, with masked_fill instead of x[pad] = 0 (no host sync on GPUs).
+            B, T, _ = x.shape
+            pad = torch.arange(T, device=x.device)[None, :] >= frame_lens[:, None]  # (B, T)
+            x = x.masked_fill(pad[..., None], 0.0)
+            attn_mask = (-10000.0 * pad[:, None, None, :].to(dtype=features.dtype)).expand(B, 1, T, T)
         if self.training and self.mask_embedding is not None and self.mask_time_prob > 0:
             mask = self.time_mask(x.shape[0], x.shape[1], frame_lens, x.device)  # (B, T)
             x = torch.where(mask[..., None], self.mask_embedding.to(x.dtype), x)
@@ -227,7 +271,16 @@ class Backbone(nn.Module):
                 key_padding_mask = pads.to(x.dtype) * -10000.0
             attn_mask = None
         transformer = encoder.transformer
-        x = transformer._preprocess(x)  # + positional conv (+ layer norm for post-LN models), dropout
+        # Transformer._preprocess: + positional conv (+ layer norm for post-LN models), dropout.
+        if self.pos_conv_impl == "fft":
+            from mtlser.model.fast_ops import fft_pos_conv
+
+            x = x + fft_pos_conv(x, transformer.pos_conv_embed)
+        else:
+            x = x + transformer.pos_conv_embed(x)
+        if transformer.layer_norm_first:
+            x = transformer.layer_norm(x)
+        x = transformer.dropout(x)
         states = [x]
         position_bias = None  # WavLM: made by layer 0 from its relative position embedding, reused by the rest
         for layer in transformer.layers:
@@ -241,7 +294,7 @@ class Backbone(nn.Module):
             # wav2vec2_model's encoder_layer_norm_first). Pre-LN models (large) end with a layer norm that
             # HF applies to the last hidden state.
             states[-1] = transformer.layer_norm(states[-1])
-        return states, frame_lens
+        return states
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[list[Tensor], Tensor | None]:
         return self.extract_features(waveforms, lengths)
@@ -330,7 +383,7 @@ def load_backbone(
 
 def build_backbone(cfg: Any) -> Backbone:
     """From a :class:`mtlser.config.BackboneConfig`."""
-    return load_backbone(
+    backbone = load_backbone(
         cfg.arch, cfg.init, size=cfg.size, custom=copy.deepcopy(cfg.custom) or None, cache_dir=cfg.cache_dir,
         mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
         normalize_waveform=cfg.normalize_waveform, freeze=cfg.freeze,
@@ -338,3 +391,11 @@ def build_backbone(cfg: Any) -> Backbone:
         activation_dropout=cfg.activation_dropout, projection_dropout=cfg.projection_dropout,
         layer_drop=cfg.layer_drop,
     )
+    set_fast_path(backbone, cfg)
+    return backbone
+
+
+def set_fast_path(backbone: Backbone, cfg: Any) -> None:
+    """The computation switches of a BackboneConfig (no parameters involved): see docs/speed.md."""
+    backbone.padding_invariant_cnn = cfg.padding_invariant_cnn
+    backbone.pos_conv_impl = cfg.pos_conv_impl

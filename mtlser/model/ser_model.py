@@ -44,6 +44,11 @@ class LayerFusion(nn.Module):
         return fused  # (B, T, D)
 
 
+def fp32_or_wider(x: Tensor) -> Tensor:
+    """Losses and posteriors in float32 under autocast; float64 stays float64 (the exactness tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def valid_mask(frame_lens: Tensor | None, T: int, device: torch.device) -> Tensor | None:
     if frame_lens is None:
         return None
@@ -95,9 +100,18 @@ class SERModel(nn.Module):
             persistent=False,
         )
 
-    def encode(self, wavs: Tensor, wav_lens: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Fused features (B, T, D) and frame lengths (B,)."""
-        states, frame_lens = self.backbone.extract_features(wavs, wav_lens)
+    def encode(self, wavs: Tensor, wav_lens: Tensor | None,
+               from_features: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Fused features (B, T, D) and frame lengths (B,).
+
+        With ``from_features`` the inputs are CNN features (B, T, C) and frame lengths (B,), cached
+        from a frozen CNN (mtlser.data.cnn_cache): the CNN is skipped.
+        """
+        if from_features:
+            assert wavs.ndim == 3, f"CNN features must be (batch, frames, channels), got {tuple(wavs.shape)}"
+            states, frame_lens = self.backbone.transformer_states(wavs, wav_lens), wav_lens
+        else:
+            states, frame_lens = self.backbone.extract_features(wavs, wav_lens)
         fused = self.fusion(states) if self.fusion is not None else states[-1]
         return self.dropout(fused), frame_lens
 
@@ -115,7 +129,7 @@ class SERModel(nn.Module):
         usable = (target_lens > 0) & (ctc_required_frames(targets, target_lens) <= frame_lens)
         if not bool(usable.any()):
             return ctc_logits.sum() * 0.0, usable
-        log_probs = F.log_softmax(ctc_logits[usable].float(), dim=-1).transpose(0, 1)  # (T, B', V)
+        log_probs = F.log_softmax(fp32_or_wider(ctc_logits[usable]), dim=-1).transpose(0, 1)  # (T, B', V)
         lens = target_lens[usable]
         per_utt = F.ctc_loss(
             log_probs, targets[usable].clamp(min=0), frame_lens[usable], lens,
@@ -136,11 +150,14 @@ class SERModel(nn.Module):
         emotions: Tensor,
         targets: Tensor | None = None,
         target_lens: Tensor | None = None,
+        from_features: bool = False,
     ) -> tuple[Tensor, dict[str, float], Tensor]:
         """The objective, its statistics, and the emotion logits (B, E)."""
-        fused, frame_lens = self.encode(wavs, wav_lens)
+        fused, frame_lens = self.encode(wavs, wav_lens, from_features)
         emo_logits, ctc_logits = self.heads(fused, frame_lens)
-        loss_ce = F.cross_entropy(emo_logits.float(), emotions, weight=self.class_weights)
+        logits = fp32_or_wider(emo_logits)
+        weight = self.class_weights.to(logits.dtype) if self.class_weights is not None else None
+        loss_ce = F.cross_entropy(logits, emotions, weight=weight)
         stats = {
             "loss_ce": loss_ce.detach().item(),
             "acc": (emo_logits.argmax(-1) == emotions).float().mean().item(),
@@ -164,12 +181,14 @@ class SERModel(nn.Module):
         emotions: Tensor,
         targets: Tensor | None = None,
         target_lens: Tensor | None = None,
+        from_features: bool = False,
     ) -> tuple[Tensor, dict[str, float], int]:
         """Args: wavs (B, S); wav_lens (B,); emotions (B,); targets (B, Lmax) padded with -1; target_lens (B,).
+        With from_features: wavs are cached CNN features (B, T, C) and wav_lens frame lengths.
 
         Returns (loss, stats, batch_size).
         """
-        loss, stats, _ = self.loss_and_logits(wavs, wav_lens, emotions, targets, target_lens)
+        loss, stats, _ = self.loss_and_logits(wavs, wav_lens, emotions, targets, target_lens, from_features)
         return loss, stats, wavs.shape[0]
 
     @torch.no_grad()
@@ -178,8 +197,8 @@ class SERModel(nn.Module):
         fused, frame_lens = self.encode(wavs, wav_lens)
         emo_logits, ctc_logits = self.heads(fused, frame_lens)
         return {
-            "emo_probs": F.softmax(emo_logits.float(), dim=-1),
-            "ctc_log_probs": F.log_softmax(ctc_logits.float(), dim=-1) if ctc_logits is not None else None,
+            "emo_probs": F.softmax(fp32_or_wider(emo_logits), dim=-1),
+            "ctc_log_probs": F.log_softmax(fp32_or_wider(ctc_logits), dim=-1) if ctc_logits is not None else None,
             "frame_lens": frame_lens,
         }
 

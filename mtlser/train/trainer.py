@@ -23,6 +23,7 @@ Experiment dir::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -92,6 +93,15 @@ def lr_lambda(name: str, warmup: int, total: int):
     return f
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """train.precision "auto": bf16 on GPUs that support it, fp32 elsewhere (CPU autocast is slow)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
 def capture_rng() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
     if torch.cuda.is_available():
@@ -116,6 +126,8 @@ class Trainer:
         self.device = select_device(cfg.train.device, self.dist)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
         for split in ("train", "valid"):
             if not (self.data_dir / split / "wav.scp").is_file():
@@ -142,14 +154,16 @@ class Trainer:
                                     cfg.data.bucket_window, shuffle=True, seed=cfg.train.seed,
                                     rank=self.dist.rank, world_size=self.dist.world_size)
         self.valid_sampler = BatchSampler(self.valid_set.durations, cfg.data.batch_size, shuffle=False)
-        self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate,
-                                       num_workers=cfg.data.num_workers)
-        self.valid_loader = DataLoader(self.valid_set, batch_sampler=self.valid_sampler, collate_fn=collate,
-                                       num_workers=cfg.data.num_workers)
+        self._make_loaders()
+        self.precision = resolve_precision(cfg.train.precision, self.device)
 
         if cfg.backbone.freeze_feature_encoder:
             for p in self.model.backbone.feature_extractor.parameters():
                 p.requires_grad_(False)
+            if cfg.data.cache_cnn_features:
+                self._attach_cnn_cache()
+        if cfg.train.compile != "none":
+            self._compile_layers(cfg.train.compile)
         self.ddp_model = self.model
         if self.dist.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -169,7 +183,7 @@ class Trainer:
         total_steps = cfg.train.epochs * max(1, len(self.sampler.epoch_batches(0)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.scheduler.name, cfg.scheduler.warmup_steps, total_steps))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         self.epoch = 0  # epochs finished
         self.step = 0
@@ -247,10 +261,56 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def autocast(self):
-        if self.cfg.train.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """The context of every forward pass: autocast (train.precision) and the attention kernel choice."""
+        stack = contextlib.ExitStack()
+        if self.precision != "fp32":
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=dtype))
+        if self.device.type == "cuda" and self.cfg.train.sdpa_backend != "default":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            first = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH,
+                     "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+            # The chosen kernel first, the math kernel where it refuses the inputs.
+            stack.enter_context(sdpa_kernel([first[self.cfg.train.sdpa_backend], SDPBackend.MATH], set_priority=True))
+        return stack
+
+    def _make_loaders(self, frames_of=None) -> None:
+        cfg = self.cfg
+        collate_fn = functools.partial(collate, pad_ladder=cfg.data.pad_ladder, frames_of=frames_of)
+        pin = self.device.type == "cuda"
+        self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate_fn,
+                                       num_workers=cfg.data.num_workers, pin_memory=pin)
+        self.valid_loader = DataLoader(self.valid_set, batch_sampler=self.valid_sampler, collate_fn=collate_fn,
+                                       num_workers=cfg.data.num_workers, pin_memory=pin)
+
+    def _attach_cnn_cache(self) -> None:
+        """Frozen CNN: serve its output from the feature cache (built here for missing utterances)."""
+        from mtlser.data.cnn_cache import build_cache
+
+        cfg = self.cfg
+        if cfg.data.max_duration > 0:
+            raise MtlserError("data.max_duration cuts waveforms at random, which cached CNN features cannot follow; "
+                              "set data.max_duration 0 or data.cache_cnn_features false")
+        backbone = self.model.backbone
+        if not backbone.padding_invariant_cnn and backbone.arch_kwargs.get("extractor_mode") == "group_norm":
+            logger.warning("cached CNN features are computed per utterance; with backbone.padding_invariant_cnn "
+                           "false the uncached CNN would normalise over the padded batch instead")
+        utts = [(u, w) for ds in (self.train_set, self.valid_set) for u, w in zip(ds.utts, ds.wavs)]
+        cache_dir = cfg.data.cnn_cache_dir or self.exp_dir.parent / "cnn_cache"
+        cache = build_cache(backbone, utts, cache_dir, self.device, cfg.data.sample_rate)
+        self.train_set.features = cache
+        self.valid_set.features = cache
+        self._make_loaders(frames_of=cache.frames_of)  # batches padded to the uncached path's frame counts
+        logger.info("frozen CNN: training on cached features from %s", cache.root)
+
+    def _compile_layers(self, mode: str) -> None:
+        import torch._dynamo
+
+        # One graph per padded length of the ladder; more than torch's default of 8 recompilations.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        for layer in self.model.backbone.model.encoder.transformer.layers:
+            layer.compile(mode=None if mode == "default" else mode, dynamic=False)
 
     def _set_backbone_frozen(self, frozen: bool) -> None:
         if self.model.backbone.frozen:
@@ -271,28 +331,11 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
                    disable=not self.dist.is_main, leave=False, mininterval=5)
         for batch in bar:
-            frozen = self.step < cfg.backbone.freeze_steps
-            self._set_backbone_frozen(frozen)
-            batch = batch_to(batch, self.device)
-            with self.autocast():
-                loss, stats, bs = self.ddp_model(batch["wavs"], batch["wav_lens"], batch["emotions"],
-                                                 batch["targets"], batch["target_lens"])
-            if not torch.isfinite(loss):
-                raise MtlserError(f"non-finite loss {loss.item()} at step {self.step} (utterances "
-                                  f"{batch['utts'][:4]}...); lower optim.lr or check the data")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.optim.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
+            stats, bs = self.train_step(batch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v * (bs if k != "ctc_skipped" else 1)
             n += bs
-            audio_s += float(batch["wav_lens"].sum()) / cfg.data.sample_rate
+            audio_s += float(batch["num_samples"].sum()) / cfg.data.sample_rate
             if self.step % cfg.train.log_interval == 0 and self.dist.is_main:
                 logger.info("epoch %d step %d: %s", self.epoch + 1, self.step,
                             " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
@@ -300,6 +343,37 @@ class Trainer:
         out["time_s"] = time.time() - t0
         out["audio_s_per_s"] = audio_s / max(out["time_s"], 1e-9)
         return out
+
+    def model_inputs(self, batch: dict) -> dict:
+        """The model's keyword arguments for a collated batch (audio, or cached CNN features)."""
+        if "feats" in batch:
+            inputs, lens, from_features = batch["feats"], batch["feat_lens"], True
+        else:
+            inputs, lens, from_features = batch["wavs"], batch["wav_lens"], False
+        return dict(wavs=inputs, wav_lens=lens, emotions=batch["emotions"], targets=batch["targets"],
+                    target_lens=batch["target_lens"], from_features=from_features)
+
+    def train_step(self, batch: dict) -> tuple[dict, int]:
+        """One optimizer step of L = CE + lambda * CTC on a collated batch; returns (stats, batch size)."""
+        cfg = self.cfg
+        frozen = self.step < cfg.backbone.freeze_steps
+        self._set_backbone_frozen(frozen)
+        batch = batch_to(batch, self.device)
+        with self.autocast():
+            loss, stats, bs = self.ddp_model(**self.model_inputs(batch))
+        if not torch.isfinite(loss):
+            raise MtlserError(f"non-finite loss {loss.item()} at step {self.step} (utterances "
+                              f"{batch['utts'][:4]}...); lower optim.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return stats, bs
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -311,8 +385,7 @@ class Trainer:
         for batch in self.valid_loader:
             batch = batch_to(batch, self.device)
             with self.autocast():
-                loss, _, emo_logits = self.model.loss_and_logits(
-                    batch["wavs"], batch["wav_lens"], batch["emotions"], batch["targets"], batch["target_lens"])
+                loss, _, emo_logits = self.model.loss_and_logits(**self.model_inputs(batch))
             bs = len(batch["utts"])
             loss_sum += float(loss) * bs
             n += bs
@@ -360,9 +433,11 @@ class Trainer:
         if self.finished or self.epoch >= cfg.train.epochs:
             logger.info("%s: training already finished (%d epochs); nothing to do", self.exp_dir, self.epoch)
             return self.best or {}
-        logger.info("train: %d utterances (%.1f min), valid: %d; %d batches/epoch, padding %.1f%%; device %s",
+        logger.info("train: %d utterances (%.1f min), valid: %d; %d batches/epoch, padding %.1f%%; device %s, %s",
                     len(self.train_set), sum(self.train_set.durations) / 60, len(self.valid_set),
-                    len(self.sampler.epoch_batches(0)), 100 * self.sampler.padding_share(0), self.device)
+                    len(self.sampler.epoch_batches(0)),
+                    100 * self.sampler.padding_share(0, cfg.data.pad_ladder, cfg.data.sample_rate), self.device,
+                    self.precision)
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.info("model: %.2fM parameters, %d hidden states fused (%s), lambda=%g",
                     n_params / 1e6, self.model.backbone.num_layers + 1, cfg.model.fusion, cfg.loss.lambda_)

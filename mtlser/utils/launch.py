@@ -7,6 +7,13 @@
 stderr go to its log, framed by the command line and its exit status, as
 run.pl writes them. Locally, at most --max-jobs-run jobs run at once and a
 progress bar per running job follows the ``epoch i/N`` lines of its log.
+
+Several folds on one GPU (or a few): ``--gpus 0`` (or ``MTLSER_GPUS=0``) gives
+every local job ``CUDA_VISIBLE_DEVICES`` from that list, round robin over the
+running slots, so ``--max-jobs-run 4 --gpus 0`` trains 4 folds at once on GPU 0
+and ``--max-jobs-run 8 --gpus 0,1`` 4 on each. Local jobs also get
+``OMP_NUM_THREADS`` = CPU cores / max-jobs-run unless it is set, so concurrent
+jobs do not oversubscribe the CPU.
 With --backend slurm the array goes to ``sbatch --wait --array=1-N%M``.
 Exit status: 0 when every job succeeded; otherwise 1, naming the failed logs.
 
@@ -45,8 +52,17 @@ def _header(cmd: list[str]) -> str:
     return f"# {' '.join(shlex.quote(c) for c in cmd)}\n# Started at {time.strftime('%a %b %d %H:%M:%S %Z %Y')}\n#\n"
 
 
+def job_env(slot: int, max_jobs: int, gpus: list[str], base: dict | None = None) -> dict:
+    """The environment of the local job in ``slot`` (1-based): its GPU and CPU thread share."""
+    env = dict(os.environ if base is None else base)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[(slot - 1) % len(gpus)]
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, max_jobs))))
+    return env
+
+
 def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int,
-              progress_regex: str | None) -> list[int]:
+              progress_regex: str | None, gpus: list[str] | None = None) -> list[int]:
     from tqdm import tqdm
 
     pending = list(range(lo, hi + 1))
@@ -65,9 +81,9 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
         f = open(log, "w", encoding="utf-8")
         f.write(_header(job_cmd))
         f.flush()
-        env = dict(os.environ, MTLSER_JOB=str(job))
-        proc = subprocess.Popen(job_cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         slot = slots.pop(0)
+        env = dict(job_env(slot, max_jobs, gpus or []), MTLSER_JOB=str(job))
+        proc = subprocess.Popen(job_cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         bar = tqdm(total=None, desc=f"{name}={job}", position=slot, leave=False, disable=not show_bars,
                    bar_format="{desc}: {n}/{total} {bar} {elapsed}")
         running[job] = (proc, log, time.time(), (f, bar, slot))
@@ -168,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["local", "slurm"])
     parser.add_argument("--max-jobs-run", type=int, default=1)
     parser.add_argument("--gpu", type=int, default=0, help="GPUs per job (slurm: --gres=gpu:N)")
+    parser.add_argument("--gpus", default=os.environ.get("MTLSER_GPUS", ""),
+                        help="local: GPU ids shared round robin by the running jobs, e.g. 0 (all on GPU 0) or 0,1; "
+                             "default $MTLSER_GPUS; empty = CUDA_VISIBLE_DEVICES untouched")
     parser.add_argument("--progress-regex", default=r"epoch (\d+)/(\d+)")
     parser.add_argument("--sbatch-opt", action="append", default=[],
                         help="an extra sbatch option, repeatable: --sbatch-opt=--partition=gpu --sbatch-opt=--mem=16G")
@@ -179,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command given")
     name, lo, hi = parse_range(args.range)
     if args.backend == "local":
-        failed = run_local(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.progress_regex)
+        gpus = [g for g in args.gpus.replace(" ", ",").split(",") if g]
+        failed = run_local(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.progress_regex,
+                           gpus)
     else:
         failed = run_slurm(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.gpu,
                            args.sbatch_opt)
