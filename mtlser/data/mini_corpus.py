@@ -59,9 +59,9 @@ SAMPLE_RATE = 16000
 #: happiness are both raised and loud (as in real speech, they get confused);
 #: happiness has the higher, wider pitch, anger the faster rate.
 EMOTION_PROSODY = {
-    "ang": (20, "high", 140, 160),
-    "hap": (45, "x-high", 115, 125),
-    "sad": (-30, "x-low", 70, 55),
+    "ang": (25, "high", 150, 170),
+    "hap": (55, "x-high", 115, 130),
+    "sad": (-35, "x-low", 65, 50),
     "neu": (0, "medium", 100, 100),
 }
 #: How often each label is drawn (IEMOCAP-like proportions, plus labels prep drops).
@@ -115,9 +115,9 @@ def make_speakers(n_sessions: int, rng: np.random.Generator) -> list[Speaker]:
             speakers.append(Speaker(
                 id=f"Ses{s:02d}{gender}",
                 voice=voices[(s - 1) % len(voices)],
-                pitch=int(rng.integers(pitch_lo, pitch_lo + 16)),
+                pitch=int(rng.integers(pitch_lo, pitch_lo + 11)),
                 range=int(rng.integers(40, 61)),
-                rate=int(rng.integers(150, 191)),
+                rate=int(rng.integers(160, 186)),
             ))
     return speakers
 
@@ -131,8 +131,8 @@ def make_sentence(rng: np.random.Generator) -> str:
 
 def ssml(text: str, emotion: str, rng: np.random.Generator) -> str:
     pitch, range_, rate, volume = EMOTION_PROSODY[emotion]
-    pitch += rng.normal(0, 6)
-    rate *= np.exp(rng.normal(0, 0.07))
+    pitch += rng.normal(0, 4)
+    rate *= np.exp(rng.normal(0, 0.05))
     volume *= np.exp(rng.normal(0, 0.12))
     return (
         f'<speak><prosody pitch="{pitch:+.0f}%" range="{range_}" rate="{rate:.0f}%" '
