@@ -81,11 +81,12 @@ def _generate(out: Path, seed: int) -> None:
     # A fresh process each time, as the recipe does (espeak-ng keeps state within a process).
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-m", "mtlser.data.mini_corpus", "--out", str(out), "--seed", str(seed),
-                        "--sessions", "1", "--utts-per-speaker", "4"], capture_output=True, text=True, env=env)
+                        "--sessions", "3", "--utts-per-speaker", "3"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
 
 
 def test_mini_corpus_is_deterministic_and_in_iemocap_layout(tmp_path):
+    # Three sessions: their voices include breathy ones (en+f2, en+f3), whose noise must be seeded too.
     _generate(tmp_path / "a", 5)
     _generate(tmp_path / "b", 5)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
@@ -94,16 +95,16 @@ def test_mini_corpus_is_deterministic_and_in_iemocap_layout(tmp_path):
     root = tmp_path / "a" / "Session1"
     assert sorted(p.name for p in (root / "dialog" / "EmoEvaluation").glob("*.txt"))
     wavs = sorted((root / "sentences" / "wav").rglob("Ses01*_*.wav"))
-    assert len(wavs) == 8
+    assert len(wavs) == 6
     import soundfile as sf
 
     info = sf.info(wavs[0])
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     summary = json.loads((tmp_path / "a" / "README.mtlser.json").read_text())
-    assert sum(summary["label_counts"].values()) == 8
+    assert sum(summary["label_counts"].values()) == 18
     # Same settings again: nothing is regenerated.
     mtime = wavs[0].stat().st_mtime_ns
-    generate(tmp_path / "a", seed=5, n_sessions=1, utts_per_speaker=4)
+    generate(tmp_path / "a", seed=5, n_sessions=3, utts_per_speaker=3)
     assert wavs[0].stat().st_mtime_ns == mtime
 
 

@@ -49,6 +49,9 @@ class Espeak:
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        # Voices with breath noise (en+f2, f3, f5) draw random numbers; espeak-ng's own generator,
+        # seeded per utterance, makes them reproducible whatever else in the process calls rand().
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
             ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
@@ -71,11 +74,13 @@ class Espeak:
         lib.espeak_SetSynthCallback(self._callback)
 
     def synth(self, text: str, voice: str = "en", pitch: int = 50, range_: int = 50, rate: int = 175,
-              ssml: bool = True) -> np.ndarray:
+              ssml: bool = True, seed: int = 0) -> np.ndarray:
         """Synthesise ``text`` (SSML when ``ssml``); returns int16 samples at :attr:`sample_rate`.
 
         ``pitch`` and ``range_`` are espeak's 0-100 base values, ``rate`` words per minute;
-        SSML prosody in the text applies on top of them.
+        SSML prosody in the text applies on top of them. ``seed`` seeds espeak-ng's noise
+        generator (breathy voices). espeak-ng also keeps state from one utterance to the next,
+        so the same sequence of calls gives the same audio, not each call on its own.
         """
         with self._lock:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
@@ -83,6 +88,7 @@ class Espeak:
             for param, value in ((PITCH, pitch), (RANGE, range_), (RATE, rate)):
                 self._lib.espeak_SetParameter(param, int(value), 0)
             self._chunks = []
+            self._lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
             data = text.encode("utf-8")
             flags = _CHARS_UTF8 | (_SSML if ssml else 0)
             err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, flags, None, None)
