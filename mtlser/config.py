@@ -141,7 +141,7 @@ class DataConfig:
                          default_factory=lambda: ["ang", "hap", "sad", "neu"])
     token_type: str = doc(
         "CTC target set: the text_<token_type> file of the data dir. phncls (the paper: emotion-tagged "
-        "phoneme classes), phn, char, bpe<N>; each with _notag for targets without the emotion tag "
+        "phoneme classes; phncls_notag without the tag), phn, char, bpe<N> (plain; with _emo: tagged) "
         "(mtlser.text.tokenize). The recipe sets it from --token-type/--emo-tag/--nbpe.", "phncls")
     batch_size: int = doc("Utterances per batch (the paper: 16).", 16)
     batching: str = doc(

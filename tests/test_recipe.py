@@ -63,7 +63,7 @@ def test_stages_0_to_5(tmp_path):
     idx = {"ang": "0", "hap": "1", "sad": "2", "neu": "3"}
     for utt, seq in phncls.items():
         assert all(t in tokens and t[-1] == idx[dd["utt2emo"][utt]] for t in seq.split())
-    assert (data / "all" / "text_phn_notag").is_file()
+    assert (data / "all" / "text_phn").is_file()
 
     # Stage 2: four leave-one-speaker-out folds.
     folds = sorted((data / "loso").glob("fold[0-9]*"))

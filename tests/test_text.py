@@ -102,7 +102,7 @@ def test_tokenize_data_dir(make_data_dir, tmp_path):
     (path / "text").write_text("".join(f"{u} {t}\n" for u, t in sorted(text.items())))
     stats = tokenize_data_dir(path, tmp_path / "token_list")
     phncls = read_table(path / "text_phncls", allow_empty_value=True)
-    phn = read_table(path / "text_phn_notag", allow_empty_value=True)
+    phn = read_table(path / "text_phn", allow_empty_value=True)
     emo = read_table(path / "utt2emo")
     assert phncls[utts[0]] == "" and phn[utts[0]] == ""
     idx = ["ang", "hap", "sad", "neu"].index(emo[utts[1]])

@@ -37,8 +37,9 @@ def text_dir(tmp_path):
 def test_token_set_names():
     assert token_set_name("phncls") == "phncls"
     assert token_set_name("phncls", emo_tag=False) == "phncls_notag"
-    assert token_set_name("phn") == "phn" and token_set_name("char", False) == "char_notag"
-    assert token_set_name("bpe", True, 50) == "bpe50" and token_set_name("bpe", False, 50) == "bpe50_notag"
+    assert token_set_name("phn") == "phn_emo" and token_set_name("phn", False) == "phn"
+    assert token_set_name("char", False) == "char" and token_set_name("char") == "char_emo"
+    assert token_set_name("bpe", True, 50) == "bpe50_emo" and token_set_name("bpe", False, 50) == "bpe50"
     with pytest.raises(MtlserError, match="unknown token type 'word'"):
         token_set_name("word")
 
@@ -52,8 +53,8 @@ def test_phncls_default_is_the_papers_targets(text_dir, tmp_path):
     assert text["u3"] == ""  # non-verbal only: no targets, label kept
     tokens = read_token_list(tmp_path / "token_list/phncls/tokens.txt")
     assert tokens == ["<blank>"] + [f"{c}{i}" for i in range(4) for c in ("S", "F", "N", "L", "V", "Vs")]
-    # The G2P output is kept, and it is the untagged phn set.
-    assert read_table(text_dir / "text_phn_notag", allow_empty_value=True)["u1"] == "HH AH0 L OW1 W ER1 L D"
+    # The G2P output is kept for inspection as text_phn (the plain phn set).
+    assert read_table(text_dir / "text_phn", allow_empty_value=True)["u1"] == "HH AH0 L OW1 W ER1 L D"
 
 
 def test_untagged_and_phone_and_char_sets(text_dir, tmp_path):
@@ -63,20 +64,20 @@ def test_untagged_and_phone_and_char_sets(text_dir, tmp_path):
     assert read_token_list(tl / "phncls_notag/tokens.txt") == ["<blank>", "S", "F", "N", "L", "V", "Vs"]
 
     tokenize_data_dir(text_dir, tl, "phn", g2p=fake_g2p)
-    assert read_table(text_dir / "text_phn", allow_empty_value=True)["u2"].startswith("Y_1 AE1_1 DH_1")
-    phn = read_token_list(tl / "phn/tokens.txt")
+    assert read_table(text_dir / "text_phn_emo", allow_empty_value=True)["u2"].startswith("Y_1 AE1_1 DH_1")
+    phn = read_token_list(tl / "phn_emo/tokens.txt")
     assert len(phn) == 1 + 4 * 69 and "AH0_3" in phn and "HH_0" in phn and "AH_0" not in phn
 
     tokenize_data_dir(text_dir, tl, "char")
-    char = read_table(text_dir / "text_char", allow_empty_value=True)
+    char = read_table(text_dir / "text_char_emo", allow_empty_value=True)
     assert char["u2"] == " ".join(f"{c}_1" for c in "yeah|that's|great")
     assert char["u3"] == ""
     assert read_table(text_dir / "text_norm", allow_empty_value=True)["u2"] == "yeah that's great"
-    tokens = read_token_list(tl / "char/tokens.txt")
+    tokens = read_token_list(tl / "char_emo/tokens.txt")
     assert len(tokens) == 1 + 4 * 28 and "|_2" in tokens and "'_0" in tokens
 
     # Every target token is in its list (what the trainer's dataset checks too).
-    for name in ("phncls_notag", "phn", "char"):
+    for name in ("phncls_notag", "phn_emo", "char_emo"):
         known = set(read_token_list(tl / name / "tokens.txt"))
         for line in read_table(text_dir / f"text_{name}", allow_empty_value=True).values():
             assert set(line.split()) <= known, (name, line)
@@ -122,15 +123,15 @@ def test_bpe_is_trained_on_the_training_split_only(tmp_path, monkeypatch):
     # The trainer of the units saw exactly the training transcripts: no valid, no test text.
     assert sorted(seen[0]) == sorted(w for _, w in TRAIN.values())
 
-    pieces = read_token_list(fold / "token_list/bpe30/tokens.txt")
+    pieces = read_token_list(fold / "token_list/bpe30_emo/tokens.txt")
     assert pieces[0] == "<blank>" and "<unk>_0" in pieces
     assert not any("zyzz" in p or "quix" in p for p in pieces)
     # Unseen letters of the test speaker become <unk>, tagged like every piece.
-    test_text = read_table(fold / "test/text_bpe30", allow_empty_value=True)
+    test_text = read_table(fold / "test/text_bpe30_emo", allow_empty_value=True)
     assert "<unk>_1" in test_text["Ses02F_d_F000"].split()
-    train_text = read_table(fold / "train/text_bpe30", allow_empty_value=True)
+    train_text = read_table(fold / "train/text_bpe30_emo", allow_empty_value=True)
     assert all(t.endswith(("_0", "_2")) for line in train_text.values() for t in line.split())
-    assert (fold / "token_list/bpe30/bpe.model").is_file()
+    assert (fold / "token_list/bpe30_emo/bpe.model").is_file()
 
     # Control: units trained with the test text do contain its word, so the check above can fail.
     leaky = bpe_mod.pieces_of(bpe_mod.train_bpe([w for _, w in TRAIN.values()] + [w for _, w in TEST.values()], 30))
@@ -140,7 +141,7 @@ def test_bpe_is_trained_on_the_training_split_only(tmp_path, monkeypatch):
 def test_bpe_untagged_and_missing_text_norm(tmp_path):
     fold = _fold(tmp_path / "loso", "fold01", {"train": TRAIN, "valid": VALID, "test": TEST})
     bpe_mod.bpe_folds(tmp_path / "loso", nbpe=30, emo_tag=False)
-    tokens = read_token_list(fold / "token_list/bpe30_notag/tokens.txt")
+    tokens = read_token_list(fold / "token_list/bpe30/tokens.txt")
     assert "<unk>" in tokens and not any(t.endswith("_0") for t in tokens)
     (fold / "valid/text_norm").unlink()
     with pytest.raises(MtlserError, match=r"valid/text_norm: missing; run stage 1 with --token-type bpe"):
@@ -163,10 +164,10 @@ def test_training_reads_a_per_fold_token_list(tmp_path, tiny_config, make_data_d
     tokenize_data_dir(data, tmp_path / "token_list", "bpe", nbpe=20)
     split(data, tmp_path / "loso", valid="session-mate")
     bpe_mod.bpe_folds(tmp_path / "loso", nbpe=20)
-    cfg = tiny_config(train={"epochs": 1}, data={"token_type": "bpe20", "batch_size": 4})
+    cfg = tiny_config(train={"epochs": 1}, data={"token_type": "bpe20_emo", "batch_size": 4})
     rc = train_main(["--config", str(cfg), "--folds-dir", str(tmp_path / "loso"), "--fold", "2",
-                     "--token-list", str(tmp_path / "loso/foldNN/token_list/bpe20/tokens.txt"),
+                     "--token-list", str(tmp_path / "loso/foldNN/token_list/bpe20_emo/tokens.txt"),
                      "--exp-dir", str(tmp_path / "exp")])
     assert rc == 0
     assert (tmp_path / "exp/fold02/token_list").read_text() == \
-        (tmp_path / "loso/fold02/token_list/bpe20/tokens.txt").read_text()
+        (tmp_path / "loso/fold02/token_list/bpe20_emo/tokens.txt").read_text()

@@ -72,7 +72,9 @@ case "${token_type}" in
     bpe) token_set=bpe${nbpe} ;;
     *) log "--token-type ${token_type}: expected phncls, phn, char or bpe"; exit 2 ;;
 esac
-${emo_tag} || token_set=${token_set}_notag
+# The paper's classes are tagged (untagged is the ablation); the other types are plain (tagged is).
+if [ "${token_type}" = phncls ] && ! ${emo_tag}; then token_set=${token_set}_notag; fi
+if [ "${token_type}" != phncls ] && ${emo_tag}; then token_set=${token_set}_emo; fi
 if [ "${token_type}" = bpe ]; then
     token_list=${folds_dir}/foldNN/token_list/${token_set}/tokens.txt
 else

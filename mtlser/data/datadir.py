@@ -8,7 +8,7 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
     spk2utt      spk  utt1 utt2 ...                 (derived from utt2spk)
     utt2emo      utt  ang|hap|sad|neu               (required)
     utt2dur      utt  seconds                       (optional)
-    text_<set>   utt  CTC targets: text_phncls, text_phn_notag, text_norm, ... (optional, stage 1
+    text_<set>   utt  CTC targets: text_phncls, text_phn, text_norm, ... (optional, stage 1
                  output, see mtlser.text.tokenize; may be empty)
 
 Every file is sorted by its first field in the C locale (byte order) and has

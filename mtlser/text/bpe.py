@@ -7,7 +7,7 @@ fold, on ``foldNN/train/text_norm`` (written by stage 1 with --token-type bpe, a
 split by stage 2); valid and test are then encoded with that fold's model.
 Characters never seen in training become ``<unk>``.
 
-Writes, for a set S = bpe<N> (or bpe<N>_notag, see mtlser.text.tokenize)::
+Writes, for a set S = bpe<N>_emo (tagged) or bpe<N> (see mtlser.text.tokenize)::
 
     FOLDS/foldNN/token_list/S/bpe.model     the fold's SentencePiece model (unigram, as ESPnet's default)
     FOLDS/foldNN/token_list/S/tokens.txt    <blank>, then the pieces (x 4 emotion tags when tagged)

@@ -13,16 +13,18 @@ stressed vowel in a happy utterance. phncls keeps the paper's spelling (``Vs1``)
 the other types separate the tag with ``_`` (``AH0_1``, ``a_1``, ``▁the_1``), so a
 tag never reads as a stress digit.
 
-File names. A token set is named after its type, ``_notag`` added when untagged:
-``phncls``, ``phncls_notag``, ``phn``, ``phn_notag``, ``char``, ``char_notag``,
-``bpe<N>``, ``bpe<N>_notag`` (N = --nbpe). For a set S, stage 1 writes
+File names. A token set is named after its type in its natural form: ``phncls`` is the
+paper's *tagged* classes (``text_phncls``), while ``phn`` is the plain G2P output
+(``text_phn``), and ``char``/``bpe<N>`` plain characters/pieces. A departure from the
+natural form is a suffix: ``phncls_notag`` (classes without the tag), ``phn_emo``,
+``char_emo``, ``bpe<N>_emo`` (tagged; N = --nbpe). For a set S, stage 1 writes
 
     DATA/text_S                   utt  targets (empty for an utterance with no words)
     TOKEN_LIST_DIR/S/tokens.txt   <blank> first (the CTC blank, index 0), then one token per line
 
 and the trainer reads ``text_<data.token_type>`` with data.token_type = S. Besides,
-G2P-based types keep the G2P output as ``DATA/text_phn_notag`` (which is the
-untagged phn set), and char/bpe write the normalised transcript ``DATA/text_norm``
+G2P-based types keep the G2P output as ``DATA/text_phn`` (the plain phn set, kept for
+inspection), and char/bpe write the normalised transcript ``DATA/text_norm``
 (lower case, non-verbal tags and punctuation removed) that they are built from.
 bpe writes no targets here: its units depend on the fold (see mtlser.text.bpe).
 
@@ -55,18 +57,22 @@ from mtlser.utils.fileio import atomic_write_text
 logger = logging.getLogger(__name__)
 
 TOKEN_TYPES = ("phncls", "phn", "char", "bpe")
-NOTAG = "_notag"
+NOTAG = "_notag"  # phncls without the emotion tag
+EMO = "_emo"  # another type with the emotion tag
 #: The char inventory: what normalised text can hold, and the word boundary (wav2vec2's ``|``).
 CHARS = tuple("abcdefghijklmnopqrstuvwxyz'")
 WORD_BOUNDARY = "|"
 
 
 def token_set_name(token_type: str, emo_tag: bool = True, nbpe: int = 100) -> str:
-    """``('phncls', True) -> 'phncls'``, ``('bpe', False, 100) -> 'bpe100_notag'``: the text_<name> suffix."""
+    """The text_<name> suffix: ``('phncls', True) -> 'phncls'``, ``('phncls', False) -> 'phncls_notag'``,
+    ``('phn', True) -> 'phn_emo'``, ``('bpe', False, 100) -> 'bpe100'``."""
     if token_type not in TOKEN_TYPES:
         raise MtlserError(f"unknown token type '{token_type}'; expected one of {', '.join(TOKEN_TYPES)}")
     name = f"bpe{nbpe}" if token_type == "bpe" else token_type
-    return name if emo_tag else name + NOTAG
+    if token_type == "phncls":
+        return name if emo_tag else name + NOTAG
+    return name + EMO if emo_tag else name
 
 
 def tag_separator(token_type: str) -> str:
@@ -166,7 +172,7 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
     seqs: dict[str, list[str]] = {}
     if token_type in ("phncls", "phn"):
         phones = phonemize(texts, g2p)
-        write_table(data_dir / "text_phn_notag", {u: " ".join(p) for u, p in phones.items()})
+        write_table(data_dir / "text_phn", {u: " ".join(p) for u, p in phones.items()})
         if token_type == "phncls":
             cmap = PhoneClassMap.load(phone_classes)
             units = list(cmap.classes)
@@ -177,7 +183,7 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
             for u, p in phones.items():
                 bad = [x for x in p if x not in known]
                 if bad:
-                    raise MtlserError(f"{data_dir / 'text_phn_notag'}: '{u}' has phone(s) {bad} outside ARPAbet "
+                    raise MtlserError(f"{data_dir / 'text_phn'}: '{u}' has phone(s) {bad} outside ARPAbet "
                                       "with stress digits; check the G2P output")
             seqs = phones
     else:
