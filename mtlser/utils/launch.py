@@ -84,7 +84,8 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
         slot = slots.pop(0)
         env = dict(job_env(slot, max_jobs, gpus or []), MTLSER_JOB=str(job))
         proc = subprocess.Popen(job_cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        bar = tqdm(total=None, desc=f"{name}={job}", position=slot, leave=False, disable=not show_bars,
+        # Until the job logs its first "epoch i/N", the bar shows 0 of 1.
+        bar = tqdm(total=1, desc=f"{name}={job}", position=slot, leave=False, disable=not show_bars,
                    bar_format="{desc}: {n}/{total} {bar} {elapsed}")
         running[job] = (proc, log, time.time(), (f, bar, slot))
 
