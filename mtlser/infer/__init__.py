@@ -21,8 +21,9 @@ import yaml
 
 from mtlser.config import load_config
 from mtlser.data.dataset import read_audio
-from mtlser.model.backbone import Backbone, set_fast_path
+from mtlser.model.backbone import Backbone, conv_layers_as_tuples, set_fast_path
 from mtlser.model.ser_model import SERModel
+from mtlser.text.tokenize import read_token_list
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,8 @@ def load_model(model_dir: str | Path, weights: str = "best.safetensors",
             raise MtlserError(f"{model_dir / name}: missing; is {model_dir} a finished training dir (stage 3)?")
     cfg = load_config(model_dir / "config.yaml")
     info = yaml.safe_load((model_dir / "model.yaml").read_text(encoding="utf-8"))
-    tokens = [t.strip() for t in (model_dir / "token_list").read_text(encoding="utf-8").splitlines()]
-    kw = dict(info["arch_kwargs"])
-    if kw.get("extractor_conv_layer_config") is not None:
-        kw["extractor_conv_layer_config"] = [tuple(c) for c in kw["extractor_conv_layer_config"]]
-    backbone = Backbone(info["arch"], kw, mask_time_prob=cfg.backbone.mask_time_prob,
+    tokens = read_token_list(model_dir / "token_list")
+    backbone = Backbone(info["arch"], conv_layers_as_tuples(info["arch_kwargs"]), mask_time_prob=cfg.backbone.mask_time_prob,
                         mask_time_length=cfg.backbone.mask_time_length,
                         normalize_waveform=cfg.backbone.normalize_waveform)
     set_fast_path(backbone, cfg.backbone)  # the same maths as in training (padding-invariant CNN)

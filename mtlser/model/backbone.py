@@ -75,6 +75,22 @@ SIZES = {"base": _BASE, "large": _LARGE}
 ARCHS = ("wav2vec2", "hubert", "wavlm")
 
 
+def conv_layers_as_tuples(kw: dict) -> dict:
+    """torchaudio wants the CNN spec as (channels, kernel, stride) tuples; YAML and bundles give lists."""
+    kw = dict(kw)
+    if kw.get("extractor_conv_layer_config") is not None:
+        kw["extractor_conv_layer_config"] = [tuple(c) for c in kw["extractor_conv_layer_config"]]
+    return kw
+
+
+def conv_layers_as_lists(kw: dict) -> dict:
+    """The inverse of :func:`conv_layers_as_tuples`, for yaml.safe_dump (which refuses tuples)."""
+    kw = dict(kw)
+    if kw.get("extractor_conv_layer_config") is not None:
+        kw["extractor_conv_layer_config"] = [list(c) for c in kw["extractor_conv_layer_config"]]
+    return kw
+
+
 def architecture(arch: str, size: str = "base", custom: dict | None = None) -> dict:
     """The constructor arguments for ``arch`` at ``size`` (or ``custom`` arguments)."""
     if arch not in ARCHS:
@@ -94,9 +110,7 @@ def architecture(arch: str, size: str = "base", custom: dict | None = None) -> d
         raise MtlserError(f"unknown backbone size '{size}'; expected base, large or custom")
     if arch == "wavlm":
         kw = {**_WAVLM_EXTRA, **kw}
-    if kw.get("extractor_conv_layer_config") is not None:
-        kw["extractor_conv_layer_config"] = [tuple(c) for c in kw["extractor_conv_layer_config"]]
-    return kw
+    return conv_layers_as_tuples(kw)
 
 
 def build_torchaudio_model(arch: str, kw: dict) -> nn.Module:

@@ -297,10 +297,10 @@ def default_cache_dir() -> Path:
 
 
 def _from_bundle(name: str, bundle, path: Path) -> Pretrained:
-    kw = dict(bundle._params)
+    from mtlser.model.backbone import conv_layers_as_tuples
+
+    kw = conv_layers_as_tuples(bundle._params)
     kw["aux_num_out"] = None  # ASR bundles' CTC head is not ours
-    if kw.get("extractor_conv_layer_config") is not None:
-        kw["extractor_conv_layer_config"] = [tuple(c) for c in kw["extractor_conv_layer_config"]]
     state = _weight_norm_names(load_tensor_file(path))
     ignored = sorted(k for k in state if k.startswith("aux."))
     state = {k: v for k, v in state.items() if not k.startswith("aux.")}

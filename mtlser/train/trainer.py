@@ -41,8 +41,10 @@ from tqdm import tqdm
 
 from mtlser.config import Config, save_config
 from mtlser.data.dataset import BatchSampler, SERDataset, batch_to, collate
+from mtlser.model.backbone import conv_layers_as_lists
 from mtlser.model.ser_model import SERModel, build_model
 from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+from mtlser.text.tokenize import write_token_list
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_open, atomic_write_text
 
@@ -244,15 +246,14 @@ class Trainer:
             return
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.exp_dir / "config.yaml")
-        atomic_write_text(self.exp_dir / "token_list", "".join(t + "\n" for t in self.token_list))
+        write_token_list(self.exp_dir / "token_list", self.token_list)
         # The versions and GPU this fold trains with, for RESULTS.md (scoring may run on another machine).
         from mtlser.score.report import environment
 
         atomic_write_text(self.exp_dir / "env.json", json.dumps(environment(self.device), indent=1) + "\n")
         info = {
             "arch": self.model.backbone.arch,
-            "arch_kwargs": {k: (list(map(list, v)) if k == "extractor_conv_layer_config" and v is not None else v)
-                            for k, v in self.model.backbone.arch_kwargs.items()},
+            "arch_kwargs": conv_layers_as_lists(self.model.backbone.arch_kwargs),
             "emotions": list(self.cfg.data.emotions),
             "vocab_size": len(self.token_list),
             "num_hidden_states": self.model.backbone.num_layers + 1,
