@@ -357,8 +357,9 @@ class Trainer:
     def train_step(self, batch: dict) -> tuple[dict, int]:
         """One optimizer step of L = CE + lambda * CTC on a collated batch; returns (stats, batch size)."""
         cfg = self.cfg
-        frozen = self.step < cfg.backbone.freeze_steps
-        self._set_backbone_frozen(frozen)
+        if self.step <= cfg.backbone.freeze_steps and cfg.backbone.freeze_steps > 0:
+            # Frozen for the first freeze_steps steps, thawed at step freeze_steps (also after a resume).
+            self._set_backbone_frozen(self.step < cfg.backbone.freeze_steps)
         batch = batch_to(batch, self.device)
         with self.autocast():
             loss, stats, bs = self.ddp_model(**self.model_inputs(batch))
