@@ -96,6 +96,17 @@ def assert_same(a, b, tol):
 
 # ---------------------------------------------------------------- positional convolution by FFT
 
+def _assert_fft_pos_conv_matches(pc, x, tol):
+    """The FFT positional conv gives the grouped conv's output and every gradient, within ``tol``."""
+    params = [x, *pc.parameters()]
+    y0, y1 = pc(x), fft_pos_conv(x, pc)
+    assert y1.shape == y0.shape == x.shape
+    assert rel(y1, y0) < tol
+    g = torch.randn_like(y0)
+    for a, b in zip(torch.autograd.grad(y1, params, g), torch.autograd.grad(y0, params, g)):
+        assert rel(a, b) < tol
+
+
 @pytest.mark.parametrize("kernel,groups", [(128, 16), (7, 4)])
 def test_fft_pos_conv_equals_grouped_conv_float64(kernel, groups):
     from torchaudio.models.wav2vec2.components import ConvolutionalPositionalEmbedding
@@ -103,13 +114,7 @@ def test_fft_pos_conv_equals_grouped_conv_float64(kernel, groups):
     torch.manual_seed(0)
     pc = ConvolutionalPositionalEmbedding(64, kernel, groups).double()
     x = torch.randn(3, 77, 64, dtype=torch.float64, requires_grad=True)
-    params = [x, *pc.parameters()]
-    y0, y1 = pc(x), fft_pos_conv(x, pc)
-    assert y1.shape == y0.shape == (3, 77, 64)
-    assert rel(y1, y0) < 1e-10
-    g = torch.randn_like(y0)
-    for a, b in zip(torch.autograd.grad(y1, params, g), torch.autograd.grad(y0, params, g)):
-        assert rel(a, b) < 1e-10
+    _assert_fft_pos_conv_matches(pc, x, 1e-10)
 
 
 def test_fft_pos_conv_float32_at_base_size():
@@ -118,12 +123,7 @@ def test_fft_pos_conv_float32_at_base_size():
     torch.manual_seed(0)
     pc = ConvolutionalPositionalEmbedding(768, 128, 16)
     x = torch.randn(2, 150, 768, requires_grad=True)
-    params = [x, *pc.parameters()]
-    y0, y1 = pc(x), fft_pos_conv(x, pc)
-    assert rel(y1, y0) < 1e-5
-    g = torch.randn_like(y0)
-    for a, b in zip(torch.autograd.grad(y1, params, g), torch.autograd.grad(y0, params, g)):
-        assert rel(a, b) < 1e-5
+    _assert_fft_pos_conv_matches(pc, x, 1e-5)
 
 
 # ---------------------------------------------------------------- padding-invariant CNN
