@@ -113,3 +113,18 @@ def test_write_is_atomic_on_failure(tmp_path):
     # The old dir is intact and no temp dirs are left behind.
     assert read_table(tmp_path / "d" / "utt2spk") == {"u1": "s1"}
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_wav_scp_pipe_entries_read_like_files(tmp_path):
+    """A Kaldi pipe (``cmd |``) gives the same float samples as reading the file, quiet audio included."""
+    import numpy as np
+    import soundfile as sf
+
+    from mtlser.data.dataset import read_audio
+
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, np.array([0, 1, -1, 1, 0] * 400, dtype=np.int16), 16000, subtype="PCM_16")
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000, subtype="PCM_16")
+    for path in (quiet, loud):
+        assert np.array_equal(read_audio(f"cat {path} |"), read_audio(str(path)))

@@ -34,9 +34,10 @@ def read_audio(rxfile: str, sample_rate: int | None = None) -> np.ndarray:
         import kaldiio
 
         rate, data = kaldiio.load_mat(rxfile)
-        data = np.asarray(data, dtype=np.float32)
-        if np.issubdtype(np.asarray(data).dtype, np.integer) or np.abs(data).max(initial=0) > 1.5:
-            data = data / 32768.0
+        data = np.asarray(data)
+        # kaldiio gives a wav's 16-bit samples as integers; scale them like soundfile does.
+        scale = np.issubdtype(data.dtype, np.integer) or np.abs(data).max(initial=0) > 1.5
+        data = data.astype(np.float32) / 32768.0 if scale else data.astype(np.float32)
     else:
         try:
             data, rate = sf.read(rxfile, dtype="float32", always_2d=True)
