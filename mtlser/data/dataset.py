@@ -72,7 +72,7 @@ class SERDataset(Dataset):
         self.wavs = [wav_scp[u] for u in self.utts]
         emo_index = {e: i for i, e in enumerate(emotions)}
         self.emotions = []
-        for lineno, u in enumerate(self.utts, 1):
+        for u in self.utts:
             if u not in utt2emo:
                 raise MtlserError(f"{self.data_dir / 'utt2emo'}: no label for '{u}'")
             if utt2emo[u] not in emo_index:
