@@ -34,19 +34,12 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from mtlser.model.lengths import num_frames
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-def conv_frames(num_samples: int, layers: list[tuple[int, int]]) -> int:
-    """Frames a CNN of (kernel, stride) layers makes from ``num_samples`` (torchaudio's formula)."""
-    n = num_samples
-    for kernel, stride in layers:
-        n = max(0, (n - kernel) // stride + 1)
-    return n
 
 
 def fingerprint(backbone, sample_rate: int) -> str:
@@ -76,7 +69,7 @@ class CNNFeatureCache:
         meta = json.loads((self.root / "meta.json").read_text())
         self.channels = int(meta["channels"])
         #: The CNN's length formula, picklable (DataLoader workers): samples -> frames.
-        self.frames_of = functools.partial(conv_frames, layers=[tuple(kv) for kv in meta["conv_layers"]])
+        self.frames_of = functools.partial(num_frames, spec=[tuple(kv) for kv in meta["conv_layers"]])
         self.index: dict[str, tuple[int, int, int, int]] = {}  # utt -> (shard, first row, frames, samples)
         self._maps: dict[int, np.memmap] = {}
         self.reload()
@@ -121,7 +114,7 @@ def build_cache(backbone, utterances: Iterable[tuple[str, str]], cache_dir: str 
     root = Path(cache_dir) / fingerprint(backbone, sample_rate)
     root.mkdir(parents=True, exist_ok=True)
     channels = backbone.feature_extractor.conv_layers[-1].conv.out_channels
-    conv_layers = [[layer.kernel_size, layer.stride] for layer in backbone.feature_extractor.conv_layers]
+    conv_layers = [list(ks) for ks in backbone.conv_spec]
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then find their utterances
         if not (root / "meta.json").is_file():

@@ -87,8 +87,10 @@ class SERPredictor:
     @torch.no_grad()
     def predict_batch(self, wavs: list[np.ndarray]) -> list[dict]:
         lens = torch.tensor([len(w) for w in wavs], dtype=torch.long)
-        if int(lens.min()) < 400:
-            raise MtlserError(f"an utterance has {int(lens.min())} samples; the model needs at least 400 (25 ms)")
+        min_samples = self.model.backbone.min_samples()  # the CNN's receptive field (mtlser.model.lengths)
+        if int(lens.min()) < min_samples:
+            raise MtlserError(f"an utterance has {int(lens.min())} samples; this model needs at least {min_samples} "
+                              f"({1000 * min_samples / self.sample_rate:.0f} ms, its CNN's receptive field)")
         batch = torch.zeros(len(wavs), int(lens.max()))
         for i, w in enumerate(wavs):
             batch[i, : len(w)] = torch.as_tensor(w)

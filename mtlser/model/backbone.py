@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlser.model import lengths as lengths_mod
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
@@ -166,19 +167,18 @@ class Backbone(nn.Module):
     def feature_extractor(self) -> nn.Module:
         return self.model.feature_extractor
 
+    @property
+    def conv_spec(self) -> list[tuple[int, int]]:
+        """(kernel, stride) of each CNN layer, for the length arithmetic of :mod:`mtlser.model.lengths`."""
+        return [(layer.kernel_size, layer.stride) for layer in self.model.feature_extractor.conv_layers]
+
     def frame_lengths(self, lengths: Tensor) -> Tensor:
-        """Frames the CNN makes from ``lengths`` samples (torchaudio's formula, layer by layer)."""
-        for layer in self.model.feature_extractor.conv_layers:
-            lengths = torch.div(lengths - layer.kernel_size, layer.stride, rounding_mode="floor") + 1
-            lengths = torch.clamp(lengths, min=0)
-        return lengths
+        """Frames the CNN makes from ``lengths`` samples."""
+        return lengths_mod.num_frames(lengths, self.conv_spec)
 
     def min_samples(self) -> int:
         """The shortest input that gives one frame (the CNN's receptive field): 400 samples for wav2vec2."""
-        n = 1
-        for layer in reversed(self.model.feature_extractor.conv_layers):
-            n = (n - 1) * layer.stride + layer.kernel_size
-        return n
+        return lengths_mod.receptive_field(self.conv_spec)
 
     def _normalize(self, waveforms: Tensor, lengths: Tensor | None) -> Tensor:
         if lengths is None:
@@ -254,8 +254,7 @@ class Backbone(nn.Module):
         x = waveforms.unsqueeze(1)  # (B, 1, S)
         for layer in extractor.conv_layers:  # torchaudio's ConvLayerBlock, unrolled
             x = layer.conv(x)
-            lengths = torch.div(lengths - layer.kernel_size, layer.stride, rounding_mode="floor") + 1
-            lengths = torch.clamp(lengths, min=0)
+            lengths = lengths_mod.layer_frames(lengths, layer.kernel_size, layer.stride)
             if isinstance(layer.layer_norm, nn.GroupNorm):
                 x = valid_group_norm(x, lengths, layer.layer_norm)
             elif layer.layer_norm is not None:
