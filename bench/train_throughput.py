@@ -122,6 +122,7 @@ def write_corpus(root: Path, durations: np.ndarray, seed: int, sr: int = 16000) 
             tables["text_phncls"].append(f"{utt} " + " ".join(tokens[j] for j in rng.integers(1, len(tokens), ntok)))
         for name, lines in tables.items():
             (d / name).write_text("\n".join(lines) + "\n")
+        (d / "emotions").write_text("".join(e + "\n" for e in EMOTIONS))  # the inventory stage 0 would write
     return root / "fold", token_list
 
 

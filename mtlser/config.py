@@ -114,8 +114,8 @@ class LossConfig:
         "Wav2Vec2 default that the public MTL-SER code inherits) | mean_batch (sum / batch size, ESPnet) | "
         "mean (each divided by its target length, then averaged: torch's default).", "sum")
     class_weights: list | None = doc(
-        "Per-class weights for the cross entropy, in emotion order (ang hap sad neu); null = unweighted "
-        "(the paper).", None)
+        "Per-class weights for the cross entropy, in the emotion inventory's order (IEMOCAP: ang hap sad neu); "
+        "null = unweighted (the paper).", None)
 
 
 @dataclass
@@ -137,8 +137,11 @@ class SchedulerConfig:
 
 @dataclass
 class DataConfig:
-    emotions: list = doc("Emotion classes in index order; the CTC tokens' tags follow it.",
-                         default_factory=lambda: ["ang", "hap", "sad", "neu"])
+    emotions: list | None = doc(
+        "Emotion classes in index order (the CE class and the CTC tag of each). null = the data's inventory, "
+        "the `emotions` file stage 0 writes into data/all and stage 2 copies into the folds (mtlser.data.emotions); "
+        "training then records it here in config.yaml. A list is a check: it must equal the data's inventory, "
+        "labels and order, or training stops before it starts, naming both.", None)
     token_type: str = doc(
         "CTC target set: the text_<token_type> file of the data dir. phncls (the paper: emotion-tagged "
         "phoneme classes; phncls_notag without the tag), phn, char, bpe<N> (plain; with _emo: tagged) "
@@ -372,7 +375,12 @@ def check_config(cfg: Config, where: str = "config") -> None:
         raise MtlserError(f"{where}: data.pad_ladder = {cfg.data.pad_ladder}; expected >= 1 (1 = no ladder)")
     if cfg.data.batch_size < 1:
         raise MtlserError(f"{where}: data.batch_size = {cfg.data.batch_size}; expected >= 1")
-    if cfg.loss.class_weights is not None and len(cfg.loss.class_weights) != len(cfg.data.emotions):
+    if cfg.data.emotions is not None:
+        from mtlser.data.emotions import check_labels
+
+        cfg.data.emotions = check_labels(cfg.data.emotions, f"{where}: data.emotions")
+    if (cfg.loss.class_weights is not None and cfg.data.emotions is not None
+            and len(cfg.loss.class_weights) != len(cfg.data.emotions)):
         raise MtlserError(f"{where}: loss.class_weights has {len(cfg.loss.class_weights)} values for "
                           f"{len(cfg.data.emotions)} emotions")
     if cfg.backbone.freeze and cfg.backbone.mask_time_prob > 0:

@@ -74,12 +74,18 @@ def write_wav(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int =
     return path
 
 
+#: The inventory of the test data dirs: IEMOCAP's four classes, in the recipe's order.
+EMOTIONS = ["ang", "hap", "sad", "neu"]
+
+
 @pytest.fixture
 def make_data_dir(tmp_path):
-    """A valid stage-0 data dir with ``n_spk`` speakers x ``n_utt`` utterances (sine-ish audio)."""
-    from mtlser.data.datadir import DataDir, EMOTIONS
+    """A valid stage-0 data dir with ``n_spk`` speakers x ``n_utt`` utterances (sine-ish audio); utterance i of
+    speaker s has label ``emotions[(s + i) % K]``, and ``emotions`` is the dir's inventory."""
+    from mtlser.data.datadir import DataDir
 
-    def make(name: str = "all", n_spk: int = 4, n_utt: int = 4, seconds: float = 1.0, text: str = "hello world"):
+    def make(name: str = "all", n_spk: int = 4, n_utt: int = 4, seconds: float = 1.0, text: str = "hello world",
+             emotions: list[str] = EMOTIONS):
         tables = {k: {} for k in ("wav.scp", "text", "utt2spk", "utt2emo", "utt2dur", "utt2session")}
         for s in range(n_spk):
             spk = f"Ses{s // 2 + 1:02d}{'FM'[s % 2]}"
@@ -89,11 +95,11 @@ def make_data_dir(tmp_path):
                 tables["wav.scp"][utt] = str(wav)
                 tables["text"][utt] = text
                 tables["utt2spk"][utt] = spk
-                tables["utt2emo"][utt] = EMOTIONS[(s + i) % 4]
+                tables["utt2emo"][utt] = emotions[(s + i) % len(emotions)]
                 tables["utt2dur"][utt] = f"{seconds:.4f}"
                 tables["utt2session"][utt] = spk[:5]
         path = tmp_path / name
-        DataDir(tables).write(path)
+        DataDir(tables, emotions=emotions).write(path)
         return path
 
     return make

@@ -93,7 +93,7 @@ def _fold_with_targets(make_data_dir, tmp_path, text_for):
     from mtlser.text.tokenize import write_token_list
 
     data = make_data_dir(n_spk=3, n_utt=4, seconds=0.6)
-    write_token_list(tmp_path / "tokens", phncls_token_list(PhoneClassMap.load().classes))
+    write_token_list(tmp_path / "tokens", phncls_token_list(PhoneClassMap.load().classes, 4))
     emo = read_table(data / "utt2emo")
     write_table(data / "text_phncls", {u: text_for(i, u, emo[u]) for i, u in enumerate(sorted(emo))})
     split(data, tmp_path / "folds", valid_share=0.25)

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from mtlser.config import from_dict, Config
 from mtlser.model.ser_model import LayerFusion, SERModel, build_model, ctc_required_frames, mean_pool
-from tests.conftest import tiny_config_dict
+from tests.conftest import EMOTIONS, tiny_config_dict
 
 
 def tiny_model(lam: float = 0.1, reduction: str = "mean", vocab: int = 25) -> SERModel:
-    cfg = from_dict(Config, tiny_config_dict(loss={"lambda": lam, "ctc_reduction": reduction}), "test")
+    cfg = from_dict(Config, tiny_config_dict(loss={"lambda": lam, "ctc_reduction": reduction},
+                                             data={"emotions": EMOTIONS}), "test")
     torch.manual_seed(0)
     return build_model(cfg, vocab).eval()
 

@@ -50,7 +50,7 @@ def _fold(tmp_path, name, ref, hyp, speakers="Ses01F"):
     data = tmp_path / "data" / name
     utts = [f"u{i:02d}" for i in range(len(ref))]
     DataDir({"utt2emo": dict(zip(utts, ref)), "utt2spk": {u: speakers for u in utts},
-             "text_phncls": {u: "S0 V0" for u in utts}}).write(data)
+             "text_phncls": {u: "S0 V0" for u in utts}}, emotions=["ang", "hap", "sad", "neu"]).write(data)
     dec = tmp_path / "exp" / name / "decode_test"
     dec.mkdir(parents=True)
     write_table(dec / "utt2emo_hyp", dict(zip(utts, hyp)))

@@ -23,6 +23,7 @@ def test_fold_score_by_hand(tmp_path):
     hyps = {"u1": "ang", "u2": "neu", "u3": "hap", "u4": "hap", "u5": "neu", "u6": "neu"}
     write_table(ref / "utt2emo", refs)
     write_table(ref / "utt2spk", {u: "Ses01F" for u in refs})
+    (ref / "emotions").write_text("".join(e + "\n" for e in EMO))  # the classes, without a model.yaml
     write_table(ref / "text_char", {"u1": "a_0 b_0", "u2": "c_0", "u3": "", "u4": "d_2 e_2", "u5": "f_3",
                                     "u6": "g_3"})
     write_table(dec / "utt2emo_hyp", hyps)

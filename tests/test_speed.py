@@ -26,7 +26,7 @@ from mtlser.config import Config, from_dict
 from mtlser.data.dataset import BatchSampler, collate, ladder_length, padding_share
 from mtlser.model.fast_ops import _ValidGroupNorm, fft_pos_conv, valid_group_norm
 from mtlser.model.ser_model import build_model
-from tests.conftest import tiny_config_dict, write_wav
+from tests.conftest import EMOTIONS, tiny_config_dict, write_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -58,7 +58,7 @@ DTYPES = [pytest.param(torch.float64, 1e-9, id="float64"), pytest.param(torch.fl
 
 def model_for(seed: int = 0, dtype=torch.float32, **backbone):
     sections = tiny_config_dict(backbone={"custom": BASE_LIKE, **backbone},
-                                loss={"lambda": 0.1, "ctc_reduction": "sum"})
+                                loss={"lambda": 0.1, "ctc_reduction": "sum"}, data={"emotions": EMOTIONS})
     cfg = from_dict(Config, sections, "test")
     torch.manual_seed(seed)
     return build_model(cfg, 25).to(dtype).eval()
@@ -302,6 +302,7 @@ def fold_dir(tmp_path: Path, n_train: int = 12, n_valid: int = 4) -> tuple[Path,
             lines["text_phncls"].append(f"{utt} " + " ".join(f"T{j}" for j in rng.integers(0, 24, 4)))
         for name, ls in lines.items():
             (d / name).write_text("\n".join(ls) + "\n")
+        (d / "emotions").write_text("ang\nhap\nsad\nneu\n")  # the inventory stage 0 would write
     return tmp_path / "fold", tokens
 
 

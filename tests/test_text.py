@@ -71,15 +71,15 @@ def test_hh_is_configurable(tmp_path):
 
 
 def test_emotion_tags_and_token_list():
-    assert emotion_tagged(["Vs", "S"], "hap") == ["Vs1", "S1"]
-    assert emotion_tagged(["S"], "ang") == ["S0"]
-    assert emotion_tagged(["V"], "neu") == ["V3"]
-    with pytest.raises(MtlserError):
-        emotion_tagged(["V"], "exc")
-    tokens = phncls_token_list(PhoneClassMap.load().classes)
+    assert emotion_tagged(["Vs", "S"], 1) == ["Vs1", "S1"]
+    assert emotion_tagged(["S"], 0) == ["S0"]
+    assert emotion_tagged(["V"], 3, "_") == ["V_3"]
+    tokens = phncls_token_list(PhoneClassMap.load().classes, 4)
     assert len(tokens) == 25 and tokens[0] == "<blank>"
     assert tokens[1:7] == ["S0", "F0", "N0", "L0", "V0", "Vs0"]
     assert tokens[-1] == "Vs3" and len(set(tokens)) == 25
+    # K emotions: 6 K class tokens after the blank.
+    assert len(phncls_token_list(PhoneClassMap.load().classes, 8)) == 1 + 6 * 8
 
 
 def test_g2p_offline(g2p):

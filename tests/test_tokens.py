@@ -30,7 +30,7 @@ def text_dir(tmp_path):
         "utt2spk": {"u1": "Ses01F", "u2": "Ses01F", "u3": "Ses01M"},
         "utt2emo": {"u1": "ang", "u2": "hap", "u3": "neu"},
     }
-    DataDir(tables).write(tmp_path / "all")
+    DataDir(tables, emotions=["ang", "hap", "sad", "neu"]).write(tmp_path / "all")
     return tmp_path / "all"
 
 
@@ -100,7 +100,7 @@ def _fold(root, name, splits):
             "utt2emo": {u: e for u, (e, _) in utts.items()},
             "text": {u: w for u, (_, w) in utts.items()},
             "text_norm": {u: w for u, (_, w) in utts.items()},
-        }).write(root / name / split)
+        }, emotions=["ang", "hap", "sad", "neu"]).write(root / name / split)
     return root / name
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def fold(make_data_dir, tmp_path):
     """A 4-speaker corpus with phone-class targets, split into LOSO folds; returns (folds dir, token list)."""
     data = make_data_dir(n_spk=4, n_utt=6, seconds=0.8)
-    tokens = phncls_token_list(PhoneClassMap.load().classes)
+    tokens = phncls_token_list(PhoneClassMap.load().classes, 4)
     write_token_list(tmp_path / "token_list", tokens)
     g = torch.Generator().manual_seed(0)
     emo = read_table(data / "utt2emo")

@@ -6,10 +6,12 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
     text         utt  words of the transcript      (required; may be empty)
     utt2spk      utt  speaker                       (required; primary)
     spk2utt      spk  utt1 utt2 ...                 (derived from utt2spk)
-    utt2emo      utt  ang|hap|sad|neu               (required)
+    utt2emo      utt  emotion label                 (required; a label of ``emotions``)
     utt2dur      utt  seconds                       (optional)
     text_<set>   utt  CTC targets: text_phncls, text_phn, text_norm, ... (optional, stage 1
                  output, see mtlser.text.tokenize; may be empty)
+    emotions     the emotion inventory: one label a line, in class-index order (required;
+                 mtlser.data.emotions). Not a per-utterance file.
 
 Every file is sorted by its first field in the C locale (byte order) and has
 unique keys; all per-utterance files hold the same key set. As in Kaldi,
@@ -17,6 +19,10 @@ unique keys; all per-utterance files hold the same key set. As in Kaldi,
 require speaker ids to be prefixes of utterance ids: IEMOCAP's keys are its
 turn names (``Ses01F_impro01_M003`` is spoken by ``Ses01M``), and nothing here
 relies on the two sort orders agreeing.
+
+The ``emotions`` file travels with the data dir: :class:`DataDir` loads it,
+keeps it in subsets and writes it, so stage 2's fold dirs carry the inventory
+of ``data/all``.
 
 Usage:
     python -m mtlser.data.datadir validate data/all [--no-audio-check]
@@ -34,13 +40,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from mtlser.data.emotions import INVENTORY, read_inventory, write_inventory
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_dir, atomic_open
 
 logger = logging.getLogger(__name__)
-
-#: The four classes and their indices (ang 0, hap 1, sad 2, neu 3), as in the paper.
-EMOTIONS: tuple[str, ...] = ("ang", "hap", "sad", "neu")
 
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk", "utt2emo")
 #: Per-utterance files whose value may be empty (a transcript of only non-verbal tags).
@@ -122,11 +126,14 @@ def per_utt_files(path: Path) -> list[str]:
 
 
 class DataDir:
-    """An in-memory data dir: ``tables[name][utt] = value`` for per-utterance files."""
+    """An in-memory data dir: ``tables[name][utt] = value`` for per-utterance files, and its emotion
+    inventory (``emotions``, None when the dir has none)."""
 
-    def __init__(self, tables: Mapping[str, Mapping[str, str]], path: Path | None = None):
+    def __init__(self, tables: Mapping[str, Mapping[str, str]], path: Path | None = None,
+                 emotions: Iterable[str] | None = None):
         self.tables: dict[str, dict[str, str]] = {k: dict(v) for k, v in tables.items()}
         self.path = path
+        self.emotions: list[str] | None = list(emotions) if emotions is not None else None
 
     @classmethod
     def load(cls, path: str | os.PathLike, names: Iterable[str] | None = None) -> "DataDir":
@@ -137,7 +144,8 @@ class DataDir:
         tables = {}
         for name in names:
             tables[name] = read_table(path / name, allow_empty_value=name.startswith(EMPTY_VALUE_OK_PREFIX))
-        return cls(tables, path)
+        emotions = read_inventory(path) if (path / INVENTORY).is_file() else None
+        return cls(tables, path, emotions)
 
     @property
     def utts(self) -> list[str]:
@@ -151,7 +159,8 @@ class DataDir:
 
     def subset(self, utts: Iterable[str]) -> "DataDir":
         keep = set(utts)
-        return DataDir({name: {u: v for u, v in t.items() if u in keep} for name, t in self.tables.items()})
+        return DataDir({name: {u: v for u, v in t.items() if u in keep} for name, t in self.tables.items()},
+                       emotions=self.emotions)
 
     def write(self, path: str | os.PathLike) -> None:
         """Write all tables and the derived spk2utt; the dir appears complete or not at all."""
@@ -160,15 +169,12 @@ class DataDir:
                 write_table(tmp / name, table)
             if "utt2spk" in self.tables:
                 write_table(tmp / "spk2utt", spk2utt_from_utt2spk(self.tables["utt2spk"]))
+            if self.emotions is not None:
+                write_inventory(tmp, self.emotions)
         self.path = Path(path)
 
 
-def validate_data_dir(
-    path: str | os.PathLike,
-    *,
-    check_audio: bool = True,
-    emotions: Iterable[str] = EMOTIONS,
-) -> DataDir:
+def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> DataDir:
     """Check the contract; return the loaded dir or raise DataDirError listing what is wrong."""
     path = Path(path)
     if not path.is_dir():
@@ -201,13 +207,19 @@ def validate_data_dir(
         if spk2utt != spk2utt_from_utt2spk(dd.tables["utt2spk"]):
             raise DataDirError(f"{path / 'spk2utt'}: does not match utt2spk; run: python -m mtlser.data.datadir fix {path}")
 
-    allowed = set(emotions)
+    if dd.emotions is None:
+        read_inventory(path)  # raises: the message says what the file holds and who writes it
+    allowed = set(dd.emotions)
     for lineno, (utt, emo) in enumerate(dd.tables["utt2emo"].items(), 1):
         if emo not in allowed:
             raise DataDirError(
-                f"{path / 'utt2emo'}:{lineno}: utterance '{utt}' has label '{emo}'; "
-                f"expected one of {' '.join(sorted(allowed))} (map or drop other labels in local/data.sh)"
+                f"{path / 'utt2emo'}:{lineno}: utterance '{utt}' has label '{emo}', which is not in the emotion "
+                f"inventory {path / INVENTORY} ({' '.join(dd.emotions)}); add it there (its line is its class "
+                f"index) or map or drop it in local/data.sh"
             )
+    unused = [e for e in dd.emotions if e not in set(dd.tables["utt2emo"].values())]
+    if unused:
+        logger.warning("%s: emotion(s) %s of the inventory have no utterance in utt2emo", path, " ".join(unused))
 
     for lineno, (utt, rxfile) in enumerate(dd.tables["wav.scp"].items(), 1):
         if rxfile.endswith("|"):
@@ -243,7 +255,8 @@ def fix_data_dir(path: str | os.PathLike) -> tuple[int, int]:
         tables[name] = read_table(path / name, allow_empty_value=name.startswith(EMPTY_VALUE_OK_PREFIX))
     total = len(tables.get("utt2spk", {}))
     common = set.intersection(*(set(t) for t in tables.values())) if tables else set()
-    dd = DataDir({n: {u: v for u, v in t.items() if u in common} for n, t in tables.items()})
+    emotions = read_inventory(path) if (path / INVENTORY).is_file() else None
+    dd = DataDir({n: {u: v for u, v in t.items() if u in common} for n, t in tables.items()}, emotions=emotions)
     dd.write(path)
     logger.info("fix_data_dir %s: kept %d of %d utterances", path, len(common), total)
     return len(common), total

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from mtlser.data.datadir import EMOTIONS, read_table, sort_key
+from mtlser.data.datadir import read_table, sort_key
+from mtlser.data.emotions import INVENTORY, check_same, read_inventory
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
@@ -51,14 +52,18 @@ def read_audio(rxfile: str, sample_rate: int | None = None) -> np.ndarray:
 
 
 class SERDataset(Dataset):
-    """Utterances of one data dir: waveform, emotion index and CTC target ids."""
+    """Utterances of one data dir: waveform, emotion index and CTC target ids.
+
+    The emotion index is the label's position in ``emotions`` (the model's), default the data dir's
+    inventory; given both, they must be equal (mtlser.data.emotions.check_same).
+    """
 
     def __init__(
         self,
         data_dir: str | Path,
         token_list: list[str] | None = None,
         token_type: str = "phncls",
-        emotions: tuple[str, ...] | list[str] = EMOTIONS,
+        emotions: list[str] | None = None,
         sample_rate: int = 16000,
         cache_audio: bool = False,
         max_duration: float = 0.0,
@@ -70,6 +75,12 @@ class SERDataset(Dataset):
         utt2emo = read_table(self.data_dir / "utt2emo")
         self.utts = sorted(wav_scp, key=sort_key)
         self.wavs = [wav_scp[u] for u in self.utts]
+        if (self.data_dir / INVENTORY).is_file() or emotions is None:
+            inventory = read_inventory(self.data_dir)
+            if emotions is not None:
+                check_same(list(emotions), "the model's emotion list", inventory, str(self.data_dir / INVENTORY),
+                           "a model classifies into its own list: use data whose inventory is that list")
+            emotions = inventory
         emo_index = {e: i for i, e in enumerate(emotions)}
         self.emotions = []
         for u in self.utts:

@@ -15,7 +15,13 @@ an utterance of emotion 1). It is declared once per recipe, as data:
 - stage 0 writes the resulting list into the data dir as the file ``emotions``
   (one label a line, index order); stage 2 copies it into every fold's data dirs,
   and training copies it into the model dir (model.yaml). Every later stage reads
-  it from there, never from code.
+  it from there, never from code. A corpus's own ``local/data.sh`` writes it with
+  one line (:mod:`mtlser.data.set_emotions`), from a label map or a list.
+
+The config's ``data.emotions`` is null (the data's inventory) or a list that must
+equal it, labels and order (:func:`check_same`): training stops before it starts
+when they differ. Stage 1 leaves a copy next to each tagged token list, since the
+tags are positions in this list, and training checks that copy too.
 """
 
 from __future__ import annotations
@@ -100,7 +106,8 @@ def read_inventory(data_dir: str | os.PathLike) -> list[str]:
     path = Path(data_dir) / INVENTORY
     if not path.is_file():
         raise MtlserError(f"{path}: no emotion inventory; stage 0 (local/data.sh) writes it: one label a line, "
-                          f"in class-index order")
+                          f"in class-index order (python -m mtlser.data.set_emotions {Path(data_dir)} --map FILE "
+                          f"or --emotions 'LABEL ...'); rerun stage 0, and stages 1-2 after it")
     lines = path.read_text(encoding="utf-8").splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line != line.strip():
@@ -113,3 +120,30 @@ def write_inventory(data_dir: str | os.PathLike, emotions: list[str]) -> None:
 
     labels = check_labels(list(emotions), f"{data_dir}/{INVENTORY}")
     atomic_write_text(Path(data_dir) / INVENTORY, "".join(f"{e}\n" for e in labels))
+
+
+def check_same(declared: list[str], where_declared: str, inventory: list[str], where_inventory: str,
+               fix: str = "rerun stages 0-2 so that they agree") -> None:
+    """Two statements of the inventory must agree label for label, in order (the order is the class index)."""
+    declared, inventory = [str(e) for e in declared], [str(e) for e in inventory]
+    if declared == inventory:
+        return
+    only_declared = [e for e in declared if e not in inventory]
+    only_inventory = [e for e in inventory if e not in declared]
+    if only_declared or only_inventory:
+        diff = (f"only in the first: {' '.join(only_declared) or '-'}; "
+                f"only in the second: {' '.join(only_inventory) or '-'}")
+    else:
+        diff = "same labels, other order: the order is the class index and the CTC tag"
+    raise MtlserError(f"{where_declared} has emotions [{' '.join(declared)}] but {where_inventory} has "
+                      f"[{' '.join(inventory)}] ({diff}); {fix}")
+
+
+def inventory_of(data_dirs: list[str | os.PathLike]) -> tuple[list[str], str]:
+    """The inventory shared by these data dirs (e.g. a fold's train/ and valid/), and the file it was read from."""
+    dirs = [Path(d) for d in data_dirs]
+    emotions = read_inventory(dirs[0])
+    where = str(dirs[0] / INVENTORY)
+    for d in dirs[1:]:
+        check_same(read_inventory(d), str(d / INVENTORY), emotions, where)
+    return emotions, where

@@ -19,29 +19,34 @@ Dialog names vary (Ses01F_impro05a, Ses02M_script01_1, Ses05M_script01_1b); a
 turn name is always ``<dialog>_<F|M><3 digits>``, and its dialog is the
 EmoEvaluation file it is listed in.
 
-Labels: ang hap exc sad neu fru sur fea dis oth xxx. The paper's 4 classes merge
-exc into hap and drop the rest; the full release then gives 5531 utterances
-(1103 ang, 1636 hap = 595 hap + 1041 exc, 1084 sad, 1708 neu; per session
-1085 1023 1151 1031 1241), the figure SpeechBrain's IEMOCAP prep checks too.
+Labels: ang hap exc sad neu fru sur fea dis oth xxx. Which become classes, in which
+order, is a label map (``--emotion-map``, :mod:`mtlser.data.emotions`), default
+``conf/emotions/iemocap.yaml``: the paper's 4 classes ang hap sad neu, exc merged
+into hap, the rest dropped. The full release then gives 5531 utterances (1103 ang,
+1636 hap = 595 hap + 1041 exc, 1084 sad, 1708 neu; per session 1085 1023 1151 1031
+1241), the figure SpeechBrain's IEMOCAP prep checks too. The counts are checked
+whenever the map keeps and merges the codes that way (in any order); for other
+maps there is no published figure to check against, and the log says so.
 
 Speaker = session + the gender letter of the turn's OWN id:
 ``Ses01F_impro01_M003`` is spoken by Ses01M although the dialog is named after F.
 
 A turn is dropped for one of these reasons, listed per turn in the report:
-  label:<code>   its label is not one of the 4 classes (fru, sur, xxx, ...)
+  label:<code>   the label map does not use its label (with the default map: fru, sur, xxx, ...)
   no_audio       its wav is missing (only with --skip-missing-audio; otherwise an error)
 A turn without a transcript line, or with only non-verbal tags, is kept: it has
 an emotion label, and stage 1 gives it an empty token sequence (no CTC term).
 
 Writes the stage-0 data dir (wav.scp text utt2spk spk2utt utt2emo utt2dur, plus
-utt2session for the leave-one-session-out protocol), keys = TURN_NAME, and a
+utt2session for the leave-one-session-out protocol, and the inventory ``emotions``
+from the label map), keys = TURN_NAME, and a
 report next to it: REPORT_DIR/counts.json (counts per session, speaker, label)
 and REPORT_DIR/dropped (``TURN reason`` per dropped turn).
 
 Usage:
     python -m mtlser.data.iemocap --db-root /path/to/IEMOCAP_full_release --out data/all \\
         [--sessions 1 2 3 4 5] [--report-dir data/local/iemocap_prep] [--no-check-counts] \\
-        [--skip-missing-audio]
+        [--skip-missing-audio] [--emotion-map conf/emotions/iemocap.yaml]
 """
 
 from __future__ import annotations
@@ -57,14 +62,17 @@ from pathlib import Path
 
 import soundfile as sf
 
-from mtlser.data.datadir import EMOTIONS, DataDir, sort_key, validate_data_dir, write_table
+from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
+from mtlser.data.emotions import EmotionMap, load_emotion_map
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 ALL_LABELS = ("ang", "hap", "exc", "sad", "neu", "fru", "sur", "fea", "dis", "oth", "xxx")
-#: The paper's 4-class mapping: exc -> hap; labels not listed are dropped.
+#: The recipe's label map (the paper's 4 classes); --emotion-map takes another.
+DEFAULT_EMOTION_MAP = Path(__file__).resolve().parents[2] / "conf" / "emotions" / "iemocap.yaml"
+#: The raw code -> class mapping the published counts below are counts of (exc -> hap; others dropped).
 LABEL_MAP = {"ang": "ang", "hap": "hap", "exc": "hap", "sad": "sad", "neu": "neu"}
 #: What the full five-session release gives under LABEL_MAP.
 EXPECTED_COUNTS = {"ang": 1103, "hap": 1636, "sad": 1084, "neu": 1708}
@@ -177,7 +185,7 @@ def prepare(
     db_root: str | Path,
     out: str | Path,
     sessions: list[int] | None = None,
-    label_map: dict[str, str] | None = None,
+    emotion_map: EmotionMap | str | Path | None = None,
     check_counts: bool = True,
     skip_missing_audio: bool = False,
     report_dir: str | Path | None = None,
@@ -187,7 +195,12 @@ def prepare(
     db_root = Path(db_root).resolve()
     out = Path(out)
     report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / "iemocap_prep"
-    label_map = LABEL_MAP if label_map is None else label_map
+    if not isinstance(emotion_map, EmotionMap):
+        emotion_map = load_emotion_map(emotion_map if emotion_map is not None else DEFAULT_EMOTION_MAP)
+    unknown = sorted((set(emotion_map.emotions) | set(emotion_map.merge)) - set(ALL_LABELS))
+    if unknown:
+        raise MtlserError(f"{emotion_map.source}: {' '.join(unknown)} are not IEMOCAP emotion codes "
+                          f"({' '.join(ALL_LABELS)}); a label map for IEMOCAP keeps and merges those codes")
     if not db_root.is_dir():
         raise MtlserError(f"{db_root}: IEMOCAP root not found; pass --db-root /path/to/IEMOCAP_full_release")
     found = sorted(int(p.name[len("Session"):]) for p in db_root.glob("Session[0-9]*")
@@ -238,7 +251,8 @@ def prepare(
                                       "remove the duplicate file")
                 seen[t.turn] = t.where
                 raw_counts[(s, t.label)] += 1
-                if t.label not in label_map:
+                label = emotion_map.apply(t.label)
+                if label is None:
                     dropped[t.turn] = f"label:{t.label}"
                     continue
                 wav = sess_dir / "sentences" / "wav" / t.dialog / f"{t.turn}.wav"
@@ -255,12 +269,13 @@ def prepare(
                 tables["wav.scp"][t.turn] = str(wav)
                 tables["text"][t.turn] = words
                 tables["utt2spk"][t.turn] = t.speaker
-                tables["utt2emo"][t.turn] = label_map[t.label]
+                tables["utt2emo"][t.turn] = label
                 tables["utt2session"][t.turn] = f"Ses{t.session:02d}"
                 tables["utt2dur"][t.turn] = f"{_audio_duration(wav):.4f}"
 
     if missing_audio:
-        msg = f"{len(missing_audio)} evaluated turns of the 4 classes have no audio, e.g. {missing_audio[0]}"
+        msg = (f"{len(missing_audio)} evaluated turns of the {len(emotion_map.emotions)} classes have no audio, "
+               f"e.g. {missing_audio[0]}")
         if not skip_missing_audio:
             raise MtlserError(msg + "; restore the files from the release, or drop those turns with "
                               "--skip-missing-audio (./run.sh --local-data-opts '--skip-missing-audio true')")
@@ -272,13 +287,13 @@ def prepare(
         logger.warning("%d transcript lines are not 'TURN [START-END]: words' and were skipped, e.g. %s",
                        len(odd_lines), odd_lines[0])
     if not tables["utt2spk"]:
-        raise MtlserError(f"{db_root}: no utterance with a label in {sorted(label_map)}")
+        raise MtlserError(f"{db_root}: no utterance with a label that {emotion_map.source} keeps")
 
-    dd = DataDir(tables)
+    dd = DataDir(tables, emotions=emotion_map.emotions)
     dd.write(out)
-    validate_data_dir(out, emotions=sorted(set(label_map.values())))
+    validate_data_dir(out)
 
-    report = count_report(tables, raw_counts, dropped, sessions)
+    report = count_report(tables, raw_counts, dropped, sessions, emotion_map)
     report.update({"db_root": str(db_root), "sessions": sessions, "no_transcript": len(no_transcript),
                    "nonverbal_only": len(nonverbal_only), "transcript_lines_of_no_evaluated_turn": unevaluated_lines,
                    "odd_transcript_lines": len(odd_lines)})
@@ -289,14 +304,22 @@ def prepare(
                 "%d transcript lines of no evaluated turn (ids with XX) ignored", len(nonverbal_only),
                 unevaluated_lines)
     logger.info("wrote %s (%d utterances) and %s", out, len(dd), report_dir)
-    if check_counts:
+    if check_counts and not counted_by_release(emotion_map):
+        logger.info("%s is not the 4-class mapping the release's published counts are for (exc -> hap; fru sur "
+                    "fea dis oth xxx dropped): no counts to compare with", emotion_map.source)
+    elif check_counts:
         check_release_counts(report, sessions, report_dir)
     return dd
 
 
+def counted_by_release(emotion_map: EmotionMap) -> bool:
+    """True when the map turns every code into the class LABEL_MAP does (the order of the classes may differ)."""
+    return all(emotion_map.apply(code) == LABEL_MAP.get(code) for code in ALL_LABELS)
+
+
 def count_report(tables: dict[str, dict[str, str]], raw_counts: Counter, dropped: dict[str, str],
-                 sessions: list[int]) -> dict:
-    emotions = [e for e in EMOTIONS if e in set(tables["utt2emo"].values())] or list(EMOTIONS)
+                 sessions: list[int], emotion_map: EmotionMap) -> dict:
+    emotions = list(emotion_map.emotions)
     kept = Counter(tables["utt2emo"].values())
     per_session = {f"Ses{s:02d}": {e: 0 for e in emotions} for s in sessions}
     per_speaker: dict[str, dict[str, int]] = {}
@@ -311,6 +334,7 @@ def count_report(tables: dict[str, dict[str, str]], raw_counts: Counter, dropped
         "raw_labels": {f"Ses{s:02d}": {lab: raw_counts[(s, lab)] for lab in ALL_LABELS if raw_counts[(s, lab)]}
                        for s in sessions},
         "dropped": dict(sorted(Counter(dropped.values()).items())),
+        "emotion_map": " ".join(emotions) + "".join(f", {k} merged into {v}" for k, v in emotion_map.merge.items()),
     }
 
 
@@ -318,7 +342,7 @@ def log_counts(report: dict) -> None:
     """A table on the log: kept utterances per session and class, raw labels, drops."""
     emotions = list(report["counts"])
     head = f"{'':8s}" + "".join(f"{e:>7s}" for e in emotions) + f"{'total':>8s}"
-    lines = ["utterances kept (4 classes, exc merged into hap):", head]
+    lines = [f"utterances kept ({report['emotion_map']}):", head]
     for sess, c in report["per_session"].items():
         lines.append(f"{sess:8s}" + "".join(f"{c[e]:7d}" for e in emotions) + f"{sum(c.values()):8d}")
     lines.append(f"{'all':8s}" + "".join(f"{report['counts'][e]:7d}" for e in emotions) + f"{report['total']:8d}")
@@ -367,9 +391,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not compare the counts with the full release's 5531 (for other corpora in this layout)")
     parser.add_argument("--skip-missing-audio", action="store_true",
                         help="drop evaluated turns without a wav instead of failing")
+    parser.add_argument("--emotion-map", default=None,
+                        help="label map YAML: the classes in index order, merges (default conf/emotions/iemocap.yaml)")
     args = parser.parse_args(argv)
     setup_logging()
-    prepare(args.db_root, args.out, args.sessions, check_counts=not args.no_check_counts,
+    prepare(args.db_root, args.out, args.sessions, emotion_map=args.emotion_map, check_counts=not args.no_check_counts,
             skip_missing_audio=args.skip_missing_audio, report_dir=args.report_dir)
     return 0
 

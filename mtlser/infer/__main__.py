@@ -3,7 +3,7 @@
 Writes into OUT (atomically, per file)::
 
     utt2emo_hyp     utt  predicted emotion
-    emo_probs       utt  p(ang) p(hap) p(sad) p(neu)   (header-less, in model.yaml's emotion order)
+    emo_probs       utt  one probability per emotion   (header-less, in model.yaml's emotion order)
     text_hyp        utt  greedy CTC token sequence     (models with a CTC head)
 
 Usage:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlser.model.backbone import Backbone
+from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,9 @@ def build_model(cfg, vocab_size: int) -> SERModel:
     """Wire the model from a :class:`mtlser.config.Config`, top to bottom."""
     from mtlser.model.backbone import build_backbone
 
+    if cfg.data.emotions is None:
+        raise MtlserError("data.emotions is null (= the data's inventory) and was not resolved: the trainer reads it "
+                          "from the fold's data dir (mtlser.train.trainer.resolve_emotions) before building the model")
     backbone = build_backbone(cfg.backbone)
     if cfg.backbone.layer_drop > 0 and cfg.model.fusion == "softmax":
         logger.warning("backbone.layer_drop = %s while layers are fused: dropped layers feed the fusion copies "

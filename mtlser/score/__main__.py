@@ -39,15 +39,16 @@ from mtlser.utils.fileio import atomic_write_text
 logger = logging.getLogger("mtlser.score")
 
 
-def _emotions_of(decode_dir: Path) -> list[str]:
+def _emotions_of(decode_dir: Path, ref_dir: Path) -> list[str]:
+    """The model's classes (model.yaml beside the decode dir), else the reference data dir's inventory."""
     model_yaml = decode_dir.parent / "model.yaml"
     if model_yaml.is_file():
         import yaml
 
         return list(yaml.safe_load(model_yaml.read_text())["emotions"])
-    from mtlser.data.datadir import EMOTIONS
+    from mtlser.data.emotions import read_inventory
 
-    return list(EMOTIONS)
+    return read_inventory(ref_dir)
 
 
 def _token_type_of(decode_dir: Path) -> str:
@@ -69,7 +70,7 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
             raise MtlserError(f"{decode_dir}: no data_dir file; pass --ref-dir (the data dir that was decoded)")
         ref_dir = Path(pointer.read_text().strip())
     ref_dir = Path(ref_dir)
-    emotions = _emotions_of(decode_dir)
+    emotions = _emotions_of(decode_dir, ref_dir)
     ref = read_table(ref_dir / "utt2emo")
     hyp = read_table(decode_dir / "utt2emo_hyp")
     if set(ref) != set(hyp):
@@ -152,6 +153,10 @@ def aggregate(exp_dir: str | Path, decode_name: str = "decode_test") -> dict:
     if not results:
         raise MtlserError(f"{exp_dir}: no fold*/ dirs; run stages 3-5 first")
     emotions = results[0]["emotions"]
+    for r in results[1:]:
+        if r["emotions"] != emotions:
+            raise MtlserError(f"{exp_dir}: {r['fold']} scores emotions {r['emotions']} but {results[0]['fold']} "
+                              f"{emotions}; folds of one experiment share one inventory: rerun stages 2-5")
     cm = np.sum([np.array(r["confusion"]) for r in results], axis=0)
     was = np.array([r["wa"] for r in results])
     uas = np.array([r["ua"] for r in results])

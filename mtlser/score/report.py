@@ -118,7 +118,9 @@ def plot_confusion(cm: np.ndarray, emotions: list[str], path: Path, title: str) 
     import matplotlib.pyplot as plt
 
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    # Cells stay about 0.75 inch whatever the number of classes, so their two lines of text fit.
+    side = max(4.2, 0.75 * len(emotions) + 1.2)
+    fig, ax = plt.subplots(figsize=(side + 0.6, side))
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
     for i in range(len(emotions)):
         for j in range(len(emotions)):

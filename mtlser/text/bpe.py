@@ -10,7 +10,8 @@ Characters never seen in training become ``<unk>``.
 Writes, for a set S = bpe<N>_emo (tagged) or bpe<N> (see mtlser.text.tokenize)::
 
     FOLDS/foldNN/token_list/S/bpe.model     the fold's SentencePiece model (unigram, as ESPnet's default)
-    FOLDS/foldNN/token_list/S/tokens.txt    <blank>, then the pieces (x 4 emotion tags when tagged)
+    FOLDS/foldNN/token_list/S/tokens.txt    <blank>, then the pieces (x K emotion tags when tagged)
+    FOLDS/foldNN/token_list/S/emotions      tagged: the inventory the tags index (the fold's)
     FOLDS/foldNN/{train,valid,test}/text_S  the targets
 
 Usage:
@@ -26,8 +27,9 @@ import sys
 from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
-from mtlser.text.tokenize import read_token_list, str2bool, tag, tag_separator, tagged_token_list, \
-    token_set_name, write_token_list
+from mtlser.data.emotions import inventory_of, write_inventory
+from mtlser.text.tokenize import emotion_indices, read_token_list, str2bool, tag, tag_separator, \
+    tagged_token_list, token_set_name, write_token_list
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_bytes
 
@@ -81,17 +83,20 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
             raise MtlserError(f"{path}: missing; run stage 1 with --token-type bpe (it writes text_norm), "
                               "then stage 2 (folds)")
         texts[split] = read_table(path, allow_empty_value=True)
+    emotions = inventory_of([fold_dir / split for split in texts])[0] if emo_tag else []
     model = train_bpe(list(texts["train"].values()), nbpe, mode)
     pieces = pieces_of(model)
     out_dir = fold_dir / "token_list" / name
     atomic_write_bytes(out_dir / "bpe.model", model)
-    write_token_list(out_dir / "tokens.txt", tagged_token_list(pieces, emo_tag, sep))
+    write_token_list(out_dir / "tokens.txt", tagged_token_list(pieces, emo_tag, sep, len(emotions)))
+    if emo_tag:
+        write_inventory(out_dir, emotions)
     n_unk = 0
     for split, t in texts.items():
-        utt2emo = read_table(fold_dir / split / "utt2emo")
+        emo_index = emotion_indices(fold_dir / split, read_table(fold_dir / split / "utt2emo"))[1] if emo_tag else {}
         seqs = encode(model, t)
         n_unk += sum(s.count(UNK) for s in seqs.values()) if split != "train" else 0
-        write_table(fold_dir / split / f"text_{name}", {u: tag(seqs[u], utt2emo[u], emo_tag, sep) for u in t})
+        write_table(fold_dir / split / f"text_{name}", {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in t})
     logger.info("%s: %d pieces trained on %d training transcripts; valid+test hold %d <unk>", fold_dir,
                 len(pieces), len(texts["train"]), n_unk)
     return {"fold": fold_dir.name, "pieces": len(pieces), "unk": n_unk, "token_list": str(out_dir / "tokens.txt")}

@@ -4,8 +4,9 @@ Classes (paper): S stops and affricates, F fricatives, N nasals (M N NG),
 L liquids and glides (L R Y W), V unstressed vowels (stress 0), Vs stressed
 vowels (stress 1 or 2). The mapping lives in ``conf/phone_classes.yaml`` so
 that the choice for HH (not listed in the paper; F by default) is visible and
-can be changed. Each class token carries the utterance's emotion index:
-``Vs1`` is a stressed vowel in a happy utterance.
+can be changed. Each class token carries the utterance's emotion index, the
+position of its label in the data's emotion inventory (mtlser.data.emotions):
+with IEMOCAP's ``ang hap sad neu``, ``Vs1`` is a stressed vowel in a happy utterance.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import yaml
 
-from mtlser.data.datadir import EMOTIONS
 from mtlser.text.g2p import split_stress
 from mtlser.utils import MtlserError
 
@@ -104,15 +104,11 @@ class PhoneClassMap:
         return [c for c in (self.phone_class(p) for p in phones) if c is not None]
 
 
-def emotion_tagged(tokens: list[str], emotion: str, sep: str = "") -> list[str]:
-    """Tag each token with the emotion's index: ``(['S', 'Vs'], 'hap') -> ['S1', 'Vs1']``."""
-    try:
-        idx = EMOTIONS.index(emotion)
-    except ValueError:
-        raise MtlserError(f"unknown emotion '{emotion}'; expected one of {EMOTIONS}") from None
-    return [f"{t}{sep}{idx}" for t in tokens]
+def emotion_tagged(tokens: list[str], emotion_index: int, sep: str = "") -> list[str]:
+    """Tag each token with the emotion's index in the inventory: ``(['S', 'Vs'], 1) -> ['S1', 'Vs1']``."""
+    return [f"{t}{sep}{emotion_index}" for t in tokens]
 
 
-def phncls_token_list(classes: list[str]) -> list[str]:
-    """``<blank>`` first (CTC blank = index 0), then every class for ang, hap, sad, neu."""
-    return [BLANK] + [f"{c}{i}" for i in range(len(EMOTIONS)) for c in classes]
+def phncls_token_list(classes: list[str], num_emotions: int) -> list[str]:
+    """``<blank>`` first (CTC blank = index 0), then every class for emotion 0, 1, ..., num_emotions - 1."""
+    return [BLANK] + [f"{c}{i}" for i in range(num_emotions) for c in classes]

@@ -8,10 +8,14 @@ Token types (``--token-type``):
           no test speaker's text shapes the units (:mod:`mtlser.text.bpe`, run after stage 2)
 
 Emotion tagging (``--emo-tag``, the paper's idea, on by default) appends the
-utterance's emotion index (ang 0, hap 1, sad 2, neu 3) to every token: ``Vs1`` is a
-stressed vowel in a happy utterance. phncls keeps the paper's spelling (``Vs1``);
-the other types separate the tag with ``_`` (``AH0_1``, ``a_1``, ``▁the_1``), so a
-tag never reads as a stress digit.
+utterance's emotion index to every token: the position of its label in the data
+dir's emotion inventory (``DATA/emotions``, mtlser.data.emotions), the same index
+the emotion head is trained on. With IEMOCAP's ``ang hap sad neu``, ``Vs1`` is a
+stressed vowel in a happy utterance; K emotions give K copies of every unit.
+phncls keeps the paper's spelling (``Vs1``); the other types separate the tag with
+``_`` (``AH0_1``, ``a_1``, ``▁the_1``), so a tag never reads as a stress digit. A
+tagged token list has the inventory it was tagged with beside it
+(``TOKEN_LIST_DIR/S/emotions``), which training compares with the data's.
 
 File names. A token set is named after its type in its natural form: ``phncls`` is the
 paper's *tagged* classes (``text_phncls``), while ``phn`` is the plain G2P output
@@ -48,7 +52,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mtlser.data.datadir import EMOTIONS, DataDir, read_table, write_table
+from mtlser.data.datadir import DataDir, read_table, write_table
+from mtlser.data.emotions import read_inventory, write_inventory
 from mtlser.text.g2p import G2P, clean_transcript
 from mtlser.text.phone_classes import ARPABET, ARPABET_VOWELS, BLANK, PhoneClassMap, emotion_tagged
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -80,15 +85,26 @@ def tag_separator(token_type: str) -> str:
     return "" if token_type == "phncls" else "_"
 
 
-def tagged_token_list(units: list[str], emo_tag: bool, sep: str, emotions=EMOTIONS) -> list[str]:
+def tagged_token_list(units: list[str], emo_tag: bool, sep: str, num_emotions: int) -> list[str]:
     """``<blank>`` first (CTC blank = index 0), then the units, once per emotion index when tagged."""
     if not emo_tag:
         return [BLANK] + list(units)
-    return [BLANK] + [f"{u}{sep}{i}" for i in range(len(emotions)) for u in units]
+    return [BLANK] + [f"{u}{sep}{i}" for i in range(num_emotions) for u in units]
 
 
-def tag(tokens: list[str], emotion: str, emo_tag: bool, sep: str) -> str:
-    return " ".join(emotion_tagged(tokens, emotion, sep) if emo_tag else tokens)
+def tag(tokens: list[str], emotion_index: int | None, emo_tag: bool, sep: str) -> str:
+    return " ".join(emotion_tagged(tokens, emotion_index, sep) if emo_tag else tokens)
+
+
+def emotion_indices(data_dir: Path, utt2emo: dict[str, str]) -> tuple[list[str], dict[str, int]]:
+    """The data dir's inventory and each utterance's index in it (the tag); an unknown label names file and line."""
+    emotions = read_inventory(data_dir)
+    index = {e: i for i, e in enumerate(emotions)}
+    for lineno, (utt, emo) in enumerate(utt2emo.items(), 1):
+        if emo not in index:
+            raise MtlserError(f"{data_dir / 'utt2emo'}:{lineno}: '{utt}' has label '{emo}', which is not in "
+                              f"{data_dir / 'emotions'} ({' '.join(emotions)}); rerun stage 0 (it validates)")
+    return emotions, {u: index[e] for u, e in utt2emo.items()}
 
 
 def read_token_list(path: str | Path) -> list[str]:
@@ -168,6 +184,7 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
         raise MtlserError(f"{data_dir}: text and utt2emo have different utterances; "
                           f"run: python -m mtlser.data.datadir fix {data_dir}")
     sep = tag_separator(token_type)
+    emotions, emo_index = emotion_indices(data_dir, utt2emo) if emo_tag else (None, {})
     units: list[str] | None = None
     seqs: dict[str, list[str]] = {}
     if token_type in ("phncls", "phn"):
@@ -205,11 +222,13 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
         logger.info("%s: wrote text_norm for %d utterances; bpe units are trained per fold on the training "
                     "split after stage 2 (python -m mtlser.text.bpe)", data_dir, len(texts))
         return stats
-    text_out = {u: tag(seqs[u], utt2emo[u], emo_tag, sep) for u in texts}
+    text_out = {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in texts}
     write_table(data_dir / f"text_{name}", text_out)
     token_list = Path(token_list_dir) / name / "tokens.txt"
-    tokens = tagged_token_list(units, emo_tag, sep)
+    tokens = tagged_token_list(units, emo_tag, sep, len(emotions or []))
     write_token_list(token_list, tokens)
+    if emotions is not None:
+        write_inventory(token_list.parent, emotions)  # what the tags are positions in
     stats.update({"empty_targets": sum(1 for v in text_out.values() if not v),
                   "tokens": sum(len(v.split()) for v in text_out.values()), "token_list": str(token_list)})
     logger.info(

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = read_token_list(token_list)
     if not data_dir.is_dir():
         raise MtlserError(f"{data_dir}: fold data dir not found; run stage 2 first")
+    check_token_tags(Path(token_list), data_dir / "train")
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
@@ -90,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
                     best.get("ua", float("nan")))
     return 0
+
+
+def check_token_tags(token_list: Path, train_dir: Path) -> None:
+    """Emotion-tagged tokens index the inventory stage 1 saw (saved beside the list): it must be the data's."""
+    from mtlser.data.emotions import INVENTORY, check_same, read_inventory
+
+    if (token_list.parent / INVENTORY).is_file() and (train_dir / INVENTORY).is_file():
+        check_same(read_inventory(token_list.parent), str(token_list.parent / INVENTORY), read_inventory(train_dir),
+                   str(train_dir / INVENTORY), "the CTC tags would name other emotions than the classes: rerun "
+                   "stages 1-2 (tokens, folds) after changing the inventory")
 
 
 def _cuda() -> bool:

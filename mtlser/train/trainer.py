@@ -12,7 +12,7 @@ Experiment dir::
 
     config.yaml        resolved config (every field)
     env.json           versions, git commit and GPU of the training run
-    model.yaml         backbone arch + architecture arguments, emotions, vocab
+    model.yaml         backbone arch + architecture arguments, emotions (the fold's inventory), vocab
     token_list         CTC tokens (index = line - 1), <blank> first
     checkpoint.pt      trainer state after the last finished epoch
     best.safetensors   model weights of the best validation epoch
@@ -104,6 +104,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def resolve_emotions(cfg: Config, data_dirs: list[Path]) -> list[str]:
+    """The fold's emotion inventory, checked against data.emotions (when set) and loss.class_weights."""
+    from mtlser.data.emotions import check_same, inventory_of
+
+    emotions, where = inventory_of([d for d in data_dirs if d.is_dir()])
+    if cfg.data.emotions is not None:
+        check_same(cfg.data.emotions, "the config's data.emotions", emotions, where,
+                   "set data.emotions to null (= the data's) or to the data's list in its order; or change the "
+                   "inventory at stage 0 and rerun stages 0-2")
+    if cfg.loss.class_weights is not None and len(cfg.loss.class_weights) != len(emotions):
+        raise MtlserError(f"loss.class_weights has {len(cfg.loss.class_weights)} values for the {len(emotions)} "
+                          f"emotions of {where} ({' '.join(emotions)})")
+    return emotions
+
+
 def capture_rng() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
     if torch.cuda.is_available():
@@ -134,6 +149,8 @@ class Trainer:
         for split in ("train", "valid"):
             if not (self.data_dir / split / "wav.scp").is_file():
                 raise MtlserError(f"{self.data_dir / split}: missing; run stage 2 (fold splits) first")
+        # The classes come from the data (stage 0's inventory); data.emotions may only restate them.
+        cfg.data.emotions = resolve_emotions(cfg, [self.data_dir / "train", self.data_dir / "valid"])
         use_ctc = cfg.loss.lambda_ > 0
         ds_kw = dict(token_list=token_list if use_ctc else None, token_type=cfg.data.token_type,
                      emotions=cfg.data.emotions, sample_rate=cfg.data.sample_rate, cache_audio=cfg.data.cache_audio)
