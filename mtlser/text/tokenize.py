@@ -3,7 +3,7 @@
 Token types (``--token-type``):
   phncls  the paper's phoneme classes S F N L V Vs (conf/phone_classes.yaml), from G2P phones
   phn     the G2P phones themselves, ARPAbet with stress digits (69 symbols): phncls refined
-  char    letters a-z, apostrophe, and ``|`` between words
+  char    the corpus's own letters (any script), apostrophe, and ``|`` between words
   bpe     SentencePiece pieces, trained per fold on that fold's training text only, so that
           no test speaker's text shapes the units (:mod:`mtlser.text.bpe`, run after stage 2)
 
@@ -16,6 +16,12 @@ phncls keeps the paper's spelling (``Vs1``); the other types separate the tag wi
 ``_`` (``AH0_1``, ``a_1``, ``▁the_1``), so a tag never reads as a stress digit. A
 tagged token list has the inventory it was tagged with beside it
 (``TOKEN_LIST_DIR/S/emotions``), which training compares with the data's.
+
+Languages. G2P (phn, phncls) is English only: stage 1 refuses transcripts that do
+not look English (:func:`mtlser.text.g2p.check_english`). char and bpe work on any
+script: char's units are a-z and ``'`` (always listed, so English token lists do
+not depend on the data) plus every other letter found in ``DATA/text``, in code
+point order; text is NFC-normalised and lower-cased, accents and marks kept.
 
 File names. A token set is named after its type in its natural form: ``phncls`` is the
 paper's *tagged* classes (``text_phncls``), while ``phn`` is the plain G2P output
@@ -54,7 +60,7 @@ from tqdm import tqdm
 
 from mtlser.data.datadir import DataDir, read_table, write_table
 from mtlser.data.emotions import read_inventory, write_inventory
-from mtlser.text.g2p import G2P, clean_transcript
+from mtlser.text.g2p import G2P, check_english, clean_transcript
 from mtlser.text.phone_classes import ARPABET, ARPABET_VOWELS, BLANK, PhoneClassMap, emotion_tagged
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text
@@ -64,7 +70,8 @@ logger = logging.getLogger(__name__)
 TOKEN_TYPES = ("phncls", "phn", "char", "bpe")
 NOTAG = "_notag"  # phncls without the emotion tag
 EMO = "_emo"  # another type with the emotion tag
-#: The char inventory: what normalised text can hold, and the word boundary (wav2vec2's ``|``).
+#: The char units always listed (English), and the word boundary (wav2vec2's ``|``); other letters of a
+#: corpus are added after CHARS (:func:`char_units`).
 CHARS = tuple("abcdefghijklmnopqrstuvwxyz'")
 WORD_BOUNDARY = "|"
 
@@ -133,26 +140,30 @@ def write_token_list(path: str | Path, tokens: list[str]) -> None:
 
 
 def normalize_text(text: str) -> str:
-    """The transcript as char and bpe see it: no tags or punctuation, no accents, lower case."""
-    text = clean_transcript(text)
-    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    """The transcript as char and bpe see it: no tags or punctuation, lower case, NFC (accents and marks kept)."""
+    text = unicodedata.normalize("NFC", clean_transcript(text))
     return " ".join(text.lower().split())
 
 
+def is_char_unit(c: str) -> bool:
+    """Letters and combining marks of any script (a Devanagari vowel sign is a unit), and the apostrophe."""
+    return c == "'" or unicodedata.category(c)[0] in ("L", "M")
+
+
+def char_units(norms: list[str]) -> list[str]:
+    """CHARS, then the other letters these normalised transcripts hold (code point order), then ``|``."""
+    extra = sorted({c for t in norms for c in t if is_char_unit(c) and c not in CHARS})
+    return list(CHARS) + extra + [WORD_BOUNDARY]
+
+
 def chars_of(norm: str) -> tuple[list[str], int]:
-    """Characters of a normalised transcript with ``|`` between words; and how many were not in CHARS."""
+    """Characters of a normalised transcript with ``|`` between words; and how many were left out (digits)."""
+    words = [[c for c in word if is_char_unit(c)] for word in norm.split()]
+    # Digits: a spoken number is words, which the transcript does not give. A word of digits only goes.
+    dropped = sum(len(word) for word in norm.split()) - sum(map(len, words))
     out: list[str] = []
-    dropped = 0
-    for i, word in enumerate(norm.split()):
-        if i:
-            out.append(WORD_BOUNDARY)
-        for c in word:
-            if c in CHARS:
-                out.append(c)
-            else:
-                dropped += 1  # digits and non-Latin letters: rare in IEMOCAP
-    while out and out[-1] == WORD_BOUNDARY:  # a word made only of dropped characters
-        out.pop()
+    for word in (w for w in words if w):
+        out += ([WORD_BOUNDARY] if out else []) + word
     return out, dropped
 
 
@@ -188,6 +199,8 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
     units: list[str] | None = None
     seqs: dict[str, list[str]] = {}
     if token_type in ("phncls", "phn"):
+        g2p = g2p or G2P()
+        check_english(texts, getattr(g2p, "lexicon", None), data_dir / "text")
         phones = phonemize(texts, g2p)
         write_table(data_dir / "text_phn", {u: " ".join(p) for u, p in phones.items()})
         if token_type == "phncls":
@@ -207,14 +220,16 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
         norm = {u: normalize_text(t) for u, t in texts.items()}
         write_table(data_dir / "text_norm", norm)
         if token_type == "char":
-            units = list(CHARS) + [WORD_BOUNDARY]
+            units = char_units(list(norm.values()))
             n_dropped = 0
             for u, t in norm.items():
                 seqs[u], d = chars_of(t)
                 n_dropped += d
+            if len(units) > len(CHARS) + 1:
+                logger.info("char units: a-z ' and %d other letters of the corpus: %s", len(units) - len(CHARS) - 1,
+                            "".join(units[len(CHARS):-1]))
             if n_dropped:
-                logger.warning("%d characters outside a-z and ' (digits, other scripts) were left out of text_%s",
-                               n_dropped, name)
+                logger.warning("%d characters that are not letters (digits) were left out of text_%s", n_dropped, name)
 
     stats = {"token_set": name, "utterances": len(texts),
              "nonverbal_only": sum(1 for t in texts.values() if t.strip() and not clean_transcript(t))}
