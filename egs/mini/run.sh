@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The default recipe: the embedded mini corpus, end to end on CPU in minutes.
-# Synthetic emotional speech in IEMOCAP's layout (10 speakers, generated here
-# from a fixed seed), a tiny wav2vec2-shaped model trained from scratch with the
-# paper's fusion, heads and objective, 10-fold leave-one-speaker-out.
-# Options go to ../TEMPLATE/ser.sh (./run.sh --help); outputs land in data/ and exp/ here.
+# A recipe: stages 0-5 of ../TEMPLATE/ser.sh with this recipe's defaults (./run.sh --help
+# lists the options); outputs land in data/ and exp/ here. The corpus is whatever
+# local/data.sh writes into data/all, with its emotion inventory data/all/emotions (in
+# egs/mini: the embedded mini corpus, synthesised from a fixed seed); the experiment is
+# --train-config (conf/train_mini.yaml: a tiny model trained from scratch, sized for a CPU).
+# For another corpus: replace local/data.sh, and set a real config below
+# (README.md: "A recipe for your own corpus").
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 ../../tools/install.sh   # installs into tools/venv on first use; a no-op afterwards
