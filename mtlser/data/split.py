@@ -12,7 +12,8 @@ training speakers only:
                 remaining 8 speakers train)
 
 Writes ``OUT/foldNN/{train,valid,test}/`` (full data dirs: every per-utterance
-file of the source, spk2utt rebuilt) and ``OUT/folds.tsv`` describing the folds.
+file of the source, spk2utt rebuilt, and its emotion inventory ``emotions``) and
+``OUT/folds.tsv`` describing the folds.
 Each fold dir is written atomically; the whole stage is deterministic in --seed.
 
 Usage:
