@@ -127,8 +127,9 @@ def test_an_undeclared_label_fails_at_stage_0_with_file_and_line(tmp_path):
         lines["utt2emo"].append(f"{utt} {emo}")
     writes = "".join(f"printf '%s\\n' {' '.join(repr(x) for x in sorted(v))} > data/all/{k}\n"
                      for k, v in lines.items())
-    recipe = recipe_dir(tmp_path, "#!/usr/bin/env bash\nset -euo pipefail\n. ./path.sh\nmkdir -p data/all\n"
-                                  + writes + "python -m mtlser.data.set_emotions data/all --emotions 'ang hap sad neu'\n")
+    data_sh = ("#!/usr/bin/env bash\nset -euo pipefail\n. ./path.sh\nmkdir -p data/all\n" + writes
+               + "python -m mtlser.data.set_emotions data/all --emotions 'ang hap sad neu'\n")
+    recipe = recipe_dir(tmp_path, data_sh)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     r = subprocess.run(["./ser.sh", "--stage", "0", "--stop-stage", "0"], cwd=recipe, capture_output=True,
