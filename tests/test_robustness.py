@@ -119,10 +119,14 @@ def test_resume_refuses_other_maths_names_the_fields_and_the_way_out(folds, conf
     write_table(relabelled / "fold01" / "train" / "utt2emo", emo)
     with pytest.raises(MtlserError, match="trained on other utterances, labels or CTC targets"):
         train((relabelled, folds[1]), exp, cfg)
-    # --force retrains from scratch under the new settings.
+    # --force retrains from scratch under the new settings, once: the same command again finds nothing to do.
     train(folds, exp, cfg, "--loss.lambda", "5", "--force")
     assert yaml.safe_load((fold / "config.yaml").read_text())["loss"]["lambda"] == 5
-    assert "--force: removed checkpoint.pt" in (fold / "train.log").read_text()
+    assert "removed checkpoint.pt" in (fold / "train.log").read_text()
+    retrained = (fold / "checkpoint.pt").read_bytes()
+    train(folds, exp, cfg, "--loss.lambda", "5", "--force")
+    assert (fold / "checkpoint.pt").read_bytes() == retrained
+    assert "training already finished" in (fold / "train.log").read_text().split("command:")[-1]
 
 
 def test_more_epochs_continue_a_finished_fold_as_one_longer_run(folds, config, tmp_path):

@@ -16,7 +16,8 @@ overrides the config (``--section.key value``); ``--train-opts "..."`` takes the
 as one shell-quoted string (what the recipe passes: a value with spaces stays one
 value). Rerunning resumes from ``checkpoint.pt`` when the settings that shape the
 model match the checkpoint's (mtlser.train.resume), and refuses otherwise;
-``--force`` retrains the fold from scratch. A finished fold returns at once. One
+with ``--force`` a fold that cannot resume is retrained from scratch instead (one
+that can is left alone). A finished fold returns at once. One
 run per fold dir at a time (a lock, mtlser.utils.lock). Under torchrun, ranks
 share the work and rank 0 writes.
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from mtlser.config import load_config
 from mtlser.text.tokenize import read_token_list
-from mtlser.train.resume import clear_training
+from mtlser.train.resume import ResumeRefused, clear_training
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.lock import LOCK_NAME, hold_lock
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-opts", default="",
                         help="config overrides as one shell-quoted string, e.g. \"--backbone.init '/my models/w2v'\"")
     parser.add_argument("--force", action="store_true",
-                        help="retrain the fold from scratch, removing its checkpoint, model and decode dirs")
+                        help="when the fold's checkpoint cannot be resumed (other settings, unreadable), retrain it "
+                             "from scratch, removing its checkpoint, model and decode dirs")
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = parser.parse_known_args(argv)
     if args.train_opts:
@@ -102,15 +104,21 @@ def _train(config: str, overrides: list[str], token_list: str, data_dir: Path, e
         import torch.distributed as dist
 
         dist.init_process_group(backend="nccl" if cfg.train.device != "cpu" and _cuda() else "gloo")
-    if force and int(os.environ.get("RANK", 0)) == 0:
-        removed = clear_training(exp_dir)
-        logger.info("--force: removed %s from %s; training from scratch", " ".join(removed) or "nothing", exp_dir)
-    if force and world > 1:
-        dist.barrier()  # no rank reads the old checkpoint while rank 0 removes it
     from mtlser.train.trainer import Trainer
 
     try:
-        best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
+        try:
+            best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
+        except ResumeRefused as refused:
+            if not force:
+                raise
+            # Every rank refuses alike (same files); rank 0 clears while the others wait, then all start over.
+            if int(os.environ.get("RANK", 0)) == 0:
+                removed = clear_training(exp_dir)
+                logger.info("--force: %s; removed %s, training from scratch", refused, " ".join(removed))
+            if world > 1:
+                dist.barrier()
+            best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
     finally:
         if world > 1:
             import torch.distributed as dist

@@ -12,8 +12,10 @@ anything:
   choices) is named in the log, and training continues under it: a finished fold
   given more epochs trains on from its last epoch, as one longer run would have.
 
-``--force`` (:func:`clear_training`) removes the fold's training state and outputs,
-so that the fold trains from scratch under the new settings.
+Every refusal, and a checkpoint that cannot be read, is a :class:`ResumeRefused`.
+With ``--force`` the trainer then removes the fold's training state and outputs
+(:func:`clear_training`) and trains it from scratch under the new settings; a fold
+that can resume is left alone, so a rerun of the same command does not retrain again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from typing import Any
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
+
+class ResumeRefused(MtlserError):
+    """The fold's checkpoint cannot be resumed by this run (other settings, or unreadable): --force retrains."""
+
 
 #: Config fields (YAML names) that may differ between the run that wrote a checkpoint and the run that resumes
 #: it, and why: they change neither the model nor the optimisation it went through.
@@ -104,7 +110,7 @@ def check_resume(recorded: dict, current: dict, defaults: dict, *, checkpoint: P
             why = " (with scheduler warmup_linear, train.epochs sets the learning-rate decay of every step)"
     if fixed:
         diff = "; ".join(f"{k}: {_show(b)} -> {_show(a)}" for k, b, a in fixed)
-        raise MtlserError(
+        raise ResumeRefused(
             f"{checkpoint.parent}: trained for {epochs_done} epochs with other settings than this run's "
             f"(recorded -> now: {diff}){why}; its model stays as it is. Run these settings as a new experiment "
             f"(./run.sh --tag NEW_NAME, or another --exp-dir), or retrain this fold from scratch with --force "
@@ -135,10 +141,11 @@ def read_checkpoint(path: Path, map_location) -> dict:
                    "wrote (mtlser never unpickles such files)")
         else:
             why = f"truncated or corrupt: {type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
-        raise MtlserError(f"{path}: cannot read the checkpoint ({why}); delete it to start this fold again") from None
+        raise ResumeRefused(f"{path}: cannot read the checkpoint ({why}); delete it (or add --force) to start this "
+                            "fold again") from None
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch"} <= set(state):
-        raise MtlserError(f"{path}: cannot read the checkpoint (not a trainer state: no model/optimizer/epoch); "
-                          "delete it to start this fold again")
+        raise ResumeRefused(f"{path}: cannot read the checkpoint (not a trainer state: no model/optimizer/epoch); "
+                            "delete it (or add --force) to start this fold again")
     return state
 
 
@@ -154,7 +161,8 @@ def data_fingerprint(*datasets) -> str:
 
 
 def clear_training(exp_dir: Path) -> list[str]:
-    """--force: remove a fold's training state and outputs (and its decode dirs) so it trains from scratch."""
+    """--force on a fold that cannot resume: remove its training state and outputs (and its decode dirs, which
+    came from the old model) so that it trains from scratch."""
     removed = []
     for name in TRAINING_OUTPUTS:
         p = exp_dir / name

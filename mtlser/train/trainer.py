@@ -219,8 +219,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
             why = str(e).splitlines()[-1].strip()[:200]
-            raise MtlserError(f"{self.exp_dir / CHECKPOINT}: its model does not fit this config ({why}); train with "
-                              "--force or another --tag") from None
+            raise resume.ResumeRefused(f"{self.exp_dir / CHECKPOINT}: its model does not fit this config ({why}); "
+                                       "train with --force or another --tag") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -275,11 +275,11 @@ class Trainer:
         changed = resume.check_resume(recorded, to_dict(self.cfg), to_dict(Config()), checkpoint=path,
                                       epochs_done=int(state["epoch"]), scheduler=self.cfg.scheduler.name)
         if "token_list" in state and json.loads(state["token_list"]) != list(self.token_list):
-            raise MtlserError(f"{self.exp_dir}: trained with another CTC token list than this run's "
+            raise resume.ResumeRefused(f"{self.exp_dir}: trained with another CTC token list than this run's "
                               f"({len(json.loads(state['token_list']))} vs {len(self.token_list)} tokens); run it as a "
                               "new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
         if "data" in state and state["data"] != resume.data_fingerprint(self.train_set, self.valid_set):
-            raise MtlserError(f"{self.exp_dir}: trained on other utterances, labels or CTC targets than "
+            raise resume.ResumeRefused(f"{self.exp_dir}: trained on other utterances, labels or CTC targets than "
                               f"{self.data_dir}/{{train,valid}} hold now (stages 0-2 were rerun differently?); run it "
                               "as a new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
         return changed
