@@ -171,7 +171,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = doc("Training epochs (the paper: 100).", 100)
+    epochs: int = doc("Training epochs (the paper: 100), >= 1. A rerun with more epochs continues a finished fold "
+                      "(other changed fields refuse: mtlser.train.resume).", 100)
     seed: int = doc("Seed of every random choice in training (init, batches, dropout).", 1)
     device: str = doc("auto (cuda when present) | cpu | cuda | cuda:N.", "auto")
     precision: str = doc("auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 (autocast) | fp16 "

@@ -103,8 +103,8 @@ def safetensors_error(path: Path, exc: BaseException) -> MtlserError:
     except OSError as e:
         return MtlserError(f"{path}: cannot read it ({e.strerror})")
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
-        return MtlserError(f"{path}: a pickle (torch.save) file, not safetensors; mtlser reads model weights only as "
-                           "safetensors and never unpickles them: use the best.safetensors that training wrote")
+        return MtlserError(f"{path}: a pickle (torch.save) file, not safetensors; a .safetensors name is read only as "
+                           "safetensors, never unpickled: give the file that was written as safetensors")
     why = str(exc).splitlines()[0][:150] if str(exc) else type(exc).__name__
     return MtlserError(f"{path}: truncated or corrupt ({why}); copy it again, or retrain the fold (--force)")
 
