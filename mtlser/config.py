@@ -174,7 +174,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = doc("Training epochs (the paper: 100).", 100)
+    epochs: int = doc("Training epochs (the paper: 100), >= 1. A rerun with more epochs continues a finished fold "
+                      "(other changed fields refuse: mtlser.train.resume).", 100)
     seed: int = doc("Seed of every random choice in training (init, batches, dropout).", 1)
     device: str = doc("auto (cuda when present) | cpu | cuda | cuda:N.", "auto")
     precision: str = doc("auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 (autocast) | fp16 "
@@ -301,7 +302,8 @@ def parse_overrides(args: list[str]) -> dict:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
-            raise MtlserError(f"unexpected argument '{arg}'; overrides look like --section.key value")
+            raise MtlserError(f"unexpected argument '{arg}'; overrides look like --section.key value (a value with "
+                              "spaces is quoted as one: --train-opts \"--backbone.init '/my models/w2v'\")")
         if "=" in arg:
             key, raw = arg[2:].split("=", 1)
             i += 1
@@ -343,6 +345,9 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise MtlserError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise MtlserError(f"{path}: expected a mapping of sections (backbone:, loss:, train:, ...) at the top, "
+                              f"got a {type(data).__name__}")
     if overrides:
         over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         data = _merge(data, over)
@@ -391,6 +396,19 @@ def check_config(cfg: Config, where: str = "config") -> None:
                           f"backbone.mask_time_length = {cfg.backbone.mask_time_length} >= 1")
     if cfg.backbone.size == "custom" and not cfg.backbone.custom:
         raise MtlserError(f"{where}: backbone.size = custom needs backbone.custom (wav2vec2_model arguments)")
+    if cfg.train.epochs < 1:
+        raise MtlserError(f"{where}: train.epochs = {cfg.train.epochs}; expected >= 1")
+    if cfg.data.num_workers < 0:
+        raise MtlserError(f"{where}: data.num_workers = {cfg.data.num_workers}; expected >= 0 (0 = load in the "
+                          "training process)")
+    bb = cfg.backbone
+    probabilities = {"backbone.dropout": bb.dropout, "backbone.attention_dropout": bb.attention_dropout,
+                     "backbone.activation_dropout": bb.activation_dropout,
+                     "backbone.projection_dropout": bb.projection_dropout, "backbone.layer_drop": bb.layer_drop,
+                     "model.head_dropout": cfg.model.head_dropout}
+    for key, p in probabilities.items():
+        if not 0 <= p < 1:
+            raise MtlserError(f"{where}: {key} = {p}; expected a probability in [0, 1)")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

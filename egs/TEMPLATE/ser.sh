@@ -28,7 +28,7 @@ emo_tag=true         # tag every token with the utterance's emotion (the paper)
 nbpe=100             # pieces per fold, with token_type=bpe
 # Training and inference
 train_config=conf/train_mtl.yaml  # experiment config (stage 3)
-train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50"
+train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50" (shell-quoted: "--backbone.init '/a b'"; --force retrains)
 tag=""               # experiment name (default: <config name>_<protocol>)
 folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
 lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
@@ -143,7 +143,7 @@ for experiment in "${experiments[@]}"; do
         ${train_cmd} --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/train.JOB.log" \
             python -m mtlser.utils.nth_fold "${fold_args}" JOB \
             python -m mtlser.train --config "${train_config}" --folds-dir "${folds_dir}" --fold FOLD \
-                --token-list "${token_list}" --exp-dir "${expdir}" ${train_opts} ${exp_opts} \
+                --token-list "${token_list}" --exp-dir "${expdir}" --train-opts "${train_opts} ${exp_opts}" \
                 --data.token_type "${token_set}"
     fi
 

@@ -11,11 +11,14 @@ Layout of one cache (``<cnn_cache_dir>/<fingerprint>/``)::
 
     meta.json          channels, dtype, what the fingerprint covers
     shard_K.f32        float32 rows of `channels` values, utterances one after another
-    shard_K.tsv        utt  first_row  frames  samples   (written after its .f32 is complete)
+    shard_K.tsv        utt  first_row  frames  samples  source   (written after its .f32 is complete)
 
 The fingerprint hashes the CNN's weights and everything else its output
 depends on, so folds and experiments with the same pretrained CNN share one
-cache, and a different CNN can never read a stale one. Several training jobs
+cache, and a different CNN can never read a stale one. Each utterance's entry
+records its audio's identity (``source``: path, size and mtime, or the pipe
+command; mtlser.utils.fileio.file_identity): audio that changed since it was
+cached is computed again into a new shard, whose entry then wins. Several training jobs
 may start at once (folds in parallel): a lock file serialises the builders,
 and each adds a shard with the utterances that were still missing.
 """
@@ -36,10 +39,11 @@ import torch
 
 from mtlser.model.lengths import num_frames
 from mtlser.utils import MtlserError
+from mtlser.utils.fileio import file_identity
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries record their source audio's identity
 
 
 def fingerprint(backbone, sample_rate: int) -> str:
@@ -70,16 +74,20 @@ class CNNFeatureCache:
         self.channels = int(meta["channels"])
         #: The CNN's length formula, picklable (DataLoader workers): samples -> frames.
         self.frames_of = functools.partial(num_frames, spec=[tuple(kv) for kv in meta["conv_layers"]])
-        self.index: dict[str, tuple[int, int, int, int]] = {}  # utt -> (shard, first row, frames, samples)
+        # utt -> (shard, first row, frames, samples, source identity); later shards override earlier ones
+        self.index: dict[str, tuple[int, int, int, int, str]] = {}
         self._maps: dict[int, np.memmap] = {}
         self.reload()
 
     def reload(self) -> None:
-        for tsv in sorted(self.root.glob("shard_*.tsv")):
-            shard = int(tsv.stem.split("_")[1])
+        for shard, tsv in sorted((int(p.stem.split("_")[1]), p) for p in self.root.glob("shard_*.tsv")):
             for line in tsv.read_text().splitlines():
-                utt, first, frames, samples = line.split("\t")
-                self.index[utt] = (shard, int(first), int(frames), int(samples))
+                utt, first, frames, samples, source = line.split("\t", 4)
+                self.index[utt] = (shard, int(first), int(frames), int(samples), source)
+
+    def is_current(self, utt: str, source: str) -> bool:
+        """Whether ``utt`` is cached from audio of this identity (mtlser.utils.fileio.file_identity)."""
+        return utt in self.index and self.index[utt][4] == source
 
     def __contains__(self, utt: str) -> bool:
         return utt in self.index
@@ -89,7 +97,7 @@ class CNNFeatureCache:
 
     def get(self, utt: str) -> tuple[np.ndarray, int]:
         try:
-            shard, first, frames, samples = self.index[utt]
+            shard, first, frames, samples, _source = self.index[utt]
         except KeyError:
             raise MtlserError(f"{self.root}: no cached CNN features for '{utt}'") from None
         if shard not in self._maps:
@@ -124,10 +132,18 @@ def build_cache(backbone, utterances: Iterable[tuple[str, str]], cache_dir: str 
                     "padding_invariant_cnn": backbone.padding_invariant_cnn}
             (root / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         cache = CNNFeatureCache(root)
-        todo = {}
+        todo, stale = {}, []
         for utt, rx in utterances:
-            if utt not in cache and utt not in todo:
-                todo[utt] = rx
+            if utt in todo:
+                continue
+            source = file_identity(rx)
+            if not cache.is_current(utt, source):
+                todo[utt] = (rx, source)
+                if utt in cache:
+                    stale.append(utt)
+        if stale:
+            logger.info("%d utterances' audio changed since their CNN features were cached; computing them again: %s",
+                        len(stale), " ".join(stale[:20]) + (" ..." if len(stale) > 20 else ""))
         if todo:
             shard = 1 + max([int(p.stem.split("_")[1]) for p in root.glob("shard_*.tsv")], default=0)
             logger.info("caching CNN features of %d utterances -> %s (shard %d)", len(todo), root, shard)
@@ -137,12 +153,12 @@ def build_cache(backbone, utterances: Iterable[tuple[str, str]], cache_dir: str 
             f32 = root / f"shard_{shard}.f32"
             try:
                 with open(f32, "wb") as f:
-                    for utt, rx in todo.items():
+                    for utt, (rx, source) in todo.items():
                         wav = torch.from_numpy(read_audio(rx, sample_rate)).to(device)
                         x, frames = backbone.cnn(wav[None], torch.tensor([wav.numel()], device=device))
                         x = x[0, : int(frames[0])].float().cpu().numpy()  # (T, C)
                         f.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
-                        lines.append(f"{utt}\t{row}\t{x.shape[0]}\t{wav.numel()}\n")
+                        lines.append(f"{utt}\t{row}\t{x.shape[0]}\t{wav.numel()}\t{source}\n")
                         row += x.shape[0]
                     f.flush()
                     os.fsync(f.fileno())

@@ -14,7 +14,14 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
                  mtlser.data.emotions). Not a per-utterance file.
 
 Every file is sorted by its first field in the C locale (byte order) and has
-unique keys; all per-utterance files hold the same key set. As in Kaldi,
+unique keys; all per-utterance files hold the same key set. Utterance ids are
+safe file names (letters, digits, '_', '-', '.', not starting with '.' or '-';
+mtlser.utils.fileio.path_in), since stages name files after them; a value of a
+one-value file (utt2spk, utt2emo, utt2dur, ...) is one field.
+
+A ``wav.scp`` entry ending in ``|`` is a Kaldi pipe: a shell command that is run
+to read the audio. A data dir is therefore as trusted as a script: run only data
+dirs whose wav.scp you have read or made yourself. As in Kaldi,
 ``utt2spk`` is primary and ``spk2utt`` is derived. Unlike Kaldi we do not
 require speaker ids to be prefixes of utterance ids: IEMOCAP's keys are its
 turn names (``Ses01F_impro01_M003`` is spoken by ``Ses01M``), and nothing here
@@ -42,7 +49,7 @@ from typing import Iterable, Mapping
 
 from mtlser.data.emotions import INVENTORY, read_inventory, write_inventory
 from mtlser.utils import MtlserError, run_main, setup_logging
-from mtlser.utils.fileio import atomic_dir, atomic_open
+from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, atomic_open, is_safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +207,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
             )
     if not ref:
         raise DataDirError(f"{path}: no utterances")
+    check_ids_and_fields(path, dd)
 
     if (path / "spk2utt").is_file():
         spk2utt = read_table(path / "spk2utt")
@@ -241,6 +249,32 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
             if not ok:
                 raise DataDirError(f"{path / 'utt2dur'}:{lineno}: '{utt}' has duration '{dur}'; expected seconds > 0")
     return dd
+
+
+#: Per-utterance files whose value is a single field (the speaker, the label, the duration, ...).
+def _one_value(name: str) -> bool:
+    return name.startswith("utt2")
+
+
+def check_ids_and_fields(path: Path, dd: DataDir) -> None:
+    """Utterance ids are safe file names; one-value files have one value per line.
+
+    An id written with a space (``my utt ang`` in utt2emo) splits into a key and a value of two fields,
+    so the second check names that case instead of reporting a bad label.
+    """
+    for lineno, utt in enumerate(dd.tables["utt2spk"], 1):
+        if not is_safe_name(utt):
+            raise DataDirError(f"{path / 'utt2spk'}:{lineno}: utterance id '{utt}' is not a safe file name; ids may "
+                               f"use only {SAFE_NAME_CHARS} (at most 200 bytes): rename it in local/data.sh")
+    for name, table in dd.tables.items():
+        if not _one_value(name):
+            continue
+        for lineno, (utt, value) in enumerate(table.items(), 1):
+            if len(value.split()) > 1:
+                raise DataDirError(
+                    f"{path / name}:{lineno}: '{utt} {value}' has {1 + len(value.split())} fields; a line is "
+                    f"'utterance value' with no spaces inside either (an utterance id with a space? ids may use only "
+                    f"{SAFE_NAME_CHARS})")
 
 
 def fix_data_dir(path: str | os.PathLike) -> tuple[int, int]:

@@ -65,7 +65,7 @@ import soundfile as sf
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
 from mtlser.data.emotions import EmotionMap, load_emotion_map
 from mtlser.utils import MtlserError, run_main, setup_logging
-from mtlser.utils.fileio import atomic_write_text
+from mtlser.utils.fileio import atomic_write_text, path_in
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def prepare(
                 if label is None:
                     dropped[t.turn] = f"label:{t.label}"
                     continue
-                wav = sess_dir / "sentences" / "wav" / t.dialog / f"{t.turn}.wav"
+                wav = path_in(path_in(sess_dir / "sentences" / "wav", t.dialog), t.turn, ".wav")  # ids stay inside
                 if not wav.is_file():
                     missing_audio.append(str(wav))
                     dropped[t.turn] = "no_audio"

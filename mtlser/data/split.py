@@ -32,22 +32,30 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mtlser.data.audio_check import check_audio
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
 from mtlser.utils import MtlserError, run_main, setup_logging
-from mtlser.utils.fileio import atomic_write_text
+from mtlser.utils.fileio import atomic_write_text, file_identity, path_in
 
 logger = logging.getLogger(__name__)
+
+
+#: Bump when the conversion's output changes (mixing, resampler, sample format): old copies are then redone.
+CONVERSION_VERSION = 1
 
 
 def normalize_audio(dd: DataDir, audio_dir: Path, sample_rate: int = 16000) -> int:
     """Rewrite wav.scp entries that are not ``sample_rate`` mono to converted copies in ``audio_dir``.
 
-    A converted file is reused when it exists (so reruns are cheap). Returns how many entries point to copies.
+    A copy ``<utt>.wav`` is reused only while its source is unchanged: ``<utt>.wav.src`` records the source's
+    identity (path, size, mtime: mtlser.utils.fileio.file_identity) and the conversion settings, and is written
+    after the copy is complete, so a changed source, other settings or a killed conversion are redone (and
+    logged). Returns how many entries point to copies.
     """
     import torch
     import torchaudio.functional as AF
 
-    converted = 0
+    converted, redone = 0, []
     for utt, path in list(dd["wav.scp"].items()):
         if path.endswith("|"):
             continue
@@ -57,8 +65,14 @@ def normalize_audio(dd: DataDir, audio_dir: Path, sample_rate: int = 16000) -> i
             raise MtlserError(f"{path}: cannot read audio header for '{utt}' ({e})") from None
         if info.samplerate == sample_rate and info.channels == 1:
             continue
-        out = audio_dir / f"{utt}.wav"
-        if not out.is_file():
+        out = path_in(audio_dir, utt, ".wav")
+        key_file = out.with_name(out.name + ".src")
+        key = f"{file_identity(path)} rate={sample_rate} mono v{CONVERSION_VERSION}\n"
+        recorded = key_file.read_text(encoding="utf-8") if key_file.is_file() else None
+        if not (out.is_file() and recorded == key):
+            if out.is_file():
+                redone.append(utt)
+            key_file.unlink(missing_ok=True)  # no record vouches for a copy while it is rewritten
             data, rate = sf.read(path, dtype="float32", always_2d=True)
             x = torch.from_numpy(data.mean(axis=1))
             if rate != sample_rate:
@@ -67,10 +81,15 @@ def normalize_audio(dd: DataDir, audio_dir: Path, sample_rate: int = 16000) -> i
             tmp = out.with_suffix(".tmp.wav")
             sf.write(tmp, x.numpy(), sample_rate, subtype="PCM_16")
             tmp.replace(out)
+            atomic_write_text(key_file, key)
         dd["wav.scp"][utt] = str(out.resolve())
         if "utt2dur" in dd.tables:
             dd["utt2dur"][utt] = f"{sf.info(str(out)).duration:.4f}"
         converted += 1
+    if redone:
+        logger.info("%d converted files in %s were redone: their source audio (or the conversion settings) changed "
+                    "since they were made: %s", len(redone), audio_dir, " ".join(redone[:20])
+                    + (" ..." if len(redone) > 20 else ""))
     return converted
 
 
@@ -130,10 +149,12 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
     if protocol == "loso-session" and valid == "session-mate":
         raise MtlserError("--valid session-mate holds out the test session's other speaker; with loso-session "
                           "that speaker is already in the test set. Use --valid share")
+    check_audio(dd, data_dir)  # truncated files, audio shorter than utt2dur (mtlser.data.audio_check)
     audio_dir = Path(audio_dir) if audio_dir else data_dir.parent / "wav16k"
     n_conv = normalize_audio(dd, audio_dir, sample_rate)
     if n_conv:
-        logger.info("%d utterances were not %d Hz mono; converted once into %s", n_conv, sample_rate, audio_dir)
+        logger.info("%d utterances are not %d Hz mono: read from converted copies in %s (made once per source)",
+                    n_conv, sample_rate, audio_dir)
     rng = np.random.default_rng(seed)
     folds = make_folds(dd, protocol)
     rows = []

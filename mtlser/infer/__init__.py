@@ -43,7 +43,7 @@ def ctc_greedy(log_probs: torch.Tensor, length: int, blank: int = 0) -> list[int
 def load_model(model_dir: str | Path, weights: str = "best.safetensors",
                device: str | torch.device = "cpu") -> tuple[SERModel, dict]:
     """Rebuild the model of a training dir and load its weights (safetensors only)."""
-    from safetensors.torch import load_file
+    from mtlser.model.checkpoints import load_safetensors
 
     model_dir = Path(model_dir)
     for name in ("config.yaml", "model.yaml", "token_list", weights):
@@ -59,7 +59,7 @@ def load_model(model_dir: str | Path, weights: str = "best.safetensors",
     model = SERModel(backbone, num_emotions=len(info["emotions"]), vocab_size=len(tokens),
                      fusion=cfg.model.fusion, head_dropout=cfg.model.head_dropout, ctc_weight=cfg.loss.lambda_,
                      ctc_reduction=cfg.loss.ctc_reduction, class_weights=cfg.loss.class_weights)
-    state = load_file(str(model_dir / weights))
+    state = load_safetensors(model_dir / weights)  # a truncated file or a pickle: one clear error
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise MtlserError(f"{model_dir / weights}: does not match {model_dir / 'model.yaml'} "

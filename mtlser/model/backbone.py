@@ -105,6 +105,7 @@ def architecture(arch: str, size: str = "base", custom: dict | None = None) -> d
             raise MtlserError(f"backbone.custom: unknown wav2vec2_model arguments {sorted(unknown)}; "
                               f"expected some of {sorted(_BASE)}")
         kw.update(custom)
+        check_shapes(kw, "backbone.custom")
     elif size in SIZES:
         kw = dict(SIZES[size])
     else:
@@ -112,6 +113,33 @@ def architecture(arch: str, size: str = "base", custom: dict | None = None) -> d
     if arch == "wavlm":
         kw = {**_WAVLM_EXTRA, **kw}
     return conv_layers_as_tuples(kw)
+
+
+def check_shapes(kw: dict, where: str) -> None:
+    """The constraints between wav2vec2_model arguments that torch would otherwise report deep inside a
+    constructor (an attention head count that does not divide the width, ...)."""
+    def positive_int(key: str) -> int:
+        v = kw.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise MtlserError(f"{where}: {key} = {v!r}; expected a positive integer")
+        return v
+
+    dim, heads = positive_int("encoder_embed_dim"), positive_int("encoder_num_heads")
+    groups = positive_int("encoder_pos_conv_groups")
+    for key in ("encoder_num_layers", "encoder_ff_interm_features", "encoder_pos_conv_kernel"):
+        positive_int(key)
+    if dim % heads:
+        raise MtlserError(f"{where}: encoder_embed_dim = {dim} is not divisible by encoder_num_heads = {heads} "
+                          "(each attention head takes an equal share of the width)")
+    if dim % groups:
+        raise MtlserError(f"{where}: encoder_embed_dim = {dim} is not divisible by encoder_pos_conv_groups = {groups}")
+    layers = kw.get("extractor_conv_layer_config")
+    ok = layers is None or (isinstance(layers, (list, tuple)) and len(layers) > 0 and all(
+        isinstance(layer, (list, tuple)) and len(layer) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in layer) for layer in layers))
+    if not ok:
+        raise MtlserError(f"{where}: extractor_conv_layer_config = {layers!r}; expected a list of [channels, kernel, "
+                          "stride] triples of positive integers")
 
 
 def build_torchaudio_model(arch: str, kw: dict) -> nn.Module:

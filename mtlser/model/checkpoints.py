@@ -81,12 +81,7 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MtlserError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:
-            raise MtlserError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+        return load_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle with code, or not a torch file at all
@@ -97,6 +92,33 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     if not _is_tensor_dict(obj):
         raise MtlserError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
     return dict(obj)
+
+
+def safetensors_error(path: Path, exc: BaseException) -> MtlserError:
+    """One line for a ``.safetensors`` file that safetensors cannot read: a pickle (torch.save) under that name,
+    or a truncated or corrupt file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as e:
+        return MtlserError(f"{path}: cannot read it ({e.strerror})")
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
+        return MtlserError(f"{path}: a pickle (torch.save) file, not safetensors; a .safetensors name is read only as "
+                           "safetensors, never unpickled: give the file that was written as safetensors")
+    why = str(exc).splitlines()[0][:150] if str(exc) else type(exc).__name__
+    return MtlserError(f"{path}: truncated or corrupt ({why}); copy it again, or retrain the fold (--force)")
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; an unreadable one is one clear error (:func:`safetensors_error`)."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise MtlserError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise safetensors_error(Path(path), e) from None
 
 
 def _is_tensor_dict(obj) -> bool:

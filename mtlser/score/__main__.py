@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mtlser.data.datadir import read_table
+from mtlser.score import not_scored
 from mtlser.score.metrics import (
     confusion_matrix,
     edit_distance,
@@ -73,12 +74,16 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
     emotions = _emotions_of(decode_dir, ref_dir)
     ref = read_table(ref_dir / "utt2emo")
     hyp = read_table(decode_dir / "utt2emo_hyp")
-    if set(ref) != set(hyp):
+    errors = not_scored.read_utt2error(decode_dir, hyp)  # utterances stage 4 could not decode
+    if set(ref) != set(hyp) | set(errors):
         missing = sorted(set(ref) - set(hyp))[:3]
         raise MtlserError(f"{decode_dir / 'utt2emo_hyp'}: utterances differ from {ref_dir / 'utt2emo'} "
                           f"(e.g. missing {missing}); rerun stage 4")
     index = {e: i for i, e in enumerate(emotions)}
-    utts = sorted(ref)
+    utts = sorted(u for u in ref if u not in errors)
+    if not utts:
+        raise MtlserError(f"{decode_dir}: none of the {len(ref)} test utterances could be decoded (see "
+                          f"{decode_dir / not_scored.UTT2ERROR}); nothing to score")
     for u in utts:
         if hyp[u] not in index:
             raise MtlserError(f"{decode_dir / 'utt2emo_hyp'}: '{u}' has unknown label '{hyp[u]}'")
@@ -92,6 +97,8 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         "emotions": emotions,
         "confusion": cm.tolist(),
         "speakers": sorted(set(read_table(ref_dir / "utt2spk").values())),
+        "not_scored": len(errors),
+        "not_scored_utts": errors,
     }
     text_hyp, text_ref = decode_dir / "text_hyp", ref_dir / f"text_{token_type}"
     if text_hyp.is_file() and text_ref.is_file():
@@ -112,6 +119,7 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         f"references: {ref_dir} ({len(utts)} utterances, speakers {' '.join(result['speakers'])})",
         f"WA {result['wa']:.4f}  UA {result['ua']:.4f}"
         + (f"  CTC TER {result['ctc_ter']:.4f} ({token_type})" if result.get("ctc_ter") is not None else ""),
+        *not_scored.header_line(errors, len(ref)),
         "",
         "class      recall  precision  n",
     ]
@@ -120,9 +128,13 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
     lines += ["", "confusion (rows = reference, columns = hypothesis):", "      " + " ".join(f"{e:>5s}" for e in emotions)]
     for i, e in enumerate(emotions):
         lines.append(f"{e:5s} " + " ".join(f"{int(c):5d}" for c in cm[i]))
+    lines += not_scored.listing(errors)
     atomic_write_text(decode_dir / "result.txt", "\n".join(lines) + "\n")
     atomic_write_text(decode_dir / "result.json", json.dumps(result, indent=1) + "\n")
     logger.info("%s: WA %.4f UA %.4f (%d utterances)", decode_dir, result["wa"], result["ua"], len(utts))
+    if errors:
+        logger.warning("%s: %d of %d test utterances were not scored (stage 4 could not decode them): %s", decode_dir,
+                       len(errors), len(ref), " ".join(sorted(errors)[:10]) + (" ..." if len(errors) > 10 else ""))
     return result
 
 
@@ -171,8 +183,10 @@ def aggregate(exp_dir: str | Path, decode_name: str = "decode_test") -> dict:
         "num_folds": len(results),
         "emotions": emotions,
         "confusion": cm.tolist(),
-        "folds": [{k: r.get(k) for k in ("fold", "speakers", "n", "wa", "ua", "recall", "ctc_ter", "best_epoch")}
+        "folds": [{k: r.get(k) for k in ("fold", "speakers", "n", "wa", "ua", "recall", "ctc_ter", "best_epoch",
+                                         "not_scored")}
                   for r in results],
+        "not_scored": int(sum(r.get("not_scored", 0) for r in results)),
     }
     ters = [r["ctc_ter"] for r in results if r.get("ctc_ter") is not None]
     if ters:

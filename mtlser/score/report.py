@@ -103,10 +103,15 @@ def fusion_weights(exp_dir: Path) -> list[list[float]]:
         path = fold / "best.safetensors"
         if not path.is_file():
             continue
-        with safe_open(str(path), "pt") as f:
-            if "fusion.logits" not in f.keys():
-                continue
-            logits = f.get_tensor("fusion.logits").double()
+        try:
+            with safe_open(str(path), "pt") as f:
+                if "fusion.logits" not in f.keys():
+                    continue
+                logits = f.get_tensor("fusion.logits").double()
+        except Exception as e:  # a truncated or foreign file: one clear line
+            from mtlser.model.checkpoints import safetensors_error
+
+            raise safetensors_error(path, e) from None
         out.append(logits.softmax(0).tolist())
     return out
 
@@ -203,7 +208,9 @@ def write_report(exp_dir: Path, summary: dict) -> None:
         f"## {exp_dir}",
         f"- config: `{config}`" if config else "- config: (not found)",
         *experiment_setup(exp_dir),
-        f"- folds: {summary['num_folds']}, test utterances: {summary['n']}",
+        f"- folds: {summary['num_folds']}, test utterances: {summary['n']}"
+        + (f" scored; **{summary['not_scored']} more could not be decoded and are not in any figure** (each fold's "
+           f"decode_test/utt2error)" if summary.get("not_scored") else ""),
         "",
         "WA = accuracy of a fold, UA = mean per-class recall of a fold (classes present in it); mean ± std "
         "(sample std) over folds, the paper's protocol, and pooled over all test utterances at once.",

@@ -12,14 +12,20 @@ Usage:
 With --fold N the data dir is FOLDS_DIR/foldNN and the experiment dir EXP_DIR/foldNN
 (what the recipe's parallel jobs pass as JOB); a literal ``foldNN`` in --token-list
 becomes the fold too (bpe token lists are per fold: they are trained on its training text). Anything after the known options
-overrides the config (``--section.key value``). Rerunning resumes from
-``checkpoint.pt``; a finished fold returns at once. Under torchrun, ranks share
-the work and rank 0 writes.
+overrides the config (``--section.key value``); ``--train-opts "..."`` takes them
+as one shell-quoted string (what the recipe passes: a value with spaces stays one
+value). Rerunning resumes from ``checkpoint.pt`` when the settings that shape the
+model match the checkpoint's (mtlser.train.resume), and refuses otherwise;
+with ``--force`` a fold that cannot resume is retrained from scratch instead (one
+that can is left alone). A finished fold returns at once. One
+run per fold dir at a time (a lock, mtlser.utils.lock). Under torchrun, ranks
+share the work and rank 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -28,7 +34,9 @@ from pathlib import Path
 
 from mtlser.config import load_config
 from mtlser.text.tokenize import read_token_list
+from mtlser.train.resume import ResumeRefused, clear_training
 from mtlser.utils import MtlserError, run_main, setup_logging
+from mtlser.utils.lock import LOCK_NAME, hold_lock
 
 logger = logging.getLogger("mtlser.train")
 
@@ -47,7 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="fold data dir holding train/ valid/ (or use --folds-dir and --fold)")
     parser.add_argument("--folds-dir", help="dir of fold data dirs (fold01, fold02, ...)")
     parser.add_argument("--fold", type=int, help="fold number (1-based)")
+    parser.add_argument("--train-opts", default="",
+                        help="config overrides as one shell-quoted string, e.g. \"--backbone.init '/my models/w2v'\"")
+    parser.add_argument("--force", action="store_true",
+                        help="when the fold's checkpoint cannot be resumed (other settings, unreadable), retrain it "
+                             "from scratch, removing its checkpoint, model and decode dirs")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = parser.parse_known_args(argv)
+    if args.train_opts:
+        try:
+            extra = shlex.split(args.train_opts)
+        except ValueError as e:
+            raise MtlserError(f"--train-opts {args.train_opts!r}: {e} (quote a value with spaces as a whole: "
+                              f"\"--backbone.init '/my models/w2v'\")") from None
+        args, overrides = parser.parse_known_args(extra + argv)  # the options given directly win
 
     token_list = args.token_list
     if args.fold is not None:
@@ -66,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", 0))
     exp_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(exp_dir / "train.log" if rank == 0 else None)
-    logger.info("command: python -m mtlser.train %s", " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
-    cfg = load_config(args.config, overrides)
+    logger.info("command: python -m mtlser.train %s", " ".join(shlex.quote(a) for a in argv))
+    # One writer per fold dir: rank 0 holds the lock for the whole run (the OS drops it if the process dies).
+    with hold_lock(exp_dir / LOCK_NAME, f"fold dir {exp_dir}") if rank == 0 else contextlib.nullcontext():
+        return _train(args.config, overrides, token_list, data_dir, exp_dir, args.force)
+
+
+def _train(config: str, overrides: list[str], token_list: str, data_dir: Path, exp_dir: Path, force: bool) -> int:
+    cfg = load_config(config, overrides)
     tokens = read_token_list(token_list)
     if not data_dir.is_dir():
         raise MtlserError(f"{data_dir}: fold data dir not found; run stage 2 first")
@@ -81,7 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     from mtlser.train.trainer import Trainer
 
     try:
-        best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
+        try:
+            best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
+        except ResumeRefused as refused:
+            if not force:
+                raise
+            # Every rank refuses alike (same files); rank 0 clears while the others wait, then all start over.
+            if int(os.environ.get("RANK", 0)) == 0:
+                removed = clear_training(exp_dir)
+                logger.info("--force: %s; removed %s, training from scratch", refused, " ".join(removed))
+            if world > 1:
+                dist.barrier()
+            best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
     finally:
         if world > 1:
             import torch.distributed as dist

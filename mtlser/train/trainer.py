@@ -39,14 +39,15 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mtlser.config import Config, save_config
+from mtlser.config import Config, save_config, to_dict
 from mtlser.data.dataset import BatchSampler, SERDataset, batch_to, collate
 from mtlser.model.backbone import conv_layers_as_lists
 from mtlser.model.ser_model import SERModel, build_model
 from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from mtlser.text.tokenize import write_token_list
-from mtlser.utils import MtlserError
-from mtlser.utils.fileio import atomic_open, atomic_write_text
+from mtlser.train import resume
+from mtlser.utils import MtlserError, write_failure
+from mtlser.utils.fileio import atomic_open, atomic_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ class Trainer:
         for name, ds in (("train", self.train_set), ("valid", self.valid_set)):
             dropped = ds.drop_shorter_than(min_s)
             if dropped:
-                logger.warning("%s: skipped %d utterances shorter than %.3f s (one frame), e.g. %s",
-                               self.data_dir / name, len(dropped), min_s, dropped[:3])
+                logger.warning("%s: skipped %d utterances shorter than %.3f s (the CNN's receptive field: no frame): "
+                               "%s", self.data_dir / name, len(dropped), min_s, " ".join(dropped))
             if len(ds) == 0:
                 raise MtlserError(f"{self.data_dir / name}: no utterance of at least {min_s:.3f} s")
         self.sampler = BatchSampler(self.train_set.durations, cfg.data.batch_size, cfg.data.batching,
@@ -224,10 +225,19 @@ class Trainer:
             "history": json.dumps(self.history),
             "best": json.dumps(self.best),
             "finished": self.finished,
+            # What produced this state, compared on resume (mtlser.train.resume).
+            "config": json.dumps(to_dict(self.cfg)),
+            "token_list": json.dumps(self.token_list),
+            "data": resume.data_fingerprint(self.train_set, self.valid_set),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            why = str(e).splitlines()[-1].strip()[:200]
+            raise resume.ResumeRefused(f"{self.exp_dir / CHECKPOINT}: its model does not fit this config ({why}); "
+                                       "train with --force or another --tag") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -242,20 +252,54 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        with atomic_open(self.exp_dir / CHECKPOINT, "wb") as f:
+        with atomic_save(self.exp_dir / CHECKPOINT, self._intact()) as f:
             torch.save(self.state_dict(), f)
+
+    def _intact(self, best: bool = False) -> str:
+        """What survives a failed write of this epoch's files, for the error message."""
+        path = self.exp_dir / CHECKPOINT
+        if not path.is_file():
+            return "no checkpoint of this fold was written yet; free space and rerun"
+        return (f"the previous checkpoint {path}{' and best model' if best else ''} "
+                f"{'are' if best else 'is'} intact: free space (or raise the limit) and rerun to resume from it")
 
     def try_resume(self) -> bool:
         path = self.exp_dir / CHECKPOINT
         if not path.is_file():
             return False
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise MtlserError(f"{path}: cannot read the checkpoint ({e}); delete it to start this fold again") from None
+        state = resume.read_checkpoint(path, self.device)
+        changed = self.check_resume(state, path)
         self.load_state_dict(state)
         logger.info("resumed from %s after epoch %d (step %d)", path, self.epoch, self.step)
+        if changed:
+            logger.info("settings changed since the checkpoint, which may change on resume: %s",
+                        resume.describe_resumable(changed))
+        # Finished under the settings it was trained with; maybe not under this run's (more epochs, patience).
+        since_best = self.epoch - int(self.best["epoch"]) if self.best else 0
+        self.finished = self.epoch >= self.cfg.train.epochs or (
+            self.finished and self.cfg.train.patience > 0 and since_best >= self.cfg.train.patience)
         return True
+
+    def check_resume(self, state: dict, path: Path) -> list:
+        """Refuse to resume a checkpoint trained with other settings (mtlser.train.resume); return the changes
+        that may happen on resume. Nothing is written before this check."""
+        recorded = json.loads(state["config"]) if "config" in state else None
+        if recorded is None and (self.exp_dir / "config.yaml").is_file():  # checkpoints from before the record
+            recorded = yaml.safe_load((self.exp_dir / "config.yaml").read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict):
+            logger.warning("%s: no record of the settings it was trained with; resuming unchecked", path)
+            return []
+        changed = resume.check_resume(recorded, to_dict(self.cfg), to_dict(Config()), checkpoint=path,
+                                      epochs_done=int(state["epoch"]), scheduler=self.cfg.scheduler.name)
+        if "token_list" in state and json.loads(state["token_list"]) != list(self.token_list):
+            raise resume.ResumeRefused(f"{self.exp_dir}: trained with another CTC token list than this run's "
+                              f"({len(json.loads(state['token_list']))} vs {len(self.token_list)} tokens); run it as a "
+                              "new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
+        if "data" in state and state["data"] != resume.data_fingerprint(self.train_set, self.valid_set):
+            raise resume.ResumeRefused(f"{self.exp_dir}: trained on other utterances, labels or CTC targets than "
+                              f"{self.data_dir}/{{train,valid}} hold now (stages 0-2 were rerun differently?); run it "
+                              "as a new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
+        return changed
 
     # ------------------------------------------------------------------ setup files
     def write_model_files(self) -> None:
@@ -425,16 +469,28 @@ class Trainer:
         return valid["loss"] < self.best["loss"]  # tie: lower loss wins
 
     def save_best(self) -> None:
-        from safetensors.torch import save_file
-
         if not self.dist.is_main:
             return
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tmp = self.exp_dir / f".{BEST}.tmp"
-        save_file(state, str(tmp), metadata={"epoch": str(self.epoch)})
+        self._write_safetensors(state, tmp, self.exp_dir / BEST)
         os.replace(tmp, self.exp_dir / BEST)
         if self.cfg.train.keep_epoch_checkpoints:
-            save_file(state, str(self.exp_dir / f"epoch{self.epoch}.safetensors"))
+            path = self.exp_dir / f"epoch{self.epoch}.safetensors"
+            self._write_safetensors(state, path, path)
+
+    def _write_safetensors(self, state: dict, path: Path, name: Path) -> None:
+        """save_file, whose failure (disk full, ulimit -f) is one line naming ``name`` and leaves no partial file."""
+        from safetensors.torch import save_file
+
+        try:
+            save_file(state, str(path), metadata={"epoch": str(self.epoch)})
+        except Exception as e:
+            path.unlink(missing_ok=True)
+            failure = write_failure(name, e, self._intact(best=True))
+            if failure is None:
+                raise
+            raise failure from None
 
     def write_history(self) -> None:
         if not self.dist.is_main or not self.history:
@@ -447,8 +503,8 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
+        self.try_resume()  # before writing anything: it refuses a checkpoint trained with other settings
         self.write_model_files()
-        self.try_resume()
         if self.finished or self.epoch >= cfg.train.epochs:
             logger.info("%s: training already finished (%d epochs); nothing to do", self.exp_dir, self.epoch)
             return self.best or {}

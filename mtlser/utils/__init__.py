@@ -1,9 +1,11 @@
-"""Small helpers shared by every stage: atomic writes, logging, errors."""
+"""Small helpers shared by every stage: errors (and what a failed write means), logging, the CLI wrapper."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import sys
 
 
@@ -12,6 +14,39 @@ class MtlserError(Exception):
 
     Command-line entry points print it without a traceback and exit 1.
     """
+
+
+#: What a failed write means to the user, by errno.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file would exceed the file-size limit (ulimit -f)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission to write there",
+}
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The file system's error behind ``exc``: ``exc`` itself, or the ``os error N`` that Rust writers
+    (safetensors) fold into their own messages."""
+    if isinstance(exc, OSError):
+        return exc
+    m = re.search(r"os error (\d+)", str(exc))
+    if m:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def write_failure(path: str | os.PathLike, exc: BaseException, intact: str = "") -> MtlserError | None:
+    """One line for a write of ``path`` that the file system refused (which file, why, what is intact);
+    None when ``exc`` is not such a failure."""
+    err = os_error_in(exc)
+    if err is None:
+        return None
+    why = _WRITE_FAILURES.get(err.errno or -1, "")
+    msg = f"{path}: cannot write it ({err.strerror or err}{': ' + why if why else ''})"
+    return MtlserError(msg + (f"; {intact}" if intact else ""))
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
@@ -25,12 +60,25 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
 
 
 def run_main(main, argv=None) -> int:
-    """Run a CLI ``main``; turn MtlserError into a one-line message and exit code 1."""
+    """Run a CLI ``main``; turn MtlserError into a one-line message and exit code 1.
+
+    So does a write the file system refuses anywhere (disk full, quota, ``ulimit -f``, read-only): the
+    message names the file and the reason instead of a traceback.
+    """
     try:
         return main(argv) or 0
     except MtlserError as e:
-        if logging.getLogger().handlers:
-            logging.getLogger("mtlser").error("%s", e)
-        else:
-            print(f"ERROR: {e}", file=sys.stderr)
+        _report(e)
         return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            raise
+        _report(write_failure(e.filename or "(a file)", e))
+        return 1
+
+
+def _report(e: Exception) -> None:
+    if logging.getLogger().handlers:
+        logging.getLogger("mtlser").error("%s", e)
+    else:
+        print(f"ERROR: {e}", file=sys.stderr)

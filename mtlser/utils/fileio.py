@@ -1,18 +1,26 @@
-"""Atomic file and directory writes: nothing a stage writes is ever half-written.
+"""Files the stages write and derive, safely.
 
-A killed stage leaves either the old output or the new one, never a mix, so a
-rerun can trust whatever it finds (the marker-file idea of icefall's prep
-scripts, applied to every output).
+- Atomic writes: nothing a stage writes is ever half-written. A killed stage
+  leaves either the old output or the new one, never a mix, so a rerun can trust
+  whatever it finds (the marker-file idea of icefall's prep scripts, applied to
+  every output).
+- Ids as file names (:func:`path_in`): the one way an utterance id becomes a
+  path, so no id can name a file outside its directory.
+- Source identity (:func:`file_identity`): what derived data (converted audio,
+  cached CNN features) is keyed by, so it is redone when its source changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from mtlser.utils import MtlserError, write_failure
 
 
 @contextlib.contextmanager
@@ -35,6 +43,44 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+class RecordingWriter:
+    """A binary file wrapper that remembers the OSError of a failed write. torch.save reports a failed write
+    as an unrelated C++ message ("unexpected pos ..."); this keeps the real reason (disk full, ulimit -f)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+@contextlib.contextmanager
+def atomic_save(path: str | os.PathLike, intact: str = "") -> Iterator[RecordingWriter]:
+    """:func:`atomic_open` for binary writers (torch.save); a write the file system refuses becomes one
+    MtlserError naming the file, the reason and ``intact`` (what the user still has), and nothing is left
+    half-written."""
+    rec: RecordingWriter | None = None
+    try:
+        with atomic_open(path, "wb") as f:
+            rec = RecordingWriter(f)
+            yield rec
+    except MtlserError:
+        raise
+    except Exception as e:
+        failure = write_failure(path, rec.error if rec is not None and rec.error else e, intact)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -70,3 +116,50 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- ids as file names
+#: What an utterance id may be made of when it names a file: letters, digits, '_', '-', '.', not starting
+#: with '.' or '-' (no hidden files, no options), so it can never hold a path separator or be '..'.
+SAFE_NAME_CHARS = "letters A-Z a-z, digits, '_', '-' and '.' (not first)"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether ``name`` can be a file name on its own: see :data:`SAFE_NAME_CHARS`."""
+    return bool(_SAFE_NAME.match(name)) and len(name.encode("utf-8")) <= 200
+
+
+def path_in(directory: str | os.PathLike, name: str, suffix: str = "") -> Path:
+    """``directory / (name + suffix)``, refusing a ``name`` that is not a safe file name or would leave
+    ``directory``.
+
+    Every place that turns an id (an utterance, a turn name) into a path goes through here, so an id
+    such as ``../../x`` or ``a/b`` is an error naming the id, never a file outside the directory.
+    """
+    if not is_safe_name(name):
+        raise MtlserError(f"'{name}' cannot be a file name under {directory}: ids may use only {SAFE_NAME_CHARS} "
+                          "(at most 200 bytes); rename it in the data dir (local/data.sh)")
+    directory = Path(directory)
+    path = directory / f"{name}{suffix}"
+    # The pattern already excludes separators; this guards the suffix and symlinked parents alike.
+    if os.path.commonpath([os.path.abspath(directory), os.path.abspath(path)]) != os.path.abspath(directory):
+        raise MtlserError(f"'{name}{suffix}' would leave {directory}; refusing to use it as a file name")
+    return path
+
+
+# ----------------------------------------------------------------------------- derived data
+def file_identity(rxfile: str) -> str:
+    """What a derived file (a converted wav, cached CNN features) is keyed by: the source's absolute path,
+    size and modification time in ns; for a Kaldi pipe (``cmd |``), the command itself.
+
+    A source rewritten in place, or a wav.scp entry pointing elsewhere, gets a new identity, so whatever
+    was derived from the old one is redone instead of reused.
+    """
+    if rxfile.endswith("|"):
+        return "pipe:" + rxfile
+    try:
+        st = os.stat(rxfile)
+    except OSError as e:
+        raise MtlserError(f"{rxfile}: cannot read it ({e.strerror})") from None
+    return f"{os.path.abspath(rxfile)}:{st.st_size}:{st.st_mtime_ns}"

@@ -14,6 +14,10 @@ running slots, so ``--max-jobs-run 4 --gpus 0`` trains 4 folds at once on GPU 0
 and ``--max-jobs-run 8 --gpus 0,1`` 4 on each. Local jobs also get
 ``OMP_NUM_THREADS`` = CPU cores / max-jobs-run unless it is set, so concurrent
 jobs do not oversubscribe the CPU.
+Local jobs die with the launcher: a SIGTERM, SIGINT or SIGHUP to it is passed on
+to each job's process group, and on Linux every job also has the kernel send it
+SIGTERM when the launcher dies in any other way (SIGKILL, OOM), so no trainer is
+left running detached, writing a fold dir that a rerun would then share.
 With --backend slurm the array goes to ``sbatch --wait --array=1-N%M``.
 Exit status: 0 when every job succeeded; otherwise 1, naming the failed logs.
 
@@ -24,6 +28,7 @@ the backend in one place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -61,9 +66,31 @@ def job_env(slot: int, max_jobs: int, gpus: list[str], base: dict | None = None)
     return env
 
 
+def die_with_launcher():
+    """A Popen preexec_fn by which the job gets SIGTERM when the launcher dies (Linux's prctl
+    PR_SET_PDEATHSIG, which survives exec); None where there is no prctl. Resolved here, in the launcher:
+    between fork and exec the child only calls it."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(143)
+
+    return preexec
+
+
 def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int,
               progress_regex: str | None, gpus: list[str] | None = None) -> list[int]:
     from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread: preexec_fn below runs between fork and exec
 
     pending = list(range(lo, hi + 1))
     running: dict[int, tuple[subprocess.Popen, Path, float, object]] = {}
@@ -73,6 +100,7 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
     overall = tqdm(total=len(pending), desc="jobs done", unit="job", position=0, leave=True,
                    disable=len(pending) < 2)
     slots = list(range(1, max_jobs + 1))
+    preexec = die_with_launcher()
 
     def start(job: int) -> None:
         log = Path(substitute([log_pattern], name, job)[0])
@@ -83,7 +111,8 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
         f.flush()
         slot = slots.pop(0)
         env = dict(job_env(slot, max_jobs, gpus or []), MTLSER_JOB=str(job))
-        proc = subprocess.Popen(job_cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(job_cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=preexec)
         # Until the job logs its first "epoch i/N", the bar shows 0 of 1.
         bar = tqdm(total=1, desc=f"{name}={job}", position=slot, leave=False, disable=not show_bars,
                    bar_format="{desc}: {n}/{total} {bar} {elapsed}")
@@ -102,15 +131,22 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
             failed.append(job)
             tqdm.write(f"launch: job {name}={job} failed (exit {rc}); see {log}", file=sys.stderr)
 
-    def kill_all(*_):
+    def kill_all(signum=signal.SIGINT, *_):
         for proc, *_rest in running.values():
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        raise SystemExit(130)
+        for proc, *_rest in running.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        raise SystemExit(128 + int(signum))
 
-    old = signal.signal(signal.SIGTERM, kill_all)
+    caught = (signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, kill_all) for s in caught}
     try:
         while pending or running:
             while pending and len(running) < max_jobs:
@@ -137,7 +173,8 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
     except KeyboardInterrupt:
         kill_all()
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
         overall.close()
     return failed
 
