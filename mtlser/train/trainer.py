@@ -461,7 +461,8 @@ class Trainer:
         """best.json's record of the epoch just finished as the reported one: its number, how it was chosen."""
         if self.cfg.train.model_selection == "last":
             return {"epoch": self.epoch, "selection": "last",
-                    "chosen": "the model after the last epoch; no valid set, no model selection (the paper's protocol)"}
+                    "chosen": "the model after the last epoch (train.model_selection last: no valid set, nothing "
+                              "selected; the paper's protocol for the folds)"}
         metric = self.cfg.train.select_metric
         return {"epoch": self.epoch, **valid, "selection": "valid", "metric": metric,
                 "chosen": f"the best valid {metric.upper()} so far (valid set: training speakers only)"}
