@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def corpus(make_data_dir, tmp_path):
     """A 4-speaker corpus with phone-class targets; returns (data dir, token list)."""
     data = make_data_dir(n_spk=4, n_utt=6, seconds=0.8)
-    write_token_list(tmp_path / "token_list", phncls_token_list(PhoneClassMap.load().classes))
+    write_token_list(tmp_path / "token_list", phncls_token_list(PhoneClassMap.load().classes, 4))
     emo = read_table(data / "utt2emo")
     idx = {"ang": 0, "hap": 1, "sad": 2, "neu": 3}
     g = torch.Generator().manual_seed(0)

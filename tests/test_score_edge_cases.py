@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from mtlser.data.datadir import write_table
 from mtlser.score.__main__ import aggregate, score_fold
@@ -19,6 +20,8 @@ def decode_dir(tmp_path, refs: dict, hyps: dict, name: str = "fold01"):
     write_table(ref / "utt2spk", {u: "Ses01F" for u in refs})
     write_table(dec / "utt2emo_hyp", hyps)
     (dec / "data_dir").write_text(str(ref) + "\n")
+    # The model's emotion list, as training leaves it beside the decode dir.
+    (dec.parent / "model.yaml").write_text(yaml.safe_dump({"emotions": ["ang", "hap", "sad", "neu"]}))
     return dec
 
 
