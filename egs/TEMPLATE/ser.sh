@@ -19,7 +19,7 @@ gpu_per_job=0        # GPUs each training job asks the job backend for (slurm)
 # Data
 local_data_opts=""   # options passed to local/data.sh
 protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds)
-valid=share          # share (of each training speaker) | session-mate (the test speaker's session partner)
+valid=share          # share (of each training speaker) | session-mate (the test speaker's session partner) | none (the paper: no valid set, the last epoch's model is reported)
 valid_share=0.1      # valid share of each training speaker's utterances, with valid=share
 split_seed=0         # seed of the valid selection
 phone_classes=conf/phone_classes.yaml  # ARPAbet -> phoneme class map (stage 1)
@@ -32,6 +32,8 @@ train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50
 tag=""               # experiment name (default: <config name>_<protocol>)
 folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
 lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
+ctc_reduction=""     # sum | mean | mean_batch: loss.ctc_reduction of the experiments with lambda > 0 (default: the config's); tag gets _ctc<value>
+train_final=false    # stage 3: after the folds, train once on all speakers for the epochs the folds chose -> exp/<tag>/final
 infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
 compare_opts=""      # extra options of python -m mtlser.score compare (the sweep's table), e.g. "--reference FILE"
 
@@ -40,7 +42,8 @@ Usage: $0 [options]
   --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score)
   --nj N                     folds trained/decoded at once (default ${nj})
   --local-data-opts "..."    passed to local/data.sh
-  --protocol loso|loso-session, --valid share|session-mate, --valid-share X, --split-seed N
+  --protocol loso|loso-session, --valid share|session-mate|none, --valid-share X, --split-seed N
+                             (--valid none: the paper's protocol, every training utterance trains, last epoch reported)
   --phone-classes FILE       phone -> class map (default ${phone_classes})
   --token-type phncls|phn|char|bpe, --emo-tag true|false, --nbpe N   CTC targets (default phncls, tagged)
   --train-config FILE        experiment YAML (default ${train_config})
@@ -48,6 +51,8 @@ Usage: $0 [options]
   --tag NAME                 experiment dir name under exp/
   --folds "1 2"              only these folds in stages 3-5
   --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
+  --ctc-reduction sum|mean   how the CTC loss is reduced (the paper does not say; lambda means something else for each)
+  --train-final true         after the folds, a final model on all speakers (exp/<tag>/final)
   --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
 EOF
 )
@@ -63,7 +68,15 @@ fi
 [ -f "${train_config}" ] || { log "config ${train_config} not found"; exit 1; }
 
 data=data
-folds_dir=${data}/${protocol}
+# Each valid choice has its own folds (the default keeps the plain name), so experiments of the two
+# protocols live side by side; --valid none also makes the trainer report the last epoch.
+case "${valid}" in
+    share) folds_dir=${data}/${protocol}; valid_tag="" ;;
+    session-mate) folds_dir=${data}/${protocol}_sessionmate; valid_tag=_sessionmate ;;
+    none) folds_dir=${data}/${protocol}_novalid; valid_tag=_novalid
+          train_opts="${train_opts} --train.model_selection last --train.patience 0" ;;
+    *) log "--valid ${valid}: expected share, session-mate or none"; exit 2 ;;
+esac
 # The CTC target set: text_<token_set> in the data dirs, its token list under token_list/<token_set>/
 # (names as in mtlser.text.tokenize.token_set_name). bpe units depend on the fold, so their
 # token list lives in the fold dir; the trainer replaces foldNN with the fold.
@@ -81,9 +94,12 @@ else
     token_list=${data}/token_list/${token_set}/tokens.txt
 fi
 if [ -z "${tag}" ]; then
-    tag=$(basename "${train_config}" .yaml)_${protocol}
+    tag=$(basename "${train_config}" .yaml)_${protocol}${valid_tag}
     [ "${token_set}" = phncls ] || tag=${tag}_${token_set}
 fi
+# lambda = 0 has no CTC term, so its experiment is shared by the sweeps of every reduction.
+lambda0_tag=${tag}
+[ -z "${ctc_reduction}" ] || tag=${tag}_ctc${ctc_reduction}
 score_sh=local/score.sh
 [ -x "${score_sh}" ] || score_sh=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/local/score.sh
 
@@ -120,10 +136,17 @@ fi
 
 # Stages 3-5 run once per experiment: the config as given, or one per lambda of the sweep.
 experiments=()
+reduction_opts=${ctc_reduction:+--loss.ctc_reduction ${ctc_reduction}}
 if [ -n "${lambdas}" ]; then
-    for l in ${lambdas}; do experiments+=("${tag}_lambda${l}|--loss.lambda ${l}"); done
+    for l in ${lambdas}; do
+        if awk -v l="${l}" 'BEGIN { exit !(l + 0 == 0) }'; then
+            experiments+=("${lambda0_tag}_lambda${l}|--loss.lambda ${l}")
+        else
+            experiments+=("${tag}_lambda${l}|--loss.lambda ${l} ${reduction_opts}")
+        fi
+    done
 else
-    experiments+=("${tag}|")
+    experiments+=("${tag}|${reduction_opts}")
 fi
 
 for experiment in "${experiments[@]}"; do
@@ -145,6 +168,17 @@ for experiment in "${experiments[@]}"; do
             python -m mtlser.train --config "${train_config}" --folds-dir "${folds_dir}" --fold FOLD \
                 --token-list "${token_list}" --exp-dir "${expdir}" --train-opts "${train_opts} ${exp_opts}" \
                 --data.token_type "${token_set}"
+        if ${train_final}; then
+            # The model to ship: every speaker, for the epoch count the folds chose (mtlser.train.final).
+            final_epochs=$(python -m mtlser.train.final --exp-dir "${expdir}")
+            log "Stage 3: final model on all speakers, ${final_epochs} epochs -> ${expdir}/final"
+            # shellcheck disable=SC2086
+            ${train_cmd} JOB=1:1 "${expdir}/logs/train.final.log" \
+                python -m mtlser.train --config "${train_config}" --data-dir "${folds_dir}/final" \
+                    --token-list "${token_list//foldNN/final}" --exp-dir "${expdir}/final" --train-opts "${train_opts} ${exp_opts}" \
+                    --data.token_type "${token_set}" --train.epochs "${final_epochs}" \
+                    --train.model_selection last --train.patience 0
+        fi
     fi
 
     if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
@@ -171,7 +205,7 @@ if [ -n "${lambdas}" ] && [ "${stop_stage}" -ge 5 ]; then
     log "Lambda sweep: comparison -> exp/${tag}_lambdas.md"
     # shellcheck disable=SC2046
     python -m mtlser.score compare --out "exp/${tag}_lambdas.md" ${compare_opts} \
-        $(for l in ${lambdas}; do echo "exp/${tag}_lambda${l}"; done)
+        $(for e in "${experiments[@]}"; do echo "exp/${e%%|*}"; done)
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -23,11 +23,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# Model selection: 10% of each training speaker's utterances (stratified by emotion)
-# form the valid set, so all 9 training speakers of a fold train, as in the paper's
-# leave-one-speaker-out folds, and the test speaker is never seen before testing.
-# (--valid session-mate would hold out the test speaker's session partner instead:
-# speaker-independent selection, but 8 training speakers and a one-voice valid set.)
+# The folds carry a valid set of 10% of each training speaker's utterances (stratified
+# by emotion; never the test speaker). conf/train_mtl.yaml runs the paper's protocol
+# (train.model_selection last): that share trains too and epoch 100 is reported.
+# conf/train_mtl_select_valid.yaml (ours) picks the best epoch on it instead.
+# (--valid none: folds without a valid set; --valid session-mate: the test speaker's
+# session partner as the valid set, 8 training speakers.)
 ./ser.sh \
     --local-data-opts "--db-root ${db_root:-MISSING} ${local_data_opts}" \
     --train-config conf/train_mtl.yaml \

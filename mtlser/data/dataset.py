@@ -140,6 +140,26 @@ class SERDataset(Dataset):
                 raise RuntimeError("drop utterances before the audio cache fills")
         return dropped
 
+    def extend(self, other: "SERDataset") -> None:
+        """Add ``other``'s utterances (a fold's valid/ set into training), kept in one sorted order.
+
+        The order is the one a single data dir holding both would give, so training on train/ + valid/
+        is the same run as training on one dir with all of them (stage 2's --valid none).
+        """
+        if self._cache or other._cache or self.features is not None:
+            raise RuntimeError("extend datasets before the audio or feature cache fills")
+        if (self.targets is None) != (other.targets is None):
+            raise RuntimeError("extend: one dataset has CTC targets and the other has none")
+        rows = sorted(zip(self.utts + other.utts, self.wavs + other.wavs, self.emotions + other.emotions,
+                          self.durations + other.durations,
+                          (self.targets or []) + (other.targets or []) or [None] * (len(self) + len(other))),
+                      key=lambda row: sort_key(row[0]))
+        if len({row[0] for row in rows}) != len(rows):
+            raise MtlserError(f"{self.data_dir} and {other.data_dir} share utterances; rerun stage 2")
+        self.utts, self.wavs, self.emotions, self.durations, targets = (list(col) for col in zip(*rows))
+        if self.targets is not None:
+            self.targets = targets
+
     def _audio(self, idx: int) -> np.ndarray:
         if self._cache is not None and idx in self._cache:
             return self._cache[idx]

@@ -10,22 +10,30 @@ training speakers only:
                 emotion (default; every training speaker stays in training)
   session-mate  the other speaker of the test speaker's session (loso only; the
                 remaining 8 speakers train)
+  none          no valid set (the paper's protocol: every training-side utterance
+                trains and the last epoch's model is reported; train.model_selection last)
 
 Writes ``OUT/foldNN/{train,valid,test}/`` (full data dirs: every per-utterance
-file of the source, spk2utt rebuilt, and its emotion inventory ``emotions``) and
-``OUT/folds.tsv`` describing the folds.
-Each fold dir is written atomically; the whole stage is deterministic in --seed.
+file of the source, spk2utt rebuilt, and its emotion inventory ``emotions``; no
+``valid/`` with --valid none) and ``OUT/folds.tsv`` describing the folds, and
+``OUT/final/train/``: every utterance of every speaker, the training data of the
+final model that is trained once after cross-validation (:mod:`mtlser.train.final`).
+Each data dir is written atomically; the whole stage is deterministic in --seed.
 
 Usage:
     python -m mtlser.data.split --data-dir data/all --out data/loso \\
-        [--protocol loso] [--valid share] [--valid-share 0.1] [--seed 0] [--audio-dir data/wav16k]
+        [--protocol loso] [--valid share|session-mate|none] [--valid-share 0.1] [--seed 0] \\
+        [--audio-dir data/wav16k]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -138,7 +146,19 @@ def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how
             raise MtlserError(f"{dd.path}: --valid session-mate needs utt2session")
         sessions = {dd["utt2session"][u] for u in dd.utts if dd["utt2spk"][u] in test_speakers}
         return [u for u in train_utts if dd["utt2session"][u] in sessions]
-    raise MtlserError(f"unknown valid selection '{how}'; expected share or session-mate")
+    if how == "none":
+        return []
+    raise MtlserError(f"unknown valid selection '{how}'; expected share, session-mate or none")
+
+
+def remove_dir(path: Path) -> None:
+    """Remove a data dir so that it is never seen half-deleted: renamed away first, then deleted."""
+    if not path.exists():
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rmdir(aside)
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: str = "share",
@@ -163,13 +183,16 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
         rest = [u for u in dd.utts if dd["utt2spk"][u] not in test_spk]
         valid_utts = set(pick_valid(dd, rest, test_spk, valid, valid_share, rng))
         train = [u for u in rest if u not in valid_utts]
-        if not train or not valid_utts or not test:
+        if not train or (not valid_utts and valid != "none") or not test:
             raise MtlserError(f"fold {i} ({name}): empty split (train {len(train)}, valid {len(valid_utts)}, "
                               f"test {len(test)}); need more speakers or utterances")
         leak = {dd["utt2spk"][u] for u in list(valid_utts) + train} & set(test_spk)
         assert not leak, f"test speaker(s) {leak} leaked into train/valid of fold {i}"
         fold_dir = out / f"fold{i:02d}"
         for split_name, utts in (("train", train), ("valid", sorted(valid_utts, key=sort_key)), ("test", test)):
+            if split_name == "valid" and valid == "none":
+                remove_dir(fold_dir / split_name)  # a valid set of an earlier split would be trained on
+                continue
             dd.subset(utts).write(fold_dir / split_name)
         valid_spk = sorted({dd["utt2spk"][u] for u in valid_utts}, key=sort_key)
         rows.append({"fold": f"fold{i:02d}", "test": ",".join(test_spk), "valid_speakers": ",".join(valid_spk),
@@ -178,6 +201,8 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
     atomic_write_text(out / "folds.tsv", header + "".join(
         f"{r['fold']}\t{r['test']}\t{r['valid_speakers']}\t{r['train']}\t{r['valid']}\t{r['test_utts']}\n"
         for r in rows))
+    # The final model's data: every speaker, no valid, no test (trained after cross-validation, if asked).
+    dd.subset(list(dd.utts)).write(out / "final" / "train")
     write_table(out / "protocol", {"protocol": protocol, "valid": valid, "valid_share": str(valid_share),
                                    "seed": str(seed), "source": str(data_dir.resolve())})
     logger.info("%s: %d folds (%s, valid=%s) written to %s", data_dir, len(rows), protocol, valid, out)
@@ -192,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, help="the whole corpus (data/all)")
     parser.add_argument("--out", required=True, help="folds dir to write (e.g. data/loso)")
     parser.add_argument("--protocol", default="loso", choices=["loso", "loso-session"])
-    parser.add_argument("--valid", default="share", choices=["share", "session-mate"])
+    parser.add_argument("--valid", default="share", choices=["share", "session-mate", "none"],
+                        help="valid set of each fold, from its training speakers (none: the paper's protocol)")
     parser.add_argument("--valid-share", type=float, default=0.1, help="share of each training speaker (valid=share)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--audio-dir", default=None, help="where converted audio goes (default: DATA_DIR/../wav16k)")

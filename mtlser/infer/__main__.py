@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from mtlser.data.dataset import BatchSampler, SERDataset
 from mtlser.data.datadir import write_table
 from mtlser.infer import SERPredictor
 from mtlser.utils import MtlserError, run_main, setup_logging
+from mtlser.utils.progress import progress
 
 logger = logging.getLogger("mtlser.infer")
 
@@ -36,7 +35,7 @@ def decode_data_dir(predictor: SERPredictor, data_dir: Path, out: Path, batch_si
     ds = SERDataset(data_dir, token_list=None, emotions=predictor.emotions, sample_rate=predictor.sample_rate)
     sampler = BatchSampler(ds.durations, batch_size, shuffle=False)
     hyp, probs, text = {}, {}, {}
-    for idx in tqdm(list(sampler), desc=f"decode {data_dir}", unit="batch", mininterval=5):
+    for idx in progress(list(sampler), desc=f"decode {data_dir}", unit="batch", logger=logger, mininterval=5):
         items = [ds[i] for i in idx]
         results = predictor.predict_batch([it["wav"].numpy() for it in items])
         for it, r in zip(items, results):

@@ -62,6 +62,38 @@ def _token_type_of(decode_dir: Path) -> str:
     return "phncls"
 
 
+def check_references(ref: dict[str, str], emotions: list[str], path: Path) -> None:
+    """The reference labels can be scored: at least one utterance, every label in the model's emotion list."""
+    if not ref:
+        raise MtlserError(f"{path}: no utterances; an empty test set has no WA or UA. Check the fold's test "
+                          "set (stage 2) or pass the --ref-dir that was decoded")
+    index = set(emotions)
+    for lineno, (u, label) in enumerate(ref.items(), 1):  # read_table keeps the file's order, one key a line
+        if label not in index:
+            raise MtlserError(f"{path}:{lineno}: '{u}' has reference label '{label}', which is not one of the "
+                              f"model's emotions {emotions} (model.yaml); score with the data the model was "
+                              "trained for, or merge/drop that label in stage 0")
+
+
+def check_hypotheses(ref: dict[str, str], hyp: dict[str, str], ref_path: Path, hyp_path: Path) -> None:
+    """Every reference utterance has a hypothesis and every hypothesis a reference; both sides named."""
+    missing = sorted(set(ref) - set(hyp))
+    extra = sorted(set(hyp) - set(ref))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} reference utterance(s) without a hypothesis, e.g. {missing[:3]}")
+        if extra:
+            parts.append(f"{len(extra)} hypothesis utterance(s) not in the references, e.g. {extra[:3]}")
+        raise MtlserError(f"{hyp_path}: utterances differ from {ref_path}: {'; '.join(parts)}; rerun stage 4 "
+                          "on that data dir (or pass the --ref-dir that was decoded)")
+
+
+def absent_classes(cm: np.ndarray, emotions: list[str]) -> list[str]:
+    """Classes with no reference utterance in a fold: no recall, and left out of its UA."""
+    return [e for e, n in zip(emotions, cm.sum(axis=1)) if n == 0]
+
+
 def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None) -> dict:
     decode_dir = Path(decode_dir)
     token_type = token_type or _token_type_of(decode_dir)
@@ -75,18 +107,18 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
     ref = read_table(ref_dir / "utt2emo")
     hyp = read_table(decode_dir / "utt2emo_hyp")
     errors = not_scored.read_utt2error(decode_dir, hyp)  # utterances stage 4 could not decode
-    if set(ref) != set(hyp) | set(errors):
-        missing = sorted(set(ref) - set(hyp))[:3]
-        raise MtlserError(f"{decode_dir / 'utt2emo_hyp'}: utterances differ from {ref_dir / 'utt2emo'} "
-                          f"(e.g. missing {missing}); rerun stage 4")
+    check_references(ref, emotions, ref_dir / "utt2emo")
+    # An utterance stage 4 listed in utt2error counts as answered: it is reported, not scored.
+    check_hypotheses(ref, {**hyp, **errors}, ref_dir / "utt2emo", decode_dir / "utt2emo_hyp")
     index = {e: i for i, e in enumerate(emotions)}
     utts = sorted(u for u in ref if u not in errors)
     if not utts:
         raise MtlserError(f"{decode_dir}: none of the {len(ref)} test utterances could be decoded (see "
                           f"{decode_dir / not_scored.UTT2ERROR}); nothing to score")
-    for u in utts:
-        if hyp[u] not in index:
-            raise MtlserError(f"{decode_dir / 'utt2emo_hyp'}: '{u}' has unknown label '{hyp[u]}'")
+    for lineno, (u, label) in enumerate(hyp.items(), 1):
+        if label not in index:
+            raise MtlserError(f"{decode_dir / 'utt2emo_hyp'}:{lineno}: '{u}' has unknown label '{label}', not one "
+                              f"of the model's emotions {emotions}; rerun stage 4 with this model")
     cm = confusion_matrix([index[ref[u]] for u in utts], [index[hyp[u]] for u in utts], len(emotions))
     result = {
         "n": len(utts),
@@ -96,6 +128,7 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         "precision": {e: _f(p) for e, p in zip(emotions, per_class_precision(cm))},
         "emotions": emotions,
         "confusion": cm.tolist(),
+        "absent_classes": absent_classes(cm, emotions),
         "speakers": sorted(set(read_table(ref_dir / "utt2spk").values())),
         "not_scored": len(errors),
         "not_scored_utts": errors,
@@ -120,17 +153,20 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         f"WA {result['wa']:.4f}  UA {result['ua']:.4f}"
         + (f"  CTC TER {result['ctc_ter']:.4f} ({token_type})" if result.get("ctc_ter") is not None else ""),
         *not_scored.header_line(errors, len(ref)),
-        "",
-        "class      recall  precision  n",
     ]
+    if result["absent_classes"]:
+        lines.append(f"UA over {len(emotions) - len(result['absent_classes'])} of {len(emotions)} classes: "
+                     f"{' '.join(result['absent_classes'])} absent from this fold's references (no recall)")
+    lines += ["", "class      recall  precision  n"]
     for i, e in enumerate(emotions):
-        lines.append(f"{e:8s}  {_fmt(result['recall'][e])}   {_fmt(result['precision'][e])}    {int(cm[i].sum())}")
+        lines.append(f"{e:8s}  {_fmt(result['recall'][e])}   {_fmt(result['precision'][e])}    {int(cm[i].sum())}"
+                     + ("   absent from the references" if e in result["absent_classes"] else ""))
     lines += ["", "confusion (rows = reference, columns = hypothesis):", "      " + " ".join(f"{e:>5s}" for e in emotions)]
     for i, e in enumerate(emotions):
         lines.append(f"{e:5s} " + " ".join(f"{int(c):5d}" for c in cm[i]))
     lines += not_scored.listing(errors)
     atomic_write_text(decode_dir / "result.txt", "\n".join(lines) + "\n")
-    atomic_write_text(decode_dir / "result.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(decode_dir / "result.json", json.dumps(result, indent=1, allow_nan=False) + "\n")
     logger.info("%s: WA %.4f UA %.4f (%d utterances)", decode_dir, result["wa"], result["ua"], len(utts))
     if errors:
         logger.warning("%s: %d of %d test utterances were not scored (stage 4 could not decode them): %s", decode_dir,
@@ -208,6 +244,7 @@ def _exp_setup(exp_dir: Path) -> dict:
     if configs:
         cfg = yaml.safe_load(configs[0].read_text()) or {}
         out["lambda"] = (cfg.get("loss") or {}).get("lambda")
+        out["ctc_reduction"] = (cfg.get("loss") or {}).get("ctc_reduction")
         out["token_type"] = (cfg.get("data") or {}).get("token_type")
     pointers = sorted(exp_dir.glob("fold[0-9]*/decode_test/data_dir"))
     if pointers:
@@ -309,7 +346,7 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
     base = exps[0]
     n_folds = len(base["folds"])
     ref_cols = [f"{ref['label']} WA", f"{ref['label']} UA"] if ref else []
-    head = (["experiment", "λ", "CTC targets", "WA", "UA", "pooled WA / UA", "ΔWA", "ΔUA", "UA up / down",
+    head = (["experiment", "λ", "CTC targets (reduction)", "WA", "UA", "pooled WA / UA", "ΔWA", "ΔUA", "UA up / down",
              "paired t p (WA / UA)", "Wilcoxon p (WA / UA)"] + ref_cols)
     lines = [
         "<!-- Generated by `python -m mtlser.score compare`; edits are overwritten. -->",
@@ -321,7 +358,8 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
     for e in exps:
         r = e["results"]
         lam = "" if e.get("lambda") is None else f"{e['lambda']:g}"
-        targets = "— (no CTC)" if e.get("lambda") == 0 else str(e.get("token_type") or "")
+        targets = "— (no CTC)" if e.get("lambda") == 0 else str(e.get("token_type") or "") + (
+            f" ({e['ctc_reduction']})" if e.get("ctc_reduction") else "")
         cells = [e["name"], lam, targets,
                  f"{_pct(r['wa'])} ± {_pct(r['wa_std'])}", f"{_pct(r['ua'])} ± {_pct(r['ua_std'])}",
                  f"{_pct(r['pooled_wa'])} / {_pct(r['pooled_ua'])}"]
@@ -346,7 +384,9 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
     ]
     if ref:
         lines += ["", f"Columns `{ref['label']} WA` and `{ref['label']} UA` are the published figures of "
-                  f"{ref['source']}, matched by λ — not results of this run; — = not reported there."]
+                  f"{ref['source']}, matched by λ — not results of this run; — = not reported there. "
+                  "The paper does not say how its CTC loss is reduced (sum or mean), which changes what a λ "
+                  "means, so they are shown beside every reduction."]
         other = [e["name"] for e in exps if e.get("reference_mismatch")]
         if other:
             want = ", ".join(f"{k} {v}" for k, v in ref["setup"].items())

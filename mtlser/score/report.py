@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ def environment(device=None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "gpu": _gpu_name(device),
     }
     try:
@@ -39,6 +41,18 @@ def environment(device=None) -> dict:
     except Exception:
         env["git_commit"] = "unknown"
     return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name and core count: CPU results differ between CPU types (their float kernels do)."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def _gpu_name(device) -> str:
@@ -68,7 +82,7 @@ def experiment_setup(exp_dir: Path) -> list[str]:
             valid = p.get("valid", "?")
             if valid == "share":
                 valid += f" ({float(p.get('valid_share', 'nan')):.0%} of each training speaker, seed {p.get('seed')})"
-            lines.append(f"- protocol: `{p.get('protocol')}` ({folds_dir}); model selection on valid = {valid}")
+            lines.append(f"- protocol: `{p.get('protocol')}` ({folds_dir}); valid set (stage 2) = {valid}")
     if configs:
         cfg = yaml.safe_load(configs[0].read_text()) or {}
         loss, data, bb, tr = (cfg.get(k) or {} for k in ("loss", "data", "backbone", "train"))
@@ -82,7 +96,12 @@ def experiment_setup(exp_dir: Path) -> list[str]:
         lines.append(f"- backbone: {bb.get('arch')} {bb.get('size')} from `{init}`; feature encoder "
                      f"{'frozen' if bb.get('freeze_feature_encoder') else 'fine-tuned'}; fusion "
                      f"{(cfg.get('model') or {}).get('fusion')}")
-        lines.append(f"- training: {tr.get('epochs')} epochs, best epoch by valid {tr.get('select_metric')}")
+        if tr.get("model_selection") == "last":
+            chosen = "the last epoch's model reported (no model selection: the paper's protocol; a valid set, " \
+                     "if stage 2 made one, was trained on)"
+        else:
+            chosen = f"the best epoch by valid {tr.get('select_metric')} reported (model selection: ours)"
+        lines.append(f"- training: {tr.get('epochs')} epochs, precision {tr.get('precision')}; {chosen}")
     return lines
 
 
@@ -202,6 +221,7 @@ def write_report(exp_dir: Path, summary: dict) -> None:
         f"- python version: {both('python')}",
         f"- torch version: {both('torch')}" + (f", torchaudio {both('torchaudio')}" if "torchaudio" in env else ""),
         f"- mtlser git hash: {both('git_commit')}",
+        f"- CPU: {both('cpu')}",
         f"- GPU: {both('gpu')}",
         f"- platform: {both('platform')}",
         "",
@@ -230,6 +250,8 @@ def write_report(exp_dir: Path, summary: dict) -> None:
         ter = "" if f.get("ctc_ter") is None else f"{100 * f['ctc_ter']:.1f}"
         lines.append(f"|{f['fold']}|{' '.join(f['speakers'])}|{f['n']}|{100 * f['wa']:.2f}|{100 * f['ua']:.2f}|"
                      f"{rec}|{ter}|{f.get('best_epoch', '')}|")
+    if any(r is None for f in summary["folds"] for r in f["recall"].values()):
+        lines += ["", "n/a: the class is absent from that fold's references (no recall; left out of the fold's UA)."]
     lines += ["", "### Confusion matrix (summed over folds; rows = reference)", "",
               "|ref \\ hyp|" + "|".join(emotions) + "|", "|---|" + "---|" * len(emotions)]
     for i, e in enumerate(emotions):

@@ -12,7 +12,8 @@ Writes, for a set S = bpe<N>_emo (tagged) or bpe<N> (see mtlser.text.tokenize)::
     FOLDS/foldNN/token_list/S/bpe.model     the fold's SentencePiece model (unigram, as ESPnet's default)
     FOLDS/foldNN/token_list/S/tokens.txt    <blank>, then the pieces (x K emotion tags when tagged)
     FOLDS/foldNN/token_list/S/emotions      tagged: the inventory the tags index (the fold's)
-    FOLDS/foldNN/{train,valid,test}/text_S  the targets
+    FOLDS/foldNN/{train,valid,test}/text_S  the targets (no valid/ with stage 2's --valid none)
+    FOLDS/final/...                         the same for the final model's data (all speakers, train/ only)
 
 Usage:
     python -m mtlser.text.bpe --folds-dir data/loso [--nbpe 100] [--emo-tag true] [--bpe-mode unigram]
@@ -77,7 +78,10 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
     name = token_set_name("bpe", emo_tag, nbpe)
     sep = tag_separator("bpe")
     texts = {}
+    # train/ always; valid/ unless stage 2 made none; test/ in every fold but final/ (all speakers train).
     for split in ("train", "valid", "test"):
+        if split != "train" and not (fold_dir / split).is_dir():
+            continue
         path = fold_dir / split / "text_norm"
         if not path.is_file():
             raise MtlserError(f"{path}: missing; run stage 1 with --token-type bpe (it writes text_norm), "
@@ -107,6 +111,8 @@ def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode
     folds = sorted(p for p in folds_dir.glob("fold[0-9]*") if p.is_dir())
     if not folds:
         raise MtlserError(f"{folds_dir}: no fold dirs; run stage 2 first")
+    if (folds_dir / "final" / "train").is_dir():
+        folds.append(folds_dir / "final")
     rows = [bpe_fold(f, nbpe, emo_tag, mode) for f in folds]
     read_token_list(rows[0]["token_list"])  # the contract the trainer relies on
     return rows

@@ -42,6 +42,7 @@ RESUMABLE: dict[str, str] = {
     "train.log_interval": "logging only",
     "train.num_threads": "CPU threads only",
     "train.keep_epoch_checkpoints": "which files are kept",
+    "train.tensorboard": "logging only",
     "train.device": "the hardware, not the maths",
     "train.sdpa_backend": "an attention kernel choice",
     "train.cudnn_benchmark": "a convolution kernel choice",
@@ -54,7 +55,7 @@ RESUMABLE: dict[str, str] = {
 
 #: Files a fold's training writes; --force removes them (decode dirs too: they came from the old model).
 TRAINING_OUTPUTS = ("checkpoint.pt", "best.safetensors", "best.json", "history.tsv", "train_curves.png",
-                    "config.yaml", "model.yaml", "token_list", "env.json")
+                    "config.yaml", "model.yaml", "token_list", "env.json", "tensorboard")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -153,6 +154,8 @@ def data_fingerprint(*datasets) -> str:
     """A hash of the utterances a fold trains and selects on, with their labels and CTC targets."""
     h = hashlib.sha256()
     for ds in datasets:
+        if ds is None:  # no valid set (train.model_selection last)
+            continue
         h.update(str(ds.data_dir.name).encode())
         for i, utt in enumerate(ds.utts):
             target = ds.targets[i] if ds.targets is not None else []
@@ -168,6 +171,9 @@ def clear_training(exp_dir: Path) -> list[str]:
         p = exp_dir / name
         if p.is_file():
             p.unlink()
+            removed.append(name)
+        elif p.is_dir():  # tensorboard/
+            shutil.rmtree(p)
             removed.append(name)
     for p in sorted(exp_dir.glob("epoch*.safetensors")) + sorted(exp_dir.glob("decode_*")):
         if p.is_dir():

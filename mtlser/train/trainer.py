@@ -5,8 +5,10 @@ history, best score) is one ``checkpoint.pt`` written atomically after every
 epoch and read with ``torch.load(weights_only=True)``. A rerun resumes from it
 and ends bit-identical to an uninterrupted run (tested). The best model by the
 validation metric (valid speakers only; never the test speaker) is kept as
-``best.safetensors``; with ``model.yaml``, ``config.yaml`` and ``token_list``
-the experiment dir is a self-contained model for :mod:`mtlser.infer`.
+``best.safetensors``, or, with ``train.model_selection last`` (the paper's
+protocol: no valid set), the model after the last epoch; ``best.json`` says which
+epoch that is and how it was chosen. With ``model.yaml``, ``config.yaml`` and
+``token_list`` the experiment dir is a self-contained model for :mod:`mtlser.infer`.
 
 Experiment dir::
 
@@ -15,9 +17,12 @@ Experiment dir::
     model.yaml         backbone arch + architecture arguments, emotions (the fold's inventory), vocab
     token_list         CTC tokens (index = line - 1), <blank> first
     checkpoint.pt      trainer state after the last finished epoch
-    best.safetensors   model weights of the best validation epoch
+    best.safetensors   model weights of the reported epoch (best on valid, or the last one)
+    best.json          the reported epoch and how it was chosen
+    epochN.safetensors the model after epoch N (train.keep_epoch_checkpoints)
     history.tsv        per-epoch train/valid statistics and fusion weights
-    train.log          the log; train_curves.png the curves
+    train.log          the log; train_curves.png the curves (redrawn every epoch)
+    tensorboard/       per-epoch TensorBoard scalars (train.tensorboard)
 """
 
 from __future__ import annotations
@@ -29,16 +34,14 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from tqdm import tqdm
-
 from mtlser.config import Config, save_config, to_dict
 from mtlser.data.dataset import BatchSampler, SERDataset, batch_to, collate
 from mtlser.model.backbone import conv_layers_as_lists
@@ -46,8 +49,10 @@ from mtlser.model.ser_model import SERModel, build_model
 from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from mtlser.text.tokenize import write_token_list
 from mtlser.train import resume
+from mtlser.train.curves import TensorBoardLog, plot_curves
 from mtlser.utils import MtlserError, write_failure
 from mtlser.utils.fileio import atomic_open, atomic_save, atomic_write_text
+from mtlser.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +152,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
-        for split in ("train", "valid"):
-            if not (self.data_dir / split / "wav.scp").is_file():
-                raise MtlserError(f"{self.data_dir / split}: missing; run stage 2 (fold splits) first")
+        if not (self.data_dir / "train" / "wav.scp").is_file():
+            raise MtlserError(f"{self.data_dir / 'train'}: missing; run stage 2 (fold splits) first")
+        has_valid = (self.data_dir / "valid" / "wav.scp").is_file()
+        if cfg.train.model_selection == "valid" and not has_valid:
+            raise MtlserError(f"{self.data_dir / 'valid'}: missing, and train.model_selection valid picks the epoch "
+                              "on it; run stage 2 with --valid share (or session-mate), or train as the paper "
+                              "does with train.model_selection last")
         # The classes come from the data (stage 0's inventory); data.emotions may only restate them.
         cfg.data.emotions = resolve_emotions(cfg, [self.data_dir / "train", self.data_dir / "valid"])
         use_ctc = cfg.loss.lambda_ > 0
@@ -157,13 +166,21 @@ class Trainer:
                      emotions=cfg.data.emotions, sample_rate=cfg.data.sample_rate, cache_audio=cfg.data.cache_audio)
         self.train_set = SERDataset(self.data_dir / "train", max_duration=cfg.data.max_duration, **ds_kw)
         self.train_set.training = True
-        self.valid_set = SERDataset(self.data_dir / "valid", **ds_kw)
+        self.valid_set: SERDataset | None = SERDataset(self.data_dir / "valid", **ds_kw) if has_valid else None
+        if cfg.train.model_selection == "last" and self.valid_set is not None:
+            # The paper's protocol trains on all speech of the training speakers: stage 2's valid share too.
+            logger.info("train.model_selection last: no model selection, so %s (%d utterances) trains as well",
+                        self.data_dir / "valid", len(self.valid_set))
+            self.train_set.extend(self.valid_set)
+            self.valid_set = None
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         self.model: SERModel = build_model(cfg, vocab_size=len(token_list)).to(self.device)
         # Utterances shorter than the CNN's receptive field give no frame at all: a logged, counted skip.
         min_s = self.model.backbone.min_samples() / cfg.data.sample_rate
         for name, ds in (("train", self.train_set), ("valid", self.valid_set)):
+            if ds is None:
+                continue
             dropped = ds.drop_shorter_than(min_s)
             if dropped:
                 logger.warning("%s: skipped %d utterances shorter than %.3f s (the CNN's receptive field: no frame): "
@@ -173,7 +190,8 @@ class Trainer:
         self.sampler = BatchSampler(self.train_set.durations, cfg.data.batch_size, cfg.data.batching,
                                     cfg.data.bucket_window, shuffle=True, seed=cfg.train.seed,
                                     rank=self.dist.rank, world_size=self.dist.world_size)
-        self.valid_sampler = BatchSampler(self.valid_set.durations, cfg.data.batch_size, shuffle=False)
+        self.valid_sampler = (BatchSampler(self.valid_set.durations, cfg.data.batch_size, shuffle=False)
+                              if self.valid_set is not None else None)
         self._make_loaders()
         self.precision = resolve_precision(cfg.train.precision, self.device)
 
@@ -343,8 +361,9 @@ class Trainer:
         pin = self.device.type == "cuda"
         self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate_fn,
                                        num_workers=cfg.data.num_workers, pin_memory=pin)
-        self.valid_loader = DataLoader(self.valid_set, batch_sampler=self.valid_sampler, collate_fn=collate_fn,
-                                       num_workers=cfg.data.num_workers, pin_memory=pin)
+        self.valid_loader = (DataLoader(self.valid_set, batch_sampler=self.valid_sampler, collate_fn=collate_fn,
+                                        num_workers=cfg.data.num_workers, pin_memory=pin)
+                             if self.valid_set is not None else None)
 
     def _attach_cnn_cache(self) -> None:
         """Frozen CNN: serve its output from the feature cache (built here for missing utterances)."""
@@ -358,11 +377,12 @@ class Trainer:
         if not backbone.padding_invariant_cnn and backbone.arch_kwargs.get("extractor_mode") == "group_norm":
             logger.warning("cached CNN features are computed per utterance; with backbone.padding_invariant_cnn "
                            "false the uncached CNN would normalise over the padded batch instead")
-        utts = [(u, w) for ds in (self.train_set, self.valid_set) for u, w in zip(ds.utts, ds.wavs)]
+        datasets = [ds for ds in (self.train_set, self.valid_set) if ds is not None]
+        utts = [(u, w) for ds in datasets for u, w in zip(ds.utts, ds.wavs)]
         cache_dir = cfg.data.cnn_cache_dir or self.exp_dir.parent / "cnn_cache"
         cache = build_cache(backbone, utts, cache_dir, self.device, cfg.data.sample_rate)
-        self.train_set.features = cache
-        self.valid_set.features = cache
+        for ds in datasets:
+            ds.features = cache
         self._make_loaders(frames_of=cache.frames_of)  # batches padded to the uncached path's frame counts
         logger.info("frozen CNN: training on cached features from %s", cache.root)
 
@@ -390,8 +410,11 @@ class Trainer:
         n = 0
         t0 = time.time()
         audio_s = 0.0
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
-                   disable=not self.dist.is_main, leave=False, mininterval=5)
+        if self.dist.is_main:
+            # One plain line per epoch start: the launcher's per-fold bar and ETA follow these (no tqdm in logs).
+            logger.info("epoch %d/%d: %d batches", self.epoch + 1, cfg.train.epochs, len(self.sampler))
+        bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
+                       disable=not self.dist.is_main or not sys.stderr.isatty(), leave=False, mininterval=5)
         for batch in bar:
             stats, bs = self.train_step(batch)
             for k, v in stats.items():
@@ -440,25 +463,35 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Objective, WA and UA on the fold's valid set (training speakers only)."""
+        """Objective (and its CE and CTC parts), WA and UA on the fold's valid set (training speakers only).
+
+        Empty without a valid set (train.model_selection last: nothing is selected).
+        """
+        if self.valid_loader is None:
+            return {}
         self.model.eval()
         refs, hyps = [], []
-        loss_sum = 0.0
+        sums = {"loss": 0.0, "loss_ce": 0.0, "loss_ctc": 0.0}
         n = 0
         for batch in self.valid_loader:
             batch = batch_to(batch, self.device)
             with self.autocast():
-                loss, _, emo_logits = self.model.loss_and_logits(**self.model_inputs(batch))
+                loss, stats, emo_logits = self.model.loss_and_logits(**self.model_inputs(batch))
             bs = len(batch["utts"])
-            loss_sum += float(loss) * bs
+            sums["loss"] += float(loss) * bs
+            for k in ("loss_ce", "loss_ctc"):
+                sums[k] += stats.get(k, 0.0) * bs
             n += bs
             refs.extend(batch["emotions"].tolist())
             hyps.extend(emo_logits.argmax(-1).tolist())
         self.model.train()
         cm = confusion_matrix(refs, hyps, len(self.cfg.data.emotions))
-        return {"loss": loss_sum / max(n, 1), "wa": weighted_accuracy(cm), "ua": unweighted_accuracy(cm)}
+        out = {k: v / max(n, 1) for k, v in sums.items() if k != "loss_ctc" or self.model.ctc_head is not None}
+        return {**out, "wa": weighted_accuracy(cm), "ua": unweighted_accuracy(cm)}
 
     def is_better(self, valid: dict) -> bool:
+        if self.cfg.train.model_selection == "last":
+            return True  # the paper's protocol: the newest epoch is the reported one
         metric = self.cfg.train.select_metric
         if self.best is None:
             return True
@@ -468,16 +501,21 @@ class Trainer:
             return valid[metric] > self.best[metric]
         return valid["loss"] < self.best["loss"]  # tie: lower loss wins
 
-    def save_best(self) -> None:
-        if not self.dist.is_main:
-            return
+    def reported(self, valid: dict) -> dict:
+        """best.json's record of the epoch just finished as the reported one: its number, how it was chosen."""
+        if self.cfg.train.model_selection == "last":
+            return {"epoch": self.epoch, "selection": "last",
+                    "chosen": "the model after the last epoch (train.model_selection last: no valid set, nothing "
+                              "selected; the paper's protocol for the folds)"}
+        metric = self.cfg.train.select_metric
+        return {"epoch": self.epoch, **valid, "selection": "valid", "metric": metric,
+                "chosen": f"the best valid {metric.upper()} so far (valid set: training speakers only)"}
+
+    def _save_weights(self, name: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = self.exp_dir / f".{BEST}.tmp"
-        self._write_safetensors(state, tmp, self.exp_dir / BEST)
-        os.replace(tmp, self.exp_dir / BEST)
-        if self.cfg.train.keep_epoch_checkpoints:
-            path = self.exp_dir / f"epoch{self.epoch}.safetensors"
-            self._write_safetensors(state, path, path)
+        tmp = self.exp_dir / f".{name}.tmp"
+        self._write_safetensors(state, tmp, self.exp_dir / name)
+        os.replace(tmp, self.exp_dir / name)
 
     def _write_safetensors(self, state: dict, path: Path, name: Path) -> None:
         """save_file, whose failure (disk full, ulimit -f) is one line naming ``name`` and leaves no partial file."""
@@ -492,14 +530,38 @@ class Trainer:
                 raise
             raise failure from None
 
+    def save_best(self) -> None:
+        """best.safetensors and best.json, together, whenever the reported epoch changes."""
+        if not self.dist.is_main:
+            return
+        self._save_weights(BEST)
+        atomic_write_text(self.exp_dir / "best.json", json.dumps(self.best, indent=1) + "\n")
+
+    def save_epoch_weights(self) -> None:
+        """epochN.safetensors after every epoch (train.keep_epoch_checkpoints): loadable as best.safetensors is."""
+        if self.dist.is_main and self.cfg.train.keep_epoch_checkpoints:
+            self._save_weights(f"epoch{self.epoch}.safetensors")
+
     def write_history(self) -> None:
         if not self.dist.is_main or not self.history:
             return
         keys = list(self.history[0].keys())
         lines = ["\t".join(keys)]
         for h in self.history:
-            lines.append("\t".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in keys))
+            lines.append("\t".join(f"{h[k]:.6g}" if isinstance(h.get(k), float) else str(h.get(k, "")) for k in keys))
         atomic_write_text(self.exp_dir / "history.tsv", "\n".join(lines) + "\n")
+
+    def write_curves(self) -> None:
+        """train_curves.png after every epoch: titled with experiment and fold, the reported epoch marked."""
+        if not self.dist.is_main or not self.history:
+            return
+        cfg = self.cfg
+        how = "last epoch" if cfg.train.model_selection == "last" else f"best valid {cfg.train.select_metric.upper()}"
+        title = (f"{self.exp_dir.parent.name} / {self.exp_dir.name}: λ = {cfg.loss.lambda_:g}"
+                 + (f" (CTC {cfg.loss.ctc_reduction})" if cfg.loss.lambda_ > 0 else "")
+                 + f", epoch {self.epoch} of {cfg.train.epochs}")
+        plot_curves(self.history, self.exp_dir / "train_curves.png", title,
+                    int(self.best["epoch"]) if self.best else None, how)
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -508,14 +570,17 @@ class Trainer:
         if self.finished or self.epoch >= cfg.train.epochs:
             logger.info("%s: training already finished (%d epochs); nothing to do", self.exp_dir, self.epoch)
             return self.best or {}
-        logger.info("train: %d utterances (%.1f min), valid: %d; %d batches/epoch, padding %.1f%%; device %s, %s",
-                    len(self.train_set), sum(self.train_set.durations) / 60, len(self.valid_set),
+        logger.info("train: %d utterances (%.1f min), valid: %s; %d batches/epoch, padding %.1f%%; device %s, %s",
+                    len(self.train_set), sum(self.train_set.durations) / 60,
+                    len(self.valid_set) if self.valid_set is not None else "none (the last epoch is reported)",
                     len(self.sampler.epoch_batches(0)),
                     100 * self.sampler.padding_share(0, cfg.data.pad_ladder, cfg.data.sample_rate), self.device,
                     self.precision)
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.info("model: %.2fM parameters, %d hidden states fused (%s), lambda=%g",
                     n_params / 1e6, self.model.backbone.num_layers + 1, cfg.model.fusion, cfg.loss.lambda_)
+        board = TensorBoardLog(self.exp_dir / "tensorboard", self.epoch + 1) \
+            if self.dist.is_main and cfg.train.tensorboard else None
         since_best = 0
         if self.best is not None:
             since_best = self.epoch - int(self.best["epoch"])
@@ -532,11 +597,12 @@ class Trainer:
             self.history.append(record)
             improved = self.is_better(valid)
             if improved:
-                self.best = {"epoch": self.epoch, **valid}
+                self.best = self.reported(valid)
                 self.save_best()
                 since_best = 0
             else:
                 since_best += 1
+            self.save_epoch_weights()
             if cfg.train.patience > 0 and since_best >= cfg.train.patience:
                 logger.info("no improvement of valid %s for %d epochs: stopping early", cfg.train.select_metric,
                             since_best)
@@ -545,42 +611,20 @@ class Trainer:
                 self.finished = True
             self.save_checkpoint()
             self.write_history()
+            self.write_curves()
+            if board is not None:
+                board.epoch(record, {g["name"]: g["lr"] for g in self.optimizer.param_groups})
             if self.dist.is_main:
                 logger.info(
-                    "epoch %d: train loss %.4f (ce %.4f%s) %.0f audio-s/s | valid loss %.4f WA %.4f UA %.4f%s",
+                    "epoch %d: train loss %.4f (ce %.4f%s) %.0f audio-s/s | %s%s",
                     self.epoch, train_stats.get("loss", math.nan), train_stats.get("loss_ce", math.nan),
                     f", ctc {train_stats['loss_ctc']:.4f}, {int(train_stats.get('ctc_skipped', 0))} ctc-skipped"
                     if "loss_ctc" in train_stats else "",
-                    train_stats["audio_s_per_s"], valid["loss"], valid["wa"], valid["ua"],
-                    " (best)" if improved else "")
+                    train_stats["audio_s_per_s"],
+                    f"valid loss {valid['loss']:.4f} WA {valid['wa']:.4f} UA {valid['ua']:.4f}" if valid
+                    else "no valid set", " (best)" if improved and valid else "")
             if self.finished:
                 break
-        if self.dist.is_main:
-            atomic_write_text(self.exp_dir / "best.json", json.dumps(self.best, indent=1) + "\n")
-            plot_history(self.history, self.exp_dir / "train_curves.png")
+        if board is not None:
+            board.close()
         return self.best or {}
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].plot(ep, [h.get("train_loss", np.nan) for h in history], label="train loss")
-    axes[0].plot(ep, [h.get("valid_loss", np.nan) for h in history], label="valid loss")
-    axes[0].set_xlabel("epoch")
-    axes[0].legend()
-    axes[1].plot(ep, [h.get("valid_wa", np.nan) for h in history], label="valid WA")
-    axes[1].plot(ep, [h.get("valid_ua", np.nan) for h in history], label="valid UA")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylim(0, 1)
-    axes[1].legend()
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

@@ -13,7 +13,8 @@ every local job ``CUDA_VISIBLE_DEVICES`` from that list, round robin over the
 running slots, so ``--max-jobs-run 4 --gpus 0`` trains 4 folds at once on GPU 0
 and ``--max-jobs-run 8 --gpus 0,1`` 4 on each. Local jobs also get
 ``OMP_NUM_THREADS`` = CPU cores / max-jobs-run unless it is set, so concurrent
-jobs do not oversubscribe the CPU.
+jobs do not oversubscribe the CPU. A job's bar shows its ETA once its log has
+started two epochs: the time per epoch seen so far times the epochs left.
 Local jobs die with the launcher: a SIGTERM, SIGINT or SIGHUP to it is passed on
 to each job's process group, and on Linux every job also has the kernel send it
 SIGTERM when the launcher dies in any other way (SIGKILL, OOM), so no trainer is
@@ -86,6 +87,26 @@ def die_with_launcher():
     return preexec
 
 
+def eta_seconds(first: tuple[float, int], latest: tuple[float, int], total: int, now: float) -> float | None:
+    """Seconds left of a job whose log said "epoch i/N" at these times: (time first seen, i) and the latest.
+
+    Epoch i is in progress from the time "epoch i/N" appears; epochs i..N remain. None until two epochs
+    have started (no rate yet).
+    """
+    (t0, e0), (t1, e1) = first, latest
+    if e1 <= e0 or t1 <= t0:
+        return None
+    per_epoch = (t1 - t0) / (e1 - e0)
+    return max(0.0, t1 + (total - e1 + 1) * per_epoch - now)
+
+
+def format_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int,
               progress_regex: str | None, gpus: list[str] | None = None) -> list[int]:
     from tqdm import tqdm
@@ -98,9 +119,10 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
     pattern = re.compile(progress_regex) if progress_regex else None
     show_bars = pattern is not None and sys.stderr.isatty() or os.environ.get("MTLSER_PROGRESS") == "1"
     overall = tqdm(total=len(pending), desc="jobs done", unit="job", position=0, leave=True,
-                   disable=len(pending) < 2)
+                   disable=len(pending) < 2 or not (sys.stderr.isatty() or show_bars))  # no bars in log files
     slots = list(range(1, max_jobs + 1))
     preexec = die_with_launcher()
+    epochs_seen: dict[int, list[tuple[float, int]]] = {}  # job -> [(time first seen, epoch) of first, latest]
 
     def start(job: int) -> None:
         log = Path(substitute([log_pattern], name, job)[0])
@@ -115,7 +137,7 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
                                 preexec_fn=preexec)
         # Until the job logs its first "epoch i/N", the bar shows 0 of 1.
         bar = tqdm(total=1, desc=f"{name}={job}", position=slot, leave=False, disable=not show_bars,
-                   bar_format="{desc}: {n}/{total} {bar} {elapsed}")
+                   bar_format="{desc}: {n}/{total} {bar} {elapsed}{postfix}")
         running[job] = (proc, log, time.time(), (f, bar, slot))
 
     def finish(job: int, rc: int) -> None:
@@ -162,6 +184,13 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
                         hits = pattern.findall(tail)
                         if hits:
                             done, total = map(int, hits[-1])
+                            now = time.time()
+                            seen = epochs_seen.setdefault(job, [(now, done), (now, done)])
+                            if done != seen[1][1]:
+                                seen[1] = (now, done)
+                            eta = eta_seconds(seen[0], seen[1], total, now)
+                            bar.set_postfix_str("ETA " + (format_duration(eta) if eta is not None else "?"),
+                                                refresh=False)
                             bar.total = total
                             bar.n = done
                             bar.refresh()
