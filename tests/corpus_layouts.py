@@ -27,9 +27,9 @@ import numpy as np
 from mtlser.data import crema_d, ravdess
 from tests.conftest import write_wav
 
-#: Mean clip durations of the releases (hours x 3600 / clips, from EmoBox's corpus table: 5.3 h / 7,442 and
-#: 1.5 h / 1,440); fixture clips are drawn within +-20 % of them.
-MEAN_SECONDS = {"crema_d": 2.56, "ravdess": 3.75}
+#: Mean clip durations of the releases (the lengths listed in EmoBox's metadata of the full releases:
+#: 18,924 s / 7,442 clips and 5,329 s / 1,440); fixture clips are drawn within +-20 % of them.
+MEAN_SECONDS = {"crema_d": 2.54, "ravdess": 3.70}
 
 
 def _seconds(rng: np.random.Generator, corpus: str, scale: float) -> float:
