@@ -106,6 +106,9 @@ def test_bad_copies_fail_with_the_file_named(tmp_path):
         crema_d.prepare(db, tmp_path / "all", emotion_map)
     assert not (tmp_path / "all").exists()  # nothing half-written
 
+    with pytest.raises(MtlserError, match=r"calm.yaml: calm are not CREMA-D labels"):
+        crema_d.prepare(db, tmp_path / "all", EmotionMap(["ang", "calm"], source="calm.yaml"))
+
     (tmp_path / "empty").mkdir()
     with pytest.raises(MtlserError, match="no AudioWAV/ folder"):
         crema_d.prepare(tmp_path / "empty", tmp_path / "all", emotion_map)

@@ -43,7 +43,8 @@ def test_prep_takes_speech_clips_once_and_leaves_song_video_and_hidden_files(tmp
         modality, channel, emotion, _, statement, _, actor = name.split("-")
         assert (modality, channel) == ("03", "01") and spk == f"Actor_{actor}" == dd["utt2spk"][utt]
         assert dd["utt2emo"][utt] == ravdess.EMOTION_CODES[emotion]
-        assert dd["text"][utt] == {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}[statement]
+        assert dd["text"][utt] == {"01": "Kids are talking by the door",
+                                   "02": "Dogs are sitting by the door"}[statement]
     speakers_in_order = [dd["utt2spk"][u] for u in dd.utts]
     assert speakers_in_order == sorted(speakers_in_order)  # ids sort speaker-first
     assert read_table(out / "spk2gender") == {"Actor_01": "m", "Actor_02": "f"}  # odd male, even female

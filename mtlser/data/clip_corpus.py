@@ -20,7 +20,7 @@ from pathlib import Path
 import soundfile as sf
 
 from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
-from mtlser.data.emotions import INVENTORY, EmotionMap, check_labels
+from mtlser.data.emotions import EmotionMap, check_labels, write_inventory
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_dir, atomic_write_text
 
@@ -57,6 +57,16 @@ def new_tables() -> dict[str, dict[str, str]]:
     return {name: {} for name in TABLES}
 
 
+def check_map(emotion_map: EmotionMap, raw_labels: list[str], corpus: str) -> None:
+    """A label map for this corpus: it merges the corpus's raw labels, and each of its classes can get clips."""
+    bad_merge = sorted(set(emotion_map.merge) - set(raw_labels))
+    never = [e for e in emotion_map.emotions if e not in raw_labels and e not in emotion_map.merge.values()]
+    if bad_merge or never:
+        raise MtlserError(f"{emotion_map.source}: {' '.join(bad_merge + never)} are not {corpus} labels "
+                          f"({' '.join(raw_labels)}) nor merge targets; a label map for {corpus} keeps and merges "
+                          "those labels")
+
+
 def write_data_dir(out: Path, tables: dict[str, dict[str, str]], emotion_map: EmotionMap,
                    spk2gender: dict[str, str] | None = None) -> None:
     """The data dir, its ``emotions`` inventory and spk2gender, appearing in one piece; then validated."""
@@ -65,7 +75,7 @@ def write_data_dir(out: Path, tables: dict[str, dict[str, str]], emotion_map: Em
         for name, table in tables.items():
             write_table(tmp / name, table)
         write_table(tmp / "spk2utt", spk2utt_from_utt2spk(tables["utt2spk"]))
-        atomic_write_text(tmp / INVENTORY, "".join(f"{e}\n" for e in emotions))
+        write_inventory(tmp, emotions)
         if spk2gender:
             write_table(tmp / "spk2gender", spk2gender)
     validate_data_dir(out, emotions=emotions)

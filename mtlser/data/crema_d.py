@@ -37,7 +37,7 @@ REPORT_DIR/skipped.
 
 Usage:
     python -m mtlser.data.crema_d --db-root /path/to/CREMA-D --out data/all \\
-        --emotion-map conf/emotions/crema_d.yaml [--report-dir data/local/crema_d_prep] [--no-check-counts]
+        [--emotion-map conf/emotions/crema_d.yaml] [--report-dir data/local/crema_d_prep] [--no-check-counts]
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ from mtlser.data.emotions import EmotionMap, load_emotion_map
 from mtlser.utils import MtlserError, run_main, setup_logging
 
 logger = logging.getLogger(__name__)
+
+#: The recipe's label map; --emotion-map takes another.
+DEFAULT_EMOTION_MAP = Path(__file__).resolve().parents[2] / "conf" / "emotions" / "crema_d.yaml"
 
 #: Sentence code -> the sentence the actor reads (CREMA-D's README).
 SENTENCES = {
@@ -135,9 +138,12 @@ def actor_genders(actors: set[str], demographics: Path) -> dict[str, str] | None
     return {a: sex[a] for a in actors}
 
 
-def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap, check_counts: bool = True,
-            report_dir: str | Path | None = None) -> dict:
+def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str | Path | None = None,
+            check_counts: bool = True, report_dir: str | Path | None = None) -> dict:
     """Write the data dir; return the count report (also written to REPORT_DIR/counts.json)."""
+    if not isinstance(emotion_map, EmotionMap):
+        emotion_map = load_emotion_map(emotion_map if emotion_map is not None else DEFAULT_EMOTION_MAP)
+    clip_corpus.check_map(emotion_map, list(EMOTION_CODES.values()), "CREMA-D")
     db_root, out = Path(db_root).resolve(), Path(out)
     report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / "crema_d_prep"
     audio_dir = find_audio_dir(db_root)
@@ -232,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="CREMA-D release -> Kaldi data dir (stage 0).")
     parser.add_argument("--db-root", required=True, help="the CREMA-D folder that holds AudioWAV/")
     parser.add_argument("--out", required=True, help="data dir to write, e.g. data/all")
-    parser.add_argument("--emotion-map", required=True, help="label map YAML, e.g. conf/emotions/crema_d.yaml")
+    parser.add_argument("--emotion-map", default=None,
+                        help="label map YAML (default conf/emotions/crema_d.yaml; format: mtlser/data/emotions.py)")
     parser.add_argument("--report-dir", default=None,
                         help="where counts.json and skipped go (default: OUT/../local/crema_d_prep)")
     parser.add_argument("--no-check-counts", action="store_true",
                         help="do not compare the counts with the full release's 7,442 clips")
     args = parser.parse_args(argv)
     setup_logging()
-    prepare(args.db_root, args.out, load_emotion_map(args.emotion_map), check_counts=not args.no_check_counts,
+    prepare(args.db_root, args.out, args.emotion_map, check_counts=not args.no_check_counts,
             report_dir=args.report_dir)
     return 0
 

@@ -39,7 +39,7 @@ spk2gender) and REPORT_DIR/counts.json and REPORT_DIR/skipped.
 
 Usage:
     python -m mtlser.data.ravdess --db-root /path/to/RAVDESS --out data/all \\
-        --emotion-map conf/emotions/ravdess.yaml [--report-dir data/local/ravdess_prep] [--no-check-counts]
+        [--emotion-map conf/emotions/ravdess.yaml] [--report-dir data/local/ravdess_prep] [--no-check-counts]
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ from mtlser.data.emotions import EmotionMap, load_emotion_map
 from mtlser.utils import MtlserError, run_main, setup_logging
 
 logger = logging.getLogger(__name__)
+
+#: The recipe's label map; --emotion-map takes another.
+DEFAULT_EMOTION_MAP = Path(__file__).resolve().parents[2] / "conf" / "emotions" / "ravdess.yaml"
 
 AUDIO_ONLY = "03"
 SPEECH = "01"
@@ -117,9 +120,12 @@ def find_clips(db_root: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     return clips, skipped
 
 
-def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap, check_counts: bool = True,
-            report_dir: str | Path | None = None) -> dict:
+def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str | Path | None = None,
+            check_counts: bool = True, report_dir: str | Path | None = None) -> dict:
     """Write the data dir; return the count report (also written to REPORT_DIR/counts.json)."""
+    if not isinstance(emotion_map, EmotionMap):
+        emotion_map = load_emotion_map(emotion_map if emotion_map is not None else DEFAULT_EMOTION_MAP)
+    clip_corpus.check_map(emotion_map, list(EMOTION_CODES.values()), "RAVDESS")
     db_root, out = Path(db_root).resolve(), Path(out)
     report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / "ravdess_prep"
     if not db_root.is_dir():
@@ -206,15 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="RAVDESS speech release -> Kaldi data dir (stage 0).")
     parser.add_argument("--db-root", required=True, help="any folder above the Actor_XX/ folders of the speech audio")
     parser.add_argument("--out", required=True, help="data dir to write, e.g. data/all")
-    parser.add_argument("--emotion-map", required=True,
-                        help="label map YAML: conf/emotions/ravdess.yaml or conf/emotions/ravdess_calm_merged.yaml")
+    parser.add_argument("--emotion-map", default=None,
+                        help="label map YAML (default conf/emotions/ravdess.yaml; format: mtlser/data/emotions.py)")
     parser.add_argument("--report-dir", default=None,
                         help="where counts.json and skipped go (default: OUT/../local/ravdess_prep)")
     parser.add_argument("--no-check-counts", action="store_true",
                         help="do not compare the counts with the full release's 1,440 speech clips")
     args = parser.parse_args(argv)
     setup_logging()
-    prepare(args.db_root, args.out, load_emotion_map(args.emotion_map), check_counts=not args.no_check_counts,
+    prepare(args.db_root, args.out, args.emotion_map, check_counts=not args.no_check_counts,
             report_dir=args.report_dir)
     return 0
 
