@@ -9,7 +9,7 @@ twin of every clip in AudioMP3/, VideoDemographics.csv, and in AudioWAV/ a
 
 RAVDESS: Audio_Speech_Actors_01-24/Actor_AA/03-01-*.wav (48 kHz, one of them
 stereo), the song audio (03-02-*), video files (01-01-*.mp4, 02-01-*.mp4),
-.DS_Store and ._ files; optionally Kaggle's doubled tree (every clip twice).
+.DS_Store and ._ files; optionally a doubled tree (every clip twice, as some redistributions hold it).
 
 Used by the prep tests, and to measure what a recipe costs on a mini-size copy:
     python -m tests.corpus_layouts crema_d /tmp/crema --actors 10 --clips-per-actor 40

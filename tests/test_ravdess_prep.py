@@ -27,7 +27,7 @@ def test_prep_takes_speech_clips_once_and_leaves_song_video_and_hidden_files(tmp
     dd = validate_data_dir(out, emotions=read_inventory(out))
 
     speech = {f"Actor_{a:02d}_{n[:-4]}" for a in (1, 2) for n in ravdess_names(a, 8)}
-    assert set(dd.utts) == speech  # each clip once, although Kaggle's doubled tree holds it twice
+    assert set(dd.utts) == speech  # each clip once, although the doubled tree holds it twice
     assert all("/Audio_Speech_Actors_01-24/" in p for p in dd["wav.scp"].values())
     skipped = [line.split(" ", 1) for line in (tmp_path / "data/local/ravdess_prep/skipped").read_text().splitlines()]
     reasons = {}

@@ -13,11 +13,11 @@ every file with seven two-digit codes, ``MM-VV-EE-II-SS-RR-AA``:
 
 The speech audio (Audio_Speech_Actors_01-24.zip) unpacks to
 ``Actor_AA/03-01-EE-II-SS-RR-AA.wav``: 24 actors x 60 clips = 1,440, 48 kHz 16-bit.
-Copies differ in where that sits (Zenodo's zips, Kaggle's copy that holds the tree
+Copies differ in where that sits (Zenodo's zips, redistributions that hold the tree
 twice), so the clips are found anywhere under ``--db-root``. Only audio-only speech
 is used: song files (vocal channel 02) and video files (modality 01/02, .mp4) are
 skipped and listed, as are hidden files (.DS_Store, ._<name>) and names of another
-form. A clip found twice (Kaggle's doubled tree) is used once if both copies have
+form. A clip found twice (a doubled tree) is used once if both copies have
 the same size, otherwise it is an error naming both. Stage 2 converts the 48 kHz
 audio to 16 kHz mono once (data/wav16k/), as for any corpus.
 
