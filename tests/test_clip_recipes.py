@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from mtlser.data.datadir import read_table
 from tests.corpus_layouts import make_crema_d, make_ravdess
 
@@ -32,6 +34,7 @@ def ser(recipe: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["./ser.sh", *args], cwd=recipe, capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_crema_d_recipe_stages_0_to_2(tmp_path):
     db = make_crema_d(tmp_path / "CREMA-D", actors=6, clips_per_actor=6, duration_scale=0.2)
     recipe = make_recipe(tmp_path / "egs" / "crema_d", "crema_d")
@@ -52,6 +55,7 @@ def test_crema_d_recipe_stages_0_to_2(tmp_path):
         assert not test_spk & set(read_table(data / "kfold3" / fold / "train" / "utt2spk").values())
 
 
+@pytest.mark.slow
 def test_ravdess_recipe_stages_0_to_2_with_a_published_partition(tmp_path):
     db = make_ravdess(tmp_path / "RAVDESS", actors=4, clips_per_actor=8, duration_scale=0.2)
     recipe = make_recipe(tmp_path / "egs" / "ravdess", "ravdess")
