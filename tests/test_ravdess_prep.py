@@ -24,7 +24,7 @@ def test_prep_takes_speech_clips_once_and_leaves_song_video_and_hidden_files(tmp
     with caplog.at_level(logging.WARNING):
         report = ravdess.prepare(db, tmp_path / "data" / "all", load_emotion_map(MAPS / "ravdess.yaml"))
     out = tmp_path / "data" / "all"
-    dd = validate_data_dir(out, emotions=read_inventory(out))
+    dd = validate_data_dir(out)
 
     speech = {f"Actor_{a:02d}_{n[:-4]}" for a in (1, 2) for n in ravdess_names(a, 8)}
     assert set(dd.utts) == speech  # each clip once, although the doubled tree holds it twice
@@ -68,10 +68,7 @@ def test_calm_merged_into_neutral_is_a_label_map(tmp_path):
 
 def test_48k_audio_is_converted_once_by_stage_2_into_gender_balanced_speaker_folds(tmp_path):
     db = make_ravdess(tmp_path / "db", actors=4, clips_per_actor=8, duration_scale=0.2)
-    # The stages after 0 read the IEMOCAP four only until the inventory reaches them (issue 8):
-    # this four-class map keeps the test about the audio and the folds.
-    four = EmotionMap(["ang", "hap", "sad", "neu"], {"calm": "neu"}, source="four.yaml")
-    ravdess.prepare(db, tmp_path / "data" / "all", four, check_counts=False)
+    ravdess.prepare(db, tmp_path / "data" / "all", load_emotion_map(MAPS / "ravdess.yaml"), check_counts=False)
     assert {sf.info(p).samplerate for p in read_table(tmp_path / "data/all/wav.scp").values()} == {48000}
     rows = split(tmp_path / "data" / "all", tmp_path / "data" / "kfold2", "kfold2", valid_share=0.2)
 
@@ -87,6 +84,7 @@ def test_48k_audio_is_converted_once_by_stage_2_into_gender_balanced_speaker_fol
                 assert path.startswith(str((tmp_path / "data" / "wav16k").resolve()))
         test_spk = set(read_table(tmp_path / "data/kfold2" / fold / "test/utt2spk").values())
         assert not test_spk & set(read_table(tmp_path / "data/kfold2" / fold / "train/utt2spk").values())
+        assert read_inventory(tmp_path / "data/kfold2" / fold / "test") == read_inventory(tmp_path / "data/all")
     mtime = converted[0].stat().st_mtime_ns
     split(tmp_path / "data" / "all", tmp_path / "data" / "kfold2", "kfold2", valid_share=0.2)
     assert converted[0].stat().st_mtime_ns == mtime  # converted once
