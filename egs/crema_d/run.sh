@@ -25,7 +25,10 @@ done
 
 # Folds: kfold5 deals the 91 actors into 5 test folds of whole speakers (18-19 each,
 # gender-balanced from VideoDemographics.csv), so no actor is in both training and test.
-# Model selection: 10% of each training actor's clips (stratified by emotion).
+# The folds carry a valid set of 10% of each training actor's clips (stratified by emotion;
+# never a test actor). conf/train_mtl.yaml runs the paper's protocol (train.model_selection
+# last): that share trains too and epoch 100 is reported; conf/train_mtl_select_valid.yaml
+# (ours) picks the best epoch on it instead.
 ./ser.sh \
     --local-data-opts "--db-root ${db_root:-MISSING} ${local_data_opts}" \
     --train-config conf/train_mtl.yaml \

@@ -26,8 +26,11 @@ while [ $# -gt 0 ]; do
 done
 
 # Folds: kfold6 deals the 24 actors into 6 test folds of whole speakers, 2 women and
-# 2 men each, so no actor is in both training and test. Model selection: 10% of each
-# training actor's clips (stratified by emotion).
+# 2 men each, so no actor is in both training and test. The folds carry a valid set of
+# 10% of each training actor's clips (stratified by emotion; never a test actor).
+# conf/train_mtl.yaml runs the paper's protocol (train.model_selection last): that share
+# trains too and epoch 100 is reported; conf/train_mtl_select_valid.yaml (ours) picks the
+# best epoch on it instead.
 ./ser.sh \
     --local-data-opts "--db-root ${db_root:-MISSING} ${local_data_opts}" \
     --train-config conf/train_mtl.yaml \
