@@ -18,7 +18,8 @@ nj=2                 # folds trained/decoded at once (stages 3-4)
 gpu_per_job=0        # GPUs each training job asks the job backend for (slurm)
 # Data
 local_data_opts=""   # options passed to local/data.sh
-protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds)
+protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds) | kfold<K> (K folds of whole speakers)
+partition=""         # published partition files (EmoBox format: fold_N/*_{train,test}_fold_N.jsonl): folds from them (protocol partition)
 valid=share          # share (of each training speaker) | session-mate (the test speaker's session partner) | none (the paper: no valid set, the last epoch's model is reported)
 valid_share=0.1      # valid share of each training speaker's utterances, with valid=share
 split_seed=0         # seed of the valid selection
@@ -42,8 +43,9 @@ Usage: $0 [options]
   --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score)
   --nj N                     folds trained/decoded at once (default ${nj})
   --local-data-opts "..."    passed to local/data.sh
-  --protocol loso|loso-session, --valid share|session-mate|none, --valid-share X, --split-seed N
+  --protocol loso|loso-session|kfold<K>, --valid share|session-mate|none, --valid-share X, --split-seed N
                              (--valid none: the paper's protocol, every training utterance trains, last epoch reported)
+  --partition DIR            test folds from published partition files (EmoBox's format); protocol "partition"
   --phone-classes FILE       phone -> class map (default ${phone_classes})
   --token-type phncls|phn|char|bpe, --emo-tag true|false, --nbpe N   CTC targets (default phncls, tagged)
   --train-config FILE        experiment YAML (default ${train_config})
@@ -66,6 +68,9 @@ fi
 
 [ -x local/data.sh ] || { log "local/data.sh not found or not executable in $(pwd): a recipe needs one"; exit 1; }
 [ -f "${train_config}" ] || { log "config ${train_config} not found"; exit 1; }
+if [ -n "${partition}" ] && [ "${protocol}" != partition ]; then
+    log "--partition ${partition}: the folds come from its files (protocol partition, not ${protocol})"; protocol=partition
+fi
 
 data=data
 # Each valid choice has its own folds (the default keeps the plain name), so experiments of the two
@@ -127,7 +132,8 @@ fi
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "Stage 2: audio check and ${protocol} folds -> ${folds_dir}/foldNN/{train,valid,test}"
     python -m mtlser.data.split --data-dir ${data}/all --out "${folds_dir}" --protocol "${protocol}" \
-        --valid "${valid}" --valid-share "${valid_share}" --seed "${split_seed}" --audio-dir ${data}/wav16k
+        --valid "${valid}" --valid-share "${valid_share}" --seed "${split_seed}" --audio-dir ${data}/wav16k \
+        ${partition:+--partition "${partition}"}
     if [ "${token_type}" = bpe ]; then
         log "Stage 2: bpe per fold, trained on its training text only -> ${token_list}"
         python -m mtlser.text.bpe --folds-dir "${folds_dir}" --nbpe "${nbpe}" --emo-tag "${emo_tag}"

@@ -3,9 +3,13 @@
 Protocols:
   loso          10 folds on IEMOCAP: each speaker is the test set once (the paper).
   loso-session  5 folds: each session is the test set once (needs ``utt2session``).
+  kfold<K>      K folds of whole speakers, e.g. kfold5 (see mtlser.data.speaker_folds).
+  partition     the test folds (and their training sides) of published partition
+                files, --partition DIR (see mtlser.data.partition).
 
-Model selection never sees the test speaker. The valid set comes from the
-training speakers only:
+Model selection never sees the test speaker (with a partition: the fold's test
+utterances; whether speakers overlap is the partition's design). The valid set
+comes from the training side only:
   share         a fixed share of each training speaker's utterances, stratified by
                 emotion (default; every training speaker stays in training)
   session-mate  the other speaker of the test speaker's session (loso only; the
@@ -24,6 +28,8 @@ Usage:
     python -m mtlser.data.split --data-dir data/all --out data/loso \\
         [--protocol loso] [--valid share|session-mate|none] [--valid-share 0.1] [--seed 0] \\
         [--audio-dir data/wav16k]
+    python -m mtlser.data.split --data-dir data/all --out data/partition --protocol partition \\
+        --partition /path/to/EmoBox/data/cremad
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ import soundfile as sf
 
 from mtlser.data.audio_check import check_audio
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
+from mtlser.data.partition import partition_folds
+from mtlser.data.speaker_folds import kfold_k, speaker_kfold
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text, file_identity, path_in
 
@@ -118,7 +126,10 @@ def make_folds(dd: DataDir, protocol: str) -> list[tuple[str, list[str]]]:
                               "a speaker must belong to one session")
         sessions = sorted({next(iter(v)) for v in spk2sess.values()}, key=sort_key)
         return [(sess, sorted([s for s in speakers if sess in spk2sess[s]], key=sort_key)) for sess in sessions]
-    raise MtlserError(f"unknown protocol '{protocol}'; expected loso or loso-session")
+    if kfold_k(protocol) is not None:
+        return speaker_kfold(dd, kfold_k(protocol))
+    raise MtlserError(f"unknown protocol '{protocol}'; expected loso, loso-session, kfold<K> (e.g. kfold5) or "
+                      "partition")
 
 
 def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how: str, share: float,
@@ -161,14 +172,31 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def published_partition(dd: DataDir, protocol: str, valid: str, partition: str | Path | None) -> list | None:
+    """The folds of --partition (protocol partition), or None for the other protocols."""
+    if (protocol == "partition") != (partition is not None):
+        raise MtlserError("--protocol partition and --partition DIR go together: the partition's files give the "
+                          "folds")
+    if partition is None:
+        return None
+    if valid == "session-mate":
+        raise MtlserError("--valid session-mate with --protocol partition: a partition has no test speaker's "
+                          "session partner; the valid set is drawn from each fold's training side (--valid share), "
+                          "or there is none (--valid none)")
+    return partition_folds(partition, dd)
+
+
 def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: str = "share",
           valid_share: float = 0.1, seed: int = 0, audio_dir: str | Path | None = None,
-          sample_rate: int = 16000) -> list[dict]:
+          sample_rate: int = 16000, partition: str | Path | None = None) -> list[dict]:
     data_dir, out = Path(data_dir), Path(out)
     dd = validate_data_dir(data_dir)
     if protocol == "loso-session" and valid == "session-mate":
         raise MtlserError("--valid session-mate holds out the test session's other speaker; with loso-session "
                           "that speaker is already in the test set. Use --valid share")
+    # A published partition is read first: its entries are matched on the source audio's file names (before
+    # conversion), and a partition that does not fit the data fails before any audio is read.
+    published = published_partition(dd, protocol, valid, partition)
     check_audio(dd, data_dir)  # truncated files, audio shorter than utt2dur (mtlser.data.audio_check)
     audio_dir = Path(audio_dir) if audio_dir else data_dir.parent / "wav16k"
     n_conv = normalize_audio(dd, audio_dir, sample_rate)
@@ -176,18 +204,21 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
         logger.info("%d utterances are not %d Hz mono: read from converted copies in %s (made once per source)",
                     n_conv, sample_rate, audio_dir)
     rng = np.random.default_rng(seed)
-    folds = make_folds(dd, protocol)
+    # Per fold: (description, test utterances, the training side that train and valid come from).
+    folds = published or [
+        (name, [u for u in dd.utts if dd["utt2spk"][u] in spk], [u for u in dd.utts if dd["utt2spk"][u] not in spk])
+        for name, spk in make_folds(dd, protocol)]
     rows = []
-    for i, (name, test_spk) in enumerate(folds, 1):
-        test = [u for u in dd.utts if dd["utt2spk"][u] in test_spk]
-        rest = [u for u in dd.utts if dd["utt2spk"][u] not in test_spk]
+    for i, (name, test, rest) in enumerate(folds, 1):
+        test_spk = sorted({dd["utt2spk"][u] for u in test}, key=sort_key)
         valid_utts = set(pick_valid(dd, rest, test_spk, valid, valid_share, rng))
         train = [u for u in rest if u not in valid_utts]
         if not train or (not valid_utts and valid != "none") or not test:
             raise MtlserError(f"fold {i} ({name}): empty split (train {len(train)}, valid {len(valid_utts)}, "
                               f"test {len(test)}); need more speakers or utterances")
+        assert not set(test) & set(rest), f"test utterances in train/valid of fold {i}"
         leak = {dd["utt2spk"][u] for u in list(valid_utts) + train} & set(test_spk)
-        assert not leak, f"test speaker(s) {leak} leaked into train/valid of fold {i}"
+        assert published or not leak, f"test speaker(s) {leak} leaked into train/valid of fold {i}"
         fold_dir = out / f"fold{i:02d}"
         for split_name, utts in (("train", train), ("valid", sorted(valid_utts, key=sort_key)), ("test", test)):
             if split_name == "valid" and valid == "none":
@@ -204,7 +235,8 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
     # The final model's data: every speaker, no valid, no test (trained after cross-validation, if asked).
     dd.subset(list(dd.utts)).write(out / "final" / "train")
     write_table(out / "protocol", {"protocol": protocol, "valid": valid, "valid_share": str(valid_share),
-                                   "seed": str(seed), "source": str(data_dir.resolve())})
+                                   "seed": str(seed), "source": str(data_dir.resolve()),
+                                   **({"partition": str(Path(partition).resolve())} if partition else {})})
     logger.info("%s: %d folds (%s, valid=%s) written to %s", data_dir, len(rows), protocol, valid, out)
     for r in rows:
         logger.info("  %s test %s: train %d, valid %d, test %d", r["fold"], r["test"], r["train"], r["valid"],
@@ -216,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stage 2: audio normalisation and fold splits.")
     parser.add_argument("--data-dir", required=True, help="the whole corpus (data/all)")
     parser.add_argument("--out", required=True, help="folds dir to write (e.g. data/loso)")
-    parser.add_argument("--protocol", default="loso", choices=["loso", "loso-session"])
+    parser.add_argument("--protocol", default="loso", help="loso | loso-session | kfold<K> | partition")
+    parser.add_argument("--partition", default=None,
+                        help="with --protocol partition: the folder of the published partition files")
     parser.add_argument("--valid", default="share", choices=["share", "session-mate", "none"],
                         help="valid set of each fold, from its training speakers (none: the paper's protocol)")
     parser.add_argument("--valid-share", type=float, default=0.1, help="share of each training speaker (valid=share)")
@@ -226,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     split(args.data_dir, args.out, args.protocol, args.valid, args.valid_share, args.seed, args.audio_dir,
-          args.sample_rate)
+          args.sample_rate, args.partition)
     return 0
 
 

@@ -1,0 +1,255 @@
+"""Stage 0 for CREMA-D: the release -> ``data/all``.
+
+CREMA-D (Cao et al., IEEE Trans. Affective Computing 2014), as released
+(github.com/CheyneyComputerScience/CREMA-D)::
+
+    AudioWAV/<actor>_<sentence>_<emotion>_<level>.wav   the clips: 16 kHz mono (used)
+    AudioMP3/<same name>.mp3                             MP3 twins of the clips (not read)
+    VideoFlash/, VideoDemographics.csv, *.csv, ...       VideoDemographics.csv gives each actor's sex (read
+                                                         when present, for gender-balanced folds); the rest
+                                                         is not read
+
+- actor: 1001 ... 1091 (91 actors); the speaker id.
+- sentence: one of 12 codes; the actor reads that sentence, whose text is known
+  from the code (SENTENCES below, as the release's README lists them). It is the
+  utterance's transcript, so the CTC targets come from it.
+- emotion: ANG DIS FEA HAP NEU SAD (read as ang dis fea hap neu sad; the recipe's
+  label map, conf/emotions/crema_d.yaml, says which are kept, merged, in which order).
+- level: LO MD HI for the IEO sentence, XX (unspecified) for the others.
+
+Only AudioWAV/ is read (``--db-root`` is the folder that holds it, or AudioWAV/
+itself). Files there that are not clips are skipped and listed: hidden files
+(.DS_Store, ._<name> AppleDouble copies), names of another form (a stray
+``notes.txt``, a browser's ``1001_DFA_ANG_XX (1).wav``, an .mp3). A name of the
+clip form with an unknown code is an error naming the file.
+
+The full release gives 7,442 clips (ANG DIS FEA HAP SAD 1,271 each, NEU 1,087;
+per sentence IEO 1,456, DFA IOM IWL IWW TAI TSI 546, ITS TIE 545, ITH MTI WSI 540;
+91 actors). A copy that gives other counts gets a loud warning naming each count
+that differs.
+
+Utterance id = the file name without .wav (``1001_DFA_ANG_XX``): it starts with
+the actor, so ids sort speaker-first and the speaker id is their prefix.
+
+Writes the stage-0 data dir (wav.scp text utt2spk spk2utt utt2emo utt2dur emotions,
+and spk2gender when VideoDemographics.csv is there) and REPORT_DIR/counts.json and
+REPORT_DIR/skipped.
+
+Usage:
+    python -m mtlser.data.crema_d --db-root /path/to/CREMA-D --out data/all \\
+        [--emotion-map conf/emotions/crema_d.yaml] [--report-dir data/local/crema_d_prep] [--no-check-counts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from mtlser.data import clip_corpus
+from mtlser.data.emotions import EmotionMap, load_emotion_map
+from mtlser.utils import MtlserError, run_main, setup_logging
+
+logger = logging.getLogger(__name__)
+
+#: The recipe's label map; --emotion-map takes another.
+DEFAULT_EMOTION_MAP = Path(__file__).resolve().parents[2] / "conf" / "emotions" / "crema_d.yaml"
+
+#: Sentence code -> the sentence the actor reads (CREMA-D's README).
+SENTENCES = {
+    "IEO": "It's eleven o'clock",
+    "TIE": "That is exactly what happened",
+    "IOM": "I'm on my way to the meeting",
+    "IWW": "I wonder what this is about",
+    "TAI": "The airplane is almost full",
+    "MTI": "Maybe tomorrow it will be cold",
+    "IWL": "I would like a new alarm clock",
+    "ITH": "I think I have a doctor's appointment",
+    "DFA": "Don't forget a jacket",
+    "ITS": "I think I've seen this before",
+    "TSI": "The surface is slick",
+    "WSI": "We'll stop in a couple of minutes",
+}
+#: Emotion code of the file name -> the raw label the label map sees.
+EMOTION_CODES = {"ANG": "ang", "DIS": "dis", "FEA": "fea", "HAP": "hap", "NEU": "neu", "SAD": "sad"}
+LEVELS = ("LO", "MD", "HI", "XX")
+
+#: The full release (raw emotion codes, before any label map).
+EXPECTED_TOTAL = 7442
+EXPECTED_ACTORS = 91
+EXPECTED_EMOTIONS = {"ANG": 1271, "DIS": 1271, "FEA": 1271, "HAP": 1271, "NEU": 1087, "SAD": 1271}
+EXPECTED_SENTENCES = {"IEO": 1456, "TIE": 545, "IOM": 546, "IWW": 546, "TAI": 546, "MTI": 540, "IWL": 546,
+                      "ITH": 540, "DFA": 546, "ITS": 545, "TSI": 546, "WSI": 540}
+
+#: <actor>_<sentence>_<emotion>_<level>.wav; codes are checked against the tables above.
+_CLIP = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.wav$", re.IGNORECASE)
+_SEX = {"male": "m", "female": "f"}
+
+
+def find_audio_dir(db_root: Path) -> Path:
+    """AudioWAV/ under the root, or the root itself when it holds the clips."""
+    if not db_root.is_dir():
+        raise MtlserError(f"{db_root}: CREMA-D root not found; pass --db-root /path/to/CREMA-D (the folder "
+                          "that holds AudioWAV/)")
+    if (db_root / "AudioWAV").is_dir():
+        return db_root / "AudioWAV"
+    if any(_CLIP.match(p.name) for p in db_root.iterdir()):
+        return db_root
+    raise MtlserError(f"{db_root}: no AudioWAV/ folder and no CREMA-D clips (<actor>_<sentence>_<emotion>_<level>"
+                      ".wav); give the folder of the release that holds AudioWAV/")
+
+
+def read_demographics(path: Path) -> dict[str, str]:
+    """VideoDemographics.csv -> {actor: m|f} (columns ActorID and Sex, as released)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "ActorID" not in rows[0] or "Sex" not in rows[0]:
+        raise MtlserError(f"{path}:1: expected a header with ActorID and Sex columns, got {rows[0] if rows else []}")
+    i_actor, i_sex = rows[0].index("ActorID"), rows[0].index("Sex")
+    out = {}
+    for lineno, row in enumerate(rows[1:], 2):
+        if not row:
+            continue
+        if len(row) <= max(i_actor, i_sex) or row[i_sex].strip().lower() not in _SEX:
+            raise MtlserError(f"{path}:{lineno}: expected an ActorID and a Sex of Male or Female, got {row}")
+        out[row[i_actor].strip()] = _SEX[row[i_sex].strip().lower()]
+    return out
+
+
+def actor_genders(actors: set[str], demographics: Path) -> dict[str, str] | None:
+    """{actor: m|f} from VideoDemographics.csv, or None (with a log line) when it cannot give every actor's."""
+    if not demographics.is_file():
+        logger.info("%s not found: no spk2gender (folds will not be gender-balanced)", demographics)
+        return None
+    try:
+        sex = read_demographics(demographics)
+    except MtlserError as e:  # only the folds' gender balance depends on it: go on without
+        logger.warning("%s; no spk2gender written (folds will not be gender-balanced)", e)
+        return None
+    missing = sorted(actors - set(sex))
+    if missing:
+        logger.warning("%s: no sex given for actors %s; no spk2gender written (folds will not be "
+                       "gender-balanced)", demographics, missing[:5])
+        return None
+    return {a: sex[a] for a in actors}
+
+
+def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str | Path | None = None,
+            check_counts: bool = True, report_dir: str | Path | None = None) -> dict:
+    """Write the data dir; return the count report (also written to REPORT_DIR/counts.json)."""
+    if not isinstance(emotion_map, EmotionMap):
+        emotion_map = load_emotion_map(emotion_map if emotion_map is not None else DEFAULT_EMOTION_MAP)
+    clip_corpus.check_map(emotion_map, list(EMOTION_CODES.values()), "CREMA-D")
+    db_root, out = Path(db_root).resolve(), Path(out)
+    report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / "crema_d_prep"
+    audio_dir = find_audio_dir(db_root)
+    mp3_dir = db_root / "AudioMP3"
+    if mp3_dir.is_dir():
+        logger.info("%s: not read (the MP3 twins of the WAV clips)", mp3_dir)
+
+    tables = clip_corpus.new_tables()
+    skipped: list[tuple[str, str]] = []
+    raw_emotions: Counter[str] = Counter()
+    sentences: Counter[str] = Counter()
+    levels: Counter[str] = Counter()
+    actors: set[str] = set()
+    rates: Counter[tuple[int, int]] = Counter()
+    for path in sorted(audio_dir.iterdir()):
+        name = path.name
+        if clip_corpus.is_hidden(name):
+            skipped.append(("hidden", clip_corpus.relpath(path, db_root)))
+            continue
+        m = _CLIP.match(name)
+        if m is None or not path.is_file():
+            skipped.append(("not_a_clip", clip_corpus.relpath(path, db_root)))
+            continue
+        actor, sentence, emotion, level = (g.upper() for g in m.groups())
+        if sentence not in SENTENCES:
+            raise MtlserError(f"{path}: unknown sentence code '{sentence}'; CREMA-D has {' '.join(SENTENCES)}. "
+                              "Rename or remove the file")
+        if emotion not in EMOTION_CODES:
+            raise MtlserError(f"{path}: unknown emotion code '{emotion}'; CREMA-D has {' '.join(EMOTION_CODES)}. "
+                              "Rename or remove the file")
+        if level not in LEVELS:
+            raise MtlserError(f"{path}: unknown level '{level}'; CREMA-D has {' '.join(LEVELS)}. "
+                              "Rename or remove the file")
+        raw_emotions[emotion] += 1
+        sentences[sentence] += 1
+        levels[level] += 1
+        actors.add(actor)
+        label = emotion_map.apply(EMOTION_CODES[emotion])
+        if label is None:
+            skipped.append((f"label:{EMOTION_CODES[emotion]}", clip_corpus.relpath(path, db_root)))
+            continue
+        seconds, rate, channels = clip_corpus.clip_duration(path)
+        rates[(rate, channels)] += 1
+        utt = path.stem
+        tables["wav.scp"][utt] = str(path)
+        tables["text"][utt] = SENTENCES[sentence]
+        tables["utt2spk"][utt] = actor
+        tables["utt2emo"][utt] = label
+        tables["utt2dur"][utt] = f"{seconds:.4f}"
+    if not tables["utt2spk"]:
+        raise MtlserError(f"{audio_dir}: no CREMA-D clip with a label of {emotion_map.source} "
+                          f"(found {sum(raw_emotions.values())} clips)")
+
+    demographics = db_root / "VideoDemographics.csv"
+    spk2gender = actor_genders(set(tables["utt2spk"].values()), demographics)
+
+    clip_corpus.write_data_dir(out, tables, emotion_map, spk2gender)
+
+    report = clip_corpus.count_table(tables, emotion_map.emotions)
+    report.update({
+        "db_root": str(db_root), "clips": sum(raw_emotions.values()), "actors": len(actors),
+        "raw_emotions": dict(sorted(raw_emotions.items())), "sentences": dict(sorted(sentences.items())),
+        "levels": dict(sorted(levels.items())),
+        "sample_rates": {f"{r} Hz x{c}": n for (r, c), n in sorted(rates.items())},
+        "skipped": dict(sorted(Counter(reason for reason, _ in skipped).items())),
+    })
+    clip_corpus.write_report(Path(report_dir), report, skipped)
+    logger.info("clips found: %d from %d actors (%s); kept: %d %s", report["clips"], len(actors),
+                " ".join(f"{k}={v}" for k, v in report["raw_emotions"].items()), report["total"],
+                " ".join(f"{k}={v}" for k, v in report["counts"].items()))
+    logger.info("skipped files: %s", " ".join(f"{k}={v}" for k, v in report["skipped"].items()) or "none")
+    logger.info("wrote %s (%d utterances, %d speakers) and %s", out, report["total"], len(report["per_speaker"]),
+                report_dir)
+    if check_counts:
+        check_release_counts(report, Path(report_dir))
+    return report
+
+
+def check_release_counts(report: dict, report_dir: Path) -> bool:
+    """Compare the clips found with the full release (7,442); a loud warning names each count that differs."""
+    problems = []
+    if report["clips"] != EXPECTED_TOTAL:
+        problems.append(f"clips: {report['clips']}, the release has {EXPECTED_TOTAL}")
+    if report["actors"] != EXPECTED_ACTORS:
+        problems.append(f"actors: {report['actors']}, the release has {EXPECTED_ACTORS}")
+    problems += clip_corpus.compare_counts("emotion", report["raw_emotions"], EXPECTED_EMOTIONS)
+    problems += clip_corpus.compare_counts("sentence", report["sentences"], EXPECTED_SENTENCES)
+    return clip_corpus.warn_release_counts("CREMA-D", problems, report_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="CREMA-D release -> Kaldi data dir (stage 0).")
+    parser.add_argument("--db-root", required=True, help="the CREMA-D folder that holds AudioWAV/")
+    parser.add_argument("--out", required=True, help="data dir to write, e.g. data/all")
+    parser.add_argument("--emotion-map", default=None,
+                        help="label map YAML (default conf/emotions/crema_d.yaml; format: mtlser/data/emotions.py)")
+    parser.add_argument("--report-dir", default=None,
+                        help="where counts.json and skipped go (default: OUT/../local/crema_d_prep)")
+    parser.add_argument("--no-check-counts", action="store_true",
+                        help="do not compare the counts with the full release's 7,442 clips")
+    args = parser.parse_args(argv)
+    setup_logging()
+    prepare(args.db_root, args.out, args.emotion_map, check_counts=not args.no_check_counts,
+            report_dir=args.report_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

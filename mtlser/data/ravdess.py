@@ -1,0 +1,229 @@
+"""Stage 0 for RAVDESS speech: the release -> ``data/all``.
+
+RAVDESS (Livingstone & Russo, PLoS ONE 2018; zenodo.org/record/1188976) names
+every file with seven two-digit codes, ``MM-VV-EE-II-SS-RR-AA``:
+
+    MM modality       01 audio-video, 02 video only, 03 audio only
+    VV vocal channel  01 speech, 02 song
+    EE emotion        01 neutral, 02 calm, 03 happy, 04 sad, 05 angry, 06 fearful, 07 disgust, 08 surprised
+    II intensity      01 normal, 02 strong (none for neutral)
+    SS statement      01 "Kids are talking by the door", 02 "Dogs are sitting by the door"
+    RR repetition     01, 02
+    AA actor          01 ... 24; odd numbers are male, even female
+
+The speech audio (Audio_Speech_Actors_01-24.zip) unpacks to
+``Actor_AA/03-01-EE-II-SS-RR-AA.wav``: 24 actors x 60 clips = 1,440, 48 kHz 16-bit.
+Copies differ in where that sits (Zenodo's zips, redistributions that hold the tree
+twice), so the clips are found anywhere under ``--db-root``. Only audio-only speech
+is used: song files (vocal channel 02) and video files (modality 01/02, .mp4) are
+skipped and listed, as are hidden files (.DS_Store, ._<name>) and names of another
+form. A clip found twice (a doubled tree) is used once if both copies have
+the same size, otherwise it is an error naming both. Stage 2 converts the 48 kHz
+audio to 16 kHz mono once (data/wav16k/), as for any corpus.
+
+Emotion codes are read as neu calm hap sad ang fea dis sur; the recipe's label map
+(conf/emotions/ravdess.yaml: all 8; ravdess_calm_merged.yaml: calm counted as neu)
+says which are kept, merged, in which order. The statement's text is the transcript
+(the CTC targets come from it).
+
+The full speech release gives 1,440 clips: 24 actors x 60, neutral 96 and 192 of
+each other emotion. A copy that gives other counts gets a loud warning naming each
+count that differs.
+
+Speaker = ``Actor_AA`` (the release's folder name); utterance id =
+``Actor_AA_<file name>``, so ids sort speaker-first. spk2gender is written from the
+actor number (odd m, even f), for gender-balanced folds.
+
+Writes the stage-0 data dir (wav.scp text utt2spk spk2utt utt2emo utt2dur emotions
+spk2gender) and REPORT_DIR/counts.json and REPORT_DIR/skipped.
+
+Usage:
+    python -m mtlser.data.ravdess --db-root /path/to/RAVDESS --out data/all \\
+        [--emotion-map conf/emotions/ravdess.yaml] [--report-dir data/local/ravdess_prep] [--no-check-counts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from mtlser.data import clip_corpus
+from mtlser.data.emotions import EmotionMap, load_emotion_map
+from mtlser.utils import MtlserError, run_main, setup_logging
+
+logger = logging.getLogger(__name__)
+
+#: The recipe's label map; --emotion-map takes another.
+DEFAULT_EMOTION_MAP = Path(__file__).resolve().parents[2] / "conf" / "emotions" / "ravdess.yaml"
+
+AUDIO_ONLY = "03"
+SPEECH = "01"
+#: Emotion code -> the raw label the label map sees.
+EMOTION_CODES = {"01": "neu", "02": "calm", "03": "hap", "04": "sad", "05": "ang", "06": "fea", "07": "dis",
+                 "08": "sur"}
+#: Statement code -> its text (the transcript).
+STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+
+#: The full speech release (raw labels, before any label map).
+EXPECTED_TOTAL = 1440
+EXPECTED_ACTORS = 24
+EXPECTED_PER_ACTOR = 60
+EXPECTED_EMOTIONS = {"neu": 96, "calm": 192, "hap": 192, "sad": 192, "ang": 192, "fea": 192, "dis": 192, "sur": 192}
+
+_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)\.(wav|mp4)$", re.IGNORECASE)
+
+
+def speaker_of(actor: str) -> str:
+    return f"Actor_{actor}"
+
+
+def gender_of(actor: str) -> str:
+    """Odd actor numbers are male, even female (the release's convention)."""
+    return "m" if int(actor) % 2 == 1 else "f"
+
+
+def find_clips(db_root: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """{file name: path} of the speech clips anywhere under the root, and (reason, path) of every other file."""
+    clips: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(db_root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = clip_corpus.relpath(path, db_root)
+            m = _NAME.match(name)
+            if clip_corpus.is_hidden(name):
+                reason = "hidden"
+            elif m is None:
+                reason = "not_a_clip"
+            elif m.group(8).lower() == "mp4" or m.group(1) != AUDIO_ONLY:
+                reason = "video"
+            elif m.group(2) != SPEECH:
+                reason = "song"
+            else:
+                key = name[:-4] + ".wav"  # one key per clip whatever the extension's case
+                if key in clips:
+                    first = clips[key]
+                    if first.stat().st_size != path.stat().st_size:
+                        raise MtlserError(f"{path}: clip {key} is also at {first} with another size; keep the "
+                                          "release's copy and remove the other")
+                    skipped.append(("duplicate", rel))
+                    continue
+                clips[key] = path
+                continue
+            skipped.append((reason, rel))
+    return clips, skipped
+
+
+def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str | Path | None = None,
+            check_counts: bool = True, report_dir: str | Path | None = None) -> dict:
+    """Write the data dir; return the count report (also written to REPORT_DIR/counts.json)."""
+    if not isinstance(emotion_map, EmotionMap):
+        emotion_map = load_emotion_map(emotion_map if emotion_map is not None else DEFAULT_EMOTION_MAP)
+    clip_corpus.check_map(emotion_map, list(EMOTION_CODES.values()), "RAVDESS")
+    db_root, out = Path(db_root).resolve(), Path(out)
+    report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / "ravdess_prep"
+    if not db_root.is_dir():
+        raise MtlserError(f"{db_root}: RAVDESS root not found; pass --db-root /path/to/RAVDESS (any folder above "
+                          "the Actor_XX/ folders of the speech audio)")
+    clips, skipped = find_clips(db_root)
+    if not clips:
+        why = Counter(reason for reason, _ in skipped)
+        raise MtlserError(f"{db_root}: no RAVDESS speech clip (03-01-EE-II-SS-RR-AA.wav) under it "
+                          f"(skipped: {dict(why) or 'no files at all'}); unpack Audio_Speech_Actors_01-24.zip there")
+
+    tables = clip_corpus.new_tables()
+    raw: Counter[str] = Counter()
+    per_actor: Counter[str] = Counter()
+    rates: Counter[tuple[int, int]] = Counter()
+    for name, path in sorted(clips.items()):
+        _, _, emotion, intensity, statement, repetition, actor, _ = _NAME.match(name).groups()
+        if emotion not in EMOTION_CODES:
+            raise MtlserError(f"{path}: unknown emotion code '{emotion}'; RAVDESS has {' '.join(EMOTION_CODES)}. "
+                              "Rename or remove the file")
+        if statement not in STATEMENTS:
+            raise MtlserError(f"{path}: unknown statement code '{statement}'; RAVDESS has 01 and 02. "
+                              "Rename or remove the file")
+        raw[EMOTION_CODES[emotion]] += 1
+        per_actor[actor] += 1
+        label = emotion_map.apply(EMOTION_CODES[emotion])
+        if label is None:
+            skipped.append((f"label:{EMOTION_CODES[emotion]}", clip_corpus.relpath(path, db_root)))
+            continue
+        seconds, rate, channels = clip_corpus.clip_duration(path)
+        rates[(rate, channels)] += 1
+        utt = f"{speaker_of(actor)}_{name[:-4]}"
+        tables["wav.scp"][utt] = str(path)
+        tables["text"][utt] = STATEMENTS[statement]
+        tables["utt2spk"][utt] = speaker_of(actor)
+        tables["utt2emo"][utt] = label
+        tables["utt2dur"][utt] = f"{seconds:.4f}"
+    if not tables["utt2spk"]:
+        raise MtlserError(f"{db_root}: no RAVDESS clip with a label of {emotion_map.source} "
+                          f"(found {len(clips)} clips)")
+    spk2gender = {speaker_of(a): gender_of(a) for a in per_actor if speaker_of(a) in set(tables["utt2spk"].values())}
+
+    clip_corpus.write_data_dir(out, tables, emotion_map, spk2gender)
+
+    report = clip_corpus.count_table(tables, emotion_map.emotions)
+    report.update({
+        "db_root": str(db_root), "clips": len(clips), "actors": len(per_actor),
+        "raw_emotions": {e: raw[e] for e in EMOTION_CODES.values() if raw[e]},
+        "clips_per_actor": {speaker_of(a): n for a, n in sorted(per_actor.items())},
+        "sample_rates": {f"{r} Hz x{c}": n for (r, c), n in sorted(rates.items())},
+        "skipped": dict(sorted(Counter(reason for reason, _ in skipped).items())),
+    })
+    clip_corpus.write_report(Path(report_dir), report, skipped)
+    logger.info("speech clips found: %d from %d actors (%s); kept: %d %s", len(clips), len(per_actor),
+                " ".join(f"{k}={v}" for k, v in report["raw_emotions"].items()), report["total"],
+                " ".join(f"{k}={v}" for k, v in report["counts"].items()))
+    logger.info("skipped files (song, video, duplicate, ...): %s",
+                " ".join(f"{k}={v}" for k, v in report["skipped"].items()) or "none")
+    not_16k = sum(n for (r, c), n in rates.items() if (r, c) != (16000, 1))
+    if not_16k:
+        logger.info("%d clips are not 16 kHz mono (%s); stage 2 converts them once into data/wav16k", not_16k,
+                    ", ".join(report["sample_rates"]))
+    logger.info("wrote %s (%d utterances, %d speakers) and %s", out, report["total"], len(report["per_speaker"]),
+                report_dir)
+    if check_counts:
+        check_release_counts(report, Path(report_dir))
+    return report
+
+
+def check_release_counts(report: dict, report_dir: Path) -> bool:
+    """Compare the speech clips found with the full release (1,440); a loud warning names each count that differs."""
+    problems = []
+    if report["clips"] != EXPECTED_TOTAL:
+        problems.append(f"speech clips: {report['clips']}, the release has {EXPECTED_TOTAL}")
+    if report["actors"] != EXPECTED_ACTORS:
+        problems.append(f"actors: {report['actors']}, the release has {EXPECTED_ACTORS}")
+    problems += clip_corpus.compare_counts("emotion", report["raw_emotions"], EXPECTED_EMOTIONS)
+    problems += [f"{spk}: {n} clips, the release has {EXPECTED_PER_ACTOR}"
+                 for spk, n in report["clips_per_actor"].items() if n != EXPECTED_PER_ACTOR]
+    return clip_corpus.warn_release_counts("RAVDESS", problems, report_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="RAVDESS speech release -> Kaldi data dir (stage 0).")
+    parser.add_argument("--db-root", required=True, help="any folder above the Actor_XX/ folders of the speech audio")
+    parser.add_argument("--out", required=True, help="data dir to write, e.g. data/all")
+    parser.add_argument("--emotion-map", default=None,
+                        help="label map YAML (default conf/emotions/ravdess.yaml; format: mtlser/data/emotions.py)")
+    parser.add_argument("--report-dir", default=None,
+                        help="where counts.json and skipped go (default: OUT/../local/ravdess_prep)")
+    parser.add_argument("--no-check-counts", action="store_true",
+                        help="do not compare the counts with the full release's 1,440 speech clips")
+    args = parser.parse_args(argv)
+    setup_logging()
+    prepare(args.db_root, args.out, args.emotion_map, check_counts=not args.no_check_counts,
+            report_dir=args.report_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
