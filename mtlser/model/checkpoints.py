@@ -41,6 +41,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from mtlser.model.architectures import architecture, conv_layers_as_tuples
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
@@ -319,8 +320,6 @@ def default_cache_dir() -> Path:
 
 
 def _from_bundle(name: str, bundle, path: Path) -> Pretrained:
-    from mtlser.model.backbone import conv_layers_as_tuples
-
     kw = conv_layers_as_tuples(bundle._params)
     kw["aux_num_out"] = None  # ASR bundles' CTC head is not ours
     state = _weight_norm_names(load_tensor_file(path))
@@ -544,7 +543,6 @@ def _looks_torchaudio(keys) -> bool:
 def read_pretrained(arch: str, init: str | os.PathLike, size: str = "base", custom: dict | None = None,
                     cache_dir: str | os.PathLike | None = None) -> Pretrained:
     """Recognise the format of ``init`` and read it (see the module doc); check the family against ``arch``."""
-    from mtlser.model.backbone import architecture
     from mtlser.model.safe_load import safe_torch_load
 
     spec = os.fspath(init)
