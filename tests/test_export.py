@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -205,34 +206,40 @@ def test_hf_export_without_transformers_says_what_to_install(tiny_experiment, tm
         export_hf(tiny_experiment / "fold01", tmp_path / "hf")
 
 
-def test_readme_inference_section_runs_in_a_fresh_shell(tiny_experiment, tmp_path):
-    """The README's inference commands, with its paths replaced by this test's experiment."""
+def test_readme_inference_section_runs_as_written(tiny_experiment, tmp_path):
+    """Every command and the Python snippet of README's "Using a trained model", in a fresh process, on this
+    test's experiment in the mini recipe's place (after stage 6), with `mtlser-infer` as pip would install it."""
+    from mtlser.export.pack import pack_experiment
+
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Using a trained model"):]
     section = section[: section.index("\n## ", 4)]
     blocks = [b for b in section.split("\n\n") if b.startswith("    ")]
-    shell = [line.strip() for b in blocks for line in b.splitlines() if line.strip().startswith(("mtlser-infer",
-                                                                                                 "python -m mtlser"))]
-    assert shell, "the README's inference section has commands"
-    exp = "egs/mini/exp/train_mini_loso"
+    shell = [line.strip() for b in blocks for line in b.splitlines()
+             if line.strip().startswith(("mtlser-infer ", "python -m mtlser"))]
+    python = [b for b in blocks if b.lstrip().startswith("from mtlser")]
+    assert len(shell) >= 5 and len(python) == 1, "the section's commands and snippet"
     work = tmp_path / "work"
-    (work / "egs" / "mini" / "exp").mkdir(parents=True)
-    shutil.copytree(tiny_experiment, work / exp)
+    exp = work / "egs" / "mini" / "exp" / "train_mini_loso"
+    shutil.copytree(tiny_experiment, exp)
+    pack_experiment(exp, exp / "packed")  # stage 6
     (work / "recordings").mkdir()
     for i, w in enumerate(fold_test_audio(tiny_experiment / "fold01")):
         sf.write(work / "recordings" / f"r{i}.wav", w, 16000)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env["PATH"] = f"{_console_scripts(tmp_path)}:{env['PATH']}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MTLSER", "VIRTUAL_ENV", "NLTK"))}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PATH=f"{_console_scripts(tmp_path)}:{env['PATH']}")
     for cmd in shell:
-        if "export hf" in cmd:
-            continue  # covered above; slow
         r = subprocess.run(cmd, shell=True, cwd=work, env=env, capture_output=True, text=True)
         assert r.returncode == 0, f"{cmd}\n{r.stderr[-2000:]}"
+    assert len((work / "labels.jsonl").read_text().splitlines()) == len(list((work / "recordings").iterdir()))
+    assert (work / "fold01.zip").is_file() and (work / "hf_fold01" / "config.json").is_file()
+    code = "\n".join(line[4:] for line in python[0].splitlines())
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "['ang', 'hap', 'sad', 'neu']" in r.stdout, r.stderr[-2000:]
 
 
 def _console_scripts(tmp_path: Path) -> Path:
     """A stand-in for the `mtlser-infer` script that `pip install .` makes from pyproject.toml."""
-    import sys
     import tomllib
 
     target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["mtlser-infer"]

@@ -97,6 +97,13 @@ def test_batched_inference_equals_one_file_at_a_time(predictor):
     together = predictor.predict_arrays(wavs)[0]
     alone = np.concatenate([predictor.predict_arrays([w])[0] for w in wavs])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+    # The batched CNN (GPUs) and the CPU's CNN one utterance at a time give the same answers.
+    lens = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(lens.max()))
+    for i, w in enumerate(wavs):
+        batch[i, : len(w)] = torch.from_numpy(w)
+    batched_cnn = predictor.model.predict(batch, lens)["emo_probs"].numpy()
+    np.testing.assert_allclose(batched_cnn, together, atol=1e-5)
 
 
 def test_minimum_length_is_the_receptive_field_of_the_model_cnn(fold01, predictor, tmp_path, capsys):

@@ -125,6 +125,7 @@ def card_text(facts: dict) -> str:
     lines = [f"# mtlser model `{name}`", ""]
     what = {"fold": f"the model of cross-validation fold `{name}`, trained without its test speaker(s)",
             "final": "the final model, trained once on every speaker of the corpus",
+            "model": "a model trained by mtlser (not from a cross-validation fold dir, so no held-out figure is known)",
             "ensemble": f"an ensemble of {len(facts.get('members', []))} fold models; its emotion probabilities are "
                         "the mean of theirs"}[kind]
     lines += [f"Speech emotion recognition (Li et al., multi-task: CE + λ·CTC) — {what}.", ""]
@@ -148,8 +149,10 @@ def card_text(facts: dict) -> str:
         lines.append(f"On this fold's held-out speaker(s) {', '.join(test.get('speakers') or [])}: "
                      f"**WA {_pct(test.get('wa'))} %, UA {_pct(test.get('ua'))} %** ({test.get('n')} utterances).")
     else:
-        lines.append("No held-out figure: every speaker of the corpus was seen in training"
-                     + (" by some member." if kind == "ensemble" else "."))
+        lines.append({"ensemble": "No held-out figure: every speaker of the corpus was seen in training by some "
+                               "member.",
+                      "final": "No held-out figure: every speaker of the corpus was seen in training.",
+                      }.get(kind, "No held-out figure was found for this model (no scored decode of its test set)."))
     if cv:
         lines.append("")
         lines.append(f"Cross-validation of the experiment's fold models ({cv.get('num_folds')} folds, "

@@ -152,7 +152,21 @@ class SERPredictor:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @torch.no_grad()
+    def _predict(self, model: SERModel, batch: torch.Tensor, lens: torch.Tensor) -> dict:
+        """One model on a padded batch (B, S). On a CPU its CNN runs one utterance at a time: with a
+        padding-invariant CNN that is the same maths as the batched CNN, without convolving the padding
+        (about half the CNN's time on IEMOCAP-like batches); the transformer then runs batched."""
+        backbone = model.backbone
+        if self.device.type != "cpu" or not (backbone.padding_invariant_cnn or len(lens) == 1):
+            return model.predict(batch, lens)
+        feats = [backbone.cnn(batch[i:i + 1, :n], None)[0][0] for i, n in enumerate(lens.tolist())]  # (T_i, C)
+        frame_lens = torch.tensor([len(f) for f in feats], dtype=torch.long, device=batch.device)
+        padded = batch.new_zeros(len(feats), int(frame_lens.max()), feats[0].shape[1])
+        for i, f in enumerate(feats):
+            padded[i, : len(f)] = f
+        return model.predict(padded, frame_lens, from_features=True)
+
+    @torch.inference_mode()
     def predict_arrays(self, wavs: list[np.ndarray]) -> tuple[np.ndarray, list[list[str]] | None]:
         """Emotion probabilities (B, E) in :attr:`emotions` order and, when available, class tokens per input."""
         if not wavs:
@@ -172,7 +186,7 @@ class SERPredictor:
         frame_lens = None
         for model in self.models:
             with self._autocast():
-                out = model.predict(batch, lens)
+                out = self._predict(model, batch, lens)
             probs = out["emo_probs"].float() if probs is None else probs + out["emo_probs"].float()
             if self.tokens is not None:
                 p = out["ctc_log_probs"].float().exp()  # (B, T, V)

@@ -193,9 +193,9 @@ class SERModel(nn.Module):
         return loss, stats, wavs.shape[0]
 
     @torch.no_grad()
-    def predict(self, wavs: Tensor, wav_lens: Tensor | None) -> dict[str, Tensor | None]:
-        """Emotion posteriors and, with a CTC head, per-frame token log-probabilities."""
-        fused, frame_lens = self.encode(wavs, wav_lens)
+    def predict(self, wavs: Tensor, wav_lens: Tensor | None, from_features: bool = False) -> dict[str, Tensor | None]:
+        """Emotion posteriors and, with a CTC head, per-frame token log-probabilities (inputs as :meth:`encode`)."""
+        fused, frame_lens = self.encode(wavs, wav_lens, from_features)
         emo_logits, ctc_logits = self.heads(fused, frame_lens)
         return {
             "emo_probs": F.softmax(fp32_or_wider(emo_logits), dim=-1),
