@@ -148,7 +148,7 @@ def test_hf_pipeline_gives_mtlser_probabilities_on_the_fold_test_files(tiny_expe
     assert config["label2id"] == {"ang": 0, "hap": 1, "sad": 2, "neu": 3}
     report = json.loads((tmp_path / "hf" / "mtlser_export.json").read_text())
     assert report["max_abs_diff_single"] <= 1e-5 and "not exact" in report["padded_batches"]
-    assert "Padded batches: not exact" in (tmp_path / "hf" / "README.md").read_text()
+    assert "Padded batches (pipeline with batch_size > 1): not exact" in (tmp_path / "hf" / "README.md").read_text()
 
 
 @pytest.mark.parametrize("arch,normalize", [("wav2vec2", False), ("wav2vec2", True), ("hubert", False),

@@ -114,6 +114,10 @@ def experiment_facts(exp_dir: Path) -> dict | None:
     return {k: res.get(k) for k in ("num_folds", "n", "wa", "wa_std", "ua", "ua_std", "pooled_wa", "pooled_ua")}
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def _pct(x) -> str:
     return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "—"
 
@@ -166,10 +170,11 @@ def card_text(facts: dict) -> str:
     for m in rows:
         hw = m.get("training_hardware") or {}
         t = m.get("training_time_s")
-        lines.append(f"- `{m['name']}`: {m.get('epochs_run') or '?'} epochs"
+        device = hw.get("gpu") if hw.get("gpu") and not str(hw.get("gpu")).startswith("none") else "CPU"
+        lines.append(f"- `{m['name']}`: {m.get('epochs_run') or '?'} epoch(s)"
                      + (f" (selected epoch {m['selected_epoch']})" if m.get("selected_epoch") else "")
-                     + (f", {t / 60:.1f} min" if t is not None else "")
-                     + (f" on {hw.get('gpu')}" if hw.get("gpu") else "")
+                     + (f", {_duration(t)}" if t is not None else "")
+                     + f" on {device}" + (f" ({hw['cpu']})" if hw.get("cpu") else "")
                      + (f", {hw.get('platform')}" if hw.get("platform") else "")
                      + (f"; {m.get('training_date')}" if m.get("training_date") else ""))
     commit = facts.get("git_commit") or (members[0].get("git_commit") if members else None)

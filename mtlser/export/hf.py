@@ -83,7 +83,8 @@ def hf_config(model, meta: dict):
         extra = {"num_buckets": kw["encoder_num_buckets"], "max_bucket_distance": kw["encoder_max_distance"]}
     mask_prob = float(cfg.backbone.mask_time_prob)
     return config_cls(
-        conv_dim=[int(c[0]) for c in conv], conv_kernel=[int(c[1]) for c in conv], conv_stride=[int(c[2]) for c in conv],
+        conv_dim=[int(c[0]) for c in conv], conv_kernel=[int(c[1]) for c in conv],
+        conv_stride=[int(c[2]) for c in conv],
         conv_bias=bool(kw.get("extractor_conv_bias", False)),
         feat_extract_norm="group" if kw.get("extractor_mode", "group_norm") == "group_norm" else "layer",
         feat_extract_activation="gelu", hidden_act="gelu", layer_norm_eps=1e-5,
@@ -93,9 +94,11 @@ def hf_config(model, meta: dict):
         num_conv_pos_embedding_groups=int(kw["encoder_pos_conv_groups"]),
         do_stable_layer_norm=bool(kw.get("encoder_layer_norm_first", False)),
         # The fine-tuning recipe's regularisation, for whoever trains the export further (inactive in eval).
-        hidden_dropout=float(kw.get("encoder_dropout", 0.0)), attention_dropout=float(kw.get("encoder_attention_dropout", 0.0)),
+        hidden_dropout=float(kw.get("encoder_dropout", 0.0)),
+        attention_dropout=float(kw.get("encoder_attention_dropout", 0.0)),
         activation_dropout=float(kw.get("encoder_ff_interm_dropout", 0.0)),
-        feat_proj_dropout=float(kw.get("encoder_projection_dropout", 0.0)), layerdrop=float(kw.get("encoder_layer_drop", 0.0)),
+        feat_proj_dropout=float(kw.get("encoder_projection_dropout", 0.0)),
+        layerdrop=float(kw.get("encoder_layer_drop", 0.0)),
         final_dropout=float(cfg.model.head_dropout),
         mask_time_prob=mask_prob, mask_time_length=int(cfg.backbone.mask_time_length), mask_feature_prob=0.0,
         apply_spec_augment=mask_prob > 0,
@@ -284,12 +287,14 @@ def _card(files: ModelFiles, meta: dict, check: dict) -> str:
              "## Exactness", "",
              f"- One input per call: the probabilities equal mtlser's within {check['max_abs_diff_single']:.1e} "
              f"(checked at export with transformers {check['transformers_version']}).",
-             f"- Padded batches: {check.get('padded_batches', 'exact as well (per-frame CNN normalisation)')}.",
-             "- The CTC class-token head of the multi-task model is not part of this export (emotions only).", ""]
+             f"- Padded batches (pipeline with batch_size > 1): "
+             f"{check.get('padded_batches', 'exact as well (per-frame CNN normalisation)')}.",
+             "- The CTC class-token head of the multi-task model is not part of this export (emotions only)."]
     if meta["info"]["arch_kwargs"].get("encoder_layer_norm_first"):
         lines += ["- Pre-LN encoder: needs a transformers that honours `tie_last_hidden_states` in config.json "
                   "(checked: the version above) or transformers 4.x; other 5.x releases fuse the last hidden state "
-                  "before the final layer norm and answer differently.", ""]
+                  "before the final layer norm and answer differently."]
+    lines.append("")
     test, cv = facts.get("test"), facts.get("cross_validation")
     if test or cv:
         lines += ["## Figures (measured by mtlser, see its model card)", ""]

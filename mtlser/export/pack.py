@@ -134,7 +134,8 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def fold_dirs(exp_dir: Path) -> list[Path]:
     """The fold model dirs of an experiment (foldNN with a model.yaml), in fold order."""
-    return sorted(d for d in exp_dir.iterdir() if d.is_dir() and FOLD_DIR.match(d.name) and (d / "model.yaml").is_file())
+    return sorted(d for d in exp_dir.iterdir()
+                  if d.is_dir() and FOLD_DIR.match(d.name) and (d / "model.yaml").is_file())
 
 
 def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None = None) -> list[Path]:
