@@ -74,9 +74,10 @@ def build(size: str, device: str, precision: str):
     custom = conv_layers_as_lists(kw)
     cfg = load_config(None, {"backbone": {"size": "custom", "custom": custom}})
     tokens = ["<blank>"] + [f"{c}{e}" for c in ("S", "F", "N", "L", "V", "Vs") for e in range(4)]
+    emotions = ["ang", "hap", "sad", "neu"]
     torch.manual_seed(0)
-    model = build_model(cfg, vocab_size=len(tokens)).to(device).eval()
-    meta = {"emotions": ["ang", "hap", "sad", "neu"], "tokens": tokens, "sample_rate": 16000, "location": size}
+    model = build_model(cfg, vocab_size=len(tokens), num_emotions=len(emotions)).to(device).eval()
+    meta = {"emotions": emotions, "tokens": tokens, "sample_rate": 16000, "location": size}
     hf = Wav2Vec2Model(hf_config(custom)).to(device).eval()
     return SERPredictor(model, meta, device, precision), hf
 

@@ -57,7 +57,7 @@ def make_corpus(root: Path, n_spk: int = 3, n_utt: int = 4, seconds: float = 0.8
             tables["utt2dur"][utt] = f"{dur:.4f}"
             tables["utt2session"][utt] = spk[:5]
             tables["text_phncls"][utt] = " ".join(f"{c}{emo}" for c in rng.choice(["S", "F", "N", "L", "V", "Vs"], 6))
-    DataDir(tables).write(root / "data" / "all")
+    DataDir(tables, emotions=EMOTIONS).write(root / "data" / "all")
     return root / "data" / "all"
 
 

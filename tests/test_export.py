@@ -73,9 +73,19 @@ def test_pack_refuses_a_model_that_does_not_load(tiny_experiment, tmp_path):
     shutil.copytree(tiny_experiment / "fold01", broken)
     data = (broken / "best.safetensors").read_bytes()
     (broken / "best.safetensors").write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(MtlserError, match="best.safetensors: not a readable safetensors file"):
+    with pytest.raises(MtlserError, match="best.safetensors: truncated or corrupt"):
         pack(broken, tmp_path / "x.zip")
     assert not (tmp_path / "x.zip").exists()
+    # The same weights inside a pack, and a pickle where safetensors belongs: one line each, nothing unpickled.
+    good = pack(tiny_experiment / "fold01", tmp_path / "good.zip")
+    with zipfile.ZipFile(good) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    from mtlser.export.pack import write_zip
+
+    for name, weights in (("half.zip", data[: len(data) // 2]), ("pickle.zip", b"\x80\x04K\x01.")):
+        write_zip(tmp_path / name, [(n, weights if n == "model.safetensors" else b) for n, b in entries.items()])
+        with pytest.raises(MtlserError, match=rf"{name}:model.safetensors: (truncated or corrupt|a pickle)"):
+            SERPredictor.from_pretrained(tmp_path / name)
 
 
 def test_ensemble_averages_the_fold_models_and_packs(tiny_experiment, tmp_path):

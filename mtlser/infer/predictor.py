@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mtlser.infer.package import CONFIG_YAML, MODEL_YAML, TOKEN_LIST, ModelFiles
+from mtlser.model.checkpoints import load_safetensors, safetensors_error
 from mtlser.model.ser_model import SERModel, build_model
 from mtlser.utils import MtlserError
 
@@ -40,7 +41,7 @@ def ctc_greedy(log_probs: torch.Tensor, length: int, blank: int = 0) -> list[int
 def read_model(files: ModelFiles, weights: str | None = None, device: str | torch.device = "cpu"
                ) -> tuple[SERModel, dict]:
     """Rebuild one model (not an ensemble) and load its weights; returns (model in eval mode, meta)."""
-    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import load as load_safetensors_bytes
 
     from mtlser.config import Config, check_config, from_dict
     from mtlser.data.emotions import check_labels
@@ -62,12 +63,14 @@ def read_model(files: ModelFiles, weights: str | None = None, device: str | torc
                           f"vocab_size {info['vocab_size']}; the two files come from different models")
     model = build_model(cfg, vocab_size=len(tokens), architecture=info, num_emotions=len(emotions))
     name = files.weights_name(weights)
-    try:
-        state = load_safetensors(files.read_bytes(name))
-    except MtlserError:
-        raise
-    except Exception as e:  # safetensors' own errors (truncated header, bad JSON, pickles)
-        raise MtlserError(f"{files.where(name)}: not a readable safetensors file ({e})") from None
+    if files.base is not None:
+        state = load_safetensors(files.base / name)  # a truncated file or a pickle: one clear line
+    else:
+        data = files.read_bytes(name)
+        try:
+            state = load_safetensors_bytes(data)
+        except Exception as e:  # safetensors' own errors (truncated header, bad JSON, a pickle)
+            raise safetensors_error(Path(files.where(name)), e, head=data[:2]) from None
     try:
         missing_keys, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that do not fit
@@ -153,15 +156,20 @@ class SERPredictor:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _predict(self, model: SERModel, batch: torch.Tensor, lens: torch.Tensor) -> dict:
-        """One model on a padded batch (B, S). On a CPU its CNN runs one utterance at a time: with a
-        padding-invariant CNN that is the same maths as the batched CNN, without convolving the padding
-        (about half the CNN's time on IEMOCAP-like batches); the transformer then runs batched."""
+        """One model on a padded batch (B, S), as :meth:`SERModel.predict` returns it.
+
+        On a GPU the batch runs as a batch. On a CPU the CNN runs one utterance at a time and the
+        transformer on the padded batch of their features: nothing is convolved for padding (the CNN
+        on raw audio is the costly part of padding), while the transformer keeps its large matrix
+        products (run one utterance at a time they took ~25 % more CPU time here). With a
+        padding-invariant CNN that is the same maths as the batched CNN (tests/test_infer.py).
+        """
         backbone = model.backbone
         if self.device.type != "cpu" or not (backbone.padding_invariant_cnn or len(lens) == 1):
             return model.predict(batch, lens)
         feats = [backbone.cnn(batch[i:i + 1, :n], None)[0][0] for i, n in enumerate(lens.tolist())]  # (T_i, C)
         frame_lens = torch.tensor([len(f) for f in feats], dtype=torch.long, device=batch.device)
-        padded = batch.new_zeros(len(feats), int(frame_lens.max()), feats[0].shape[1])
+        padded = batch.new_zeros(len(feats), int(frame_lens.max()), feats[0].shape[1])  # (B, T, C)
         for i, f in enumerate(feats):
             padded[i, : len(f)] = f
         return model.predict(padded, frame_lens, from_features=True)

@@ -14,14 +14,13 @@ gives as the whole file's probabilities the mean of its windows' probabilities.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from mtlser.infer.audio import Recording, load, probe, windows
 from mtlser.utils import MtlserError
+from mtlser.utils.progress import progress as progress_of
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +112,10 @@ def label(predictor, recordings: list[Recording], window: float = 0.0, hop: floa
         for a, b in spans:
             pieces.append((i, a, b if len(spans) > 1 else None, rate))  # whole: read to the end, whatever utt2dur
             lengths.append(b - a)
-    waiting = np.bincount([p[0] for p in pieces], minlength=len(recordings))
-    bar = tqdm(total=len(recordings), desc=desc, unit="file", disable=not progress or len(recordings) < 10,
-               mininterval=1 if sys.stderr.isatty() else 10, file=sys.stderr)
-    bar.update(sum(1 for d in done if d.error is not None))
-    for batch in plan_batches(lengths, batch_size, batch_seconds):
+    batches = plan_batches(lengths, batch_size, batch_seconds)
+    # A bar on a terminal, log lines in a log file (stage 4's decode logs): mtlser.utils.progress.
+    for batch in progress_of(batches, desc=desc, unit="batch", logger=logger, disable=not progress or len(batches) < 2,
+                             mininterval=1):
         wavs, keep = [], []
         for k in batch:
             i, a, b, rate = pieces[k]
@@ -133,12 +131,6 @@ def label(predictor, recordings: list[Recording], window: float = 0.0, hop: floa
         for k, wav, r in zip(keep, wavs, predictor.predict_batch(wavs) if wavs else []):
             i, a, b, _ = pieces[k]
             done[i]._pieces[k] = (a, a + len(wav) / sr if b is None else b, r)
-        for k in batch:
-            i = pieces[k][0]
-            waiting[i] -= 1
-            if waiting[i] == 0:
-                bar.update(1)
-    bar.close()
     for d in done:
         if d.error is None and d._pieces:
             d.result = _combine(list(d._pieces.values()), predictor.emotions)

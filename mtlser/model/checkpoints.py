@@ -95,14 +95,15 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def safetensors_error(path: Path, exc: BaseException) -> MtlserError:
+def safetensors_error(path: Path, exc: BaseException, head: bytes | None = None) -> MtlserError:
     """One line for a ``.safetensors`` file that safetensors cannot read: a pickle (torch.save) under that name,
-    or a truncated or corrupt file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError as e:
-        return MtlserError(f"{path}: cannot read it ({e.strerror})")
+    or a truncated or corrupt file. ``head``: the file's first bytes when it is not a file (a member of a zip)."""
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+        except OSError as e:
+            return MtlserError(f"{path}: cannot read it ({e.strerror})")
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
         return MtlserError(f"{path}: a pickle (torch.save) file, not safetensors; a .safetensors name is read only as "
                            "safetensors, never unpickled: give the file that was written as safetensors")
