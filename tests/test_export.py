@@ -216,10 +216,15 @@ def test_hf_export_without_transformers_says_what_to_install(tiny_experiment, tm
         export_hf(tiny_experiment / "fold01", tmp_path / "hf")
 
 
-def test_readme_inference_section_runs_as_written(tiny_experiment, tmp_path):
-    """Every command and the Python snippet of README's "Using a trained model", in a fresh process, on this
-    test's experiment in the mini recipe's place (after stage 6), with `mtlser-infer` as pip would install it."""
+def test_readme_inference_section_runs_as_written(tiny_experiment, tmp_path, monkeypatch, capsys):
+    """Every command and the Python snippet of README's "Using a trained model", on this test's experiment in
+    the mini recipe's place (after stage 6). The first command runs in a fresh process with `mtlser-infer` as
+    pip installs it; the others through the same entry points in this process (each fresh process costs a
+    torch import)."""
+    import shlex
+
     from mtlser.export.pack import pack_experiment
+    from mtlser.infer.__main__ import main as infer_main
 
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Using a trained model"):]
@@ -228,7 +233,7 @@ def test_readme_inference_section_runs_as_written(tiny_experiment, tmp_path):
     shell = [line.strip() for b in blocks for line in b.splitlines()
              if line.strip().startswith(("mtlser-infer ", "python -m mtlser"))]
     python = [b for b in blocks if b.lstrip().startswith("from mtlser")]
-    assert len(shell) >= 5 and len(python) == 1, "the section's commands and snippet"
+    assert len(shell) >= 5 and shell[0].startswith("mtlser-infer ") and len(python) == 1
     work = tmp_path / "work"
     exp = work / "egs" / "mini" / "exp" / "train_mini_loso"
     shutil.copytree(tiny_experiment, exp)
@@ -238,14 +243,20 @@ def test_readme_inference_section_runs_as_written(tiny_experiment, tmp_path):
         sf.write(work / "recordings" / f"r{i}.wav", w, 16000)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MTLSER", "VIRTUAL_ENV", "NLTK"))}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PATH=f"{_console_scripts(tmp_path)}:{env['PATH']}")
-    for cmd in shell:
-        r = subprocess.run(cmd, shell=True, cwd=work, env=env, capture_output=True, text=True)
-        assert r.returncode == 0, f"{cmd}\n{r.stderr[-2000:]}"
+    r = subprocess.run(shell[0], shell=True, cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{shell[0]}\n{r.stderr[-2000:]}"
     assert len((work / "labels.jsonl").read_text().splitlines()) == len(list((work / "recordings").iterdir()))
-    assert (work / "fold01.zip").is_file() and (work / "hf_fold01" / "config.json").is_file()
+    monkeypatch.chdir(work)
+    entry = {"mtlser-infer": infer_main, "mtlser.infer": infer_main, "mtlser.export": export_main}
+    for cmd in shell[1:]:
+        argv = shlex.split(cmd)
+        name, args = (argv[0], argv[1:]) if argv[0] == "mtlser-infer" else (argv[2], argv[3:])
+        assert run_main(entry[name], args) == 0, f"{cmd}\n{capsys.readouterr().err[-2000:]}"
+    assert (work / "labels.csv").is_file() and (work / "fold01.zip").is_file()
+    assert (work / "hf_fold01" / "config.json").is_file()
     code = "\n".join(line[4:] for line in python[0].splitlines())
-    r = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
-    assert r.returncode == 0 and "['ang', 'hap', 'sad', 'neu']" in r.stdout, r.stderr[-2000:]
+    exec(compile(code, "README.md", "exec"), {})
+    assert "['ang', 'hap', 'sad', 'neu']" in capsys.readouterr().out
 
 
 def _console_scripts(tmp_path: Path) -> Path:
