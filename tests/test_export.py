@@ -127,6 +127,7 @@ def test_stage6_packs_every_fold_the_final_model_and_the_ensemble(tiny_experimen
     with zipfile.ZipFile(exp / "packed" / "final.zip") as z:
         card = json.loads(z.read("card.json"))
     assert card["kind"] == "final" and card["corpus"] == "mycorpus" and "test" not in card
+    assert card["protocol"] == "loso"  # from the experiment's folds: the final model has no test set
     with zipfile.ZipFile(exp / "packed" / "ensemble.zip") as z:
         assert len(json.loads(z.read("card.json"))["members"]) == 3  # the folds, not final/
 

@@ -50,8 +50,11 @@ def _training_time(model_dir: Path) -> tuple[float | None, int | None]:
 def _protocol(model_dir: Path) -> tuple[dict, str | None]:
     """The protocol table of the folds dir this fold was decoded from, and the recipe (corpus) dir's name."""
     pointer = model_dir / "decode_test" / "data_dir"
-    if not pointer.is_file():
-        return {}, None
+    if not pointer.is_file():  # the final model: no test set; its experiment's folds know the protocol
+        pointers = sorted(model_dir.parent.glob("fold[0-9]*/decode_test/data_dir"))
+        if not pointers:
+            return {}, None
+        pointer = pointers[0]
     folds_dir = Path(pointer.read_text(encoding="utf-8").strip()).parent.parent  # data/<protocol>/foldNN/test
     table = {}
     if (folds_dir / "protocol").is_file():
