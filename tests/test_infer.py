@@ -236,7 +236,8 @@ def test_inference_benchmark_runs_and_reports_ratios(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "infer_throughput.py"), "--size", "scaled", "--files", "2",
-                        "--repeats", "1", "--threads", "1", "--json", str(out)], capture_output=True, text=True, env=env)
+                        "--repeats", "1", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(out.read_text())
     assert set(result["variants"]) == {"hf_file_order", "hf_sorted", "mtlser"} and len(result["rounds"]) == 1
