@@ -119,3 +119,12 @@ def _quiet_threads():
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory):
+    """A recipe dir after stages 0-5 on a tiny corpus with the mini recipe's model shape (3 folds, trained for
+    a few steps): tests/shipping.py. Shared by the inference and export tests; copy it before changing it."""
+    from tests.shipping import make_experiment
+
+    return make_experiment(tmp_path_factory.mktemp("tiny_recipe") / "recipe")

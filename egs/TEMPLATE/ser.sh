@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mtlser's recipe template: the six stages, run from a recipe dir (egs/<corpus>/).
+# mtlser's recipe template: the seven stages, run from a recipe dir (egs/<corpus>/).
 # A recipe's run.sh calls this with its defaults; a corpus brings only
 # local/data.sh (stage 0) and a config. Logic lives in `python -m mtlser.*`.
 set -euo pipefail
@@ -13,7 +13,7 @@ cmdline="$0$(printf ' %q' "$@")"  # quoted, so that exp/*/run.sh replays the exa
 
 # General
 stage=0              # first stage to run
-stop_stage=5         # last stage to run
+stop_stage=6         # last stage to run
 nj=2                 # folds trained/decoded at once (stages 3-4)
 gpu_per_job=0        # GPUs each training job asks the job backend for (slurm)
 # Data
@@ -37,10 +37,11 @@ ctc_reduction=""     # sum | mean | mean_batch: loss.ctc_reduction of the experi
 train_final=false    # stage 3: after the folds, train once on all speakers for the epochs the folds chose -> exp/<tag>/final
 infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
 compare_opts=""      # extra options of python -m mtlser.score compare (the sweep's table), e.g. "--reference FILE"
+pack_opts=""         # extra options of python -m mtlser.export pack (stage 6), e.g. "--corpus NAME"
 
 help_message=$(cat <<EOF
 Usage: $0 [options]
-  --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score)
+  --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score, 6 pack)
   --nj N                     folds trained/decoded at once (default ${nj})
   --local-data-opts "..."    passed to local/data.sh
   --protocol loso|loso-session|kfold<K>, --valid share|session-mate|none, --valid-share X, --split-seed N
@@ -56,6 +57,7 @@ Usage: $0 [options]
   --ctc-reduction sum|mean   how the CTC loss is reduced (the paper does not say; lambda means something else for each)
   --train-final true         after the folds, a final model on all speakers (exp/<tag>/final)
   --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
+  --pack-opts "..."          options of python -m mtlser.export pack (stage 6)
 EOF
 )
 
@@ -204,6 +206,13 @@ for experiment in "${experiments[@]}"; do
         done
         python -m mtlser.score aggregate "${expdir}"
         log "$(head -c 2000 "${expdir}/RESULTS.md" | grep -E '^\|(WA|UA)\|' | sed 's/^/    /')"
+    fi
+
+    if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+        log "Stage 6: packing every fold, final/ when present, and the folds' ensemble -> ${expdir}/packed/*.zip"
+        # shellcheck disable=SC2086
+        python -m mtlser.export pack --exp-dir "${expdir}" --out-dir "${expdir}/packed" \
+            --corpus "$(basename "$(pwd)")" ${pack_opts}
     fi
 done
 

@@ -24,9 +24,13 @@ from torch.utils.data import Dataset, Sampler
 
 from mtlser.data.datadir import read_table, sort_key
 from mtlser.data.emotions import INVENTORY, check_same, read_inventory
+from mtlser.model.lengths import conv_spec, hop
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
+
+#: The padding ladder's step: one frame of wav2vec2's CNN (320 samples, 20 ms at 16 kHz).
+LADDER_QUANTUM = hop(conv_spec(None))
 
 
 def read_audio(rxfile: str, sample_rate: int | None = None) -> np.ndarray:
@@ -220,7 +224,7 @@ def collate(items: list[dict], pad_ladder: float = 1.0, frames_of=None) -> dict:
     if "feats" in items[0]:
         assert frames_of is not None, "collating CNN features needs frames_of (the CNN's length formula)"
         feat_lens = torch.tensor([len(it["feats"]) for it in items], dtype=torch.long)
-        S = ladder_length(max(int(it["num_samples"]) for it in items), pad_ladder, 320)
+        S = ladder_length(max(int(it["num_samples"]) for it in items), pad_ladder, LADDER_QUANTUM)
         T = max(int(frames_of(S)), int(feat_lens.max()))
         feats = torch.zeros(B, T, items[0]["feats"].shape[1], dtype=items[0]["feats"].dtype)
         for i, it in enumerate(items):
@@ -229,7 +233,8 @@ def collate(items: list[dict], pad_ladder: float = 1.0, frames_of=None) -> dict:
                    num_samples=torch.tensor([it["num_samples"] for it in items], dtype=torch.long))
     else:
         wav_lens = torch.tensor([len(it["wav"]) for it in items], dtype=torch.long)
-        wavs = torch.zeros(B, ladder_length(int(wav_lens.max()), pad_ladder, 320), dtype=items[0]["wav"].dtype)
+        S = ladder_length(int(wav_lens.max()), pad_ladder, LADDER_QUANTUM)
+        wavs = torch.zeros(B, S, dtype=items[0]["wav"].dtype)
         for i, it in enumerate(items):
             wavs[i, : len(it["wav"])] = it["wav"]
         out.update(wavs=wavs, wav_lens=wav_lens, num_samples=wav_lens.clone())
@@ -330,7 +335,7 @@ def padding_share(batches: list[list[int]], durations, pad_ladder: float = 1.0, 
         d = durations[b]
         longest = d.max()
         if pad_ladder > 1.0:
-            longest = ladder_length(int(round(longest * sample_rate)), pad_ladder, 320) / sample_rate
+            longest = ladder_length(int(round(longest * sample_rate)), pad_ladder, LADDER_QUANTUM) / sample_rate
         total += longest * len(b)
         padded += longest * len(b) - d.sum()
     return padded / total if total else 0.0

@@ -41,6 +41,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from mtlser.model.architectures import architecture, conv_layers_as_tuples
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
@@ -94,14 +95,15 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def safetensors_error(path: Path, exc: BaseException) -> MtlserError:
+def safetensors_error(path: Path, exc: BaseException, head: bytes | None = None) -> MtlserError:
     """One line for a ``.safetensors`` file that safetensors cannot read: a pickle (torch.save) under that name,
-    or a truncated or corrupt file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError as e:
-        return MtlserError(f"{path}: cannot read it ({e.strerror})")
+    or a truncated or corrupt file. ``head``: the file's first bytes when it is not a file (a member of a zip)."""
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+        except OSError as e:
+            return MtlserError(f"{path}: cannot read it ({e.strerror})")
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
         return MtlserError(f"{path}: a pickle (torch.save) file, not safetensors; a .safetensors name is read only as "
                            "safetensors, never unpickled: give the file that was written as safetensors")
@@ -319,8 +321,6 @@ def default_cache_dir() -> Path:
 
 
 def _from_bundle(name: str, bundle, path: Path) -> Pretrained:
-    from mtlser.model.backbone import conv_layers_as_tuples
-
     kw = conv_layers_as_tuples(bundle._params)
     kw["aux_num_out"] = None  # ASR bundles' CTC head is not ours
     state = _weight_norm_names(load_tensor_file(path))
@@ -544,7 +544,6 @@ def _looks_torchaudio(keys) -> bool:
 def read_pretrained(arch: str, init: str | os.PathLike, size: str = "base", custom: dict | None = None,
                     cache_dir: str | os.PathLike | None = None) -> Pretrained:
     """Recognise the format of ``init`` and read it (see the module doc); check the family against ``arch``."""
-    from mtlser.model.backbone import architecture
     from mtlser.model.safe_load import safe_torch_load
 
     spec = os.fspath(init)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlser.model.backbone import Backbone
+from mtlser.model.backbone import Backbone, build_backbone, conv_layers_as_tuples, set_fast_path
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
@@ -193,9 +193,9 @@ class SERModel(nn.Module):
         return loss, stats, wavs.shape[0]
 
     @torch.no_grad()
-    def predict(self, wavs: Tensor, wav_lens: Tensor | None) -> dict[str, Tensor | None]:
-        """Emotion posteriors and, with a CTC head, per-frame token log-probabilities."""
-        fused, frame_lens = self.encode(wavs, wav_lens)
+    def predict(self, wavs: Tensor, wav_lens: Tensor | None, from_features: bool = False) -> dict[str, Tensor | None]:
+        """Emotion posteriors and, with a CTC head, per-frame token log-probabilities (inputs as :meth:`encode`)."""
+        fused, frame_lens = self.encode(wavs, wav_lens, from_features)
         emo_logits, ctc_logits = self.heads(fused, frame_lens)
         return {
             "emo_probs": F.softmax(fp32_or_wider(emo_logits), dim=-1),
@@ -204,20 +204,30 @@ class SERModel(nn.Module):
         }
 
 
-def build_model(cfg, vocab_size: int) -> SERModel:
-    """Wire the model from a :class:`mtlser.config.Config`, top to bottom."""
-    from mtlser.model.backbone import build_backbone
+def build_model(cfg, vocab_size: int, architecture: dict | None = None, num_emotions: int | None = None) -> SERModel:
+    """Wire the model from a :class:`mtlser.config.Config`, top to bottom; training and inference both call this.
 
-    if cfg.data.emotions is None:
+    Training gives the config alone: the backbone is built from ``cfg.backbone`` and its pretrained weights
+    loaded. Inference gives the trained model's ``architecture`` (model.yaml: ``arch`` and ``arch_kwargs``) and
+    ``num_emotions`` (the length of model.yaml's emotion list): the same model, weights to be loaded from the
+    model dir, no pretrained checkpoint needed.
+    """
+    if num_emotions is None and cfg.data.emotions is None:
         raise MtlserError("data.emotions is null (= the data's inventory) and was not resolved: the trainer reads it "
                           "from the fold's data dir (mtlser.train.trainer.resolve_emotions) before building the model")
-    backbone = build_backbone(cfg.backbone)
-    if cfg.backbone.layer_drop > 0 and cfg.model.fusion == "softmax":
+    if architecture is None:
+        backbone = build_backbone(cfg.backbone)
+    else:
+        backbone = Backbone(architecture["arch"], conv_layers_as_tuples(architecture["arch_kwargs"]),
+                            mask_time_prob=cfg.backbone.mask_time_prob, mask_time_length=cfg.backbone.mask_time_length,
+                            normalize_waveform=cfg.backbone.normalize_waveform)
+        set_fast_path(backbone, cfg.backbone)  # the same maths as in training (padding-invariant CNN)
+    if cfg.backbone.layer_drop > 0 and cfg.model.fusion == "softmax" and architecture is None:
         logger.warning("backbone.layer_drop = %s while layers are fused: dropped layers feed the fusion copies "
                        "of their input. Set it to 0 unless that is what you want.", cfg.backbone.layer_drop)
     return SERModel(
         backbone,
-        num_emotions=len(cfg.data.emotions),
+        num_emotions=len(cfg.data.emotions) if num_emotions is None else num_emotions,
         vocab_size=vocab_size,
         fusion=cfg.model.fusion,
         head_dropout=cfg.model.head_dropout,

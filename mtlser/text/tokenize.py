@@ -119,14 +119,19 @@ def read_token_list(path: str | Path) -> list[str]:
     if not path.is_file():
         raise MtlserError(f"{path}: token list not found; run stage 1 (tokens), and for bpe stage 2, with the "
                           "same --token-type / --emo-tag / --nbpe")
-    tokens = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return parse_token_list(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_token_list(text: str, where: str) -> list[str]:
+    """A token list's text (one token a line, <blank> first); ``where`` names it in errors (a file, a pack member)."""
+    tokens = [line.strip() for line in text.splitlines()]
     if not tokens or tokens[0] != BLANK:
-        raise MtlserError(f"{path}:1: the first token must be {BLANK} (the CTC blank, index 0)")
+        raise MtlserError(f"{where}:1: the first token must be {BLANK} (the CTC blank, index 0)")
     for i, t in enumerate(tokens, 1):
         if not t or " " in t:
-            raise MtlserError(f"{path}:{i}: empty or multi-word token '{t}'")
+            raise MtlserError(f"{where}:{i}: empty or multi-word token '{t}'")
     if len(set(tokens)) != len(tokens):
-        raise MtlserError(f"{path}: duplicate tokens")
+        raise MtlserError(f"{where}: duplicate tokens")
     return tokens
 
 

@@ -8,6 +8,10 @@
   path, so no id can name a file outside its directory.
 - Source identity (:func:`file_identity`): what derived data (converted audio,
   cached CNN features) is keyed by, so it is redone when its source changes.
+- Permissions: outputs get the mode of a plain ``open``/``mkdir`` under the
+  user's umask (0644 files and 0755 dirs with the usual 022), not the private
+  0600/0700 that ``mkstemp``/``mkdtemp`` give their temp names: results are
+  shared with lab-mates.
 """
 
 from __future__ import annotations
@@ -23,6 +27,25 @@ from typing import Iterator
 from mtlser.utils import MtlserError, write_failure
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def created_mode(is_dir: bool) -> int:
+    """The mode open() (0666) or mkdir() (0777) would give a new file or dir under the current umask."""
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
     """Open a temp file next to ``path``; on success rename it onto ``path``.
@@ -35,6 +58,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     try:
         binary = "b" in mode
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "\n") as f:
+            os.fchmod(f.fileno(), created_mode(is_dir=False))  # mkstemp's 0600 would hide it from lab-mates
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -104,6 +128,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, created_mode(is_dir=True))  # mkdtemp's 0700 would hide it from lab-mates
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

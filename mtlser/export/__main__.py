@@ -1,0 +1,66 @@
+"""Ship a trained model: pack it, make an ensemble of the fold models, export it to transformers.
+
+Usage:
+    python -m mtlser.export pack --model-dir exp/<tag>/fold01 --out fold01.zip
+    python -m mtlser.export pack --exp-dir exp/<tag> --out-dir exp/<tag>/packed     # stage 6: every fold,
+                                                               # final/ when present, the folds' ensemble
+    python -m mtlser.export ensemble --exp-dir exp/<tag> [--out exp/<tag>/ensemble]
+    python -m mtlser.export hf --model-dir exp/<tag>/fold01 --out hf/fold01      # a dir or a pack
+
+A pack or an ensemble dir is a model for ``mtlser-infer --model`` and ``SERPredictor.from_pretrained``.
+``hf`` writes the model only when transformers gives mtlser's probabilities (mtlser.export.hf), and
+exits 1 with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtlser.utils import MtlserError, run_main, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtlser.export", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="pack a model (or every model of an experiment) into .zip files")
+    p.add_argument("--model-dir", help="a training dir (foldNN, final) or an ensemble dir")
+    p.add_argument("--out", help="the .zip to write (with --model-dir)")
+    p.add_argument("--exp-dir", help="pack every fold, final/ and the folds' ensemble of this experiment")
+    p.add_argument("--out-dir", help="where the .zip files go (with --exp-dir; default EXP_DIR/packed)")
+    p.add_argument("--corpus", help="corpus name for the model card (default: the recipe dir's name)")
+    p.add_argument("--weights", help="weights file of the model dir (default best.safetensors)")
+    e = sub.add_parser("ensemble", help="an ensemble dir over the fold models of an experiment")
+    e.add_argument("--exp-dir", required=True)
+    e.add_argument("--out", help="ensemble dir to write (default EXP_DIR/ensemble)")
+    h = sub.add_parser("hf", help="export to a Hugging Face transformers model dir (exact, or refused)")
+    h.add_argument("--model-dir", required=True, help="a training dir or a pack (not an ensemble)")
+    h.add_argument("--out", required=True, help="the transformers model dir to write")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    if args.command == "pack":
+        from mtlser.export.pack import pack, pack_experiment
+
+        if bool(args.model_dir) == bool(args.exp_dir):
+            raise MtlserError("pack: give --model-dir DIR --out FILE.zip, or --exp-dir DIR [--out-dir DIR]")
+        if args.model_dir:
+            if not args.out:
+                raise MtlserError("pack --model-dir needs --out FILE.zip")
+            pack(args.model_dir, args.out, args.corpus, args.weights)
+        else:
+            pack_experiment(args.exp_dir, args.out_dir or f"{args.exp_dir}/packed", args.corpus)
+    elif args.command == "ensemble":
+        from mtlser.export.pack import make_ensemble
+
+        make_ensemble(args.exp_dir, args.out)
+    else:
+        from mtlser.export.hf import export_hf
+
+        export_hf(args.model_dir, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,193 @@
+"""The model card of a packed model: facts gathered from what stages 2-5 wrote, and their text.
+
+Every figure on a card is read from a file of the experiment (nothing is measured here):
+
+- the fold's own test figures: ``foldNN/decode_test/result.json`` (its held-out speakers);
+- the experiment's cross-validation figures: ``exp/<tag>/results.json`` (mean ± std over folds);
+- protocol and corpus: the folds dir the decode points at (``decode_test/data_dir``, ``protocol``);
+- training time and hardware: ``history.tsv`` (seconds per epoch) and ``env.json`` (versions, git
+  commit, GPU, platform of the training run); the selected epoch: ``best.json``.
+
+A final model (trained on every speaker) and an ensemble of the fold models have no held-out
+figure: every speaker was seen in training. Their cards say so and give the fold models'
+cross-validation figure as what it is, an estimate for one fold model on unseen speakers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except ValueError:
+        logger.warning("%s: not valid JSON; left off the model card", path)
+        return None
+
+
+def _training_time(model_dir: Path) -> tuple[float | None, int | None]:
+    """(seconds of training, epochs run) from history.tsv's train_time_s column."""
+    path = model_dir / "history.tsv"
+    if not path.is_file():
+        return None, None
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(rows) < 2 or "train_time_s" not in rows[0]:
+        return None, len(rows) - 1 if rows else None
+    col = rows[0].index("train_time_s")
+    try:
+        return sum(float(r[col]) for r in rows[1:]), len(rows) - 1
+    except (ValueError, IndexError):
+        return None, len(rows) - 1
+
+
+def _protocol(model_dir: Path) -> tuple[dict, str | None]:
+    """The protocol table of the folds dir this fold was decoded from, and the recipe (corpus) dir's name."""
+    pointer = model_dir / "decode_test" / "data_dir"
+    if not pointer.is_file():  # the final model: no test set; its experiment's folds know the protocol
+        pointers = sorted(model_dir.parent.glob("fold[0-9]*/decode_test/data_dir"))
+        if not pointers:
+            return {}, None
+        pointer = pointers[0]
+    folds_dir = Path(pointer.read_text(encoding="utf-8").strip()).parent.parent  # data/<protocol>/foldNN/test
+    table = {}
+    if (folds_dir / "protocol").is_file():
+        for line in (folds_dir / "protocol").read_text(encoding="utf-8").splitlines():
+            parts = line.split(maxsplit=1)
+            if len(parts) == 2:
+                table[parts[0]] = parts[1]
+    recipe = folds_dir.parent.parent.name if folds_dir.parent.name == "data" else None
+    return table, recipe
+
+
+def _version() -> str:
+    import mtlser
+
+    return getattr(mtlser, "__version__", "unknown")
+
+
+def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
+    """The card's facts for a training dir: ``kind`` is fold, final or ensemble-member."""
+    info = yaml.safe_load((model_dir / "model.yaml").read_text(encoding="utf-8"))
+    cfg = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    env = _json(model_dir / "env.json") or {}
+    best = _json(model_dir / "best.json") or {}
+    result = _json(model_dir / "decode_test" / "result.json")
+    protocol, recipe = _protocol(model_dir)
+    seconds, epochs = _training_time(model_dir)
+    facts = {
+        "name": model_dir.name,
+        "kind": kind,
+        "corpus": corpus or recipe,
+        "protocol": protocol.get("protocol"),
+        "model_selection": protocol.get("valid"),
+        "emotions": list(info["emotions"]),
+        "backbone": {"arch": info["arch"], "layers": info.get("num_hidden_states", 1) - 1,
+                     "width": info["arch_kwargs"].get("encoder_embed_dim"),
+                     "init": (cfg.get("backbone") or {}).get("init")},
+        "fusion": (cfg.get("model") or {}).get("fusion"),
+        "lambda": (cfg.get("loss") or {}).get("lambda"),
+        "ctc_targets": (cfg.get("data") or {}).get("token_type") if (cfg.get("loss") or {}).get("lambda") else None,
+        "selected_epoch": best.get("epoch"),
+        "epochs_run": epochs,
+        "training_time_s": round(seconds, 1) if seconds is not None else None,
+        "training_hardware": {k: env.get(k) for k in ("gpu", "platform", "cpu") if env.get(k)},
+        "training_date": env.get("date"),
+        "versions": {k: env.get(k) for k in ("torch", "torchaudio", "python") if env.get(k)},
+        "git_commit": env.get("git_commit"),
+        "git_dirty": env.get("git_dirty"),
+        "mtlser_version": _version(),
+    }
+    if result is not None and kind == "fold":
+        facts["test"] = {k: result.get(k) for k in ("speakers", "n", "wa", "ua", "ctc_ter")}
+    return facts
+
+
+def experiment_facts(exp_dir: Path) -> dict | None:
+    """The cross-validation summary of an experiment (results.json), or None before stage 5."""
+    res = _json(exp_dir / "results.json")
+    if res is None:
+        return None
+    return {k: res.get(k) for k in ("num_folds", "n", "wa", "wa_std", "ua", "ua_std", "pooled_wa", "pooled_ua")}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "—"
+
+
+def card_text(facts: dict) -> str:
+    """README.md of a pack (the facts in words; card.json holds them as data)."""
+    name, kind = facts["name"], facts["kind"]
+    cv = facts.get("cross_validation")
+    lines = [f"# mtlser model `{name}`", ""]
+    what = {"fold": f"the model of cross-validation fold `{name}`, trained without its test speaker(s)",
+            "final": "the final model, trained once on every speaker of the corpus",
+            "model": "a model trained by mtlser (not from a cross-validation fold dir, so no held-out figure is known)",
+            "ensemble": f"an ensemble of {len(facts.get('members', []))} fold models; its emotion probabilities are "
+                        "the mean of theirs"}[kind]
+    lines += [f"Speech emotion recognition (Li et al., multi-task: CE + λ·CTC) — {what}.", ""]
+    lines += ["| | |", "|---|---|",
+              f"| corpus | {facts.get('corpus') or 'not recorded'} |",
+              f"| protocol | {facts.get('protocol') or 'not recorded'}"
+              + (f" (model selection: {facts['model_selection']})" if facts.get("model_selection") else "") + " |",
+              f"| emotions (class order) | {' '.join(facts['emotions'])} |"]
+    bb = facts.get("backbone") or {}
+    if bb:
+        lines.append(f"| backbone | {bb.get('arch')}, {bb.get('layers')} layers × {bb.get('width')}, initialised "
+                     f"from {bb.get('init') or 'random weights'} |")
+    if facts.get("lambda") is not None:
+        lines.append(f"| objective | CE + {facts['lambda']:g} · CTC" +
+                     (f" over `{facts['ctc_targets']}`" if facts.get("ctc_targets") else "") +
+                     f", {facts.get('fusion')} fusion |")
+    lines.append("")
+    lines += ["## How well it does", ""]
+    test = facts.get("test")
+    if test:
+        lines.append(f"On this fold's held-out speaker(s) {', '.join(test.get('speakers') or [])}: "
+                     f"**WA {_pct(test.get('wa'))} %, UA {_pct(test.get('ua'))} %** ({test.get('n')} utterances).")
+    else:
+        lines.append({"ensemble": "No held-out figure: every speaker of the corpus was seen in training by some "
+                               "member.",
+                      "final": "No held-out figure: every speaker of the corpus was seen in training.",
+                      }.get(kind, "No held-out figure was found for this model (no scored decode of its test set)."))
+    if cv:
+        lines.append("")
+        lines.append(f"Cross-validation of the experiment's fold models ({cv.get('num_folds')} folds, "
+                     f"{cv.get('n')} test utterances): WA {_pct(cv.get('wa'))} ± {_pct(cv.get('wa_std'))} %, "
+                     f"UA {_pct(cv.get('ua'))} ± {_pct(cv.get('ua_std'))} % (mean ± std over folds)"
+                     + ("." if kind == "fold" else "; this estimates one fold model on unseen speakers, not this "
+                        "model, whose figure on new speakers has not been measured."))
+    lines += ["", "## Training", ""]
+    members = facts.get("members")
+    rows = [facts] if not members else members
+    for m in rows:
+        hw = m.get("training_hardware") or {}
+        t = m.get("training_time_s")
+        device = hw.get("gpu") if hw.get("gpu") and not str(hw.get("gpu")).startswith("none") else "CPU"
+        lines.append(f"- `{m['name']}`: {m.get('epochs_run') or '?'} epoch(s)"
+                     + (f" (selected epoch {m['selected_epoch']})" if m.get("selected_epoch") else "")
+                     + (f", {_duration(t)}" if t is not None else "")
+                     + f" on {device}" + (f" ({hw['cpu']})" if hw.get("cpu") else "")
+                     + (f", {hw.get('platform')}" if hw.get("platform") else "")
+                     + (f"; {m.get('training_date')}" if m.get("training_date") else ""))
+    commit = facts.get("git_commit") or (members[0].get("git_commit") if members else None)
+    lines += ["", f"Trained at mtlser commit `{commit or 'unknown'}`"
+              + (" (with uncommitted changes)" if facts.get("git_dirty") else "")
+              + f"; packed by mtlser {facts.get('mtlser_version')}.", ""]
+    lines += ["## Use", "", "    pip install 'mtlser @ <path or URL of the mtlser source>'",
+              f"    mtlser-infer --model {name}.zip recordings/ --output labels.jsonl", "",
+              "    from mtlser.infer import SERPredictor",
+              f"    SERPredictor.from_pretrained('{name}.zip').predict_file('a.wav')", ""]
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Packs (ESPnet's pack stage): one .zip per model that loads anywhere mtlser is installed.
+
+    python -m mtlser.export pack --model-dir exp/<tag>/fold01 --out fold01.zip
+    python -m mtlser.export pack --exp-dir exp/<tag> --out-dir exp/<tag>/packed     # stage 6
+
+A pack holds the model's ``model.yaml`` (architecture, emotions), ``config.yaml``, ``token_list``,
+its weights as ``model.safetensors``, and its model card (``card.json``, ``README.md``: see
+:mod:`mtlser.export.card`); an ensemble's pack holds ``ensemble.yaml`` and each member under
+``members/<name>/``. Layout and names: :mod:`mtlser.infer.package`. A model is loaded once before
+it is packed, so a pack that loads is the only kind written. Packing is deterministic: the same
+model dir gives the same bytes (fixed timestamps and modes in the zip).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import zipfile
+from pathlib import Path
+
+from mtlser.export.card import card_text, experiment_facts, model_facts
+from mtlser.infer.package import (
+    CARD_JSON,
+    CARD_MD,
+    ENSEMBLE_YAML,
+    MODEL_FILES,
+    ModelFiles,
+    ensemble_text,
+    write_ensemble,
+)
+from mtlser.infer.predictor import read_model
+from mtlser.utils import MtlserError
+from mtlser.utils.fileio import atomic_open
+
+logger = logging.getLogger(__name__)
+
+#: The weights' name inside a pack.
+PACKED_WEIGHTS = "model.safetensors"
+FOLD_DIR = re.compile(r"^fold\d+$")
+FINAL_DIR = "final"
+ENSEMBLE_DIR = "ensemble"
+
+
+def _kind(model_dir: Path) -> str:
+    if FOLD_DIR.match(model_dir.name):
+        return "fold"
+    return "final" if model_dir.name == FINAL_DIR else "model"
+
+
+def _model_entries(model_dir: Path, prefix: str = "", weights: str | None = None) -> list[tuple[str, bytes]]:
+    files = ModelFiles.open(model_dir)
+    read_model(files, weights)  # refuse to pack what does not load
+    entries = [(prefix + name, files.read_bytes(name)) for name in MODEL_FILES]
+    entries.append((prefix + PACKED_WEIGHTS, files.read_bytes(files.weights_name(weights))))
+    return entries
+
+
+def write_zip(out: Path, entries: list[tuple[str, bytes]]) -> None:
+    """Write ``entries`` (name, bytes) as a zip, atomically; weights stored, text deflated."""
+    with atomic_open(out, "wb") as f, zipfile.ZipFile(f, "w") as zf:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+
+
+def _card_entries(facts: dict) -> list[tuple[str, bytes]]:
+    return [(CARD_JSON, (json.dumps(facts, indent=1, ensure_ascii=False) + "\n").encode("utf-8")),
+            (CARD_MD, card_text(facts).encode("utf-8"))]
+
+
+def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weights: str | None = None) -> Path:
+    """Pack a training dir (foldNN, final) or an ensemble dir into ``out`` (.zip)."""
+    model_dir, out = Path(model_dir), Path(out)
+    if not model_dir.is_dir():
+        raise MtlserError(f"{model_dir}: not a directory; pack a training dir (exp/<tag>/foldNN or final) or an "
+                          "ensemble dir (python -m mtlser.export ensemble)")
+    cv = experiment_facts(model_dir.parent)
+    if (model_dir / ENSEMBLE_YAML).is_file():
+        members = ModelFiles.open(model_dir).members()
+        dup = sorted({n for n, _ in members if [m for m, _ in members].count(n) > 1})
+        if dup:
+            raise MtlserError(f"{model_dir / ENSEMBLE_YAML}: members named {dup} more than once; a pack keeps each "
+                              "member under members/<its dir name>/")
+        member_facts, entries, names = [], [], []
+        for name, files in members:
+            entries += _model_entries(files.base, f"members/{name}/", weights)
+            member_facts.append(model_facts(files.base, "fold", corpus))
+            names.append(f"members/{name}")
+        first = member_facts[0]
+        facts = {"name": model_dir.name, "kind": "ensemble", "combine": "mean of the members' emotion probabilities",
+                 **{k: first.get(k) for k in ("corpus", "protocol", "model_selection", "emotions", "backbone",
+                                               "fusion", "lambda", "ctc_targets", "git_commit", "mtlser_version")},
+                 "members": member_facts}
+        text = ensemble_text(names, first["emotions"], f"{len(names)} fold models of {model_dir.parent.name}")
+        entries = [(ENSEMBLE_YAML, text.encode("utf-8"))] + entries
+    else:
+        entries = _model_entries(model_dir, "", weights)
+        facts = model_facts(model_dir, _kind(model_dir), corpus)
+    if cv is not None:
+        facts["cross_validation"] = cv
+    write_zip(out, entries + _card_entries(facts))
+    logger.info("packed %s into %s (%.1f MB)", model_dir, out, out.stat().st_size / 1e6)
+    return out
+
+
+def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``EXP/ensemble/ensemble.yaml`` over every fold model of an experiment; returns the ensemble dir."""
+    exp_dir = Path(exp_dir)
+    out = Path(out) if out else exp_dir / ENSEMBLE_DIR
+    folds = fold_dirs(exp_dir)
+    if len(folds) < 2:
+        raise MtlserError(f"{exp_dir}: {len(folds)} fold model(s); an ensemble needs at least 2 (run stage 3 "
+                          "for more folds)")
+    emotions = None
+    for d in folds:
+        files = ModelFiles.open(d)
+        files.weights_name()  # a finished fold
+        e = files.read_yaml("model.yaml").get("emotions")
+        if emotions is not None and e != emotions:
+            raise MtlserError(f"{d / 'model.yaml'}: emotions {e} differ from {folds[0].name}'s {emotions}; "
+                              "the fold models of one experiment must share them")
+        emotions = e
+    members = [os.path.relpath(d, out) for d in folds]
+    out.mkdir(parents=True, exist_ok=True)
+    write_ensemble(out, members, emotions, f"{len(folds)} fold models of {exp_dir.name}: "
+                   "python -m mtlser.export ensemble")
+    logger.info("ensemble of %d fold models: %s", len(folds), out / ENSEMBLE_YAML)
+    return out
+
+
+def fold_dirs(exp_dir: Path) -> list[Path]:
+    """The fold model dirs of an experiment (foldNN with a model.yaml), in fold order."""
+    return sorted(d for d in exp_dir.iterdir()
+                  if d.is_dir() and FOLD_DIR.match(d.name) and (d / "model.yaml").is_file())
+
+
+def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None = None) -> list[Path]:
+    """Stage 6: every fold model, the final model when there is one, and the ensemble of the folds."""
+    exp_dir, out_dir = Path(exp_dir), Path(out_dir)
+    folds = fold_dirs(exp_dir) if exp_dir.is_dir() else []
+    if not folds:
+        raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); run stage 3 first")
+    packs = [pack(d, out_dir / f"{d.name}.zip", corpus) for d in folds]
+    final = exp_dir / FINAL_DIR
+    if (final / "model.yaml").is_file():
+        packs.append(pack(final, out_dir / f"{FINAL_DIR}.zip", corpus))
+    else:
+        logger.info("%s: no final model (trained on every speaker); packing the folds and their ensemble", final)
+    if len(folds) >= 2:
+        packs.append(pack(make_ensemble(exp_dir), out_dir / f"{ENSEMBLE_DIR}.zip", corpus))
+    else:
+        logger.info("%s: one fold model, no ensemble", exp_dir)
+    return packs
