@@ -1,0 +1,211 @@
+"""Slurm: the cluster settings of conf/slurm.conf, and an array of jobs through sbatch.
+
+:mod:`mtlser.utils.launch` (``--backend slurm``) hands over the jobs, each one a log path
+and a command; this module writes one job script for the array, submits it with
+``sbatch --wait --array=LO-HI%M``, and reports the jobs that did not end with exit 0.
+
+conf/slurm.conf, Kaldi style (``key=value`` lines, ``#`` comments)::
+
+    cpus=2               # every stage
+    mem=8G
+    train.cpus=8         # stage 3 only (train.*); decode.* is stage 4
+    train.mem=32G
+
+Keys (empty value = the cluster's default): ``partition``, ``account``, ``time``,
+``cpus`` (--cpus-per-task, also the job's OMP_NUM_THREADS), ``mem`` (--mem),
+``gres`` (``{ngpu}`` stands for the GPUs of the job; default ``gpu:{ngpu}``, none
+without GPUs), ``extra`` (more sbatch options, as on a command line).
+
+The job script starts from a clean environment (``--export=NONE``: Slurm loads
+the user's login environment), sets the submitting shell's ``MTLSER_*``
+variables, and sources the repository's path.sh itself; ``cd`` to the
+submission directory. Jobs are submitted with ``--requeue``: when Slurm
+requeues one (preemption, node failure, ``scontrol requeue``), it runs again,
+its log gets a ``# Requeued`` line, and training resumes from the fold's
+checkpoint (a resumed fold ends as an uninterrupted one would; tested on a
+local Slurm). ``--no-requeue`` in ``extra`` turns that off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mtlser.utils import MtlserError
+
+#: The job kinds cmd.sh submits: stage 3 (training) and stage 4 (inference).
+STAGES = ("train", "decode")
+#: conf/slurm.conf keys and what they become.
+KEYS = {
+    "partition": "--partition",
+    "account": "--account",
+    "time": "--time",
+    "cpus": "--cpus-per-task",
+    "mem": "--mem",
+    "gres": "--gres",
+    "extra": None,
+}
+#: The repository whose path.sh every job script sources.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_settings(path: str | os.PathLike, stage: str) -> dict[str, str]:
+    """The settings of ``stage`` in a conf/slurm.conf: the defaults, then ``<stage>.key`` lines."""
+    path = Path(path)
+    if stage not in STAGES:
+        raise MtlserError(f"Slurm settings of stage '{stage}': expected one of {', '.join(STAGES)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise MtlserError(f"{path}: cannot read the Slurm settings ({e.strerror}); see conf/slurm.conf") from None
+    common: dict[str, str] = {}
+    staged: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, eq, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        where = f"{path}:{lineno}"
+        if not eq:
+            raise MtlserError(f"{where}: expected key=value (e.g. train.mem=32G), got '{raw.strip()}'")
+        prefix, _, name = key.rpartition(".")
+        if prefix and prefix not in STAGES:
+            raise MtlserError(f"{where}: '{key}': the part before '.' must be a stage, one of {', '.join(STAGES)}")
+        if name not in KEYS:
+            raise MtlserError(f"{where}: unknown key '{name}'; known: {', '.join(KEYS)}")
+        if name == "cpus" and value and not (value.isdigit() and int(value) > 0):
+            raise MtlserError(f"{where}: cpus must be a positive integer, got '{value}'")
+        if name == "extra":
+            try:
+                shlex.split(value)
+            except ValueError as e:
+                raise MtlserError(f"{where}: extra: {e} (quote as on a command line)") from None
+        if prefix == stage:
+            staged[name] = value
+        elif not prefix:
+            common[name] = value
+    return {**common, **staged}
+
+
+def sbatch_options(settings: dict[str, str], ngpu: int = 0) -> list[str]:
+    """sbatch options of a stage's settings for jobs of ``ngpu`` GPUs each."""
+    opts = ["--export=NONE", "--requeue"]
+    for key, flag in KEYS.items():
+        value = settings.get(key, "")
+        if key == "gres":
+            value = value or "gpu:{ngpu}"
+            if "{ngpu}" in value:
+                value = value.replace("{ngpu}", str(ngpu)) if ngpu > 0 else ""
+        if not value:
+            continue
+        opts += shlex.split(value) if flag is None else [f"{flag}={value}"]
+    return opts
+
+
+def job_script(jobs: dict[int, tuple[Path, list[str]]], cwd: str | os.PathLike, env: dict[str, str]) -> str:
+    """A bash script that runs job ``$SLURM_ARRAY_TASK_ID`` of ``jobs`` (task id -> log, command).
+
+    Each job's log is framed as run.pl frames it (command, start, end with exit code);
+    a requeued run appends to it.
+    """
+    q = shlex.quote
+    exports = "".join(f"export {k}={q(v)}\n" for k, v in sorted(env.items())
+                      if k.startswith("MTLSER_") and k not in ("MTLSER_ROOT", "MTLSER_JOB"))
+    cases = "".join(f"    {job}) log={q(str(log))}; cmd=({' '.join(q(c) for c in cmd)}); line={q(shlex.join(cmd))} ;;\n"
+                    for job, (log, cmd) in sorted(jobs.items()))
+    return (
+        "#!/bin/bash\n"
+        "# Written by mtlser.utils.launch: runs job $SLURM_ARRAY_TASK_ID of the array.\n"
+        f"cd {q(str(cwd))} || exit 1\n"
+        'case "${SLURM_ARRAY_TASK_ID}" in\n'
+        f"{cases}"
+        '    *) echo "no job ${SLURM_ARRAY_TASK_ID} in this array" >&2; exit 1 ;;\n'
+        "esac\n"
+        'mkdir -p "$(dirname "$log")"\n'
+        "# The framing lines start a line of their own, also after a progress bar's last output.\n"
+        'newline() { if [ -s "$log" ] && [ -n "$(tail -c 1 "$log")" ]; then echo >> "$log"; fi; }\n'
+        'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then\n'
+        '    newline\n'
+        '    echo "# Requeued (restart ${SLURM_RESTART_COUNT}) at $(date): runs again, training resumes" >> "$log"\n'
+        "else\n"
+        '    echo "# ${line}" > "$log"\n'
+        '    echo "# Started at $(date)" >> "$log"\n'
+        "fi\n"
+        'echo "# Slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname)" >> "$log"\n'
+        f"{exports}"
+        "export MTLSER_JOB=${SLURM_ARRAY_TASK_ID}\n"
+        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n"
+        f"( . {q(str(ROOT / 'path.sh'))} && \"${{cmd[@]}}\" ) >> \"$log\" 2>&1\n"
+        "rc=$?\n"
+        "newline\n"
+        'echo "# Ended (code $rc) at $(date)" >> "$log"\n'
+        "exit $rc\n"
+    )
+
+
+def last_exit_code(log: Path) -> int | None:
+    """The exit code of a job's last run, from its log's last ``# Ended (code N)`` line."""
+    try:
+        codes = re.findall(r"^# Ended \(code (-?\d+)\)", log.read_text(errors="replace"), flags=re.M)
+    except OSError:
+        return None
+    return int(codes[-1]) if codes else None
+
+
+def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: list[str], job_name: str,
+              script_dir: Path) -> list[int]:
+    """Submit ``jobs`` (task id -> log, command) as one array and wait; returns the failed task ids."""
+    script_dir.mkdir(parents=True, exist_ok=True)
+    script = script_dir / f"{job_name}.array.sh"
+    script.write_text(job_script(jobs, os.getcwd(), dict(os.environ)))
+    lo, hi = min(jobs), max(jobs)
+    cmd = ["sbatch", "--wait", f"--array={lo}-{hi}%{max_jobs}", f"--output={script_dir}/slurm-%A_%a.out",
+           f"--job-name={job_name}", *options, str(script)]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        raise MtlserError("sbatch not found: the slurm backend needs Slurm's client commands on PATH "
+                          "(tools/start_slurm.sh starts a local Slurm)") from None
+    job_id = None
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            m = re.match(r"Submitted batch job (\d+)", line)
+            if m:
+                job_id = m.group(1)
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        # Jobs would go on running on the cluster without us: cancel the array.
+        if job_id is not None:
+            subprocess.call(["scancel", job_id])
+            print(f"launch: interrupted; cancelled Slurm job {job_id}", file=sys.stderr)
+        proc.send_signal(signal.SIGINT)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if rc == 0:
+        return []
+    if job_id is None:
+        print(f"launch: sbatch could not submit the array (exit {rc}; its message is above): {shlex.join(cmd)}",
+              file=sys.stderr)
+        return sorted(jobs)
+    # sbatch --wait returns the highest exit code of the array's tasks; the logs say which failed.
+    failed = [j for j, (log, _) in sorted(jobs.items()) if last_exit_code(log) != 0]
+    for j in failed:
+        log = jobs[j][0]
+        out = script_dir / f"slurm-{job_id}_{j}.out"
+        code = last_exit_code(log)
+        why = f"exit {code}" if code is not None else "no exit code in its log: killed or never started"
+        extra = f" and {out}" if out.is_file() and out.stat().st_size else ""
+        print(f"launch: Slurm job {job_id}_{j} failed ({why}); see {log}{extra}", file=sys.stderr)
+    return failed or sorted(jobs)
