@@ -21,7 +21,9 @@ import torch
 
 from mtlser.config import load_config
 from mtlser.data.datadir import read_table
+from mtlser.data.dataset import BatchSampler
 from mtlser.text.tokenize import read_token_list
+from mtlser.train.distributed import term_weights
 from mtlser.train.trainer import Trainer
 from tests.test_train import fold  # noqa: F401  (the fixture: a 4-speaker corpus split into folds)
 
@@ -56,6 +58,30 @@ def torchrun(cmd: list[str], **popen) -> subprocess.Popen:
 
 def model_state(exp: Path) -> dict:
     return torch.load(exp / "fold01" / "checkpoint.pt", weights_only=True)
+
+
+def test_ranks_split_every_batch_and_deal_out_evaluation_batches():
+    durations = [0.5 + 0.1 * (i % 7) for i in range(13)]
+    one = BatchSampler(durations, 4, seed=2)
+    ranks = [BatchSampler(durations, 4, seed=2, rank=r, world_size=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        whole = one.epoch_batches(epoch)
+        shards = [r.epoch_batches(epoch) for r in ranks]
+        assert len(shards[0]) == len(shards[1]) == len(whole)  # every rank takes every step
+        sizes = [r.shard_sizes(epoch) for r in ranks]
+        for i, b in enumerate(whole):
+            real = [shards[r][i][:sizes[r][i][0]] for r in (0, 1)]
+            assert sorted(real[0] + real[1]) == sorted(b) and sizes[0][i][1] == len(b)
+            if sizes[1][i][0] == 0:  # a batch of one: rank 1 takes a stand-in that counts 0
+                assert len(b) == 1 and shards[1][i] == b
+    assert any(s == (0, 1) for s in ranks[1].shard_sizes(0) + ranks[1].shard_sizes(1))  # 13 = 3 x 4 + 1
+    assert term_weights(0, 1, 2, "sum") == (0.0, 0.0)
+    assert term_weights(3, 4, 2, "sum") == (1.5, 2.0) and term_weights(1, 4, 2, "mean") == (0.5, 0.5)
+    # Evaluation: whole batches, dealt out; together exactly the single process's.
+    evals = [BatchSampler(durations, 4, shuffle=False, rank=r, world_size=2, distribute="round_robin")
+             for r in (0, 1)]
+    dealt = evals[0].epoch_batches(0) + evals[1].epoch_batches(0)
+    assert sorted(map(tuple, dealt)) == sorted(map(tuple, BatchSampler(durations, 4, shuffle=False).epoch_batches(0)))
 
 
 def test_readme_torchrun_line_trains_like_one_process_on_the_same_batches(fold, tiny_config, tmp_path):  # noqa: F811

@@ -107,6 +107,15 @@ def test_mini_corpus_is_deterministic_and_in_iemocap_layout(tmp_path):
     assert wavs[0].stat().st_mtime_ns == mtime
 
 
+def test_local_jobs_of_several_gpus_take_them_in_groups():
+    """--gpu 2 (ser.sh --ngpu 2) with --gpus 0,1,2,3: the job in slot 1 sees GPUs 0,1, slot 2 sees 2,3."""
+    from mtlser.utils.launch import job_env
+
+    assert [job_env(s, 2, ["0", "1", "2", "3"], base={}, per_job=2)["CUDA_VISIBLE_DEVICES"] for s in (1, 2)] == [
+        "0,1", "2,3"]
+    assert job_env(3, 4, ["0", "1"], base={}, per_job=1)["CUDA_VISIBLE_DEVICES"] == "0"
+
+
 @pytest.mark.slurm
 def test_slurm_backend(tmp_path, slurm):
     """The launcher's array on the local Slurm (tools/start_slurm.sh): job 3 fails, and is named."""
