@@ -445,13 +445,13 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v * (bs if k != "ctc_skipped" else min(bs, 1))
             n += bs
             audio_s += float(batch["num_samples"].sum()) / cfg.data.sample_rate if bs else 0.0
+            if self.step % cfg.train.log_interval == 0 and self.dist.is_main:
+                logger.info("epoch %d step %d: %s", self.epoch + 1, self.step,
+                            " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
         if self.dist.world_size > 1:  # statistics of the whole batches: summed over the ranks
             keys = sorted(sums)
             *values, n, audio_s = distributed.all_reduce_sum([sums[k] for k in keys] + [n, audio_s], self.device)
             sums = dict(zip(keys, values))
-            if self.step % cfg.train.log_interval == 0 and self.dist.is_main:
-                logger.info("epoch %d step %d: %s", self.epoch + 1, self.step,
-                            " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
         out = {k: (v / max(n, 1) if k != "ctc_skipped" else v) for k, v in sums.items()}
         out["time_s"] = time.time() - t0
         out["audio_s_per_s"] = audio_s / max(out["time_s"], 1e-9)
