@@ -34,7 +34,10 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from mtlser.utils import MtlserError
 
@@ -149,12 +152,18 @@ def job_script(jobs: dict[int, tuple[Path, list[str]]], cwd: str | os.PathLike, 
     )
 
 
-def last_exit_code(log: Path) -> int | None:
-    """The exit code of a job's last run, from its log's last ``# Ended (code N)`` line."""
+def last_exit_code(log: Path, slurm_job: str | None = None) -> int | None:
+    """The exit code of a job's last run, from its log's last ``# Ended (code N)`` line.
+
+    With ``slurm_job`` (e.g. "17_3"), only when that Slurm job wrote the log.
+    """
     try:
-        codes = re.findall(r"^# Ended \(code (-?\d+)\)", log.read_text(errors="replace"), flags=re.M)
+        text = log.read_text(errors="replace")
     except OSError:
         return None
+    if slurm_job is not None and f"# Slurm job {slurm_job} on " not in text:
+        return None
+    codes = re.findall(r"^# Ended \(code (-?\d+)\)", text, flags=re.M)
     return int(codes[-1]) if codes else None
 
 
@@ -173,16 +182,25 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
         raise MtlserError("sbatch not found: the slurm backend needs Slurm's client commands on PATH "
                           "(tools/start_slurm.sh starts a local Slurm)") from None
     job_id = None
+
+    def exit_code(job: int) -> int | None:  # of this array's run of the job (a log may be an earlier run's)
+        return last_exit_code(jobs[job][0], f"{job_id}_{job}") if job_id else None
+
     def interrupted(*_):
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, interrupted)
+    bar = tqdm(total=len(jobs), desc="jobs done", unit="job", disable=len(jobs) < 2)
     try:
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            m = re.match(r"Submitted batch job (\d+)", line)
-            if m:
-                job_id = m.group(1)
+        line = proc.stdout.readline()  # "Submitted batch job N"; sbatch --wait then waits for the array
+        print(line, end="", flush=True)
+        m = re.match(r"Submitted batch job (\d+)", line)
+        job_id = m.group(1) if m else None
+        while proc.poll() is None:
+            bar.n = sum(exit_code(j) is not None for j in jobs)
+            bar.refresh()
+            time.sleep(1)
+        print(proc.stdout.read(), end="", flush=True)
         rc = proc.wait()
     except KeyboardInterrupt:
         # Jobs would go on running on the cluster without us: cancel the array.
@@ -193,6 +211,7 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
         raise
     finally:
         signal.signal(signal.SIGTERM, old)
+        bar.close()
     if rc == 0:
         return []
     if job_id is None:
@@ -200,11 +219,11 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
               file=sys.stderr)
         return sorted(jobs)
     # sbatch --wait returns the highest exit code of the array's tasks; the logs say which failed.
-    failed = [j for j, (log, _) in sorted(jobs.items()) if last_exit_code(log) != 0]
+    failed = [j for j in sorted(jobs) if exit_code(j) != 0]
     for j in failed:
         log = jobs[j][0]
         out = script_dir / f"slurm-{job_id}_{j}.out"
-        code = last_exit_code(log)
+        code = exit_code(j)
         why = f"exit {code}" if code is not None else "no exit code in its log: killed or never started"
         extra = f" and {out}" if out.is_file() and out.stat().st_size else ""
         print(f"launch: Slurm job {job_id}_{j} failed ({why}); see {log}{extra}", file=sys.stderr)
