@@ -4,17 +4,9 @@
 and a command; this module writes one job script for the array, submits it with
 ``sbatch --wait --array=LO-HI%M``, and reports the jobs that did not end with exit 0.
 
-conf/slurm.conf, Kaldi style (``key=value`` lines, ``#`` comments)::
-
-    cpus=2               # every stage
-    mem=8G
-    train.cpus=8         # stage 3 only (train.*); decode.* is stage 4
-    train.mem=32G
-
-Keys (empty value = the cluster's default): ``partition``, ``account``, ``time``,
-``cpus`` (--cpus-per-task, also the job's OMP_NUM_THREADS), ``mem`` (--mem),
-``gres`` (``{ngpu}`` stands for the GPUs of the job; default ``gpu:{ngpu}``, none
-without GPUs), ``extra`` (more sbatch options, as on a command line).
+The settings come from a conf/slurm.conf (Kaldi style ``key=value`` and
+``<stage>.key=value`` lines; that file's header documents every key), read by
+:func:`read_settings` and turned into sbatch options by :func:`sbatch_options`.
 
 The job script starts from a clean environment (``--export=NONE``: Slurm loads
 the user's login environment), sets the submitting shell's ``MTLSER_*``
@@ -190,14 +182,18 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, interrupted)
-    bar = tqdm(total=len(jobs), desc="jobs done", unit="job", disable=len(jobs) < 2)
+    # A bar on a terminal; in a log file a plain line whenever a job ends (no carriage returns).
+    bar = tqdm(total=len(jobs), desc="jobs done", unit="job", disable=len(jobs) < 2 or not sys.stderr.isatty())
     try:
         line = proc.stdout.readline()  # "Submitted batch job N"; sbatch --wait then waits for the array
         print(line, end="", flush=True)
         m = re.match(r"Submitted batch job (\d+)", line)
         job_id = m.group(1) if m else None
         while proc.poll() is None:
-            bar.n = sum(exit_code(j) is not None for j in jobs)
+            done = sum(exit_code(j) is not None for j in jobs)
+            if done != bar.n and bar.disable:
+                print(f"launch: {done} of {len(jobs)} Slurm jobs done", file=sys.stderr, flush=True)
+            bar.n = done
             bar.refresh()
             time.sleep(1)
         print(proc.stdout.read(), end="", flush=True)
