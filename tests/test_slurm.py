@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +81,32 @@ def test_job_script_sources_path_sh_and_appends_when_requeued(tmp_path):
     assert text.startswith("# python -c ") and "# Requeued (restart 1)" in text and text.count("venv True") == 2
     assert subprocess.run(["bash", str(script)], env=dict(env, SLURM_ARRAY_TASK_ID="1")).returncode == 1
     assert "a bar\n# Ended (code 1)" in (tmp_path / "logs" / "train.1.log").read_text()  # on a line of its own
+
+
+def test_launcher_waits_for_a_requeued_task_that_sbatch_wait_missed(tmp_path):
+    """sbatch --wait may return (exit 0) while a requeued task is on its way back to the queue.
+
+    Stand-ins for sbatch and squeue replay that: sbatch returns at once, the array's tasks run 2 s
+    later while squeue lists the job. The launcher must wait for them and judge by their logs.
+    """
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(
+        "#!/bin/bash\n"
+        'script="${@: -1}"; touch "$FAKE/queued"\n'
+        'echo "Submitted batch job 99"\n'
+        '( sleep 2; for t in 1 2; do SLURM_ARRAY_TASK_ID=$t SLURM_ARRAY_JOB_ID=99 bash "$script"; done\n'
+        '  rm "$FAKE/queued" ) >/dev/null 2>&1 &\n'
+        "exit 0\n")
+    (fake / "squeue").write_text('#!/bin/bash\n[ -f "$FAKE/queued" ] && echo 99_1\nexit 0\n')
+    for f in ("sbatch", "squeue"):
+        (fake / f).chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FAKE=str(fake), PATH=f"{fake}:{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-m", "mtlser.utils.launch", "--backend", "slurm", "JOB=1:2",
+                        str(tmp_path / "log" / "j.JOB.log"), "bash", "-c", "[ JOB != 2 ] || exit 3"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert "# Ended (code 0)" in (tmp_path / "log" / "j.1.log").read_text()
+    assert r.returncode == 1 and "Slurm job 99_2 failed (exit 3); see " in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- on the local Slurm

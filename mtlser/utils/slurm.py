@@ -159,6 +159,15 @@ def last_exit_code(log: Path, slurm_job: str | None = None) -> int | None:
     return int(codes[-1]) if codes else None
 
 
+def in_queue(job_id: str) -> bool:
+    """Whether squeue lists any task of Slurm job ``job_id`` (pending, running, completing, requeued)."""
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return False
+    return r.returncode == 0 and bool(r.stdout.strip())
+
+
 def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: list[str], job_name: str,
               script_dir: Path) -> list[int]:
     """Submit ``jobs`` (task id -> log, command) as one array and wait; returns the failed task ids."""
@@ -189,7 +198,9 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
         print(line, end="", flush=True)
         m = re.match(r"Submitted batch job (\d+)", line)
         job_id = m.group(1) if m else None
-        while proc.poll() is None:
+        # sbatch --wait can return while a requeued task is on its way back to the queue (it then looks
+        # finished for a moment): the array is done when sbatch has returned and squeue lists none of it.
+        while proc.poll() is None or (job_id and in_queue(job_id)):
             done = sum(exit_code(j) is not None for j in jobs)
             if done != bar.n and bar.disable:
                 print(f"launch: {done} of {len(jobs)} Slurm jobs done", file=sys.stderr, flush=True)
@@ -208,13 +219,12 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
     finally:
         signal.signal(signal.SIGTERM, old)
         bar.close()
-    if rc == 0:
-        return []
     if job_id is None:
         print(f"launch: sbatch could not submit the array (exit {rc}; its message is above): {shlex.join(cmd)}",
               file=sys.stderr)
         return sorted(jobs)
-    # sbatch --wait returns the highest exit code of the array's tasks; the logs say which failed.
+    # Each job's log says how its last run ended (sbatch's exit code is the highest of the array's
+    # tasks, and a requeued task's first run may count in it).
     failed = [j for j in sorted(jobs) if exit_code(j) != 0]
     for j in failed:
         log = jobs[j][0]
@@ -223,4 +233,4 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
         why = f"exit {code}" if code is not None else "no exit code in its log: killed or never started"
         extra = f" and {out}" if out.is_file() and out.stat().st_size else ""
         print(f"launch: Slurm job {job_id}_{j} failed ({why}); see {log}{extra}", file=sys.stderr)
-    return failed or sorted(jobs)
+    return failed
