@@ -122,10 +122,12 @@ def scontrol(slurm: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["scontrol", *args], env=dict(os.environ, **slurm), capture_output=True, text=True)
 
 
-def start_requeued_now(slurm: dict, job: str, timeout: float = 120) -> None:
-    """A requeued job may start again only ~2 min later (Slurm's credential lifetime): let it start now.
+def start_requeued_now(slurm: dict, job: str, requeued_at: float, timeout: float = 120) -> None:
+    """A requeued job may start again only ~2 min later (Slurm's credential lifetime): let it start sooner.
 
-    The update takes effect once the job is back to PENDING (not while it is still COMPLETING).
+    The update takes effect once the job is back to PENDING (not while it is still COMPLETING), and
+    not within the second its old credential was revoked: slurmd would refuse the new one ("Job
+    credential revoked") and the job would fail instead of running again. So 3 s after the requeue.
     """
     env = dict(os.environ, **slurm)
     seen_pending = False
@@ -133,7 +135,7 @@ def start_requeued_now(slurm: dict, job: str, timeout: float = 120) -> None:
     while time.time() < deadline:
         state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True,
                                text=True).stdout.strip()
-        if state == "PENDING":
+        if state == "PENDING" and time.time() >= requeued_at + 3:
             seen_pending = True
             scontrol(slurm, "update", f"JobId={job}", "StartTime=now")
         elif seen_pending:
@@ -181,7 +183,7 @@ def test_mini_folds_on_slurm_match_local_and_survive_a_requeue(tmp_path, slurm):
     job = re.search(r"# Slurm job (\d+_\d+)", (exp / "logs" / "train.1.log").read_text()).group(1)
     r = scontrol(slurm, "requeue", job)  # as preemption does: the job is killed and queued again
     assert r.returncode == 0, r.stderr
-    start_requeued_now(slurm, job)
+    start_requeued_now(slurm, job, time.time())
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
 
