@@ -128,3 +128,50 @@ def tiny_experiment(tmp_path_factory):
     from tests.shipping import make_experiment
 
     return make_experiment(tmp_path_factory.mktemp("tiny_recipe") / "recipe")
+
+
+# ---------------------------------------------------------------- the local Slurm (tools/start_slurm.sh)
+
+#: Where tools/start_slurm.sh leaves slurm.env (SLURM_CONF=...) once its Slurm is up.
+SLURM_DIR = Path(os.environ.get("MTLSER_SLURM_DIR", "/var/tmp/mtlser-slurm"))
+
+
+def live_slurm() -> dict[str, str] | None:
+    """The environment variables of the running local Slurm, or None when none answers."""
+    import shutil
+    import subprocess
+
+    env_file = SLURM_DIR / "slurm.env"
+    if not env_file.is_file() or not shutil.which("sbatch"):
+        return None
+    env = dict(line.split("=", 1) for line in env_file.read_text().split() if "=" in line)
+    r = subprocess.run(["scontrol", "ping"], env=dict(os.environ, **env), capture_output=True, text=True)
+    return env if "is UP" in r.stdout else None
+
+
+@pytest.fixture(scope="session")
+def slurm() -> dict[str, str]:
+    """SLURM_CONF & co. of the local Slurm. Without one: skipped here, a failure in CI (CI=true)."""
+    env = live_slurm()
+    if env is None:
+        why = (f"no live Slurm: {SLURM_DIR}/slurm.env missing or its controller not answering; "
+               "start one with tools/start_slurm.sh (as root)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs the Slurm tests to run: {why}")
+        pytest.skip(why)
+    return env
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying whether the Slurm tests ran (CI's log must show them passed, not skipped)."""
+    counts: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            when = getattr(rep, "when", None)  # test reports only (stats also hold deselected items)
+            if when and "slurm" in rep.keywords and (when == "call" or rep.outcome != "passed"):
+                counts[rep.outcome] = counts.get(rep.outcome, 0) + 1
+    if counts:
+        env = live_slurm()
+        where = f"SLURM_CONF={env['SLURM_CONF']}" if env else "no live Slurm"
+        terminalreporter.write_line(
+            f"Slurm tests ({where}): " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

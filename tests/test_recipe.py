@@ -100,6 +100,12 @@ def test_stages_0_to_5(tmp_path):
     assert "training already finished" in (exp / "logs" / "train.1.log").read_text()
     assert json.loads((exp / "results.json").read_text())["ua"] == results["ua"]
 
+    # --ngpu 2: torchrun trains the fold with two processes (gloo on a machine without GPUs).
+    r = ser(recipe, "--stage", "3", "--stop-stage", "3", *common, "--ngpu", "2", "--folds", "1", "--tag", "ddp")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torchrun: 2 processes" in (recipe / "exp" / "ddp" / "fold01" / "train.log").read_text()
+    assert (recipe / "exp" / "ddp" / "fold01" / "best.safetensors").is_file()
+
 
 def test_recipe_rejects_unknown_options(tmp_path):
     recipe = make_recipe(tmp_path / "egs" / "x")

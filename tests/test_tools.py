@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import json
 import os
 import subprocess
@@ -108,10 +107,23 @@ def test_mini_corpus_is_deterministic_and_in_iemocap_layout(tmp_path):
     assert wavs[0].stat().st_mtime_ns == mtime
 
 
-@pytest.mark.skipif(not (shutil.which("sbatch") and os.environ.get("SLURM_CONF")),
-                    reason="needs a running Slurm (sbatch on PATH and SLURM_CONF set)")
-def test_slurm_backend(tmp_path):
-    r = launch("--backend", "slurm", "--max-jobs-run", "2", "JOB=1:3", str(tmp_path / "log" / "j.JOB.log"),
-               sys.executable, "-c", "import sys; sys.exit(3 if sys.argv[1] == '3' else 0)", "JOB", cwd=tmp_path)
-    assert r.returncode == 1 and "1 of 3 jobs failed" in r.stderr and "j.3.log" in r.stderr
+def test_local_jobs_of_several_gpus_take_them_in_groups():
+    """--gpu 2 (ser.sh --ngpu 2) with --gpus 0,1,2,3: the job in slot 1 sees GPUs 0,1, slot 2 sees 2,3."""
+    from mtlser.utils.launch import job_env
+
+    assert [job_env(s, 2, ["0", "1", "2", "3"], base={}, per_job=2)["CUDA_VISIBLE_DEVICES"] for s in (1, 2)] == [
+        "0,1", "2,3"]
+    assert job_env(3, 4, ["0", "1"], base={}, per_job=1)["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+@pytest.mark.slurm
+def test_slurm_backend(tmp_path, slurm):
+    """The launcher's array on the local Slurm (tools/start_slurm.sh): job 3 fails, and is named."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **slurm)
+    r = subprocess.run([sys.executable, "-m", "mtlser.utils.launch", "--backend", "slurm", "--max-jobs-run", "2",
+                        "JOB=1:3", str(tmp_path / "log" / "j.JOB.log"),
+                        "python", "-c", "import sys; sys.exit(3 if sys.argv[1] == '3' else 0)", "JOB"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "1 of 3 jobs failed" in r.stderr and "j.3.log" in r.stderr, r.stderr
+    assert "failed (exit 3); see " + str(tmp_path / "log" / "j.3.log") in r.stderr
     assert "# Ended (code 0)" in (tmp_path / "log" / "j.1.log").read_text()

@@ -135,23 +135,3 @@ def test_resume_after_kill_is_bit_identical(fold, tiny_config, tmp_path):
     strip = [[{k: v for k, v in e.items() if k not in drop} for e in json.loads(h)] for h in (h1, h2)]
     assert strip[0] == strip[1]
     assert (straight / "fold01" / "best.safetensors").read_bytes() == (killed / "fold01" / "best.safetensors").read_bytes()
-
-
-def test_torchrun_two_ranks_share_the_batches(fold, tiny_config, tmp_path):
-    """Multi-process training (torchrun, gloo on CPU): both ranks train, rank 0 writes, the fold finishes."""
-    folds, tokens = fold
-    exp = tmp_path / "ddp"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mtlser.train", "--config",
-           str(tiny_config(train={"epochs": 1})), "--folds-dir", str(folds), "--fold", "1",
-           "--token-list", str(tokens), "--exp-dir", str(exp)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    log = (exp / "fold01" / "train.log").read_text()
-    assert "epoch 1:" in log and (exp / "fold01" / "best.safetensors").is_file()
-    # Each rank takes every other batch (padded to an even count): half the steps of one process.
-    n_train = len(read_table(folds / "fold01" / "train" / "utt2spk"))
-    batches = -(-n_train // 4)
-    state = torch.load(exp / "fold01" / "checkpoint.pt", weights_only=True)
-    assert state["step"] == -(-batches // 2) and state["finished"]

@@ -15,7 +15,9 @@ cmdline="$0$(printf ' %q' "$@")"  # quoted, so that exp/*/run.sh replays the exa
 stage=0              # first stage to run
 stop_stage=6         # last stage to run
 nj=2                 # folds trained/decoded at once (stages 3-4)
-gpu_per_job=0        # GPUs each training job asks the job backend for (slurm)
+ngpu=1               # GPUs per training job: reserved by the job backend (Slurm: gres); N > 1 runs torchrun
+                     # with N processes per fold (DDP; without GPUs, N CPU processes with gloo)
+slurm_conf=conf/slurm.conf  # Slurm settings of stages 3-4 (MTLSER_CMD_BACKEND=slurm), see that file
 # Data
 local_data_opts=""   # options passed to local/data.sh
 protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds) | kfold<K> (K folds of whole speakers)
@@ -43,6 +45,8 @@ help_message=$(cat <<EOF
 Usage: $0 [options]
   --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score, 6 pack)
   --nj N                     folds trained/decoded at once (default ${nj})
+  --ngpu N                   GPUs per training job; N > 1: torchrun, N processes per fold (default ${ngpu})
+  --slurm-conf FILE          Slurm settings with MTLSER_CMD_BACKEND=slurm (default ${slurm_conf})
   --local-data-opts "..."    passed to local/data.sh
   --protocol loso|loso-session|kfold<K>, --valid share|session-mate|none, --valid-share X, --split-seed N
                              (--valid none: the paper's protocol, every training utterance trains, last epoch reported)
@@ -73,6 +77,7 @@ fi
 if [ -n "${partition}" ] && [ "${protocol}" != partition ]; then
     log "--partition ${partition}: the folds come from its files (protocol partition, not ${protocol})"; protocol=partition
 fi
+[[ "${ngpu}" =~ ^[0-9]+$ ]] || { log "--ngpu ${ngpu}: expected a number of GPUs (0, 1, 2, ...)"; exit 2; }
 
 data=data
 # Each valid choice has its own folds (the default keeps the plain name), so experiments of the two
@@ -170,10 +175,13 @@ for experiment in "${experiments[@]}"; do
         echo "(cd $(pwd) && ${cmdline})" >> "${expdir}/run.sh"
         # Each fold's resolved config (every field, overrides applied) is ${expdir}/foldNN/config.yaml.
         fold_args=$(fold_list | xargs | tr ' ' ',')
+        # One process per fold, or with --ngpu N > 1 torchrun's N (DDP: the ranks split each batch, rank 0 writes).
+        train_py=(python -m mtlser.train)
+        if [ "${ngpu}" -gt 1 ]; then train_py=(torchrun --standalone --nproc_per_node "${ngpu}" -m mtlser.train); fi
         # shellcheck disable=SC2086
-        ${train_cmd} --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/train.JOB.log" \
+        ${train_cmd} --gpu "${ngpu}" --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/train.JOB.log" \
             python -m mtlser.utils.nth_fold "${fold_args}" JOB \
-            python -m mtlser.train --config "${train_config}" --folds-dir "${folds_dir}" --fold FOLD \
+            "${train_py[@]}" --config "${train_config}" --folds-dir "${folds_dir}" --fold FOLD \
                 --token-list "${token_list}" --exp-dir "${expdir}" --train-opts "${train_opts} ${exp_opts}" \
                 --data.token_type "${token_set}"
         if ${train_final}; then
@@ -181,8 +189,8 @@ for experiment in "${experiments[@]}"; do
             final_epochs=$(python -m mtlser.train.final --exp-dir "${expdir}")
             log "Stage 3: final model on all speakers, ${final_epochs} epochs -> ${expdir}/final"
             # shellcheck disable=SC2086
-            ${train_cmd} JOB=1:1 "${expdir}/logs/train.final.log" \
-                python -m mtlser.train --config "${train_config}" --data-dir "${folds_dir}/final" \
+            ${train_cmd} --gpu "${ngpu}" JOB=1:1 "${expdir}/logs/train.final.log" \
+                "${train_py[@]}" --config "${train_config}" --data-dir "${folds_dir}/final" \
                     --token-list "${token_list//foldNN/final}" --exp-dir "${expdir}/final" --train-opts "${train_opts} ${exp_opts}" \
                     --data.token_type "${token_set}" --train.epochs "${final_epochs}" \
                     --train.model_selection last --train.patience 0

@@ -13,4 +13,6 @@ cd "$(dirname "$(readlink -f "$0")")"
 ./ser.sh \
     --train-config conf/train_mini.yaml \
     --nj 2 \
+    --ngpu 0 \
+    --slurm-conf conf/slurm_mini.conf \
     "$@"

@@ -255,11 +255,17 @@ class BatchSampler(Sampler[list[int]]):
     ``window`` batches, cut into batches, batch order shuffled: the same utterances
     per epoch in a different grouping, with little padding.
     shuffle=False (evaluation): sorted by duration, fixed.
-    With world_size > 1 each rank takes every world_size-th batch (torchrun).
+
+    With world_size > 1 (torchrun) the batches of one process are dealt out by ``distribute``:
+    "shard" (training) splits every batch over the ranks (rank r takes items r, r + world_size, ...),
+    so batch_size stays the global batch and every rank takes the same number of steps; a rank
+    left without an item takes a stand-in (the batch's first item) that :meth:`shard_sizes`
+    reports as 0 utterances, so that its loss weighs nothing. "round_robin" (evaluation) deals
+    whole batches out: rank r takes batches r, r + world_size, ...
     """
 
     def __init__(self, durations: list[float], batch_size: int, batching: str = "bucket", window: int = 50,
-                 shuffle: bool = True, seed: int = 1, rank: int = 0, world_size: int = 1):
+                 shuffle: bool = True, seed: int = 1, rank: int = 0, world_size: int = 1, distribute: str = "shard"):
         self.durations = np.asarray(durations, dtype=np.float64)
         self.batch_size = batch_size
         self.batching = batching
@@ -268,15 +274,18 @@ class BatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        assert distribute in ("shard", "round_robin"), distribute
+        self.distribute = distribute
         self.epoch = 0
-        self.batches_done = 0  # of the current epoch, on this rank
+        self.batches_done = 0  # of the current epoch (the same on every rank with distribute="shard")
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.batches_done = 0
         self.epoch = epoch
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        """The batches of ``epoch`` as one process takes them."""
         n = len(self.durations)
         if not self.shuffle:
             order = np.argsort(self.durations, kind="stable").tolist()
@@ -292,12 +301,20 @@ class BatchSampler(Sampler[list[int]]):
             if self.batching == "bucket":
                 order = torch.randperm(len(batches), generator=g).tolist()
                 batches = [batches[i] for i in order]
-        if self.world_size > 1:
-            # Every rank gets the same number of batches (some repeat) so collectives line up.
-            while len(batches) % self.world_size:
-                batches.append(batches[len(batches) % max(1, len(batches))])
-            batches = batches[self.rank::self.world_size]
         return batches
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (all of them in a single process)."""
+        batches = self.global_batches(epoch)
+        if self.world_size == 1:
+            return batches
+        if self.distribute == "round_robin":
+            return batches[self.rank::self.world_size]
+        return [b[self.rank::self.world_size] or b[:1] for b in batches]
+
+    def shard_sizes(self, epoch: int) -> list[tuple[int, int]]:
+        """Per batch of ``epoch``: (utterances of this rank's shard, of the whole batch); 0 for a stand-in."""
+        return [(len(b[self.rank::self.world_size]), len(b)) for b in self.global_batches(epoch)]
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.epoch_batches(self.epoch)

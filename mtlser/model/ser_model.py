@@ -152,8 +152,13 @@ class SERModel(nn.Module):
         targets: Tensor | None = None,
         target_lens: Tensor | None = None,
         from_features: bool = False,
+        term_weights: tuple[float, float] | None = None,
     ) -> tuple[Tensor, dict[str, float], Tensor]:
-        """The objective, its statistics, and the emotion logits (B, E)."""
+        """The objective, its statistics, and the emotion logits (B, E).
+
+        ``term_weights`` (w_ce, w_ctc) scale the two terms of the returned loss, not the statistics:
+        under torchrun, a rank's share of its whole batch's loss (mtlser.train.distributed).
+        """
         fused, frame_lens = self.encode(wavs, wav_lens, from_features)
         emo_logits, ctc_logits = self.heads(fused, frame_lens)
         logits = fp32_or_wider(emo_logits)
@@ -173,6 +178,10 @@ class SERModel(nn.Module):
             stats["loss_ctc"] = loss_ctc.detach().item()
             stats["ctc_skipped"] = float((~usable).sum().item())
         stats["loss"] = loss.detach().item()
+        if term_weights is not None:
+            loss = term_weights[0] * loss_ce
+            if ctc_logits is not None:
+                loss = loss + term_weights[1] * self.ctc_weight * loss_ctc
         return loss, stats, emo_logits
 
     def forward(
@@ -183,13 +192,15 @@ class SERModel(nn.Module):
         targets: Tensor | None = None,
         target_lens: Tensor | None = None,
         from_features: bool = False,
+        term_weights: tuple[float, float] | None = None,
     ) -> tuple[Tensor, dict[str, float], int]:
         """Args: wavs (B, S); wav_lens (B,); emotions (B,); targets (B, Lmax) padded with -1; target_lens (B,).
         With from_features: wavs are cached CNN features (B, T, C) and wav_lens frame lengths.
 
         Returns (loss, stats, batch_size).
         """
-        loss, stats, _ = self.loss_and_logits(wavs, wav_lens, emotions, targets, target_lens, from_features)
+        loss, stats, _ = self.loss_and_logits(wavs, wav_lens, emotions, targets, target_lens, from_features,
+                                              term_weights)
         return loss, stats, wavs.shape[0]
 
     @torch.no_grad()

@@ -18,8 +18,9 @@ value). Rerunning resumes from ``checkpoint.pt`` when the settings that shape th
 model match the checkpoint's (mtlser.train.resume), and refuses otherwise;
 with ``--force`` a fold that cannot resume is retrained from scratch instead (one
 that can is left alone). A finished fold returns at once. One
-run per fold dir at a time (a lock, mtlser.utils.lock). Under torchrun, ranks
-share the work and rank 0 writes.
+run per fold dir at a time (a lock, mtlser.utils.lock). Under torchrun
+(``torchrun --standalone --nproc_per_node N -m mtlser.train ...``) the ranks split every
+batch and rank 0 writes: mtlser/train/distributed.py.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rank = int(os.environ.get("RANK", 0))
     exp_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(exp_dir / "train.log" if rank == 0 else None)
+    # Rank 0 logs (to train.log too); the other ranks of a torchrun only say what goes wrong.
+    setup_logging(exp_dir / "train.log" if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
     logger.info("command: python -m mtlser.train %s", " ".join(shlex.quote(a) for a in argv))
     # One writer per fold dir: rank 0 holds the lock for the whole run (the OS drops it if the process dies).
     with hold_lock(exp_dir / LOCK_NAME, f"fold dir {exp_dir}") if rank == 0 else contextlib.nullcontext():

@@ -48,7 +48,7 @@ from mtlser.model.backbone import conv_layers_as_lists
 from mtlser.model.ser_model import SERModel, build_model
 from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from mtlser.text.tokenize import write_token_list
-from mtlser.train import resume
+from mtlser.train import distributed, resume
 from mtlser.train.curves import TensorBoardLog, plot_curves
 from mtlser.utils import MtlserError, write_failure
 from mtlser.utils.fileio import atomic_open, atomic_save, atomic_write_text
@@ -133,10 +133,11 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states are CPU byte tensors, also in a checkpoint loaded onto a GPU.
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 class Trainer:
@@ -147,6 +148,8 @@ class Trainer:
         self.token_list = token_list
         self.dist = dist_info()
         self.device = select_device(cfg.train.device, self.dist)
+        if self.device.type == "cuda" and self.dist.world_size > 1:
+            torch.cuda.set_device(self.device)  # NCCL's object collectives use the current device
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         if self.device.type == "cuda":
@@ -176,6 +179,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         self.model: SERModel = build_model(cfg, vocab_size=len(token_list)).to(self.device)
+        if self.dist.world_size > 1:  # same initial model on every rank, then each rank's own dropout
+            torch.manual_seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
+            random.seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
         # Utterances shorter than the CNN's receptive field give no frame at all: a logged, counted skip.
         min_s = self.model.backbone.min_samples() / cfg.data.sample_rate
         for name, ds in (("train", self.train_set), ("valid", self.valid_set)):
@@ -189,8 +195,10 @@ class Trainer:
                 raise MtlserError(f"{self.data_dir / name}: no utterance of at least {min_s:.3f} s")
         self.sampler = BatchSampler(self.train_set.durations, cfg.data.batch_size, cfg.data.batching,
                                     cfg.data.bucket_window, shuffle=True, seed=cfg.train.seed,
-                                    rank=self.dist.rank, world_size=self.dist.world_size)
-        self.valid_sampler = (BatchSampler(self.valid_set.durations, cfg.data.batch_size, shuffle=False)
+                                    rank=self.dist.rank, world_size=self.dist.world_size, distribute="shard")
+        self.valid_sampler = (BatchSampler(self.valid_set.durations, cfg.data.batch_size, shuffle=False,
+                                           rank=self.dist.rank, world_size=self.dist.world_size,
+                                           distribute="round_robin")
                               if self.valid_set is not None else None)
         self._make_loaders()
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -268,10 +276,15 @@ class Trainer:
         self.finished = bool(state["finished"])
 
     def save_checkpoint(self) -> None:
+        # Every rank's RNG state (each rank draws its own dropout); every rank takes part in the gather.
+        rng_ranks = distributed.gather_rng_states(capture_rng()) if self.dist.world_size > 1 else None
         if not self.dist.is_main:
             return
+        state = self.state_dict()
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
         with atomic_save(self.exp_dir / CHECKPOINT, self._intact()) as f:
-            torch.save(self.state_dict(), f)
+            torch.save(state, f)
 
     def _intact(self, best: bool = False) -> str:
         """What survives a failed write of this epoch's files, for the error message."""
@@ -288,6 +301,15 @@ class Trainer:
         state = resume.read_checkpoint(path, self.device)
         changed = self.check_resume(state, path)
         self.load_state_dict(state)
+        if self.dist.world_size > 1:
+            ranks = state.get("rng_ranks")
+            if ranks is not None and len(ranks) == self.dist.world_size:
+                restore_rng(ranks[self.dist.rank])
+            else:
+                logger.warning("%s was written by %d process(es), this run has %d: each rank continues with "
+                               "fresh random numbers, so the run will differ from an uninterrupted one", path,
+                               len(ranks) if ranks else 1, self.dist.world_size)
+                torch.manual_seed(distributed.rank_seed(self.cfg.train.seed + self.epoch, self.dist.rank))
         logger.info("resumed from %s after epoch %d (step %d)", path, self.epoch, self.step)
         if changed:
             logger.info("settings changed since the checkpoint, which may change on resume: %s",
@@ -413,17 +435,23 @@ class Trainer:
         if self.dist.is_main:
             # One plain line per epoch start: the launcher's per-fold bar and ETA follow these (no tqdm in logs).
             logger.info("epoch %d/%d: %d batches", self.epoch + 1, cfg.train.epochs, len(self.sampler))
+        # Under torchrun: (this rank's utterances, the whole batch's) per step, from the resume position on.
+        shares = self.sampler.shard_sizes(self.epoch)[self.sampler.batches_done:] if self.dist.world_size > 1 else []
         bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", unit="batch",
                        disable=not self.dist.is_main or not sys.stderr.isatty(), leave=False, mininterval=5)
-        for batch in bar:
-            stats, bs = self.train_step(batch)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v * (bs if k != "ctc_skipped" else 1)
+        for i, batch in enumerate(bar):
+            stats, bs = self.train_step(batch, shares[i] if shares else None)
+            for k, v in stats.items():  # a stand-in shard (bs 0) adds the keys, not the values
+                sums[k] = sums.get(k, 0.0) + v * (bs if k != "ctc_skipped" else min(bs, 1))
             n += bs
-            audio_s += float(batch["num_samples"].sum()) / cfg.data.sample_rate
+            audio_s += float(batch["num_samples"].sum()) / cfg.data.sample_rate if bs else 0.0
             if self.step % cfg.train.log_interval == 0 and self.dist.is_main:
                 logger.info("epoch %d step %d: %s", self.epoch + 1, self.step,
                             " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+        if self.dist.world_size > 1:  # statistics of the whole batches: summed over the ranks
+            keys = sorted(sums)
+            *values, n, audio_s = distributed.all_reduce_sum([sums[k] for k in keys] + [n, audio_s], self.device)
+            sums = dict(zip(keys, values))
         out = {k: (v / max(n, 1) if k != "ctc_skipped" else v) for k, v in sums.items()}
         out["time_s"] = time.time() - t0
         out["audio_s_per_s"] = audio_s / max(out["time_s"], 1e-9)
@@ -438,15 +466,22 @@ class Trainer:
         return dict(wavs=inputs, wav_lens=lens, emotions=batch["emotions"], targets=batch["targets"],
                     target_lens=batch["target_lens"], from_features=from_features)
 
-    def train_step(self, batch: dict) -> tuple[dict, int]:
-        """One optimizer step of L = CE + lambda * CTC on a collated batch; returns (stats, batch size)."""
+    def train_step(self, batch: dict, share: tuple[int, int] | None = None) -> tuple[dict, int]:
+        """One optimizer step of L = CE + lambda * CTC on a collated batch; returns (stats, batch size).
+
+        Under torchrun ``share`` is (this rank's utterances, the whole batch's): the rank's loss is
+        weighted so that the ranks' average gradient is the whole batch's (mtlser.train.distributed).
+        """
         cfg = self.cfg
+        weights = {}
+        if share is not None:
+            weights["term_weights"] = distributed.term_weights(*share, self.dist.world_size, cfg.loss.ctc_reduction)
         if self.step <= cfg.backbone.freeze_steps and cfg.backbone.freeze_steps > 0:
             # Frozen for the first freeze_steps steps, thawed at step freeze_steps (also after a resume).
             self._set_backbone_frozen(self.step < cfg.backbone.freeze_steps)
         batch = batch_to(batch, self.device)
         with self.autocast():
-            loss, stats, bs = self.ddp_model(**self.model_inputs(batch))
+            loss, stats, bs = self.ddp_model(**self.model_inputs(batch), **weights)
         if not torch.isfinite(loss):
             raise MtlserError(f"non-finite loss {loss.item()} at step {self.step} (utterances "
                               f"{batch['utts'][:4]}...); lower optim.lr or check the data")
@@ -459,6 +494,8 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        if share is not None:
+            return distributed.whole_batch_stats(stats, weights["term_weights"], cfg.loss.lambda_), share[0]
         return stats, bs
 
     @torch.no_grad()
@@ -486,6 +523,11 @@ class Trainer:
             hyps.extend(emo_logits.argmax(-1).tolist())
         self.model.train()
         cm = confusion_matrix(refs, hyps, len(self.cfg.data.emotions))
+        if self.dist.world_size > 1:  # each rank validated its share of the batches
+            keys = sorted(sums)
+            *values, n = distributed.all_reduce_sum([sums[k] for k in keys] + [n], self.device)
+            sums = dict(zip(keys, values))
+            cm = distributed.all_reduce_counts(cm, self.device)
         out = {k: v / max(n, 1) for k, v in sums.items() if k != "loss_ctc" or self.model.ctc_head is not None}
         return {**out, "wa": weighted_accuracy(cm), "ua": unweighted_accuracy(cm)}
 
@@ -576,6 +618,11 @@ class Trainer:
                     len(self.sampler.epoch_batches(0)),
                     100 * self.sampler.padding_share(0, cfg.data.pad_ladder, cfg.data.sample_rate), self.device,
                     self.precision)
+        if self.dist.world_size > 1:
+            import torch.distributed as tdist
+
+            logger.info("torchrun: %d processes, each takes a 1/%d share of every batch of %d (DDP, %s)",
+                        self.dist.world_size, self.dist.world_size, cfg.data.batch_size, tdist.get_backend())
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.info("model: %.2fM parameters, %d hidden states fused (%s), lambda=%g",
                     n_params / 1e6, self.model.backbone.num_layers + 1, cfg.model.fusion, cfg.loss.lambda_)

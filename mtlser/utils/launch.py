@@ -1,6 +1,7 @@
 """Run an array of jobs locally or on Slurm, with Kaldi's run.pl interface.
 
-    python -m mtlser.utils.launch [--backend local|slurm] [--max-jobs-run N] [--gpu N] [--sbatch-opt=OPT ...] \\
+    python -m mtlser.utils.launch [--backend local|slurm] [--max-jobs-run N] [--gpu N] \\
+        [--slurm-conf conf/slurm.conf --slurm-stage train] [--sbatch-opt=OPT ...] \\
         JOB=1:10 exp/x/logs/train.JOB.log  python -m mtlser.train ... --fold JOB
 
 ``JOB`` in the log path and in the command becomes 1..N. Each job's stdout and
@@ -19,7 +20,9 @@ Local jobs die with the launcher: a SIGTERM, SIGINT or SIGHUP to it is passed on
 to each job's process group, and on Linux every job also has the kernel send it
 SIGTERM when the launcher dies in any other way (SIGKILL, OOM), so no trainer is
 left running detached, writing a fold dir that a rerun would then share.
-With --backend slurm the array goes to ``sbatch --wait --array=1-N%M``.
+With --backend slurm the array goes to ``sbatch --wait --array=1-N%M`` with the
+settings of --slurm-conf for --slurm-stage, then any --sbatch-opt
+(:mod:`mtlser.utils.slurm`: job script, requeue, failure report).
 Exit status: 0 when every job succeeded; otherwise 1, naming the failed logs.
 
 Recipes reach this through cmd.sh (``train_cmd``/``decode_cmd``), which picks
@@ -58,11 +61,15 @@ def _header(cmd: list[str]) -> str:
     return f"# {' '.join(shlex.quote(c) for c in cmd)}\n# Started at {time.strftime('%a %b %d %H:%M:%S %Z %Y')}\n#\n"
 
 
-def job_env(slot: int, max_jobs: int, gpus: list[str], base: dict | None = None) -> dict:
-    """The environment of the local job in ``slot`` (1-based): its GPU and CPU thread share."""
+def job_env(slot: int, max_jobs: int, gpus: list[str], base: dict | None = None, per_job: int = 1) -> dict:
+    """The environment of the local job in ``slot`` (1-based): its GPU(s) and CPU thread share.
+
+    A job of ``per_job`` GPUs (torchrun, --ngpu N) gets the slot's next ``per_job`` ids of ``gpus``.
+    """
     env = dict(os.environ if base is None else base)
     if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[(slot - 1) % len(gpus)]
+        k = max(1, per_job)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[((slot - 1) * k + i) % len(gpus)] for i in range(k))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, max_jobs))))
     return env
 
@@ -108,7 +115,7 @@ def format_duration(seconds: float) -> str:
 
 
 def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int,
-              progress_regex: str | None, gpus: list[str] | None = None) -> list[int]:
+              progress_regex: str | None, gpus: list[str] | None = None, gpus_per_job: int = 1) -> list[int]:
     from tqdm import tqdm
 
     tqdm.monitor_interval = 0  # no monitor thread: preexec_fn below runs between fork and exec
@@ -132,7 +139,7 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
         f.write(_header(job_cmd))
         f.flush()
         slot = slots.pop(0)
-        env = dict(job_env(slot, max_jobs, gpus or []), MTLSER_JOB=str(job))
+        env = dict(job_env(slot, max_jobs, gpus or [], per_job=gpus_per_job), MTLSER_JOB=str(job))
         proc = subprocess.Popen(job_cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 preexec_fn=preexec)
         # Until the job logs its first "epoch i/N", the bar shows 0 of 1.
@@ -209,39 +216,15 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
 
 
 def run_slurm(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int, gpu: int,
-              extra: list[str]) -> list[int]:
-    log_dir = Path(substitute([log_pattern], name, lo)[0]).parent
-    qdir = log_dir / "q"
-    qdir.mkdir(parents=True, exist_ok=True)
-    script = qdir / f"{Path(log_pattern).name.replace(name, 'array')}.sh"
-    job_cmd = " ".join(shlex.quote(c) for c in cmd)
-    job_cmd = re.sub(rf"\b{name}\b", "${SLURM_ARRAY_TASK_ID}", job_cmd)
-    log_sh = re.sub(rf"\b{name}\b", "${SLURM_ARRAY_TASK_ID}", shlex.quote(log_pattern))
-    script.write_text(
-        "#!/usr/bin/env bash\n"
-        f"cd {shlex.quote(os.getcwd())}\n"
-        f"log={log_sh}\n"
-        'mkdir -p "$(dirname "$log")"\n'
-        f'{{ echo "# {job_cmd}"; echo "# Started at $(date)"; }} > "$log"\n'
-        f'export MTLSER_JOB=${{SLURM_ARRAY_TASK_ID}}\n'
-        f'( {job_cmd} ) >> "$log" 2>&1\n'
-        'rc=$?\necho "# Ended (code $rc) at $(date)" >> "$log"\nexit $rc\n'
-    )
-    sbatch = ["sbatch", "--wait", f"--array={lo}-{hi}%{max_jobs}", f"--output={qdir}/slurm-%A_%a.out",
-              f"--job-name={Path(log_pattern).stem.split('.')[0]}"]
-    if gpu > 0:
-        sbatch.append(f"--gres=gpu:{gpu}")
-    sbatch += extra + [str(script)]
-    rc = subprocess.call(sbatch)
-    if rc == 0:
-        return []
-    failed = []
-    for job in range(lo, hi + 1):
-        log = Path(substitute([log_pattern], name, job)[0])
-        text = log.read_text(errors="replace") if log.is_file() else ""
-        if "# Ended (code 0)" not in text:
-            failed.append(job)
-    return failed or list(range(lo, hi + 1))
+              extra: list[str], slurm_conf: str | None = None, slurm_stage: str = "train") -> list[int]:
+    """The array through sbatch (mtlser.utils.slurm): settings from ``slurm_conf``, then ``extra``."""
+    from mtlser.utils import slurm
+
+    jobs = {j: (Path(substitute([log_pattern], name, j)[0]), substitute(cmd, name, j)) for j in range(lo, hi + 1)}
+    settings = slurm.read_settings(slurm_conf, slurm_stage) if slurm_conf else {}
+    options = slurm.sbatch_options(settings, gpu) + extra
+    log_dir = jobs[lo][0].parent
+    return slurm.run_array(jobs, max_jobs, options, Path(log_pattern).stem.split(".")[0], log_dir / "q")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default=os.environ.get("MTLSER_CMD_BACKEND", "local"),
                         choices=["local", "slurm"])
     parser.add_argument("--max-jobs-run", type=int, default=1)
-    parser.add_argument("--gpu", type=int, default=0, help="GPUs per job (slurm: --gres=gpu:N)")
+    parser.add_argument("--gpu", type=int, default=0,
+                        help="GPUs per job (slurm: --gres=gpu:N; local: ids of --gpus taken N at a time)")
+    parser.add_argument("--slurm-conf", help="slurm: cluster settings, Kaldi style (conf/slurm.conf)")
+    parser.add_argument("--slurm-stage", default="train", help="slurm: whose settings of --slurm-conf: train or decode")
     parser.add_argument("--gpus", default=os.environ.get("MTLSER_GPUS", ""),
                         help="local: GPU ids shared round robin by the running jobs, e.g. 0 (all on GPU 0) or 0,1; "
                              "default $MTLSER_GPUS; empty = CUDA_VISIBLE_DEVICES untouched")
@@ -267,10 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "local":
         gpus = [g for g in args.gpus.replace(" ", ",").split(",") if g]
         failed = run_local(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.progress_regex,
-                           gpus)
+                           gpus, args.gpu)
     else:
         failed = run_slurm(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.gpu,
-                           args.sbatch_opt)
+                           args.sbatch_opt, args.slurm_conf, args.slurm_stage)
     if failed:
         logs = ", ".join(substitute([args.log], name, j)[0] for j in failed)
         print(f"launch: {len(failed)} of {hi - lo + 1} jobs failed: {logs}", file=sys.stderr)
@@ -279,4 +265,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mtlser.utils import run_main
+
+    sys.exit(run_main(main))
