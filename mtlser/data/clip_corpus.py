@@ -11,6 +11,7 @@ when a copy does not give the release's counts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import soundfile as sf
 
 from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
 from mtlser.data.emotions import EmotionMap, check_labels, write_inventory
-from mtlser.utils import MtlserError
+from mtlser.utils import MtlserError, setup_logging
 from mtlser.utils.fileio import atomic_dir, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,18 @@ def clip_duration(path: Path) -> tuple[float, int, int]:
 
 def new_tables() -> dict[str, dict[str, str]]:
     return {name: {} for name in TABLES}
+
+
+def add_clip(tables: dict[str, dict[str, str]], rates: Counter, utt: str, path: Path, text: str, speaker: str,
+             label: str) -> None:
+    """One kept clip into the tables, its duration read from its header (rates counts (rate, channels))."""
+    seconds, rate, channels = clip_duration(path)
+    rates[(rate, channels)] += 1
+    tables["wav.scp"][utt] = str(path)
+    tables["text"][utt] = text
+    tables["utt2spk"][utt] = speaker
+    tables["utt2emo"][utt] = label
+    tables["utt2dur"][utt] = f"{seconds:.4f}"
 
 
 def check_map(emotion_map: EmotionMap, raw_labels: list[str], corpus: str) -> None:
@@ -118,6 +131,24 @@ def warn_release_counts(corpus: str, problems: list[str], report_dir: Path) -> b
         banner, corpus, "\n  ".join(shown), report_dir, banner,
     )
     return False
+
+
+def main(argv: list[str] | None, corpus: str, prepare, db_root_help: str, map_name: str, release_total: str) -> int:
+    """The command line of a clip prep: ``python -m mtlser.data.<corpus> --db-root DIR --out data/all ...``."""
+    parser = argparse.ArgumentParser(description=f"{corpus} release -> Kaldi data dir (stage 0).")
+    parser.add_argument("--db-root", required=True, help=db_root_help)
+    parser.add_argument("--out", required=True, help="data dir to write, e.g. data/all")
+    parser.add_argument("--emotion-map", default=None,
+                        help=f"label map YAML (default conf/emotions/{map_name}.yaml; format: mtlser/data/emotions.py)")
+    parser.add_argument("--report-dir", default=None,
+                        help=f"where counts.json and skipped go (default: OUT/../local/{map_name}_prep)")
+    parser.add_argument("--no-check-counts", action="store_true",
+                        help=f"do not compare the counts with the full release's {release_total}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    prepare(args.db_root, args.out, args.emotion_map, check_counts=not args.no_check_counts,
+            report_dir=args.report_dir)
+    return 0
 
 
 def relpath(path: Path, root: Path) -> str:

@@ -44,7 +44,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -54,7 +53,7 @@ from pathlib import Path
 
 from mtlser.data import clip_corpus
 from mtlser.data.emotions import EmotionMap, load_emotion_map
-from mtlser.utils import MtlserError, run_main, setup_logging
+from mtlser.utils import MtlserError, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +154,8 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
         if label is None:
             skipped.append((f"label:{EMOTION_CODES[emotion]}", clip_corpus.relpath(path, db_root)))
             continue
-        seconds, rate, channels = clip_corpus.clip_duration(path)
-        rates[(rate, channels)] += 1
         utt = f"{speaker_of(actor)}_{name[:-4]}"
-        tables["wav.scp"][utt] = str(path)
-        tables["text"][utt] = STATEMENTS[statement]
-        tables["utt2spk"][utt] = speaker_of(actor)
-        tables["utt2emo"][utt] = label
-        tables["utt2dur"][utt] = f"{seconds:.4f}"
+        clip_corpus.add_clip(tables, rates, utt, path, STATEMENTS[statement], speaker_of(actor), label)
     if not tables["utt2spk"]:
         raise MtlserError(f"{db_root}: no RAVDESS clip with a label of {emotion_map.source} "
                           f"(found {len(clips)} clips)")
@@ -209,20 +202,7 @@ def check_release_counts(report: dict, report_dir: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="RAVDESS speech release -> Kaldi data dir (stage 0).")
-    parser.add_argument("--db-root", required=True, help="any folder above the Actor_XX/ folders of the speech audio")
-    parser.add_argument("--out", required=True, help="data dir to write, e.g. data/all")
-    parser.add_argument("--emotion-map", default=None,
-                        help="label map YAML (default conf/emotions/ravdess.yaml; format: mtlser/data/emotions.py)")
-    parser.add_argument("--report-dir", default=None,
-                        help="where counts.json and skipped go (default: OUT/../local/ravdess_prep)")
-    parser.add_argument("--no-check-counts", action="store_true",
-                        help="do not compare the counts with the full release's 1,440 speech clips")
-    args = parser.parse_args(argv)
-    setup_logging()
-    prepare(args.db_root, args.out, args.emotion_map, check_counts=not args.no_check_counts,
-            report_dir=args.report_dir)
-    return 0
+    return clip_corpus.main(argv, "RAVDESS", prepare, "any folder above the Actor_XX/ folders of the speech audio", "ravdess", "1,440 speech clips")
 
 
 if __name__ == "__main__":
