@@ -191,6 +191,11 @@ def test_stage4_decodes_the_rest_and_lists_failures_in_utt2error(tiny_experiment
     (tmp_path / "trunc.wav").write_bytes(b"RIFF\x10\0\0\0WAVEfmt ")
     scp.update({"Ses01F_zz_short": str(tmp_path / "tiny.wav"), "Ses01F_aa_broken": str(tmp_path / "trunc.wav")})
     write_table(test / "wav.scp", scp)
+    ref = read_table(test / "utt2emo")
+    first = ref[good[0]]
+    for extra in ("Ses01F_zz_short", "Ses01F_aa_broken"):  # test utterances with labels, as a corpus gives them
+        ref[extra] = first
+    write_table(test / "utt2emo", ref)
     (test / "utt2dur").unlink()  # durations are probed when utt2dur is absent
     out = tmp_path / "decode"
     assert main(["--model", str(tiny_experiment / "fold01"), "--data-dir", str(test), "--out", str(out)]) == 0
@@ -200,6 +205,14 @@ def test_stage4_decodes_the_rest_and_lists_failures_in_utt2error(tiny_experiment
     assert [line.split()[0] for line in errors] == ["Ses01F_aa_broken", "Ses01F_zz_short"]  # sorted, C order
     assert "cannot read audio" in errors[0] and "too short: 160 samples" in errors[1]
     assert (out / "data_dir").read_text().strip() == str(test.resolve())
+    # Stage 5 scores the rest and counts the two (issue 13: a 10 ms utterance no longer sinks the fold).
+    from mtlser.score.__main__ import score_fold
+
+    result = score_fold(out)
+    assert result["n"] == len(good) and result["not_scored"] == 2
+    assert result["not_scored_utts"]["Ses01F_zz_short"].startswith("too short: 160 samples")
+    assert f"NOT SCORED: 2 of {len(good) + 2} test utterances" in (out / "result.txt").read_text()
+    write_table(test / "utt2emo", {u: ref[u] for u in good})
     # Fixed data: decoded again, no stale utt2error left behind.
     write_table(test / "wav.scp", {u: scp[u] for u in good})
     decode_data_dir(SERPredictor.from_pretrained(tiny_experiment / "fold01"), test, out, progress=False)
