@@ -221,6 +221,11 @@ class TrainConfig:
         "(the whole layer stack with the positional conv as one function: one graph per padded length) | "
         "backbone (CNN and transformer as one function; the CNN is captured whole only with "
         "backbone.cnn_norm_impl fused, which reads no lengths on the host).", "transformer")
+    compile_dynamic: bool = doc(
+        "With train.compile: the padded length as a symbol, one graph for every length (CUDA graphs are still "
+        "recorded per length, cheaply), instead of one graph compiled per length (minutes each for "
+        "wav2vec2-base: pays only over many epochs). The FFT positional conv picks its transform size from the "
+        "length, so with backbone.pos_conv_impl fft dynamo still recompiles when that size changes.", False)
     defer_host_sync: bool = doc(
         "Keep each step's statistics (losses, accuracy, CTC skips, the finite-loss check) on the device and "
         "read them once per log_interval and at the end of the epoch, so the host can queue the next steps "

@@ -485,6 +485,15 @@ def test_compile_one_graph_per_padded_length():
     for batch in (short, long_, short):
         assert_same(loss_and_grads(compiled, batch), loss_and_grads(eager, batch), 1e-4)
     assert len(graphs) == 2, len(graphs)  # one per length, the repeated length reused
+    # train.compile_dynamic: one graph for both lengths (with the direct positional conv, whose shapes are
+    # all the length's; the FFT's transform size is a Python value of it)
+    torch._dynamo.reset()
+    graphs.clear()
+    eager, compiled = model_for(pos_conv_impl="conv"), model_for(pos_conv_impl="conv")
+    compile_backbone(compiled.backbone, "default", "transformer", dynamic=True, backend=count)
+    for batch in (short, long_, short):
+        assert_same(loss_and_grads(compiled, batch), loss_and_grads(eager, batch), 1e-4)
+    assert len(graphs) == 1, len(graphs)
     torch._dynamo.reset()
 
 

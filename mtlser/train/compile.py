@@ -1,8 +1,12 @@
-"""torch.compile for training (``train.compile``, ``train.compile_scope``): one graph per padded length.
+"""torch.compile for training (``train.compile``, ``train.compile_scope``, ``train.compile_dynamic``).
 
 Batches are padded to the lengths of a ladder (``data.pad_ladder``), so a fold sees a few dozen
-shapes over and over: each is compiled once with static shapes (``dynamic=False``; with
-``reduce-overhead`` each also becomes a CUDA graph) and reused for the rest of the run.
+shapes over and over. Static (``dynamic=False``): each length is compiled once and reused for the
+rest of the run (with ``reduce-overhead`` each also becomes a CUDA graph); compiling a length takes
+long for wav2vec2-base, so that pays only over many epochs. Dynamic: the padded length is a
+symbol, one graph serves every length (CUDA graphs are still recorded per length, which is cheap);
+values computed from the length in Python (the FFT positional conv's transform size) still make
+dynamo recompile when they change.
 
 Scopes:
     layer        each transformer layer compiled on its own (torch.compile's per-module habit):
@@ -25,12 +29,13 @@ import torch
 SCOPES = ("layer", "transformer", "backbone")
 
 
-def compile_backbone(backbone: Any, mode: str, scope: str, backend: Any = "inductor") -> None:
+def compile_backbone(backbone: Any, mode: str, scope: str, dynamic: bool = False, backend: Any = "inductor") -> None:
     """Compile ``backbone`` (a :class:`mtlser.model.backbone.Backbone`) in place.
 
     Args:
         mode: default | reduce-overhead (inductor's modes; CUDA graphs with the latter).
         scope: one of :data:`SCOPES`.
+        dynamic: the padded length symbolic (one graph for all lengths) instead of one graph per length.
         backend: torch.compile's backend; the tests pass a counting one.
     """
     import torch._dynamo
@@ -38,7 +43,7 @@ def compile_backbone(backbone: Any, mode: str, scope: str, backend: Any = "induc
     assert scope in SCOPES, f"compile scope must be one of {SCOPES}, got {scope!r}"
     # One graph per padded length of the ladder (~100 up to 25 s): more than torch's default of 8.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-    kw: dict = {"dynamic": False, "backend": backend}
+    kw: dict = {"dynamic": dynamic, "backend": backend}
     if backend == "inductor" and mode != "default":
         kw["mode"] = mode
     if scope == "layer":

@@ -214,7 +214,7 @@ class Trainer:
         if cfg.train.compile != "none":
             from mtlser.train.compile import compile_backbone
 
-            compile_backbone(self.model.backbone, cfg.train.compile, cfg.train.compile_scope)
+            compile_backbone(self.model.backbone, cfg.train.compile, cfg.train.compile_scope, cfg.train.compile_dynamic)
         self.ddp_model = self.model
         if self.dist.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
