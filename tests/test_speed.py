@@ -259,6 +259,86 @@ def test_hf_baseline_is_mtlser_plain_path(dtype, tol):
     assert_same(loss_and_grads(mine, unpadded), baseline_loss_and_grads(unpadded), tol)
 
 
+def test_benchmark_summary_pairs_rounds_and_picks_the_tuned_baseline():
+    from train_throughput import summarize
+
+    def rounds(*rates, cpu=0.5):
+        return [{"audio_s": 100.0, "time_s": 100.0 / r, "cpu_s": cpu * 100.0 / r, "steps": 10} for r in rates]
+
+    passes = {"baseline": rounds(10, 5, 10), "baseline_tuned": rounds(20, 10, 20),
+              "baseline_tuned_frozen": rounds(40, 20, 40), "mtlser": rounds(30, 20, 31),
+              "mtlser_cached": rounds(80, 40, 80)}
+    plan = {"baseline": ("baseline", None), "baseline_tuned": ("baseline", None),
+            "baseline_tuned_frozen": ("baseline", None), "mtlser": ("baseline", "baseline_tuned"),
+            "mtlser_cached": ("baseline", "baseline_tuned_frozen")}
+    out = summarize(passes, plan)
+    assert out["mtlser"]["audio_s_per_s"] == 30 and out["mtlser"]["audio_s_per_s_min"] == 20
+    # paired per round: 3, 4, 3.1 -> 3.1 (the load dip of round 2 cancels); of medians: 30 / 10 = 3
+    assert out["mtlser"]["ratio"] == pytest.approx(3.1) and out["mtlser"]["ratio_of_medians"] == pytest.approx(3)
+    assert out["mtlser"]["ratio_tuned"] == pytest.approx(1.55) and out["mtlser"]["ratio_tuned_vs"] == "baseline_tuned"
+    assert out["mtlser_cached"]["ratio_tuned_vs"] == "baseline_tuned_frozen"
+    assert out["mtlser_cached"]["ratio_tuned"] == pytest.approx(2.0)
+    assert "ratio" not in out["baseline"] and out["baseline_tuned"]["ratio"] == pytest.approx(2.0)
+    assert out["mtlser"]["audio_s_per_cpu_s"] == pytest.approx(60) and out["mtlser"]["cpu_per_wall"] == 0.5
+
+
+def test_tuned_hf_baseline_is_what_the_flags_give(tmp_path):
+    """baseline_tuned(_frozen): HF's length-grouped batches over every utterance once, less padding than
+    random batches; freeze_feature_encoder() leaves the CNN out of training; bf16 only where the device
+    has it (this CPU: native bf16 instructions or not)."""
+    pytest.importorskip("transformers")
+    from train_throughput import HFRunner, cpu_has_native_bf16, iemocap_like_durations, write_corpus
+
+    from mtlser.config import load_config
+    from mtlser.data.dataset import padding_share
+    from mtlser.text.tokenize import read_token_list
+
+    data_dir, token_list = write_corpus(tmp_path, iemocap_like_durations(64, seed=1, mean=1.0, hi=3.0), seed=1)
+    cfg = load_config(None, {"backbone": {"size": "custom", "custom": BASE_LIKE}, "train": {"device": "cpu"}})
+    spec = {"device": "cpu", "batch_size": 16, "max_duration": 3.0, "protocol_utterances": 4400}
+    tuned = HFRunner(spec, cfg, read_token_list(token_list), data_dir, tuned=True, frozen=True)
+    plain = HFRunner(spec, cfg, read_token_list(token_list), data_dir, tuned=False, frozen=False)
+    assert tuned.precision == ("bf16" if cpu_has_native_bf16() else "fp32") and plain.precision == "fp32"
+    for epoch in (1, 2):
+        batches = tuned.epoch_batches(epoch)
+        assert sorted(i for b in batches for i in b) == list(range(64)) and {len(b) for b in batches} == {16}
+        assert padding_share(batches, tuned.durations) < padding_share(plain.epoch_batches(epoch), plain.durations)
+    cnn = tuned.model.backbone.model.feature_extractor
+    assert not any(p.requires_grad for p in cnn.parameters())
+    before = {n: p.detach().clone() for n, p in tuned.model.named_parameters()}
+    tuned.step(next(tuned.batches(1)))
+    changed = {n for n, p in tuned.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and not any("feature_extractor" in n for n in changed)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_interleaved_rounds_end_to_end(tmp_path):
+    """The benchmark's CPU path end to end on a tiny model: 2 interleaved rounds, an added variant, one JSON."""
+    import json
+    import subprocess
+
+    arch = {k: v for k, v in BASE_LIKE.items()}
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--device", "cpu",
+                          "--json", str(out), "--variants", "baseline,mtlser", "--steps", "1", "--rounds", "2",
+                          "--warmup-steps", "0", "--threads", "1", "--arch-json", json.dumps(arch),
+                          "--protocol", "1,1,64",
+                          "--add", "fused=mtlser,backbone.cnn_norm_impl=fused,train.defer_host_sync=true"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["complete"] and res["repeats"] == 2 and res["settings"]["arch_custom"] == arch
+    assert set(res["variants"]) == {"baseline", "mtlser", "fused"}
+    for name, v in res["variants"].items():
+        assert len(v["audio_s_per_s_rounds"]) == 2 and v["audio_s_per_s"] > 0 and v["audio_s_per_cpu_s"] > 0, name
+    assert res["variants"]["fused"]["overrides"] == {"backbone.cnn_norm_impl": "fused",
+                                                     "train.defer_host_sync": True}
+    assert len(res["variants"]["fused"]["ratio_rounds"]) == 2 and "ratio" in res
+    # interleaved: round 1 in the listed order, round 2 reversed
+    lines = [line.split()[2] for line in run.stdout.splitlines() if line.startswith("round ")]
+    assert lines == ["baseline", "mtlser", "fused", "fused", "mtlser", "baseline"], lines
+
+
 # ---------------------------------------------------------------- batching and padding
 
 def test_ladder_lengths():
