@@ -339,6 +339,37 @@ def test_benchmark_runs_interleaved_rounds_end_to_end(tmp_path):
     assert lines == ["baseline", "mtlser", "fused", "fused", "mtlser", "baseline"], lines
 
 
+def test_gpu_session_needs_nothing_the_gpu_machine_lacks():
+    """What bench/gpu_session.sh runs there (the GPU tests, the benchmark and its variants' code) imports
+    only the machine's packages and the carried wheels: mtlser's other requirements (the G2P stack, the
+    synthesiser) are blocked in a subprocess that imports all of it."""
+    import re
+    import subprocess
+
+    lines = (ROOT / "bench" / "gpu_wheels.txt").read_text().splitlines()
+    there = {n for line in lines if line.startswith("# preinstalled:") for n in line.split(":", 1)[1].split()}
+    carried = {line.split("==")[0] for line in lines if line.strip() and not line.startswith("#")}
+    required = {re.split(r"[=<>]", line)[0] for line in (ROOT / "tools" / "requirements.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    missing = sorted(required - there - carried)
+    assert {"g2p_en", "nltk", "espeakng-loader"} <= set(missing), missing  # the list is read right
+    modules = [{"pyyaml": "yaml"}.get(n, n.replace("-", "_")) for n in missing]
+    code = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {modules!r}:
+            raise ImportError("not on the GPU machine: " + name)
+sys.meta_path.insert(0, Block())
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "bench")!r}]
+import train_throughput, hf_baseline, tests.test_speed, mtlser.train.trainer, mtlser.data.cnn_cache
+import mtlser.train.compile, mtlser.text.tokenize
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- batching and padding
 
 def test_ladder_lengths():
