@@ -776,7 +776,8 @@ GPU_LIKE = {**BASE_LIKE, "encoder_embed_dim": 128, "encoder_num_heads": 2, "enco
 
 
 def gpu_model(**backbone):
-    sections = tiny_config_dict(backbone={"custom": GPU_LIKE, **backbone}, loss={"lambda": 0.1, "ctc_reduction": "sum"})
+    sections = tiny_config_dict(backbone={"custom": GPU_LIKE, **backbone}, loss={"lambda": 0.1, "ctc_reduction": "sum"},
+                                data={"emotions": EMOTIONS})
     torch.manual_seed(0)
     return build_model(from_dict(Config, sections, "test"), 25).eval().cuda()
 
