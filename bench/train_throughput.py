@@ -344,6 +344,8 @@ def worker(spec: dict, commands, results) -> None:
     import traceback
 
     name, index = spec["name"], spec["index"]
+    # Ended by the parent (a time limit): unwind, so that data-loading workers are shut down with this process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         results.put({"name": name, "index": index, **_setup(spec)})
         runner = _RUNNER
@@ -385,6 +387,10 @@ def _setup(spec: dict) -> dict:
 
     global _RUNNER
     logging.basicConfig(level=logging.WARNING)
+    if sys.platform.startswith("linux"):
+        # This process was spawned, which makes spawn its default too; stage 3 (python -m mtlser.train) forks
+        # its DataLoader workers, as Linux does by default: so do the variants with data.num_workers.
+        mp.set_start_method("fork", force=True)
     torch.set_num_threads(spec["threads"])
     from mtlser.config import load_config
     from mtlser.text.tokenize import read_token_list
@@ -450,7 +456,8 @@ class Fleet:
         for spec in specs:
             q = self.ctx.Queue()
             self.commands.setdefault(spec["name"], []).append(q)
-            p = self.ctx.Process(target=worker, args=(spec, q, self.results), daemon=True)
+            # Not daemonic: a variant with data.num_workers starts DataLoader workers of its own. stop() ends them.
+            p = self.ctx.Process(target=worker, args=(spec, q, self.results))
             p.start()
             self.procs.append(p)
 
