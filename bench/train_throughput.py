@@ -516,6 +516,7 @@ def summarize(passes: dict[str, list[dict]], baseline_of: dict[str, tuple[str | 
             "cpu_per_wall": statistics.median(r["cpu_s"] / r["time_s"] for r in rounds),
             "step_time_s": statistics.median(r["time_s"] / r["steps"] for r in rounds),
         }
+        out[name]["audio_s_per_cpu_s_rounds"] = cpu_rates
     for name, (plain, tuned) in baseline_of.items():
         for key, base in (("ratio", plain), ("ratio_tuned", tuned)):
             if base is None or base not in out or name == base:
@@ -525,6 +526,11 @@ def summarize(passes: dict[str, list[dict]], baseline_of: dict[str, tuple[str | 
             out[name][f"{key}_rounds"] = paired
             out[name][f"{key}_vs"] = base
             out[name][f"{key}_of_medians"] = out[name]["audio_s_per_s"] / out[base]["audio_s_per_s"]
+            # The same in CPU time: what each step costs the processor, less at the mercy of other users' load
+            # (a process that waits for a core accrues wall time, not CPU time).
+            cpu = [a / b for a, b in zip(out[name]["audio_s_per_cpu_s_rounds"], out[base]["audio_s_per_cpu_s_rounds"])]
+            if cpu:
+                out[name][f"{key}_cpu"] = statistics.median(cpu)
     return out
 
 
@@ -685,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                "padding_share_protocol": {"random": pad_random, "bucket": pad_bucket, "bucket_ladder": pad_ladder},
                "repeats": rounds_done, "variants": variants}
         for key, name in (("ratio", "mtlser"), ("ratio_cached", "mtlser_cached")):
-            for suffix in ("", "_tuned"):
+            for suffix in ("", "_tuned", "_cpu", "_tuned_cpu"):
                 if f"ratio{suffix}" in variants.get(name, {}):
                     out[f"{key}{suffix}"] = variants[name][f"ratio{suffix}"]
         if cuda:
@@ -779,16 +785,19 @@ def print_table(out: dict, n_protocol: int) -> None:
     cuda = out["settings"]["device"] == "cuda"
     mem = "peak GiB (GPU)" if cuda else "peak RSS GiB"
     print(f"\n{'variant':<24}{'audio-s/s':>10}{'min-max':>15}{'/cpu-s':>8}{'step s':>8}{'pad':>6}{mem:>15}"
-          f"{'ratio':>7}{'tuned':>7}")
+          f"{'ratio':>7}{'tuned':>7}{'cpu:ratio':>10}{'tuned':>7}")
     for name, v in out["variants"].items():
         label = name + (f" x{v['procs']} (aggr.)" if "procs" in v else "")
-        tuned = f"{v['ratio_tuned']:6.2f}x" if "ratio_tuned" in v else ""
+        def x(key: str) -> str:
+            return f"{v[key]:6.2f}x" if key in v else ""
+
         print(f"{label:<24}{v['audio_s_per_s']:>10.1f}{v['audio_s_per_s_min']:>7.1f}-{v['audio_s_per_s_max']:<7.1f}"
               f"{v['audio_s_per_cpu_s']:>8.1f}{v['step_time_s']:>8.3f}{100 * v['padding_share']:>5.1f}%"
-              f"{v.get('peak_longest_gib', v['peak_gib']):>15.2f}{v.get('ratio', 1.0):>6.2f}x{tuned:>7}")
+              f"{v.get('peak_longest_gib', v['peak_gib']):>15.2f}{x('ratio'):>7}{x('ratio_tuned'):>7}"
+              f"{x('ratio_cpu'):>10}{x('ratio_tuned_cpu'):>7}")
     print(f"{out['repeats']} interleaved rounds; audio-s/s: median (min-max over rounds); /cpu-s: audio-s per "
           f"process CPU second; ratio: median over rounds of (variant / baseline in the same round); tuned: the "
-          f"same vs baseline_tuned (cached variants: vs baseline_tuned_frozen)")
+          f"same vs baseline_tuned (cached variants: vs baseline_tuned_frozen); cpu: the same ratios in CPU time")
     pad = out["padding_share_protocol"]
     print(f"padding at protocol size ({n_protocol} utterances): random {100 * pad['random']:.1f}%, bucket "
           f"{100 * pad['bucket']:.1f}%, bucket + ladder 1.05 {100 * pad['bucket_ladder']:.1f}%; full protocol "
