@@ -497,12 +497,14 @@ class Fleet:
                 p.join(timeout=10)
 
 
-def summarize(passes: dict[str, list[dict]], baseline_of: dict[str, tuple[str | None, str | None]]) -> dict:
+def summarize(passes: dict[str, list[dict]], baseline_of: dict[str, tuple[str | None, str | None]],
+              compare: str | None = None) -> dict:
     """Per-variant medians, spread and paired ratios from the timed passes of every round.
 
     Args:
         passes: variant -> one dict per round (audio_s, time_s, cpu_s; already aggregated over --procs).
         baseline_of: variant -> (plain baseline, tuned baseline) to compare it with (None: not run).
+        compare: also every variant against this one (``ratio_vs_<compare>``), e.g. a lever against mtlser.
     """
     out: dict[str, dict] = {}
     for name, rounds in passes.items():
@@ -518,7 +520,8 @@ def summarize(passes: dict[str, list[dict]], baseline_of: dict[str, tuple[str | 
         }
         out[name]["audio_s_per_cpu_s_rounds"] = cpu_rates
     for name, (plain, tuned) in baseline_of.items():
-        for key, base in (("ratio", plain), ("ratio_tuned", tuned)):
+        pairs = [("ratio", plain), ("ratio_tuned", tuned)] + ([(f"ratio_vs_{compare}", compare)] if compare else [])
+        for key, base in pairs:
             if base is None or base not in out or name == base:
                 continue
             paired = [a / b for a, b in zip(out[name]["audio_s_per_s_rounds"], out[base]["audio_s_per_s_rounds"])]
@@ -593,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--longest", action=argparse.BooleanOptionalAction,
                         help="also time one batch of 16 longest utterances per mtlser variant for the peak memory "
                              "(default: on cuda)")
+    parser.add_argument("--compare", metavar="VARIANT", help="also report every variant's paired ratio to this one "
+                        "(ratio_vs_VARIANT), e.g. --compare mtlser for levers")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--protocol", default="10,100,4400", help="folds,epochs,training utterances per fold")
     args = parser.parse_args(argv)
@@ -610,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {bad}; expected some of {list(VARIANTS)}")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    if args.compare and args.compare not in names + [n for n, _, _ in args.add]:
+        parser.error(f"--compare {args.compare}: not one of the variants run")
     cuda = args.device == "cuda"
     model = args.model or ("base" if cuda else "scaled")
     steps = args.steps or (64 if cuda else 10)
@@ -659,13 +666,14 @@ def main(argv: list[str] | None = None) -> int:
                 "arch_custom": arch if model == "scaled" else None, "batch_size": batch_size, "steps": steps,
                 "repeats": args.rounds, "order": "interleaved, reversed every other round", "warmup_steps": warmup,
                 "threads": args.threads, "procs": args.procs, "compile": args.compile, "opts": args.opt,
+                "compare": args.compare,
                 "added": [f"{n}={b},{','.join(f'{k}={v}' for k, v in e.items())}" for n, b, e in args.add],
                 "utterances": len(subset), "subset_mean_s": float(subset.mean()), "max_duration_s": args.max_duration,
                 "seed": args.seed, "commit": git_commit(),
                 "protocol": {"folds": folds, "epochs": epochs, "utterances": n_protocol, "audio_s": protocol_audio}}
 
     def report(setup: dict, passes: dict, per_process: dict, longest: dict, rounds_done: int) -> dict:
-        summary = summarize(passes, {name: p[4] for name, p in plan.items()})
+        summary = summarize(passes, {name: p[4] for name, p in plan.items()}, args.compare)
         variants: dict[str, dict] = {}
         for name, (kind, frozen, over, n, _) in plan.items():
             s, first = summary[name], setup[name][0]
@@ -798,6 +806,11 @@ def print_table(out: dict, n_protocol: int) -> None:
     print(f"{out['repeats']} interleaved rounds; audio-s/s: median (min-max over rounds); /cpu-s: audio-s per "
           f"process CPU second; ratio: median over rounds of (variant / baseline in the same round); tuned: the "
           f"same vs baseline_tuned (cached variants: vs baseline_tuned_frozen); cpu: the same ratios in CPU time")
+    compare = out["settings"].get("compare")
+    if compare:
+        print(f"vs {compare} (median over rounds, wall / CPU time): " + ", ".join(
+            f"{n} {v[f'ratio_vs_{compare}']:.2f}x / {v.get(f'ratio_vs_{compare}_cpu', math.nan):.2f}x"
+            for n, v in out["variants"].items() if f"ratio_vs_{compare}" in v))
     pad = out["padding_share_protocol"]
     print(f"padding at protocol size ({n_protocol} utterances): random {100 * pad['random']:.1f}%, bucket "
           f"{100 * pad['bucket']:.1f}%, bucket + ladder 1.05 {100 * pad['bucket_ladder']:.1f}%; full protocol "

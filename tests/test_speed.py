@@ -281,6 +281,8 @@ def test_benchmark_summary_pairs_rounds_and_picks_the_tuned_baseline():
     assert "ratio" not in out["baseline"] and out["baseline_tuned"]["ratio"] == pytest.approx(2.0)
     assert out["mtlser"]["audio_s_per_cpu_s"] == pytest.approx(60) and out["mtlser"]["cpu_per_wall"] == 0.5
     assert out["mtlser"]["ratio_cpu"] == pytest.approx(3.1) and out["mtlser"]["ratio_tuned_cpu"] == pytest.approx(1.55)
+    lever = summarize(passes, plan, compare="mtlser")["mtlser_cached"]
+    assert lever["ratio_vs_mtlser"] == pytest.approx(80 / 31) and lever["ratio_vs_mtlser_cpu"] == pytest.approx(80 / 31)
 
 
 def test_tuned_hf_baseline_is_what_the_flags_give(tmp_path):
