@@ -67,9 +67,14 @@ print("torch", torch.__version__, "torchaudio", torchaudio.__version__, "transfo
 #    fused norm on CUDA, host syncs per step (numbers recorded in the JUnit XML).
 log "GPU tests"
 rc_tests=0
-timeout 120 ${py} -m pytest -q -p no:cacheprovider -rA -k on_gpu tests/test_speed.py \
+timeout 100 ${py} -m pytest -q -p no:cacheprovider -rA -k on_gpu tests/test_speed.py \
     --junitxml="${out}/gpu_tests.xml" > "${out}/gpu_tests.log" 2>&1 || rc_tests=$?
 tail -n 12 "${out}/gpu_tests.log"
+
+# The first-layer norm + GELU alone (row by row, fused, batch-wide), base-sized channels, ~7.5 s rows.
+log "CNN norm"
+rc_norm=0
+timeout 45 ${py} bench/cnn_norm.py --device cuda --scale 4 --json "${TMPDIR:-/tmp}/cnn_norm.json" || rc_norm=$?
 
 # 2. The benchmark, paper setting and frozen CNN, against the plain and the tuned HF baselines, with the
 #    CNN-trained path's levers as extra variants, interleaved; then one step at 16 x 20 s per mtlser
@@ -77,7 +82,7 @@ tail -n 12 "${out}/gpu_tests.log"
 log "benchmark"
 levers=backbone.cnn_norm_impl=fused,train.defer_host_sync=true,data.num_workers=4
 rc_bench=0
-timeout 320 ${py} bench/train_throughput.py --device cuda --json "${out}/bench.json" --rounds 3 --steps 48 \
+timeout 290 ${py} bench/train_throughput.py --device cuda --json "${out}/bench.json" --rounds 3 --steps 48 \
     --add "levers=mtlser,${levers}" \
     --add "levers_channels_last=mtlser,${levers},backbone.cnn_channels_last=true" \
     --add "levers_cnn_fp32=mtlser,${levers},backbone.cnn_precision=fp32" \
@@ -88,7 +93,7 @@ grep -v 'batch/s' "${out}/bench.log" | tail -n 24
 
 # 3. One JSON: versions, stage exit codes, test outcomes and recorded numbers, the benchmark's results.
 log "report"
-RC_TESTS=${rc_tests} RC_BENCH=${rc_bench} OUT=${out} T_START=${t_start} ${py} - <<'EOF'
+RC_TESTS=${rc_tests} RC_BENCH=${rc_bench} RC_NORM=${rc_norm} NORM_JSON=${TMPDIR:-/tmp}/cnn_norm.json OUT=${out} T_START=${t_start} ${py} - <<'EOF'
 import json, os, subprocess, time
 import xml.etree.ElementTree as ET
 
@@ -96,7 +101,8 @@ out = os.environ["OUT"]
 git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
 report = {"commit": (git.returncode == 0 and git.stdout.strip()) or os.environ.get("MTLSER_COMMIT", "unknown"),
           "versions": open(f"{out}/versions.txt").read().strip(),
-          "exit_codes": {"gpu_tests": int(os.environ["RC_TESTS"]), "benchmark": int(os.environ["RC_BENCH"])},
+          "exit_codes": {"gpu_tests": int(os.environ["RC_TESTS"]), "cnn_norm": int(os.environ["RC_NORM"]),
+                         "benchmark": int(os.environ["RC_BENCH"])},
           "elapsed_s": time.time() - int(os.environ["T_START"])}
 tests = {}
 try:
@@ -108,6 +114,10 @@ try:
 except (OSError, ET.ParseError) as e:
     tests["error"] = str(e)
 report["gpu_tests"] = tests
+try:
+    report["cnn_norm"] = json.load(open(os.environ["NORM_JSON"]))
+except (OSError, ValueError) as e:
+    report["cnn_norm"] = {"error": str(e)}
 try:
     report["benchmark"] = json.load(open(f"{out}/bench.json"))
 except (OSError, ValueError) as e:

@@ -342,6 +342,22 @@ def test_benchmark_runs_interleaved_rounds_end_to_end(tmp_path):
     assert lines == ["baseline", "mtlser", "fused", "fused", "mtlser", "baseline"], lines
 
 
+def test_cnn_norm_benchmark_times_each_implementation_interleaved(tmp_path):
+    """bench/cnn_norm.py (a step of bench/gpu_session.sh) at a hundredth of its frame counts: every
+    implementation timed once per round, medians and the run's setting in one JSON."""
+    import json
+
+    from cnn_norm import main
+
+    assert main(["--device", "cpu", "--json", str(tmp_path / "n.json"), "--repeats", "2", "--scale", "0.01"]) == 0
+    out = json.loads((tmp_path / "n.json").read_text())
+    assert sorted(out["results"]) == ["32x150", "512x60"] and out["settings"]["repeats"] == 2
+    for timings in out["results"].values():
+        assert sorted(timings) == ["batch", "fused", "rows"]
+        assert all(len(t["all_s"]) == 2 and t["min_s"] <= t["median_s"] <= t["max_s"] for t in timings.values())
+    assert "bench/cnn_norm.py --device cuda" in (ROOT / "bench" / "gpu_session.sh").read_text()
+
+
 def test_gpu_session_needs_nothing_the_gpu_machine_lacks():
     """What bench/gpu_session.sh runs there (the GPU tests, the benchmark and its variants' code) imports
     only the machine's packages and the carried wheels: mtlser's other requirements (the G2P stack, the
@@ -365,7 +381,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("not on the GPU machine: " + name)
 sys.meta_path.insert(0, Block())
 sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "bench")!r}]
-import train_throughput, hf_baseline, tests.test_speed, mtlser.train.trainer, mtlser.data.cnn_cache
+import train_throughput, hf_baseline, cnn_norm, tests.test_speed, mtlser.train.trainer, mtlser.data.cnn_cache
 import mtlser.train.compile, mtlser.text.tokenize
 print("ok")
 """
