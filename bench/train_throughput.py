@@ -52,6 +52,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import signal
 import statistics
@@ -459,12 +460,22 @@ class Fleet:
             # Not daemonic: a variant with data.num_workers starts DataLoader workers of its own. stop() ends them.
             p = self.ctx.Process(target=worker, args=(spec, q, self.results))
             p.start()
-            self.procs.append(p)
+            self.procs.append((spec["name"], p))
 
     def _collect(self, n: int) -> list[dict]:
         out = []
         while len(out) < n:
-            r = self.results.get()
+            try:
+                r = self.results.get(timeout=5)
+            except queue.Empty:
+                # A process killed from outside (the kernel's OOM killer: wav2vec2-base variants take several
+                # GiB each) reports nothing: without this check the run would wait for it forever.
+                dead = [(name, p) for name, p in self.procs if p.exitcode is not None]
+                if dead:
+                    name, p = dead[0]
+                    why = " (SIGKILL: out of memory? run fewer --variants)" if p.exitcode == -signal.SIGKILL else ""
+                    raise SystemExit(f"{name} (process {p.pid}) died with exit code {p.exitcode}{why}")
+                continue
             if "error" in r:
                 print(r["trace"], file=sys.stderr)
                 raise SystemExit(f"{r['name']} (process {r['index']}) failed: {r['error']}")
@@ -489,7 +500,7 @@ class Fleet:
             for qs in self.commands.values():
                 for q in qs:
                     q.put(("exit", None))
-        for p in self.procs:
+        for _, p in self.procs:
             if graceful:
                 p.join(timeout=60)
             if p.is_alive():

@@ -342,6 +342,39 @@ def test_benchmark_runs_interleaved_rounds_end_to_end(tmp_path):
     assert lines == ["baseline", "mtlser", "fused", "fused", "mtlser", "baseline"], lines
 
 
+def test_benchmark_stops_when_a_variant_dies_without_reporting():
+    """A variant's process killed from outside (the OOM killer took wav2vec2-base variants on the shared
+    machine) sends nothing: the benchmark names it and stops instead of waiting forever."""
+    import multiprocessing as mp
+    import os
+    import re
+    import signal
+    import threading
+
+    from train_throughput import Fleet
+
+    ctx = mp.get_context("fork")
+    fleet = Fleet.__new__(Fleet)  # its processes only: no variant to build
+    fleet.results = ctx.Queue()
+    victim = ctx.Process(target=lambda: os.kill(os.getpid(), signal.SIGKILL))
+    victim.start()
+    fleet.procs = [("baseline_tuned", victim)]
+    raised = []
+
+    def collect():
+        try:
+            fleet._collect(1)
+        except SystemExit as e:
+            raised.append(str(e))
+
+    waiting = threading.Thread(target=collect, daemon=True)  # a daemon: a regression hangs this thread only
+    waiting.start()
+    waiting.join(timeout=60)
+    assert not waiting.is_alive(), "still waiting for a process that is gone"
+    assert len(raised) == 1 and re.fullmatch(
+        r"baseline_tuned \(process \d+\) died with exit code -9 \(SIGKILL: out of memory\? .*\)", raised[0]), raised
+
+
 def test_cnn_norm_benchmark_times_each_implementation_interleaved(tmp_path):
     """bench/cnn_norm.py (a step of bench/gpu_session.sh) at a hundredth of its frame counts: every
     implementation timed once per round, medians and the run's setting in one JSON."""
