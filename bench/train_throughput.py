@@ -47,6 +47,7 @@ vary: only ratios of the same run mean anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -340,15 +341,17 @@ class MtlserRunner:
         self.trainer.loss_check.read({})
 
 
-def worker(spec: dict, commands, results) -> None:
-    """One variant's process: set up and warm up, then run the parent's commands until "exit"."""
+def worker(spec: dict, commands, results, setup_lock=None) -> None:
+    """One variant's process: set up and warm up (holding setup_lock if given: one process at a time), then
+    run the parent's commands until "exit"."""
     import traceback
 
     name, index = spec["name"], spec["index"]
     # Ended by the parent (a time limit): unwind, so that data-loading workers are shut down with this process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        results.put({"name": name, "index": index, **_setup(spec)})
+        with setup_lock if setup_lock is not None else contextlib.nullcontext():
+            results.put({"name": name, "index": index, **_setup(spec)})
         runner = _RUNNER
         while True:
             cmd, arg = commands.get()
@@ -449,16 +452,19 @@ def machine(device: str) -> dict:
 class Fleet:
     """The variants' processes: started together, then driven one variant at a time."""
 
-    def __init__(self, specs: list[dict]):
+    def __init__(self, specs: list[dict], serial_setup: bool = False):
         self.ctx = mp.get_context("spawn")
         self.results = self.ctx.Queue()
+        # One warm-up at a time where memory is short (several wav2vec2-base variants on a CPU machine).
+        # Kept on self: the children unpickle it after start(), and a collected lock's semaphore is gone.
+        self.setup_lock = self.ctx.Lock() if serial_setup else None
         self.commands: dict[str, list] = {}
         self.procs = []
         for spec in specs:
             q = self.ctx.Queue()
             self.commands.setdefault(spec["name"], []).append(q)
             # Not daemonic: a variant with data.num_workers starts DataLoader workers of its own. stop() ends them.
-            p = self.ctx.Process(target=worker, args=(spec, q, self.results))
+            p = self.ctx.Process(target=worker, args=(spec, q, self.results, self.setup_lock))
             p.start()
             self.procs.append((spec["name"], p))
 
@@ -744,9 +750,10 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(n):
                 specs.append(dict(base_spec, name=name, index=i, kind=kind, frozen=frozen, overrides=over,
                                   exp_dir=str(tmp / f"exp_{name}_{i}")))
-        print(f"starting {len(specs)} processes (set-up and warm-up of {', '.join(plan)}) ...", flush=True)
+        print(f"starting {len(specs)} processes (set-up and warm-up of {', '.join(plan)}"
+              f"{'' if cuda else ', one at a time'}) ...", flush=True)
         t0 = time.perf_counter()
-        fleet = Fleet(specs)
+        fleet = Fleet(specs, serial_setup=not cuda)
         graceful = False
         try:
             setup = fleet.ready()
