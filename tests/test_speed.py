@@ -802,10 +802,10 @@ def test_nonfinite_loss_names_step_and_utterances(tmp_path, deferred):
     trainer = Trainer(cfg, data, tokens, tmp_path / "exp")
     step = trainer.train_step
 
-    def poisoned(batch):
+    def poisoned(batch, share=None):
         if trainer.step == 1:
             batch = dict(batch, wavs=batch["wavs"] * float("nan"))
-        return step(batch)
+        return step(batch, share)
 
     trainer.train_step = poisoned
     with pytest.raises(MtlserError, match=r"non-finite loss nan at step 1 \(utterances \['train"):

@@ -515,8 +515,8 @@ class Trainer:
                 loss, stats, emo_logits = self.model.loss_and_logits(**self.model_inputs(batch))
             bs = len(batch["utts"])
             sums["loss"] += float(loss) * bs
-            for k in ("loss_ce", "loss_ctc"):
-                sums[k] += stats.get(k, 0.0) * bs
+            for k in ("loss_ce", "loss_ctc"):  # float(): 0-d device tensors under train.defer_host_sync
+                sums[k] += float(stats.get(k, 0.0)) * bs
             n += bs
             refs.extend(batch["emotions"].tolist())
             hyps.extend(emo_logits.argmax(-1).tolist())
