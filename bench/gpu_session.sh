@@ -126,4 +126,4 @@ json.dump(report, open(f"{out}/gpu_session.json", "w"), indent=1)
 print(f"wrote {out}/gpu_session.json: tests", {k: v.get("outcome") for k, v in tests.items()},
       "| targets", report["benchmark"].get("targets"))
 EOF
-log "done (tests exit ${rc_tests}, benchmark exit ${rc_bench})"
+log "done (tests exit ${rc_tests}, CNN norm exit ${rc_norm}, benchmark exit ${rc_bench})"
