@@ -1,46 +1,129 @@
 #!/usr/bin/env bash
-# Issue 5's GPU check in one command, for a GPU machine that has torch + torchaudio but no network.
+# Issue 11's GPU measurement in one command, for the project's GPU machine: an H200, Python 3.12 with
+# torch 2.11, torchaudio 2.11, transformers, numpy, pyyaml, safetensors, tqdm, pytest preinstalled,
+# no network. What it lacks (bench/gpu_wheels.txt) travels as wheels in bench/.wheels (git-ignored).
 #
-#   bench/gpu_session.sh --fetch [3.11] # here (PyPI reachable): wheels of what the benchmark needs for that
-#                                       #   Python version (the GPU machine's) -> bench/.wheels (~47 MB)
-#   bench/gpu_session.sh OUT_DIR        # on the GPU machine (carry bench/.wheels, git-ignored, along):
-#                                       #   installs them next to its torch, then the benchmark
-#                                       #   (OUT_DIR/cuda.json, cuda.log) and tests/test_speed.py
+#   bench/gpu_session.sh --fetch     # here, where PyPI is reachable: cp312 manylinux x86_64 wheels -> bench/.wheels
+#   bench/gpu_session.sh OUT_DIR     # there: install them, GPU tests, benchmark, one JSON (OUT_DIR/gpu_session.json)
 #
-# Versions are the pins of tools/requirements*.txt (torch and torchaudio excluded: the machine's own).
-# Extra arguments after OUT_DIR go to bench/train_throughput.py (e.g. --procs 4).
+# The device tool's call:  command "MTLSER_COMMIT=<git rev-parse --short HEAD> bash bench/gpu_session.sh $OUT",
+# carry ["bench/.wheels"], timeout_s 600 (the copy of the tree there may have no .git: the commit is passed).
+# It should take about 5 minutes and at most 8: each stage has a time limit, and the benchmark writes its
+# JSON after every round, so a cut-short run still reports what it measured.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 wheels=${root}/bench/.wheels
-pins() {
-    grep -hE '^(numpy|soundfile|kaldiio|pyyaml|safetensors|tqdm|transformers|pytest)==' \
-        "${root}/tools/requirements.txt" "${root}/tools/requirements-test.txt"
+py=${MTLSER_GPU_PYTHON:-python3}
+
+# The carried packages with their versions: tools/requirements.txt's pin, or the one in gpu_wheels.txt.
+carried() {
+    local name pin
+    while read -r name; do
+        case ${name} in
+            *==*) echo "${name}" ;;
+            *) pin=$(grep -E "^${name}==" "${root}/tools/requirements.txt") || {
+                   echo "bench/gpu_wheels.txt: ${name} has no pin in tools/requirements.txt" >&2; return 1; }
+               echo "${pin}" ;;
+        esac
+    done < <(grep -vE '^[[:space:]]*(#|$)' "${root}/bench/gpu_wheels.txt")
 }
 
 if [ "${1:-}" = "--fetch" ]; then
+    specs=$(carried)
+    rm -rf "${wheels}"
     mkdir -p "${wheels}"
-    # shellcheck disable=SC2046
-    pip download -q -d "${wheels}" --only-binary=:all: --python-version "${2:-3.11}" \
-        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-        $(pins)
+    for spec in ${specs}; do
+        # The device notes' flags: pip matches manylinux tags exactly, so name each; no dependencies
+        # (the machine has them; gpu_wheels.txt lists the ones it lacks).
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+            --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "${wheels}" "${spec}"
+    done
+    ls -l "${wheels}"
     du -sh "${wheels}"
     exit 0
 fi
-[ $# -ge 1 ] || { sed -n '2,11p' "$0"; exit 2; }
-out=$1
-shift
-mkdir -p "${out}"
-[ -d "${wheels}" ] || { echo "no ${wheels}: run $0 --fetch on a machine with PyPI, then carry bench/.wheels" >&2; exit 1; }
-python3 --version
-python3 -c 'import torch, torchaudio; assert torch.cuda.is_available(), "no GPU visible"' || exit 1
-libs=${TMPDIR:-/tmp}/mtlser_gpu_pylibs   # next to the machine's torch and torchaudio, not instead of them
-# shellcheck disable=SC2046
-python3 -m pip install -q --no-index --find-links "${wheels}" --target "${libs}" $(pins) || {
-    echo "installing from ${wheels} failed: fetched for another Python? ($0 --fetch $(python3 -c \
-'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'))" >&2; exit 1; }
+[ $# -eq 1 ] || { sed -n '2,12p' "$0"; exit 2; }
+out=$(mkdir -p "$1" && cd "$1" && pwd)
 cd "${root}"
-export PYTHONPATH=${root}:${libs}
+t_start=$(date +%s)
+log() { echo "[$(date +%T) +$(( $(date +%s) - t_start ))s] $*"; }
+
+[ -d "${wheels}" ] || { echo "no ${wheels}: run $0 --fetch where PyPI is reachable, then carry bench/.wheels" >&2
+                        exit 1; }
+log "$(${py} --version); $(nproc) cores"
 nvidia-smi > "${out}/nvidia-smi.txt" 2>&1 || true
-python3 bench/train_throughput.py --device cuda --json "${out}/cuda.json" "$@" 2>&1 | tee "${out}/cuda.log"
-# The trainer tests need matplotlib (training curves), which is not carried; they are CPU checks anyway.
-python3 -m pytest -q tests/test_speed.py -k "not trainer" 2>&1 | tail -n 15 | tee "${out}/test_speed.log"
+site=${TMPDIR:-/tmp}/mtlser_gpu_site   # beside the machine's own packages, not instead of them
+${py} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "${site}" \
+    "${wheels}"/*.whl
+export PYTHONPATH=${root}:${site}
+export PYTHONUNBUFFERED=1
+${py} -c 'import torch, soundfile, kaldiio, transformers, torchaudio
+assert torch.cuda.is_available(), "no GPU visible"
+print("torch", torch.__version__, "torchaudio", torchaudio.__version__, "transformers", transformers.__version__,
+      "soundfile", soundfile.__version__, "GPU", torch.cuda.get_device_name(0))' | tee "${out}/versions.txt"
+
+# 1. The GPU tests: the attention kernel with our padding mask, the bf16 path with the CNN levers, the
+#    fused norm on CUDA, host syncs per step (numbers recorded in the JUnit XML).
+log "GPU tests"
+rc_tests=0
+timeout 100 ${py} -m pytest -q -p no:cacheprovider -rA -k on_gpu tests/test_speed.py \
+    --junitxml="${out}/gpu_tests.xml" > "${out}/gpu_tests.log" 2>&1 || rc_tests=$?
+tail -n 12 "${out}/gpu_tests.log"
+
+# The first-layer norm + GELU alone (row by row, fused, batch-wide), base-sized channels, ~7.5 s rows.
+log "CNN norm"
+rc_norm=0
+timeout 45 ${py} bench/cnn_norm.py --device cuda --scale 4 --json "${TMPDIR:-/tmp}/cnn_norm.json" || rc_norm=$?
+
+# 2. The benchmark, paper setting and frozen CNN, against the plain and the tuned HF baselines, with the
+#    CNN-trained path's levers as extra variants, interleaved; then one step at 16 x 20 s per mtlser
+#    variant for the peak memory.
+log "benchmark"
+levers=backbone.cnn_norm_impl=fused,train.defer_host_sync=true,data.num_workers=4
+rc_bench=0
+timeout 290 ${py} bench/train_throughput.py --device cuda --json "${out}/bench.json" --rounds 3 --steps 48 \
+    --add "levers=mtlser,${levers}" \
+    --add "levers_channels_last=mtlser,${levers},backbone.cnn_channels_last=true" \
+    --add "levers_cnn_fp32=mtlser,${levers},backbone.cnn_precision=fp32" \
+    --add "levers_cudnn_benchmark=mtlser,${levers},train.cudnn_benchmark=true" \
+    --add "cached_levers=mtlser_cached,train.defer_host_sync=true,data.num_workers=4" \
+    > "${out}/bench.log" 2>&1 || rc_bench=$?
+grep -v 'batch/s' "${out}/bench.log" | tail -n 24
+
+# 3. One JSON: versions, stage exit codes, test outcomes and recorded numbers, the benchmark's results.
+log "report"
+RC_TESTS=${rc_tests} RC_BENCH=${rc_bench} RC_NORM=${rc_norm} NORM_JSON=${TMPDIR:-/tmp}/cnn_norm.json OUT=${out} T_START=${t_start} ${py} - <<'EOF'
+import json, os, subprocess, time
+import xml.etree.ElementTree as ET
+
+out = os.environ["OUT"]
+git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+report = {"commit": (git.returncode == 0 and git.stdout.strip()) or os.environ.get("MTLSER_COMMIT", "unknown"),
+          "versions": open(f"{out}/versions.txt").read().strip(),
+          "exit_codes": {"gpu_tests": int(os.environ["RC_TESTS"]), "cnn_norm": int(os.environ["RC_NORM"]),
+                         "benchmark": int(os.environ["RC_BENCH"])},
+          "elapsed_s": time.time() - int(os.environ["T_START"])}
+tests = {}
+try:
+    for case in ET.parse(f"{out}/gpu_tests.xml").iter("testcase"):
+        outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else (
+            "skipped" if case.find("skipped") is not None else "passed")
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        tests[case.get("name")] = {"outcome": outcome, **props}
+except (OSError, ET.ParseError) as e:
+    tests["error"] = str(e)
+report["gpu_tests"] = tests
+try:
+    report["cnn_norm"] = json.load(open(os.environ["NORM_JSON"]))
+except (OSError, ValueError) as e:
+    report["cnn_norm"] = {"error": str(e)}
+try:
+    report["benchmark"] = json.load(open(f"{out}/bench.json"))
+except (OSError, ValueError) as e:
+    report["benchmark"] = {"error": str(e)}
+json.dump(report, open(f"{out}/gpu_session.json", "w"), indent=1)
+print(f"wrote {out}/gpu_session.json: tests", {k: v.get("outcome") for k, v in tests.items()},
+      "| targets", report["benchmark"].get("targets"))
+EOF
+log "done (tests exit ${rc_tests}, CNN norm exit ${rc_norm}, benchmark exit ${rc_bench})"

@@ -96,6 +96,21 @@ class BackboneConfig:
         "How the transformer's positional convolution (grouped Conv1d, kernel 128, 16 groups in base) is "
         "computed: fft (by FFT in float32: same weights and maths, far fewer FLOPs; the direct grouped "
         "conv is the slowest op of a bf16 step on an H100) | conv (torchaudio's Conv1d).", "fft")
+    cnn_norm_impl: str = doc(
+        "How the CNN's first-layer GroupNorm and its GELU run (group_norm extractors): rows (torch's GroupNorm "
+        "kernel one utterance at a time with padding_invariant_cnn, then GELU; reads the lengths on the host: "
+        "one sync per step) | fused (one batched function over the whole padded batch, valid frames as a mask "
+        "on the device: no host sync, no per-row loop, and its backward recomputes instead of storing the "
+        "norm's output: one activation of (batch, 512, samples / 5) less). Same maths.", "rows")
+    cnn_channels_last: bool = doc(
+        "Run the CNN's convolutions as 2-d convolutions in channels-last memory layout (what cuDNN's "
+        "tensor-core kernels prefer); the CNN output then reaches the transformer without a transpose copy. "
+        "Same maths.", False)
+    cnn_precision: str = doc(
+        "Precision of the CNN when train.precision autocasts: autocast (the CNN in bf16/fp16 like the rest) | "
+        "fp32 (the CNN in float32; on GPUs cuDNN then uses TF32 tensor cores where "
+        "torch.backends.cudnn.allow_tf32, torch's default, allows). The transformer keeps autocasting.",
+        "autocast")
 
 
 @dataclass
@@ -170,7 +185,10 @@ class DataConfig:
         "memory-mapped float32. Empty = cnn_cache/ next to the fold dirs (exp/<tag>/cnn_cache); a path such as "
         "dump/cnn_cache (relative to the working dir, the recipe dir) shares it across experiments too.", "")
     cache_audio: bool = doc("Keep decoded waveforms in memory after the first epoch.", False)
-    num_workers: int = doc("DataLoader worker processes (0 = load in the training process).", 0)
+    num_workers: int = doc(
+        "DataLoader worker processes that read and collate batches off the training process, ahead of the "
+        "step (0 = load in the training process). Same batches, same training (random crops of "
+        "data.max_duration are then drawn in the workers).", 0)
     sample_rate: int = doc("Expected sample rate; stage 2 converts other audio once.", 16000)
 
 
@@ -197,6 +215,23 @@ class TrainConfig:
         "torch.compile the transformer layers: none | default | reduce-overhead (CUDA graphs, one per padded "
         "length of data.pad_ladder). Off unless the benchmark shows it pays (bench/train_throughput.py "
         "--compile).", "none")
+    compile_scope: str = doc(
+        "What train.compile compiles: layer (each transformer layer on its own; torch reuses one graph for the "
+        "identical layers, but each is its own launch and the code between them runs eagerly) | transformer "
+        "(the whole layer stack with the positional conv as one function: one graph per padded length) | "
+        "backbone (CNN and transformer as one function; the CNN is captured whole only with "
+        "backbone.cnn_norm_impl fused, which reads no lengths on the host).", "transformer")
+    compile_dynamic: bool = doc(
+        "With train.compile: the padded length as a symbol, one graph for every length (CUDA graphs are still "
+        "recorded per length, cheaply), instead of one graph compiled per length (minutes each for "
+        "wav2vec2-base: pays only over many epochs). The FFT positional conv picks its transform size from the "
+        "length, so with backbone.pos_conv_impl fft dynamo still recompiles when that size changes.", False)
+    defer_host_sync: bool = doc(
+        "Keep each step's statistics (losses, accuracy, CTC skips, the finite-loss check) on the device and "
+        "read them once per log_interval and at the end of the epoch, so the host can queue the next steps "
+        "while the GPU works; the CTC loss masks unusable utterances instead of selecting them (no "
+        "data-dependent shapes). Same losses and statistics; a non-finite loss is then reported at the next "
+        "read, naming its step and utterances.", False)
     num_threads: int = doc("torch CPU threads; 0 = torch's default.", 0)
     model_selection: str = doc(
         "Which epoch's model the fold reports (best.safetensors, best.json): valid (ours: the best epoch on the "
@@ -386,6 +421,9 @@ def check_config(cfg: Config, where: str = "config") -> None:
         "train.sdpa_backend": (cfg.train.sdpa_backend, ("efficient", "default", "math", "flash", "cudnn")),
         "train.compile": (cfg.train.compile, ("none", "default", "reduce-overhead")),
         "backbone.pos_conv_impl": (cfg.backbone.pos_conv_impl, ("fft", "conv")),
+        "backbone.cnn_norm_impl": (cfg.backbone.cnn_norm_impl, ("rows", "fused")),
+        "backbone.cnn_precision": (cfg.backbone.cnn_precision, ("autocast", "fp32")),
+        "train.compile_scope": (cfg.train.compile_scope, ("layer", "transformer", "backbone")),
         "train.select_metric": (cfg.train.select_metric, ("ua", "wa", "loss")),
         "train.model_selection": (cfg.train.model_selection, ("valid", "last")),
     }

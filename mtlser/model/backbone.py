@@ -27,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -62,6 +63,9 @@ class Backbone(nn.Module):
         # Speed and padding switches (mtlser.model.fast_ops); the defaults here are torchaudio's own maths.
         self.padding_invariant_cnn = padding_invariant_cnn
         self.pos_conv_impl = pos_conv_impl
+        self.cnn_norm_impl = "rows"  # rows | fused (fast_ops.group_norm_gelu)
+        self.cnn_channels_last = False
+        self.cnn_precision = "autocast"  # autocast | fp32 (the CNN outside autocast)
         self.arch = arch
         self.arch_kwargs = dict(arch_kwargs)
         self.model = model if model is not None else build_torchaudio_model(arch, arch_kwargs)
@@ -166,25 +170,42 @@ class Backbone(nn.Module):
             return self._transformer(features, frame_lens)
 
     def _cnn(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """With ``padding_invariant_cnn`` the first layer's GroupNorm (group_norm extractor) takes its
-        statistics over each utterance's own frames, so a row's features do not depend on the padding
-        in its batch (fast_ops.valid_group_norm); otherwise torchaudio's FeatureExtractor."""
+        """torchaudio's FeatureExtractor, unrolled where a switch asks for it (mtlser.model.fast_ops):
+
+        - ``padding_invariant_cnn``: the first layer's GroupNorm (group_norm extractor) takes its
+          statistics over each utterance's own frames, so a row's features do not depend on the
+          padding in its batch;
+        - ``cnn_norm_impl`` fused: that GroupNorm and its GELU as one batched function (no host sync);
+        - ``cnn_channels_last``: the convolutions in channels-last layout;
+        - ``cnn_precision`` fp32: the CNN outside autocast, in float32 (TF32 on GPUs that allow it).
+        """
         if self.normalize_waveform:
             waveforms = self._normalize(waveforms, lengths)
         extractor = self.model.feature_extractor
-        if not self.padding_invariant_cnn or lengths is None:
+        plain = self.cnn_norm_impl == "rows" and not self.cnn_channels_last and self.cnn_precision == "autocast"
+        if plain and (not self.padding_invariant_cnn or lengths is None):
             return extractor(waveforms, lengths)
-        from mtlser.model.fast_ops import valid_group_norm
+        from mtlser.model.fast_ops import cnn_conv, group_norm_gelu, valid_group_norm
 
-        x = waveforms.unsqueeze(1)  # (B, 1, S)
-        for layer in extractor.conv_layers:  # torchaudio's ConvLayerBlock, unrolled
-            x = layer.conv(x)
-            lengths = lengths_mod.layer_frames(lengths, layer.kernel_size, layer.stride)
-            if isinstance(layer.layer_norm, nn.GroupNorm):
-                x = valid_group_norm(x, lengths, layer.layer_norm)
-            elif layer.layer_norm is not None:
-                x = layer.layer_norm(x)  # per-frame layer norm: padding cannot reach it
-            x = nn.functional.gelu(x)
+        precision = contextlib.nullcontext()
+        if self.cnn_precision == "fp32" and torch.is_autocast_enabled(waveforms.device.type):
+            precision = torch.autocast(device_type=waveforms.device.type, enabled=False)
+            waveforms = waveforms.float()
+        with precision:
+            x = waveforms.unsqueeze(1)  # (B, 1, S)
+            for layer in extractor.conv_layers:  # torchaudio's ConvLayerBlock, unrolled
+                x = cnn_conv(layer.conv, x, self.cnn_channels_last)
+                if lengths is not None:
+                    lengths = lengths_mod.layer_frames(lengths, layer.kernel_size, layer.stride)
+                norm_lens = lengths if self.padding_invariant_cnn else None
+                if isinstance(layer.layer_norm, nn.GroupNorm):
+                    if self.cnn_norm_impl == "fused":
+                        x = group_norm_gelu(x, norm_lens, layer.layer_norm)
+                        continue
+                    x = valid_group_norm(x, norm_lens, layer.layer_norm)
+                elif layer.layer_norm is not None:
+                    x = layer.layer_norm(x)  # per-frame layer norm: padding cannot reach it
+                x = nn.functional.gelu(x)
         return x.transpose(1, 2), lengths  # (B, T, C)
 
     def _transformer(self, features: Tensor, frame_lens: Tensor | None) -> list[Tensor]:
@@ -335,3 +356,6 @@ def set_fast_path(backbone: Backbone, cfg: Any) -> None:
     """The computation switches of a BackboneConfig (no parameters involved): see docs/speed.md."""
     backbone.padding_invariant_cnn = cfg.padding_invariant_cnn
     backbone.pos_conv_impl = cfg.pos_conv_impl
+    backbone.cnn_norm_impl = cfg.cnn_norm_impl
+    backbone.cnn_channels_last = cfg.cnn_channels_last
+    backbone.cnn_precision = cfg.cnn_precision

@@ -14,9 +14,19 @@
   this, a padded batch gives every utterance what it gets alone (as in
   pre-training, where fairseq crops batches instead of padding them). Torch's own
   GroupNorm kernels, one row at a time: about 2x the cost of one batched call on a
-  CPU; a fused kernel is the next step if GPU profiles show it matters.
+  CPU, and one host sync per batch (the lengths are read as Python ints).
+- :func:`group_norm_gelu`: the same normalisation followed by the layer's GELU, as
+  one autograd function over the whole batch (``backbone.cnn_norm_impl: fused``): the
+  valid frames are a mask built on the device (no host sync, no per-row loop), and
+  backward recomputes the normalised values from the saved input instead of keeping
+  the norm's output for GELU's backward: one (B, C, T) tensor less per step, the
+  largest activation of a CNN-trained step (16 x 512 x 64,000 at 16 x 20 s).
+- :func:`cnn_conv`: a CNN layer's Conv1d, optionally run as a Conv2d in channels-last
+  memory layout (``backbone.cnn_channels_last``): the layout cuDNN's tensor-core kernels
+  prefer; the output is then (B, C, T) with frames outermost, so the transformer's
+  (B, T, C) input needs no copy.
 
-Both are checked against the reference modules in tests/test_speed.py.
+Each is checked against the reference modules in tests/test_speed.py.
 """
 
 from __future__ import annotations
@@ -151,3 +161,152 @@ def valid_group_norm(x: Tensor, lengths: Tensor | list[int] | None, norm: nn.Gro
     assert x.ndim == 3 and len(lengths) == x.shape[0], (tuple(x.shape), len(lengths))
     assert max(lengths) <= x.shape[2], f"lengths {max(lengths)} > frames {x.shape[2]}"
     return _ValidGroupNorm.apply(x, [int(v) for v in lengths], norm.weight, norm.bias, norm.num_groups, norm.eps)
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, but never ``t`` itself returned through ``.to``: torch.compile (2.11) loses the
+    gradient of an autograd.Function whose output is a no-op ``.to`` of an internal tensor."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+class _GroupNormGELU(torch.autograd.Function):
+    """gelu(GroupNorm over each row's valid frames), padded frames -> 0; batched, no host sync.
+
+    Statistics and arithmetic in float32 (float64 stays float64), output in the input's dtype.
+    Saves the input, the mask and the per-(row, group) statistics; backward recomputes the rest.
+    Written as per-(row, channel) scale and shift on few full-size buffers, updated in place:
+    on CPUs a fresh (B, C, T) allocation costs more than the arithmetic on it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, weight, bias, groups: int, eps: float):
+        # x (B, C, T); mask (B, 1, T) of 0/1 in the compute dtype, or None (every frame valid).
+        B, C, T = x.shape
+        G, Cg = groups, C // groups
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(cdt)  # x itself when it is float32 already
+        if mask is None:
+            count = xf.new_full((B, 1), float(T * Cg))
+            s1 = xf.sum(-1)  # (B, C)
+        else:
+            count = (mask[:, 0].sum(-1, keepdim=True) * Cg).clamp(min=1)  # (B, 1); an empty row gives zeros
+            s1 = torch.bmm(xf, mask.transpose(1, 2))[..., 0]  # (B, C): sum over the valid frames
+        mean = s1.unflatten(1, (G, Cg)).sum(-1) / count  # (B, G)
+        mean_c = mean.repeat_interleave(Cg, 1)[..., None]  # (B, C, 1)
+        out = xf - mean_c  # the one full-size buffer: centred, then normalised, then the output
+        if mask is not None:
+            out.mul_(mask)
+        var = torch.linalg.vector_norm(out, dim=-1).square().unflatten(1, (G, Cg)).sum(-1) / count  # (B, G)
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd.repeat_interleave(Cg, 1)[..., None]  # (B, C, 1)
+        if weight is not None:
+            scale = scale * weight.to(cdt)[:, None]
+        out.mul_(scale)
+        if bias is not None:
+            out.add_(bias.to(cdt)[:, None])
+        torch.ops.aten.gelu_(out)
+        if mask is not None:
+            out.mul_(mask)
+        ctx.save_for_backward(x, mask, weight, bias, mean, rstd)
+        ctx.groups = groups
+        return _cast(out, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, mask, weight, bias, mean, rstd = ctx.saved_tensors
+        B, C, T = x.shape
+        G, Cg = ctx.groups, C // ctx.groups
+        cdt = mean.dtype
+        xf = x.to(cdt)
+        if mask is None:
+            count = xf.new_full((B, 1), float(T * Cg))
+        else:
+            count = (mask[:, 0].sum(-1, keepdim=True) * Cg).clamp(min=1)
+        mean_c = mean.repeat_interleave(Cg, 1)[..., None]  # (B, C, 1)
+        rstd_c = rstd.repeat_interleave(Cg, 1)[..., None]
+        w = weight.to(cdt)[:, None] if weight is not None else None  # (C, 1)
+        a = rstd_c * w if w is not None else rstd_c  # (B, C, 1): d y / d x at fixed statistics
+        xc = xf - mean_c  # buffer 1: x - mean
+        gy = torch.addcmul(bias.to(cdt)[:, None] if bias is not None else xc.new_zeros(()), xc, a)  # buffer 2: y
+        # y -> d loss / d y through the exact (erf) GELU, in place
+        torch.ops.aten.gelu_backward.grad_input(grad_out.to(cdt), gy, grad_input=gy)
+        if mask is not None:
+            gy.mul_(mask)
+        sg = gy.sum(-1, keepdim=True)  # (B, C, 1): sum_t dL/dy
+        sgx = xc.mul_(gy).sum(-1, keepdim=True) * rstd_c  # (B, C, 1): sum_t dL/dy * x-hat (xc is spent)
+        # Every gradient, whether asked for or not: the cheap ones are (B, C) sums, and x's is always
+        # wanted where this runs (a trained CNN); torch.compile's tracing of ctx.needs_input_grad is unreliable.
+        gw = sgx.sum((0, 2)) if weight is not None else None
+        gb = sg.sum((0, 2)) if bias is not None else None
+        # dx = rstd * (w dy - mean_group(w dy) - x-hat * mean_group(w dy x-hat)), on valid frames
+        s1 = (sg * w if w is not None else sg)[..., 0].unflatten(1, (G, Cg)).sum(-1) / count  # (B, G)
+        s2 = (sgx * w if w is not None else sgx)[..., 0].unflatten(1, (G, Cg)).sum(-1) / count
+        k1 = -(rstd * s2).repeat_interleave(Cg, 1)[..., None] * rstd_c  # (B, C, 1): times (x - mean)
+        k0 = -(rstd * s1).repeat_interleave(Cg, 1)[..., None]
+        gx = torch.sub(xf, mean_c, out=xc)  # buffer 1 again: x - mean
+        gx.mul_(k1).addcmul_(gy, a).add_(k0)
+        if mask is not None:
+            gx.mul_(mask)
+        return (_cast(gx, x.dtype), None, _cast(gw, weight.dtype) if gw is not None else None,
+                _cast(gb, bias.dtype) if gb is not None else None, None, None)
+
+
+def _group_norm_gelu_composed(x: Tensor, mask: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+                              groups: int, eps: float) -> Tensor:
+    """:class:`_GroupNormGELU`'s maths in differentiable torch ops: what torch.compile traces (it fuses
+    them and chooses itself what backward keeps; it mishandles the in-place updates of the function)."""
+    B, C, T = x.shape
+    Cg = C // groups
+    cdt = torch.promote_types(x.dtype, torch.float32)
+    xg = x.to(cdt).unflatten(1, (groups, Cg))  # (B, G, C/G, T)
+    m = mask.unsqueeze(1) if mask is not None else None  # (B, 1, 1, T)
+    count = (m.sum(-1, keepdim=True) * Cg).clamp(min=1) if m is not None else float(T * Cg)
+    mean = (xg * m if m is not None else xg).sum((2, 3), keepdim=True) / count
+    d = (xg - mean) * m if m is not None else xg - mean
+    y = (d * torch.rsqrt(d.square().sum((2, 3), keepdim=True) / count + eps)).flatten(1, 2)  # (B, C, T)
+    if weight is not None:
+        y = y * weight.to(cdt)[:, None]
+    if bias is not None:
+        y = y + bias.to(cdt)[:, None]
+    out = F.gelu(y)
+    return (out * mask if mask is not None else out).to(x.dtype)
+
+
+def group_norm_gelu(x: Tensor, lengths: Tensor | None, norm: nn.GroupNorm) -> Tensor:
+    """``gelu(valid_group_norm(x, lengths, norm))`` in one batched autograd function (no host sync).
+
+    Args:
+        x: (B, C, T) conv output (any strides: channels-last works as is).
+        lengths: (B,) valid frames as a tensor on x's device, or None (every frame valid: then
+            exactly ``gelu(norm(x))``, GroupNorm over the whole padded batch).
+        norm: the ``nn.GroupNorm`` whose groups, eps and affine parameters are used.
+    Returns:
+        (B, C, T) in x's dtype; padded frames are 0 (as :func:`valid_group_norm` then GELU gives).
+    """
+    assert x.ndim == 3, tuple(x.shape)
+    mask = None
+    if lengths is not None:
+        assert isinstance(lengths, Tensor) and lengths.shape == (x.shape[0],), (tuple(x.shape), lengths)
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        mask = (torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]).to(cdt)[:, None, :]
+    args = (x, mask, norm.weight, norm.bias, norm.num_groups, norm.eps)
+    if torch.compiler.is_compiling():
+        return _group_norm_gelu_composed(*args)
+    return _GroupNormGELU.apply(*args)
+
+
+def cnn_conv(conv: nn.Conv1d, x: Tensor, channels_last: bool = False) -> Tensor:
+    """A CNN layer's convolution: ``conv(x)``, or the same as a Conv2d in channels-last layout.
+
+    Args:
+        x: (B, C_in, S) input.
+    Returns:
+        (B, C_out, S'); with ``channels_last`` its memory is (B, S', C_out) (strides (S' C, 1, C)).
+    """
+    if not channels_last:
+        return conv(x)
+    assert conv.padding in ((0,), 0) and conv.dilation == (1,) and conv.groups == 1, conv
+    cl = torch.channels_last
+    y = F.conv2d(x.unsqueeze(2).contiguous(memory_format=cl), conv.weight.unsqueeze(2).contiguous(memory_format=cl),
+                 conv.bias, stride=(1, conv.stride[0]))
+    return y.squeeze(2)

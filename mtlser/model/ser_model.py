@@ -88,6 +88,8 @@ class SERModel(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
+        #: train.defer_host_sync: statistics stay tensors on the device, CTC rows are masked, not selected.
+        self.defer_sync = False
         self.fusion = LayerFusion(backbone.num_layers + 1) if fusion == "softmax" else None
         self.dropout = nn.Dropout(head_dropout)
         self.emotion_head = nn.Linear(backbone.hidden_size, num_emotions)
@@ -128,6 +130,8 @@ class SERModel(nn.Module):
         than their targets need are skipped and counted, never turned into inf/NaN.
         """
         usable = (target_lens > 0) & (ctc_required_frames(targets, target_lens) <= frame_lens)
+        if self.defer_sync:
+            return self._ctc_loss_masked(ctc_logits, frame_lens, targets, target_lens, usable), usable
         if not bool(usable.any()):
             return ctc_logits.sum() * 0.0, usable
         log_probs = F.log_softmax(fp32_or_wider(ctc_logits[usable]), dim=-1).transpose(0, 1)  # (T, B', V)
@@ -143,6 +147,21 @@ class SERModel(nn.Module):
         else:  # mean: torch's default, per-token
             loss = (per_utt / lens.to(per_utt.dtype)).mean()
         return loss, usable
+
+    def _ctc_loss_masked(self, ctc_logits: Tensor, frame_lens: Tensor, targets: Tensor, target_lens: Tensor,
+                         usable: Tensor) -> Tensor:
+        """:meth:`ctc_loss` without reading ``usable`` on the host: every row goes through CTC, the
+        unusable ones with an empty target (a finite loss) and weight 0, so no shape depends on the data."""
+        log_probs = F.log_softmax(fp32_or_wider(ctc_logits), dim=-1).transpose(0, 1)  # (T, B, V)
+        lens = torch.where(usable, target_lens, torch.zeros_like(target_lens))
+        per_utt = F.ctc_loss(log_probs, targets.clamp(min=0), frame_lens, lens, blank=0, reduction="none",
+                             zero_infinity=False) * usable.to(log_probs.dtype)
+        n_usable = usable.sum().clamp(min=1).to(per_utt.dtype)
+        if self.ctc_reduction == "sum":
+            return per_utt.sum()
+        if self.ctc_reduction == "mean_batch":
+            return per_utt.sum() / n_usable
+        return (per_utt / lens.clamp(min=1).to(per_utt.dtype)).sum() / n_usable  # mean: per-token
 
     def loss_and_logits(
         self,
@@ -164,9 +183,11 @@ class SERModel(nn.Module):
         logits = fp32_or_wider(emo_logits)
         weight = self.class_weights.to(logits.dtype) if self.class_weights is not None else None
         loss_ce = F.cross_entropy(logits, emotions, weight=weight)
+        # Python floats, or 0-d tensors left on the device (defer_sync: the trainer reads them in bulk).
+        value = (lambda t: t.detach()) if self.defer_sync else (lambda t: t.detach().item())
         stats = {
-            "loss_ce": loss_ce.detach().item(),
-            "acc": (emo_logits.argmax(-1) == emotions).float().mean().item(),
+            "loss_ce": value(loss_ce),
+            "acc": value((emo_logits.argmax(-1) == emotions).float().mean()),
         }
         loss = loss_ce
         if ctc_logits is not None:
@@ -175,9 +196,9 @@ class SERModel(nn.Module):
                 frame_lens = torch.full((wavs.shape[0],), ctc_logits.shape[1], dtype=torch.long, device=wavs.device)
             loss_ctc, usable = self.ctc_loss(ctc_logits, frame_lens, targets, target_lens)
             loss = loss_ce + self.ctc_weight * loss_ctc
-            stats["loss_ctc"] = loss_ctc.detach().item()
-            stats["ctc_skipped"] = float((~usable).sum().item())
-        stats["loss"] = loss.detach().item()
+            stats["loss_ctc"] = value(loss_ctc)
+            stats["ctc_skipped"] = value((~usable).sum().to(loss_ctc.dtype))
+        stats["loss"] = value(loss)
         if term_weights is not None:
             loss = term_weights[0] * loss_ce
             if ctc_logits is not None:

@@ -50,6 +50,7 @@ from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted
 from mtlser.text.tokenize import write_token_list
 from mtlser.train import distributed, resume
 from mtlser.train.curves import TensorBoardLog, plot_curves
+from mtlser.train.host_sync import LossCheck, accumulate
 from mtlser.utils import MtlserError, write_failure
 from mtlser.utils.fileio import atomic_open, atomic_save, atomic_write_text
 from mtlser.utils.progress import progress
@@ -182,6 +183,8 @@ class Trainer:
         if self.dist.world_size > 1:  # same initial model on every rank, then each rank's own dropout
             torch.manual_seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
             random.seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
+        self.model.defer_sync = cfg.train.defer_host_sync
+        self.loss_check = LossCheck(deferred=cfg.train.defer_host_sync)
         # Utterances shorter than the CNN's receptive field give no frame at all: a logged, counted skip.
         min_s = self.model.backbone.min_samples() / cfg.data.sample_rate
         for name, ds in (("train", self.train_set), ("valid", self.valid_set)):
@@ -209,7 +212,9 @@ class Trainer:
             if cfg.data.cache_cnn_features:
                 self._attach_cnn_cache()
         if cfg.train.compile != "none":
-            self._compile_layers(cfg.train.compile)
+            from mtlser.train.compile import compile_backbone
+
+            compile_backbone(self.model.backbone, cfg.train.compile, cfg.train.compile_scope, cfg.train.compile_dynamic)
         self.ddp_model = self.model
         if self.dist.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -381,6 +386,9 @@ class Trainer:
         cfg = self.cfg
         collate_fn = functools.partial(collate, pad_ladder=cfg.data.pad_ladder, frames_of=frames_of)
         pin = self.device.type == "cuda"
+        # Workers (data.num_workers) read and collate ahead while the step runs. Not persistent: a new
+        # iterator each epoch draws its seed from torch's RNG as the single-process loader does, so
+        # training (dropout draws included) is the same with and without workers, and resumes as well.
         self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate_fn,
                                        num_workers=cfg.data.num_workers, pin_memory=pin)
         self.valid_loader = (DataLoader(self.valid_set, batch_sampler=self.valid_sampler, collate_fn=collate_fn,
@@ -408,14 +416,6 @@ class Trainer:
         self._make_loaders(frames_of=cache.frames_of)  # batches padded to the uncached path's frame counts
         logger.info("frozen CNN: training on cached features from %s", cache.root)
 
-    def _compile_layers(self, mode: str) -> None:
-        import torch._dynamo
-
-        # One graph per padded length of the ladder; more than torch's default of 8 recompilations.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-        for layer in self.model.backbone.model.encoder.transformer.layers:
-            layer.compile(mode=None if mode == "default" else mode, dynamic=False)
-
     def _set_backbone_frozen(self, frozen: bool) -> None:
         if self.model.backbone.frozen:
             return  # backbone.freeze (probing): frozen for good, never thawed after freeze_steps
@@ -441,13 +441,14 @@ class Trainer:
                        disable=not self.dist.is_main or not sys.stderr.isatty(), leave=False, mininterval=5)
         for i, batch in enumerate(bar):
             stats, bs = self.train_step(batch, shares[i] if shares else None)
-            for k, v in stats.items():  # a stand-in shard (bs 0) adds the keys, not the values
-                sums[k] = sums.get(k, 0.0) + v * (bs if k != "ctc_skipped" else min(bs, 1))
+            accumulate(sums, stats, bs)  # a stand-in shard (bs 0) adds the keys, not the values
             n += bs
             audio_s += float(batch["num_samples"].sum()) / cfg.data.sample_rate if bs else 0.0
             if self.step % cfg.train.log_interval == 0 and self.dist.is_main:
+                stats = self.loss_check.read(stats)  # with train.defer_host_sync the one read of the interval
                 logger.info("epoch %d step %d: %s", self.epoch + 1, self.step,
                             " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+        sums = self.loss_check.read(sums)  # with train.defer_host_sync the epoch's one read
         if self.dist.world_size > 1:  # statistics of the whole batches: summed over the ranks
             keys = sorted(sums)
             *values, n, audio_s = distributed.all_reduce_sum([sums[k] for k in keys] + [n, audio_s], self.device)
@@ -482,9 +483,7 @@ class Trainer:
         batch = batch_to(batch, self.device)
         with self.autocast():
             loss, stats, bs = self.ddp_model(**self.model_inputs(batch), **weights)
-        if not torch.isfinite(loss):
-            raise MtlserError(f"non-finite loss {loss.item()} at step {self.step} (utterances "
-                              f"{batch['utts'][:4]}...); lower optim.lr or check the data")
+        self.loss_check.check(loss, self.step, batch["utts"])  # at once, or at the next read (defer_host_sync)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.optim.grad_clip > 0:
@@ -516,8 +515,8 @@ class Trainer:
                 loss, stats, emo_logits = self.model.loss_and_logits(**self.model_inputs(batch))
             bs = len(batch["utts"])
             sums["loss"] += float(loss) * bs
-            for k in ("loss_ce", "loss_ctc"):
-                sums[k] += stats.get(k, 0.0) * bs
+            for k in ("loss_ce", "loss_ctc"):  # float(): 0-d device tensors under train.defer_host_sync
+                sums[k] += float(stats.get(k, 0.0)) * bs
             n += bs
             refs.extend(batch["emotions"].tolist())
             hyps.extend(emo_logits.argmax(-1).tolist())
