@@ -110,6 +110,31 @@ def count_table(tables: dict[str, dict[str, str]], emotions: list[str]) -> dict:
             "per_speaker": {k: per_speaker[k] for k in sorted(per_speaker, key=sort_key)}}
 
 
+def write_outputs(out: Path, tables: dict[str, dict[str, str]], emotion_map: EmotionMap,
+                  spk2gender: dict[str, str] | None, skipped: list[tuple[str, str]], rates: Counter,
+                  report_dir: Path, facts: dict, clips_name: str = "clips", skipped_note: str = "") -> dict:
+    """The data dir, then the count report (kept counts, the corpus's ``facts``, sample rates, skip
+    reasons) in REPORT_DIR, and the summary lines of the log; returns the report."""
+    write_data_dir(out, tables, emotion_map, spk2gender)
+    report = count_table(tables, emotion_map.emotions)
+    report.update(facts)
+    report["sample_rates"] = {f"{r} Hz x{c}": n for (r, c), n in sorted(rates.items())}
+    report["skipped"] = dict(sorted(Counter(reason for reason, _ in skipped).items()))
+    write_report(report_dir, report, skipped)
+    logger.info("%s found: %d from %d actors (%s); kept: %d %s", clips_name, report["clips"], report["actors"],
+                " ".join(f"{k}={v}" for k, v in report["raw_emotions"].items()), report["total"],
+                " ".join(f"{k}={v}" for k, v in report["counts"].items()))
+    logger.info("skipped files%s: %s", skipped_note,
+                " ".join(f"{k}={v}" for k, v in report["skipped"].items()) or "none")
+    not_16k = sum(n for (r, c), n in rates.items() if (r, c) != (16000, 1))
+    if not_16k:
+        logger.info("%d clips are not 16 kHz mono (%s); stage 2 converts them once into data/wav16k", not_16k,
+                    ", ".join(report["sample_rates"]))
+    logger.info("wrote %s (%d utterances, %d speakers) and %s", out, report["total"], len(report["per_speaker"]),
+                report_dir)
+    return report
+
+
 def compare_counts(name: str, found: dict[str, int], expected: dict[str, int]) -> list[str]:
     """Lines naming each count that differs from the release's (missing keys count 0)."""
     keys = list(expected) + [k for k in found if k not in expected]

@@ -193,23 +193,11 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
     demographics = db_root / "VideoDemographics.csv"
     spk2gender = actor_genders(set(tables["utt2spk"].values()), demographics)
 
-    clip_corpus.write_data_dir(out, tables, emotion_map, spk2gender)
-
-    report = clip_corpus.count_table(tables, emotion_map.emotions)
-    report.update({
+    report = clip_corpus.write_outputs(out, tables, emotion_map, spk2gender, skipped, rates, Path(report_dir), {
         "db_root": str(db_root), "clips": sum(raw_emotions.values()), "actors": len(actors),
         "raw_emotions": dict(sorted(raw_emotions.items())), "sentences": dict(sorted(sentences.items())),
         "levels": dict(sorted(levels.items())),
-        "sample_rates": {f"{r} Hz x{c}": n for (r, c), n in sorted(rates.items())},
-        "skipped": dict(sorted(Counter(reason for reason, _ in skipped).items())),
     })
-    clip_corpus.write_report(Path(report_dir), report, skipped)
-    logger.info("clips found: %d from %d actors (%s); kept: %d %s", report["clips"], len(actors),
-                " ".join(f"{k}={v}" for k, v in report["raw_emotions"].items()), report["total"],
-                " ".join(f"{k}={v}" for k, v in report["counts"].items()))
-    logger.info("skipped files: %s", " ".join(f"{k}={v}" for k, v in report["skipped"].items()) or "none")
-    logger.info("wrote %s (%d utterances, %d speakers) and %s", out, report["total"], len(report["per_speaker"]),
-                report_dir)
     if check_counts:
         check_release_counts(report, Path(report_dir))
     return report

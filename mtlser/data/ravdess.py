@@ -161,28 +161,11 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
                           f"(found {len(clips)} clips)")
     spk2gender = {speaker_of(a): gender_of(a) for a in per_actor if speaker_of(a) in set(tables["utt2spk"].values())}
 
-    clip_corpus.write_data_dir(out, tables, emotion_map, spk2gender)
-
-    report = clip_corpus.count_table(tables, emotion_map.emotions)
-    report.update({
+    report = clip_corpus.write_outputs(out, tables, emotion_map, spk2gender, skipped, rates, Path(report_dir), {
         "db_root": str(db_root), "clips": len(clips), "actors": len(per_actor),
         "raw_emotions": {e: raw[e] for e in EMOTION_CODES.values() if raw[e]},
         "clips_per_actor": {speaker_of(a): n for a, n in sorted(per_actor.items())},
-        "sample_rates": {f"{r} Hz x{c}": n for (r, c), n in sorted(rates.items())},
-        "skipped": dict(sorted(Counter(reason for reason, _ in skipped).items())),
-    })
-    clip_corpus.write_report(Path(report_dir), report, skipped)
-    logger.info("speech clips found: %d from %d actors (%s); kept: %d %s", len(clips), len(per_actor),
-                " ".join(f"{k}={v}" for k, v in report["raw_emotions"].items()), report["total"],
-                " ".join(f"{k}={v}" for k, v in report["counts"].items()))
-    logger.info("skipped files (song, video, duplicate, ...): %s",
-                " ".join(f"{k}={v}" for k, v in report["skipped"].items()) or "none")
-    not_16k = sum(n for (r, c), n in rates.items() if (r, c) != (16000, 1))
-    if not_16k:
-        logger.info("%d clips are not 16 kHz mono (%s); stage 2 converts them once into data/wav16k", not_16k,
-                    ", ".join(report["sample_rates"]))
-    logger.info("wrote %s (%d utterances, %d speakers) and %s", out, report["total"], len(report["per_speaker"]),
-                report_dir)
+    }, clips_name="speech clips", skipped_note=" (song, video, duplicate, ...)")
     if check_counts:
         check_release_counts(report, Path(report_dir))
     return report
