@@ -33,10 +33,11 @@ def ser(recipe: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_crema_d_recipe_stages_0_to_2(tmp_path):
-    db = make_crema_d(tmp_path / "CREMA-D", actors=6, clips_per_actor=6, duration_scale=0.2)
+    # A copy under a folder name with a space: ser.sh's --db-root hands it to local/data.sh as one word.
+    db = make_crema_d(tmp_path / "corpora copy" / "CREMA-D", actors=6, clips_per_actor=6, duration_scale=0.2)
     recipe = make_recipe(tmp_path / "egs" / "crema_d", "crema_d")
     r = ser(recipe, "--stage", "0", "--stop-stage", "2", "--protocol", "kfold3", "--valid-share", "0.25",
-            "--local-data-opts", f"--db-root {db} --check-counts false")
+            "--db-root", str(db), "--local-data-opts", "--check-counts false")
     assert r.returncode == 0, r.stderr[-3000:]
     data = recipe / "data"
     assert read_table(data / "all" / "spk2gender")["1001"] == "m"

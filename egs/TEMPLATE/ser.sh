@@ -19,6 +19,7 @@ ngpu=1               # GPUs per training job: reserved by the job backend (Slurm
                      # with N processes per fold (DDP; without GPUs, N CPU processes with gloo)
 slurm_conf=conf/slurm.conf  # Slurm settings of stages 3-4 (MTLSER_CMD_BACKEND=slurm), see that file
 # Data
+db_root=""           # the corpus copy, passed to local/data.sh as --db-root when given (licensed corpora)
 local_data_opts=""   # options passed to local/data.sh
 protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds) | kfold<K> (K folds of whole speakers)
 partition=""         # published partition files (EmoBox format: fold_N/*_{train,test}_fold_N.jsonl): folds from them (protocol partition)
@@ -47,6 +48,7 @@ Usage: $0 [options]
   --nj N                     folds trained/decoded at once (default ${nj})
   --ngpu N                   GPUs per training job; N > 1: torchrun, N processes per fold (default ${ngpu})
   --slurm-conf FILE          Slurm settings with MTLSER_CMD_BACKEND=slurm (default ${slurm_conf})
+  --db-root DIR              the corpus copy (local/data.sh --db-root), for recipes of corpora you hold
   --local-data-opts "..."    passed to local/data.sh
   --protocol loso|loso-session|kfold<K>, --valid share|session-mate|none, --valid-share X, --split-seed N
                              (--valid none: the paper's protocol, every training utterance trains, last epoch reported)
@@ -126,7 +128,7 @@ fold_list() {  # the fold numbers to run: --folds, or every fold stage 2 wrote
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     log "Stage 0: data preparation -> ${data}/all"
     # shellcheck disable=SC2086
-    local/data.sh ${local_data_opts}
+    local/data.sh ${db_root:+--db-root "${db_root}"} ${local_data_opts}
     python -m mtlser.data.datadir validate ${data}/all
 fi
 

@@ -5,23 +5,13 @@
 #   ./run.sh --db-root /path/to/CREMA-D [--stage 0 --stop-stage 5] \
 #            [--train-opts "--backbone.init /path/to/wav2vec2-base"]
 #   ./run.sh ... --partition /path/to/EmoBox/data/cremad   # EmoBox's published fold instead
+#   ./run.sh ... --local-data-opts "--check-counts false"   # options of local/data.sh (a partial copy)
 # Other options go to ../TEMPLATE/ser.sh (./run.sh --help).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 ../../tools/install.sh
 
-db_root=${CREMA_D:-}    # or export CREMA_D=/path/to/CREMA-D (the folder holding AudioWAV/)
-local_data_opts=""      # more options of local/data.sh, e.g. "--check-counts false"
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --db-root) db_root=$2; shift 2 ;;
-        --db-root=*) db_root=${1#*=}; shift ;;
-        --local-data-opts) local_data_opts=$2; shift 2 ;;
-        --local-data-opts=*) local_data_opts=${1#*=}; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+db_root=${CREMA_D:-}    # or export CREMA_D=/path/to/CREMA-D (the folder holding AudioWAV/); --db-root DIR overrides it
 
 # Folds: kfold5 deals the 91 actors into 5 test folds of whole speakers (18-19 each,
 # gender-balanced from VideoDemographics.csv), so no actor is in both training and test.
@@ -30,9 +20,9 @@ done
 # last): that share trains too and epoch 100 is reported; conf/train_mtl_select_valid.yaml
 # (ours) picks the best epoch on it instead.
 ./ser.sh \
-    --local-data-opts "--db-root ${db_root:-MISSING} ${local_data_opts}" \
+    --db-root "${db_root}" \
     --train-config conf/train_mtl.yaml \
     --protocol kfold5 \
     --valid share --valid-share 0.1 \
     --nj 1 \
-    "${args[@]}"
+    "$@"

@@ -5,23 +5,13 @@
 #   ./run.sh --db-root /path/to/IEMOCAP_full_release [--stage 0 --stop-stage 5] \
 #            [--train-opts "--backbone.init /path/to/wav2vec2-base"]
 #   ./run.sh ... --lambdas "0 0.001 0.01 0.1 1"     # the paper's Table 3, one experiment per lambda
+#   ./run.sh ... --local-data-opts "--sessions 1,2 --skip-missing-audio true"   # options of local/data.sh
 # Other options go to ../TEMPLATE/ser.sh (./run.sh --help).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 ../../tools/install.sh
 
-db_root=${IEMOCAP:-}    # or export IEMOCAP=/path/to/IEMOCAP_full_release
-local_data_opts=""      # more options of local/data.sh, e.g. "--sessions 1,2 --skip-missing-audio true"
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --db-root) db_root=$2; shift 2 ;;
-        --db-root=*) db_root=${1#*=}; shift ;;
-        --local-data-opts) local_data_opts=$2; shift 2 ;;
-        --local-data-opts=*) local_data_opts=${1#*=}; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+db_root=${IEMOCAP:-}    # or export IEMOCAP=/path/to/IEMOCAP_full_release; --db-root DIR overrides it
 
 # The folds carry a valid set of 10% of each training speaker's utterances (stratified
 # by emotion; never the test speaker). conf/train_mtl.yaml runs the paper's protocol
@@ -30,10 +20,10 @@ done
 # (--valid none: folds without a valid set; --valid session-mate: the test speaker's
 # session partner as the valid set, 8 training speakers.)
 ./ser.sh \
-    --local-data-opts "--db-root ${db_root:-MISSING} ${local_data_opts}" \
+    --db-root "${db_root}" \
     --train-config conf/train_mtl.yaml \
     --protocol loso \
     --valid share --valid-share 0.1 \
     --compare-opts "--reference local/paper_table3.yaml" \
     --nj 1 \
-    "${args[@]}"
+    "$@"

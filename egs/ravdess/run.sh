@@ -12,18 +12,7 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 ../../tools/install.sh
 
-db_root=${RAVDESS:-}    # or export RAVDESS=/path/to/RAVDESS (any folder above the Actor_XX/ folders)
-local_data_opts=""      # more options of local/data.sh, e.g. "--emotion-map conf/emotions/ravdess_calm_merged.yaml"
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --db-root) db_root=$2; shift 2 ;;
-        --db-root=*) db_root=${1#*=}; shift ;;
-        --local-data-opts) local_data_opts=$2; shift 2 ;;
-        --local-data-opts=*) local_data_opts=${1#*=}; shift ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+db_root=${RAVDESS:-}    # or export RAVDESS=/path/to/RAVDESS (any folder above the Actor_XX/ folders); --db-root DIR overrides it
 
 # Folds: kfold6 deals the 24 actors into 6 test folds of whole speakers, 2 women and
 # 2 men each, so no actor is in both training and test. The folds carry a valid set of
@@ -32,9 +21,9 @@ done
 # trains too and epoch 100 is reported; conf/train_mtl_select_valid.yaml (ours) picks the
 # best epoch on it instead.
 ./ser.sh \
-    --local-data-opts "--db-root ${db_root:-MISSING} ${local_data_opts}" \
+    --db-root "${db_root}" \
     --train-config conf/train_mtl.yaml \
     --protocol kfold6 \
     --valid share --valid-share 0.1 \
     --nj 1 \
-    "${args[@]}"
+    "$@"

@@ -9,7 +9,7 @@ check_counts=true                       # false: do not compare with the full re
 . utils/parse_options.sh
 . ./path.sh
 
-if [ -z "${db_root}" ] || [ "${db_root}" = MISSING ]; then
+if [ -z "${db_root}" ]; then
     echo "$0: give the CREMA-D copy: ./run.sh --db-root /path/to/CREMA-D (the folder holding AudioWAV/; or export CREMA_D=...)" >&2
     exit 1
 fi

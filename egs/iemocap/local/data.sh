@@ -11,7 +11,7 @@ emotion_map=conf/emotions/iemocap.yaml  # classes in index order + merges (mtlse
 . utils/parse_options.sh
 . ./path.sh
 
-if [ -z "${db_root}" ] || [ "${db_root}" = MISSING ]; then
+if [ -z "${db_root}" ]; then
     echo "$0: give the IEMOCAP copy: ./run.sh --db-root /path/to/IEMOCAP_full_release (or export IEMOCAP=...)" >&2
     exit 1
 fi

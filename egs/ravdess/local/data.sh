@@ -10,7 +10,7 @@ check_counts=true                       # false: do not compare with the full re
 . utils/parse_options.sh
 . ./path.sh
 
-if [ -z "${db_root}" ] || [ "${db_root}" = MISSING ]; then
+if [ -z "${db_root}" ]; then
     echo "$0: give the RAVDESS copy: ./run.sh --db-root /path/to/RAVDESS (any folder above Actor_XX/; or export RAVDESS=...)" >&2
     exit 1
 fi
