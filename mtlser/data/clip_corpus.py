@@ -142,6 +142,17 @@ def compare_counts(name: str, found: dict[str, int], expected: dict[str, int]) -
             for k in keys if found.get(k, 0) != expected.get(k, 0)]
 
 
+def release_problems(report: dict, clips: int, actors: int, emotions: dict[str, int],
+                     clips_name: str = "clips") -> list[str]:
+    """Lines naming each of the report's totals (clips, actors, per raw emotion) that the release's differ from."""
+    problems = []
+    if report["clips"] != clips:
+        problems.append(f"{clips_name}: {report['clips']}, the release has {clips}")
+    if report["actors"] != actors:
+        problems.append(f"actors: {report['actors']}, the release has {actors}")
+    return problems + compare_counts("emotion", report["raw_emotions"], emotions)
+
+
 def warn_release_counts(corpus: str, problems: list[str], report_dir: Path) -> bool:
     """A loud warning listing the counts that differ; True when there are none."""
     if not problems:

@@ -205,12 +205,7 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
 
 def check_release_counts(report: dict, report_dir: Path) -> bool:
     """Compare the clips found with the full release (7,442); a loud warning names each count that differs."""
-    problems = []
-    if report["clips"] != EXPECTED_TOTAL:
-        problems.append(f"clips: {report['clips']}, the release has {EXPECTED_TOTAL}")
-    if report["actors"] != EXPECTED_ACTORS:
-        problems.append(f"actors: {report['actors']}, the release has {EXPECTED_ACTORS}")
-    problems += clip_corpus.compare_counts("emotion", report["raw_emotions"], EXPECTED_EMOTIONS)
+    problems = clip_corpus.release_problems(report, EXPECTED_TOTAL, EXPECTED_ACTORS, EXPECTED_EMOTIONS)
     problems += clip_corpus.compare_counts("sentence", report["sentences"], EXPECTED_SENTENCES)
     return clip_corpus.warn_release_counts("CREMA-D", problems, report_dir)
 

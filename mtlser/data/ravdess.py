@@ -173,12 +173,8 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
 
 def check_release_counts(report: dict, report_dir: Path) -> bool:
     """Compare the speech clips found with the full release (1,440); a loud warning names each count that differs."""
-    problems = []
-    if report["clips"] != EXPECTED_TOTAL:
-        problems.append(f"speech clips: {report['clips']}, the release has {EXPECTED_TOTAL}")
-    if report["actors"] != EXPECTED_ACTORS:
-        problems.append(f"actors: {report['actors']}, the release has {EXPECTED_ACTORS}")
-    problems += clip_corpus.compare_counts("emotion", report["raw_emotions"], EXPECTED_EMOTIONS)
+    problems = clip_corpus.release_problems(report, EXPECTED_TOTAL, EXPECTED_ACTORS, EXPECTED_EMOTIONS,
+                                            clips_name="speech clips")
     problems += [f"{spk}: {n} clips, the release has {EXPECTED_PER_ACTOR}"
                  for spk, n in report["clips_per_actor"].items() if n != EXPECTED_PER_ACTOR]
     return clip_corpus.warn_release_counts("RAVDESS", problems, report_dir)
