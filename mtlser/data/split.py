@@ -48,6 +48,7 @@ import soundfile as sf
 
 from mtlser.data.audio_check import check_audio
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
+from mtlser.data.fold_names import fold_name
 from mtlser.data.partition import partition_folds
 from mtlser.data.speaker_folds import kfold_k, speaker_kfold
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -219,14 +220,14 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
         assert not set(test) & set(rest), f"test utterances in train/valid of fold {i}"
         leak = {dd["utt2spk"][u] for u in list(valid_utts) + train} & set(test_spk)
         assert published or not leak, f"test speaker(s) {leak} leaked into train/valid of fold {i}"
-        fold_dir = out / f"fold{i:02d}"
+        fold_dir = out / fold_name(i)
         for split_name, utts in (("train", train), ("valid", sorted(valid_utts, key=sort_key)), ("test", test)):
             if split_name == "valid" and valid == "none":
                 remove_dir(fold_dir / split_name)  # a valid set of an earlier split would be trained on
                 continue
             dd.subset(utts).write(fold_dir / split_name)
         valid_spk = sorted({dd["utt2spk"][u] for u in valid_utts}, key=sort_key)
-        rows.append({"fold": f"fold{i:02d}", "test": ",".join(test_spk), "valid_speakers": ",".join(valid_spk),
+        rows.append({"fold": fold_name(i), "test": ",".join(test_spk), "valid_speakers": ",".join(valid_spk),
                      "train": len(train), "valid": len(valid_utts), "test_utts": len(test)})
     header = "fold\ttest_speakers\tvalid_speakers\tn_train\tn_valid\tn_test\n"
     atomic_write_text(out / "folds.tsv", header + "".join(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from mtlser.data.fold_names import FOLD_GLOB
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,7 +53,7 @@ def _protocol(model_dir: Path) -> tuple[dict, str | None]:
     """The protocol table of the folds dir this fold was decoded from, and the recipe (corpus) dir's name."""
     pointer = model_dir / "decode_test" / "data_dir"
     if not pointer.is_file():  # the final model: no test set; its experiment's folds know the protocol
-        pointers = sorted(model_dir.parent.glob("fold[0-9]*/decode_test/data_dir"))
+        pointers = sorted(model_dir.parent.glob(f"{FOLD_GLOB}/decode_test/data_dir"))
         if not pointers:
             return {}, None
         pointer = pointers[0]

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import zipfile
 from pathlib import Path
 
+from mtlser.data.fold_names import is_fold_name
 from mtlser.export.card import card_text, experiment_facts, model_facts
 from mtlser.infer.package import (
     CARD_JSON,
@@ -38,13 +38,12 @@ logger = logging.getLogger(__name__)
 
 #: The weights' name inside a pack.
 PACKED_WEIGHTS = "model.safetensors"
-FOLD_DIR = re.compile(r"^fold\d+$")
 FINAL_DIR = "final"
 ENSEMBLE_DIR = "ensemble"
 
 
 def _kind(model_dir: Path) -> str:
-    if FOLD_DIR.match(model_dir.name):
+    if is_fold_name(model_dir.name):
         return "fold"
     return "final" if model_dir.name == FINAL_DIR else "model"
 
@@ -135,7 +134,7 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
 def fold_dirs(exp_dir: Path) -> list[Path]:
     """The fold model dirs of an experiment (foldNN with a model.yaml), in fold order."""
     return sorted(d for d in exp_dir.iterdir()
-                  if d.is_dir() and FOLD_DIR.match(d.name) and (d / "model.yaml").is_file())
+                  if d.is_dir() and is_fold_name(d.name) and (d / "model.yaml").is_file())
 
 
 def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None = None) -> list[Path]:

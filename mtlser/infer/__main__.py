@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from mtlser.data.fold_names import fold_name
 from mtlser.infer.audio import Recording, find_recordings
 from mtlser.infer.runner import Labelled, label
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fold is not None:
         if not args.folds_dir:
             raise MtlserError("--fold needs --folds-dir (the dir of the fold data dirs)")
-        name = f"fold{args.fold:02d}"
+        name = fold_name(args.fold)
         model = model / name
         data_dir = Path(args.folds_dir) / name / "test"
     inputs = list(args.inputs) + list(args.wav)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mtlser.data.datadir import read_table
+from mtlser.data.fold_names import FOLD_GLOB, fold_dirs
 from mtlser.score import not_scored
 from mtlser.score.metrics import (
     confusion_matrix,
@@ -186,7 +187,7 @@ def aggregate(exp_dir: str | Path, decode_name: str = "decode_test") -> dict:
     from mtlser.score.report import write_report
 
     exp_dir = Path(exp_dir)
-    folds = sorted(p for p in exp_dir.glob("fold[0-9]*") if p.is_dir())
+    folds = fold_dirs(exp_dir)
     results = []
     for fold in folds:
         path = fold / decode_name / "result.json"
@@ -240,13 +241,13 @@ def _exp_setup(exp_dir: Path) -> dict:
     import yaml
 
     out: dict = {}
-    configs = sorted(exp_dir.glob("fold[0-9]*/config.yaml"))
+    configs = sorted(exp_dir.glob(f"{FOLD_GLOB}/config.yaml"))
     if configs:
         cfg = yaml.safe_load(configs[0].read_text()) or {}
         out["lambda"] = (cfg.get("loss") or {}).get("lambda")
         out["ctc_reduction"] = (cfg.get("loss") or {}).get("ctc_reduction")
         out["token_type"] = (cfg.get("data") or {}).get("token_type")
-    pointers = sorted(exp_dir.glob("fold[0-9]*/decode_test/data_dir"))
+    pointers = sorted(exp_dir.glob(f"{FOLD_GLOB}/decode_test/data_dir"))
     if pointers:
         protocol = Path(pointers[0].read_text().strip()).parent.parent / "protocol"
         if protocol.is_file():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlser.data.fold_names import FOLD_GLOB, fold_dirs
 from mtlser.utils.fileio import atomic_open, atomic_write_text
 
 
@@ -70,8 +71,8 @@ def experiment_setup(exp_dir: Path) -> list[str]:
     import yaml
 
     lines = []
-    configs = sorted(exp_dir.glob("fold[0-9]*/config.yaml"))
-    pointers = sorted(exp_dir.glob("fold[0-9]*/decode_test/data_dir"))
+    configs = sorted(exp_dir.glob(f"{FOLD_GLOB}/config.yaml"))
+    pointers = sorted(exp_dir.glob(f"{FOLD_GLOB}/decode_test/data_dir"))
     if pointers:
         folds_dir = Path(pointers[0].read_text().strip()).parent.parent
         proto = folds_dir / "protocol"
@@ -109,7 +110,7 @@ def training_environment(exp_dir: Path) -> dict | None:
     """What the first fold's trainer recorded (env.json): the GPU and versions results were trained with."""
     import json
 
-    envs = sorted(exp_dir.glob("fold[0-9]*/env.json"))
+    envs = sorted(exp_dir.glob(f"{FOLD_GLOB}/env.json"))
     return json.loads(envs[0].read_text()) if envs else None
 
 
@@ -118,7 +119,7 @@ def fusion_weights(exp_dir: Path) -> list[list[float]]:
     from safetensors import safe_open
 
     out = []
-    for fold in sorted(p for p in exp_dir.glob("fold[0-9]*") if p.is_dir()):
+    for fold in fold_dirs(exp_dir):
         path = fold / "best.safetensors"
         if not path.is_file():
             continue
@@ -201,7 +202,7 @@ def write_report(exp_dir: Path, summary: dict) -> None:
         summary["fusion_weights_mean"] = np.mean(weights, axis=0).tolist()
 
     # The trainer's resolved config (every field, overrides applied) of the first fold.
-    folds = sorted(exp_dir.glob("fold[0-9]*/config.yaml"))
+    folds = sorted(exp_dir.glob(f"{FOLD_GLOB}/config.yaml"))
     config = folds[0] if folds else (exp_dir / "config.yaml" if (exp_dir / "config.yaml").is_file() else None)
     # Training is where versions and the GPU matter; scoring may run elsewhere, so both are recorded.
     train_env = training_environment(exp_dir) or {}

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
 from mtlser.data.emotions import inventory_of, write_inventory
+from mtlser.data.fold_names import fold_dirs
 from mtlser.text.tokenize import emotion_indices, read_token_list, str2bool, tag, tag_separator, \
     tagged_token_list, token_set_name, write_token_list
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -108,7 +109,7 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
 
 def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode: str = "unigram") -> list[dict]:
     folds_dir = Path(folds_dir)
-    folds = sorted(p for p in folds_dir.glob("fold[0-9]*") if p.is_dir())
+    folds = fold_dirs(folds_dir)
     if not folds:
         raise MtlserError(f"{folds_dir}: no fold dirs; run stage 2 first")
     if (folds_dir / "final" / "train").is_dir():

@@ -34,16 +34,13 @@ import sys
 from pathlib import Path
 
 from mtlser.config import load_config
+from mtlser.data.fold_names import fold_name
 from mtlser.text.tokenize import read_token_list
 from mtlser.train.resume import ResumeRefused, clear_training
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.lock import LOCK_NAME, hold_lock
 
 logger = logging.getLogger("mtlser.train")
-
-
-def fold_name(n: int) -> str:
-    return f"fold{n:02d}"
 
 
 def main(argv: list[str] | None = None) -> int:

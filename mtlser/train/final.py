@@ -31,6 +31,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from mtlser.data.fold_names import fold_dirs
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text
 
@@ -42,7 +43,7 @@ RULE = "median over the folds of each fold's reported epoch (best.json), rounded
 def folds_reported_epochs(exp_dir: Path) -> dict[str, int]:
     """Each finished fold's reported epoch, from its best.json."""
     epochs = {}
-    for fold in sorted(p for p in exp_dir.glob("fold[0-9]*") if p.is_dir()):
+    for fold in fold_dirs(exp_dir):
         path = fold / "best.json"
         if not path.is_file():
             raise MtlserError(f"{path}: missing; the final model's epoch count comes from every fold: finish "

@@ -1,0 +1,31 @@
+"""Fold naming, one owner.
+
+Stage 2 writes ``data/<protocol>/foldNN/`` (NN counted from 01), stage 3 trains into
+``exp/<tag>/foldNN/``, and every later step finds the folds by that name: the trainer, inference,
+scoring and its reports, the final model, packing and the model cards. (egs/TEMPLATE/ser.sh's
+``fold_list`` globs the same pattern in shell.)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+#: The glob of the fold dirs inside a folds dir or an experiment dir.
+FOLD_GLOB = "fold[0-9]*"
+
+_FOLD_NAME = re.compile(r"^fold\d+$")
+
+
+def fold_name(n: int) -> str:
+    """The dir name of fold ``n`` (1-based): fold01, fold02, ..."""
+    return f"fold{n:02d}"
+
+
+def is_fold_name(name: str) -> bool:
+    return bool(_FOLD_NAME.match(name))
+
+
+def fold_dirs(parent: str | Path) -> list[Path]:
+    """The fold dirs inside ``parent``, in fold order."""
+    return sorted(p for p in Path(parent).glob(FOLD_GLOB) if p.is_dir())
