@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtlser.data import crema_d, ravdess
+from mtlser.corpora import crema_d, ravdess
 from tests.conftest import write_wav
 
 #: Mean clip durations of the releases (the lengths listed in EmoBox's metadata of the full releases:

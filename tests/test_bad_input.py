@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtlser.data.datadir import read_table, write_table
-from mtlser.data.mini_corpus import generate
+from mtlser.corpora.mini_corpus import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,11 +46,11 @@ def test_missing_wav_is_an_error_or_a_counted_skip(db, tmp_path):
     wav = sorted((db / "Session1/sentences/wav").rglob("*.wav"))[0]
     wav.unlink()
     out = tmp_path / "all"
-    r = cli("mtlser.data.iemocap", "--db-root", str(db), "--out", str(out), "--no-check-counts", check_ok=False)
+    r = cli("mtlser.corpora", "iemocap", "--db-root", str(db), "--out", str(out), "--no-check-counts", check_ok=False)
     assert str(wav) in r.stderr and "--skip-missing-audio" in r.stderr
     assert not out.exists(), "no data dir may be left behind"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    r = cli("mtlser.data.iemocap", "--db-root", str(db), "--out", str(out), "--no-check-counts",
+    r = cli("mtlser.corpora", "iemocap", "--db-root", str(db), "--out", str(out), "--no-check-counts",
             "--skip-missing-audio", check_ok=True)
     assert "1 evaluated turns of the 4 classes have no audio" in r.stderr
     assert wav.stem not in read_table(out / "wav.scp")
@@ -64,7 +64,7 @@ def test_unknown_emotion_code_names_file_and_line(db, tmp_path):
     parts[2] = "happyish"
     lines[i] = "\t".join(parts)
     emo_file.write_text("\n".join(lines) + "\n")
-    r = cli("mtlser.data.iemocap", "--db-root", str(db), "--out", str(tmp_path / "all"), "--no-check-counts",
+    r = cli("mtlser.corpora", "iemocap", "--db-root", str(db), "--out", str(tmp_path / "all"), "--no-check-counts",
             check_ok=False)
     assert f"{emo_file}:{i + 1}: unknown emotion code 'happyish'" in r.stderr
 

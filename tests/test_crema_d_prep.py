@@ -7,7 +7,9 @@ import logging
 
 import pytest
 
-from mtlser.data import crema_d
+from mtlser.corpora import crema_d
+from mtlser.corpora.__main__ import main as corpora_main
+from mtlser.corpora.prep import check_release_counts, prepare
 from mtlser.data.datadir import read_table, validate_data_dir
 from mtlser.data.emotions import EmotionMap, load_emotion_map, read_inventory
 from mtlser.utils import MtlserError, run_main
@@ -22,7 +24,7 @@ def test_prep_reads_audiowav_only_with_texts_speakers_and_labels(tmp_path, caplo
     clips = sorted(p.stem for p in (db / "AudioWAV").glob("[0-9]*.wav"))
     assert len(clips) == 24 and len(list((db / "AudioMP3").glob("*.mp3"))) == 24
     with caplog.at_level(logging.WARNING):
-        report = crema_d.prepare(db, tmp_path / "data" / "all", load_emotion_map(CREMA_D_MAP))
+        report = prepare(crema_d.CORPUS, db, tmp_path / "data" / "all", load_emotion_map(CREMA_D_MAP))
     out = tmp_path / "data" / "all"
     dd = validate_data_dir(out)
 
@@ -62,13 +64,13 @@ def test_release_counts_are_the_published_ones_and_differences_are_named(tmp_pat
     full = {"clips": 7442, "actors": 91, "raw_emotions": dict(crema_d.EXPECTED_EMOTIONS),
             "sentences": dict(crema_d.EXPECTED_SENTENCES)}
     with caplog.at_level(logging.INFO):
-        assert crema_d.check_release_counts(full, tmp_path)
+        assert check_release_counts(crema_d.CORPUS, full, tmp_path)
     assert "counts match the full CREMA-D release" in caplog.text
     caplog.clear()
     short = dict(full, clips=7441, raw_emotions={**full["raw_emotions"], "NEU": 1086},
                  sentences={**full["sentences"], "WSI": 539})
     with caplog.at_level(logging.WARNING):
-        assert not crema_d.check_release_counts(short, tmp_path)
+        assert not check_release_counts(crema_d.CORPUS, short, tmp_path)
     for line in ("clips: 7441, the release has 7442", "emotion NEU: 1086, the release has 1087",
                  "sentence WSI: 539, the release has 540"):
         assert line in caplog.text
@@ -78,7 +80,7 @@ def test_release_counts_are_the_published_ones_and_differences_are_named(tmp_pat
 def test_a_label_map_drops_and_merges_as_declared(tmp_path):
     db = make_crema_d(tmp_path / "db", actors=2, clips_per_actor=12)
     four = EmotionMap(["neu", "ang", "sad", "hap"], source="four.yaml")
-    crema_d.prepare(db, tmp_path / "all", four, check_counts=False)
+    prepare(crema_d.CORPUS, db, tmp_path / "all", four, check_counts=False)
     emo = read_table(tmp_path / "all" / "utt2emo")
     assert set(emo.values()) == {"neu", "ang", "sad", "hap"} and len(emo) == 16
     assert read_inventory(tmp_path / "all") == ["neu", "ang", "sad", "hap"]
@@ -86,7 +88,7 @@ def test_a_label_map_drops_and_merges_as_declared(tmp_path):
     assert skipped.count("label:dis ") == 4 and skipped.count("label:fea ") == 4
 
     merged = EmotionMap(["ang", "hap", "sad", "neu"], {"dis": "ang", "fea": "sad"}, source="merged.yaml")
-    crema_d.prepare(db, tmp_path / "merged", merged, check_counts=False)
+    prepare(crema_d.CORPUS, db, tmp_path / "merged", merged, check_counts=False)
     emo = read_table(tmp_path / "merged" / "utt2emo")
     assert len(emo) == 24 and emo["1001_IEO_DIS_LO"] == "ang" and emo["1001_IEO_FEA_LO"] == "sad"
 
@@ -96,31 +98,31 @@ def test_bad_copies_fail_with_the_file_named(tmp_path):
     db = make_crema_d(tmp_path / "db", actors=1, clips_per_actor=2)
     (db / "AudioWAV" / "1001_XYZ_ANG_XX.wav").write_bytes(b"RIFF")
     with pytest.raises(MtlserError, match=r"1001_XYZ_ANG_XX.wav: unknown sentence code 'XYZ'"):
-        crema_d.prepare(db, tmp_path / "all", emotion_map)
+        prepare(crema_d.CORPUS, db, tmp_path / "all", emotion_map)
     (db / "AudioWAV" / "1001_XYZ_ANG_XX.wav").unlink()
 
     # A clone without git-lfs leaves pointer files where the audio should be.
     (db / "AudioWAV" / "1001_IEO_ANG_LO.wav").write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 51244\n")
     with pytest.raises(MtlserError, match=r"1001_IEO_ANG_LO.wav: a Git LFS pointer.*git lfs pull"):
-        crema_d.prepare(db, tmp_path / "all", emotion_map)
+        prepare(crema_d.CORPUS, db, tmp_path / "all", emotion_map)
     assert not (tmp_path / "all").exists()  # nothing half-written
 
     with pytest.raises(MtlserError, match=r"calm.yaml: calm are not CREMA-D labels"):
-        crema_d.prepare(db, tmp_path / "all", EmotionMap(["ang", "calm"], source="calm.yaml"))
+        prepare(crema_d.CORPUS, db, tmp_path / "all", EmotionMap(["ang", "calm"], source="calm.yaml"))
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(MtlserError, match="no AudioWAV/ folder"):
-        crema_d.prepare(tmp_path / "empty", tmp_path / "all", emotion_map)
+        prepare(crema_d.CORPUS, tmp_path / "empty", tmp_path / "all", emotion_map)
 
-    rc = run_main(crema_d.main, ["--db-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "all"),
+    rc = run_main(corpora_main, ["crema_d", "--db-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "all"),
                                  "--emotion-map", str(CREMA_D_MAP)])
     assert rc == 1
 
 
 def test_cli_writes_the_data_dir(tmp_path):
     db = make_crema_d(tmp_path / "db", actors=2, clips_per_actor=6, traps=False)
-    rc = run_main(crema_d.main, ["--db-root", str(db / "AudioWAV"), "--out", str(tmp_path / "all"),
+    rc = run_main(corpora_main, ["crema_d", "--db-root", str(db / "AudioWAV"), "--out", str(tmp_path / "all"),
                                  "--emotion-map", str(CREMA_D_MAP), "--no-check-counts"])
     assert rc == 0
     assert len(read_table(tmp_path / "all" / "utt2spk")) == 12

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtlser.data import iemocap
+from mtlser.corpora import iemocap
+from mtlser.corpora.prep import prepare
 from mtlser.data.datadir import DataDir, read_table, validate_data_dir, write_table
 from mtlser.data.dataset import SERDataset
 from mtlser.data.emotions import EmotionMap, read_inventory, write_inventory
@@ -43,7 +44,7 @@ def test_iemocap_prep_takes_its_classes_from_a_label_map(release, tmp_path, capl
     # The recipe's map: data/all/emotions is the paper's four, in its order; the release counts are checked.
     out = tmp_path / "four"
     with caplog.at_level(logging.INFO):
-        iemocap.prepare(release, out, skip_missing_audio=True)
+        prepare(iemocap.CORPUS, release, out, skip_missing_audio=True)
     assert read_inventory(out) == ["ang", "hap", "sad", "neu"]
     assert "the release gives 1241" in caplog.text
 
@@ -53,7 +54,8 @@ def test_iemocap_prep_takes_its_classes_from_a_label_map(release, tmp_path, capl
     path.write_text("emotions: [exc, neu, ang, hap, sad, fru]\n")
     out = tmp_path / "six"
     with caplog.at_level(logging.INFO):
-        dd = iemocap.prepare(release, out, emotion_map=path, skip_missing_audio=True)
+        prepare(iemocap.CORPUS, release, out, emotion_map=path, skip_missing_audio=True)
+    dd = DataDir.load(out)
     assert read_inventory(out) == ["exc", "neu", "ang", "hap", "sad", "fru"]
     assert dd["utt2emo"]["Ses01F_impro01_F001"] == "exc" and dd["utt2emo"]["Ses01F_impro01_M001"] == "fru"
     assert dd["utt2emo"]["Ses01F_impro01_F002"] == "hap"
@@ -63,12 +65,13 @@ def test_iemocap_prep_takes_its_classes_from_a_label_map(release, tmp_path, capl
     path.write_text("emotions: [neu, sad, hap, ang]\nmerge: {exc: hap}\n")
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        dd = iemocap.prepare(release, tmp_path / "reordered", emotion_map=path, skip_missing_audio=True)
+        prepare(iemocap.CORPUS, release, tmp_path / "reordered", emotion_map=path, skip_missing_audio=True)
+    dd = DataDir.load(tmp_path / "reordered")
     assert dict(dd["utt2emo"]) == EXPECTED_EMO and "the release gives 1241" in caplog.text
 
     path.write_text("emotions: [ang, hap, sad, neu]\nmerge: {excited: hap}\n")
     with pytest.raises(MtlserError, match=r"five.yaml: excited are not IEMOCAP emotion codes"):
-        iemocap.prepare(release, tmp_path / "bad", emotion_map=path, skip_missing_audio=True)
+        prepare(iemocap.CORPUS, release, tmp_path / "bad", emotion_map=path, skip_missing_audio=True)
 
 
 def test_shipped_label_maps_load():

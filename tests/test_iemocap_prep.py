@@ -16,7 +16,9 @@ import re
 import pytest
 
 from tests.conftest import write_wav
-from mtlser.data import iemocap
+from mtlser.corpora import iemocap
+from mtlser.corpora.__main__ import main as corpora_main
+from mtlser.corpora.prep import prepare
 from mtlser.data.datadir import read_table, validate_data_dir
 from mtlser.utils import MtlserError
 
@@ -130,7 +132,7 @@ def release(tmp_path):
 def test_prep_writes_the_data_dir_of_the_release(release, tmp_path, caplog):
     out = tmp_path / "data/all"
     with caplog.at_level(logging.INFO):
-        iemocap.prepare(release, out, skip_missing_audio=True)
+        prepare(iemocap.CORPUS, release, out, skip_missing_audio=True)
     dd = validate_data_dir(out)
     assert dict(dd["utt2emo"]) == EXPECTED_EMO
 
@@ -192,18 +194,18 @@ def test_no_counts_warning_when_the_copy_matches(release, tmp_path, caplog, monk
     monkeypatch.setattr(iemocap, "EXPECTED_COUNTS", {"ang": 3, "hap": 4, "sad": 2, "neu": 5})
     monkeypatch.setattr(iemocap, "EXPECTED_SESSION_COUNTS", {1: 7, 2: 2, 3: 2, 4: 1, 5: 2})
     with caplog.at_level(logging.INFO):
-        iemocap.prepare(release, tmp_path / "all", skip_missing_audio=True)
+        prepare(iemocap.CORPUS, release, tmp_path / "all", skip_missing_audio=True)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "full release" in r.getMessage()]
     assert "counts match the full IEMOCAP release" in caplog.text
 
 
 def test_subset_of_sessions_is_checked_per_session(release, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
-        dd = iemocap.prepare(release, tmp_path / "all", sessions=[2, 3])
-    assert sorted(set(dd["utt2session"].values())) == ["Ses02", "Ses03"]
+        prepare(iemocap.CORPUS, release, tmp_path / "all", sessions=[2, 3])
+    assert sorted(set(read_table(tmp_path / "all" / "utt2session").values())) == ["Ses02", "Ses03"]
     assert "Session2: 2 utterances, the release gives 1023" in caplog.text
     caplog.clear()
-    iemocap.prepare(release, tmp_path / "all", sessions=[2, 3], check_counts=False)
+    prepare(iemocap.CORPUS, release, tmp_path / "all", sessions=[2, 3], check_counts=False)
     assert "full release" not in caplog.text
 
 
@@ -211,7 +213,7 @@ def test_missing_wav_fails_by_default_naming_the_file(release, tmp_path):
     out = tmp_path / "all"
     with pytest.raises(MtlserError, match=r"1 evaluated turns .* no audio, e.g. .*Session1/sentences/wav/"
                                           r"Ses01M_script01_1/Ses01M_script01_1_M000\.wav.*--skip-missing-audio"):
-        iemocap.prepare(release, out)
+        prepare(iemocap.CORPUS, release, out)
     assert not out.exists()  # nothing half-written
 
 
@@ -220,8 +222,8 @@ def test_cli_exit_status_and_options(release, tmp_path):
 
     out = tmp_path / "all"
 
-    assert run_main(iemocap.main, ["--db-root", str(release), "--out", str(out)]) == 1
-    assert run_main(iemocap.main, ["--db-root", str(release), "--out", str(out), "--skip-missing-audio",
+    assert run_main(corpora_main, ["iemocap", "--db-root", str(release), "--out", str(out)]) == 1
+    assert run_main(corpora_main, ["iemocap", "--db-root", str(release), "--out", str(out), "--skip-missing-audio",
                                    "--sessions", "1", "--report-dir", str(tmp_path / "rep")]) == 0
     assert len(read_table(out / "utt2emo")) == 7
     assert (tmp_path / "rep/counts.json").is_file()
@@ -242,7 +244,7 @@ def test_bad_summary_lines_are_errors_with_file_and_line(release, tmp_path, bad_
     path = release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
     path.write_text(path.read_text() + bad_line)
     with pytest.raises(MtlserError, match=message):
-        iemocap.prepare(release, tmp_path / "all", skip_missing_audio=True)
+        prepare(iemocap.CORPUS, release, tmp_path / "all", skip_missing_audio=True)
 
 
 def test_parse_turn_name():

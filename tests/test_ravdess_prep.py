@@ -8,7 +8,8 @@ import logging
 import pytest
 import soundfile as sf
 
-from mtlser.data import ravdess
+from mtlser.corpora import ravdess
+from mtlser.corpora.prep import check_release_counts, prepare
 from mtlser.data.datadir import read_table, validate_data_dir
 from mtlser.data.emotions import EmotionMap, load_emotion_map, read_inventory
 from mtlser.data.split import split
@@ -22,7 +23,7 @@ MAPS = ROOT / "conf" / "emotions"
 def test_prep_takes_speech_clips_once_and_leaves_song_video_and_hidden_files(tmp_path, caplog):
     db = make_ravdess(tmp_path / "RAVDESS", actors=2, clips_per_actor=8, kaggle_twin=True)
     with caplog.at_level(logging.WARNING):
-        report = ravdess.prepare(db, tmp_path / "data" / "all", load_emotion_map(MAPS / "ravdess.yaml"))
+        report = prepare(ravdess.CORPUS, db, tmp_path / "data" / "all", load_emotion_map(MAPS / "ravdess.yaml"))
     out = tmp_path / "data" / "all"
     dd = validate_data_dir(out)
 
@@ -56,8 +57,8 @@ def test_prep_takes_speech_clips_once_and_leaves_song_video_and_hidden_files(tmp
 
 def test_calm_merged_into_neutral_is_a_label_map(tmp_path):
     db = make_ravdess(tmp_path / "db", actors=2, clips_per_actor=8, traps=False)
-    ravdess.prepare(db, tmp_path / "eight", load_emotion_map(MAPS / "ravdess.yaml"), check_counts=False)
-    ravdess.prepare(db, tmp_path / "seven", load_emotion_map(MAPS / "ravdess_calm_merged.yaml"), check_counts=False)
+    prepare(ravdess.CORPUS, db, tmp_path / "eight", load_emotion_map(MAPS / "ravdess.yaml"), check_counts=False)
+    prepare(ravdess.CORPUS, db, tmp_path / "seven", load_emotion_map(MAPS / "ravdess_calm_merged.yaml"), check_counts=False)
     eight, seven = read_table(tmp_path / "eight" / "utt2emo"), read_table(tmp_path / "seven" / "utt2emo")
     assert set(eight) == set(seven)
     assert read_inventory(tmp_path / "seven") == ["ang", "hap", "sad", "neu", "fea", "dis", "sur"]
@@ -68,7 +69,7 @@ def test_calm_merged_into_neutral_is_a_label_map(tmp_path):
 
 def test_48k_audio_is_converted_once_by_stage_2_into_gender_balanced_speaker_folds(tmp_path):
     db = make_ravdess(tmp_path / "db", actors=4, clips_per_actor=8, duration_scale=0.2)
-    ravdess.prepare(db, tmp_path / "data" / "all", load_emotion_map(MAPS / "ravdess.yaml"), check_counts=False)
+    prepare(ravdess.CORPUS, db, tmp_path / "data" / "all", load_emotion_map(MAPS / "ravdess.yaml"), check_counts=False)
     assert {sf.info(p).samplerate for p in read_table(tmp_path / "data/all/wav.scp").values()} == {48000}
     rows = split(tmp_path / "data" / "all", tmp_path / "data" / "kfold2", "kfold2", valid_share=0.2)
 
@@ -96,19 +97,19 @@ def test_bad_copies_fail_with_the_file_named(tmp_path, caplog):
     twin = db / "audio_speech_actors_01-24" / "Actor_01" / ravdess_names(1, 1)[0]
     twin.write_bytes(twin.read_bytes() + b"\x00\x00")
     with pytest.raises(MtlserError, match=r"03-01-01-01-01-01-01.wav: clip .* is also at .* with another size"):
-        ravdess.prepare(db, tmp_path / "all", emotion_map)
+        prepare(ravdess.CORPUS, db, tmp_path / "all", emotion_map)
     twin.unlink()
 
     bad = db / "Audio_Speech_Actors_01-24" / "Actor_01" / "03-01-09-01-01-01-01.wav"
     bad.write_bytes(b"RIFF")
     with pytest.raises(MtlserError, match=r"03-01-09-01-01-01-01.wav: unknown emotion code '09'"):
-        ravdess.prepare(db, tmp_path / "all", emotion_map)
+        prepare(ravdess.CORPUS, db, tmp_path / "all", emotion_map)
     bad.unlink()
 
     (tmp_path / "songs" / "Actor_01").mkdir(parents=True)
     (tmp_path / "songs" / "Actor_01" / "03-02-01-01-01-01-01.wav").write_bytes(b"RIFF")
     with pytest.raises(MtlserError, match=r"no RAVDESS speech clip .*'song': 1"):
-        ravdess.prepare(tmp_path / "songs", tmp_path / "all", emotion_map)
+        prepare(ravdess.CORPUS, tmp_path / "songs", tmp_path / "all", emotion_map)
 
 
 def test_release_counts_are_the_published_ones_and_differences_are_named(tmp_path, caplog):
@@ -116,11 +117,11 @@ def test_release_counts_are_the_published_ones_and_differences_are_named(tmp_pat
     assert len(ravdess_names(1, 60)) == len(set(ravdess_names(1, 60))) == 60  # the 60 clips of an actor
     per_actor = {f"Actor_{a:02d}": 60 for a in range(1, 25)}
     full = {"clips": 1440, "actors": 24, "raw_emotions": dict(ravdess.EXPECTED_EMOTIONS), "clips_per_actor": per_actor}
-    assert ravdess.check_release_counts(full, tmp_path)
+    assert check_release_counts(ravdess.CORPUS, full, tmp_path)
     short = dict(full, clips=1439, raw_emotions={**full["raw_emotions"], "sur": 191},
                  clips_per_actor={**per_actor, "Actor_18": 59})
     with caplog.at_level(logging.WARNING):
-        assert not ravdess.check_release_counts(short, tmp_path)
+        assert not check_release_counts(ravdess.CORPUS, short, tmp_path)
     for line in ("speech clips: 1439, the release has 1440", "emotion sur: 191, the release has 192",
                  "Actor_18: 59 clips, the release has 60"):
         assert line in caplog.text

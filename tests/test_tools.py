@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlser.data.mini_corpus import generate
+from mtlser.corpora.mini_corpus import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def _digest(root: Path) -> str:
 def _generate(out: Path, seed: int) -> None:
     # A fresh process each time, as the recipe does (espeak-ng keeps state within a process).
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "mtlser.data.mini_corpus", "--out", str(out), "--seed", str(seed),
+    r = subprocess.run([sys.executable, "-m", "mtlser.corpora.mini_corpus", "--out", str(out), "--seed", str(seed),
                         "--sessions", "3", "--utts-per-speaker", "3"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
 

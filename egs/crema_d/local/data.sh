@@ -15,5 +15,5 @@ if [ -z "${db_root}" ]; then
 fi
 opts=()
 if ! "${check_counts}"; then opts+=(--no-check-counts); fi
-python -m mtlser.data.crema_d --db-root "${db_root}" --out data/all --emotion-map "${emotion_map}" \
+python -m mtlser.corpora crema_d --db-root "${db_root}" --out data/all --emotion-map "${emotion_map}" \
     --report-dir data/local/crema_d_prep "${opts[@]}"

@@ -18,5 +18,5 @@ fi
 opts=()
 if "${skip_missing_audio}"; then opts+=(--skip-missing-audio); fi
 # shellcheck disable=SC2086
-python -m mtlser.data.iemocap --db-root "${db_root}" --out data/all --sessions ${sessions//,/ } \
+python -m mtlser.corpora iemocap --db-root "${db_root}" --out data/all --sessions ${sessions//,/ } \
     --report-dir data/local/iemocap_prep --emotion-map "${emotion_map}" "${opts[@]}"

@@ -11,6 +11,6 @@ emotion_map=conf/emotions/iemocap.yaml
 . utils/parse_options.sh
 . ./path.sh
 
-python -m mtlser.data.mini_corpus --out "${db}" --seed "${seed}" --sessions "${sessions}" \
+python -m mtlser.corpora.mini_corpus --out "${db}" --seed "${seed}" --sessions "${sessions}" \
     --utts-per-speaker "${utts_per_speaker}"
-python -m mtlser.data.iemocap --db-root "${db}" --out data/all --no-check-counts --emotion-map "${emotion_map}"
+python -m mtlser.corpora iemocap --db-root "${db}" --out data/all --no-check-counts --emotion-map "${emotion_map}"

@@ -16,5 +16,5 @@ if [ -z "${db_root}" ]; then
 fi
 opts=()
 if ! "${check_counts}"; then opts+=(--no-check-counts); fi
-python -m mtlser.data.ravdess --db-root "${db_root}" --out data/all --emotion-map "${emotion_map}" \
+python -m mtlser.corpora ravdess --db-root "${db_root}" --out data/all --emotion-map "${emotion_map}" \
     --report-dir data/local/ravdess_prep "${opts[@]}"

@@ -33,10 +33,10 @@ the actor, so ids sort speaker-first and the speaker id is their prefix.
 
 Writes the stage-0 data dir (wav.scp text utt2spk spk2utt utt2emo utt2dur emotions,
 and spk2gender when VideoDemographics.csv is there) and REPORT_DIR/counts.json and
-REPORT_DIR/skipped.
+REPORT_DIR/skipped (:mod:`mtlser.corpora.prep`).
 
 Usage:
-    python -m mtlser.data.crema_d --db-root /path/to/CREMA-D --out data/all \\
+    python -m mtlser.corpora crema_d --db-root /path/to/CREMA-D --out data/all \\
         [--emotion-map conf/emotions/crema_d.yaml] [--report-dir data/local/crema_d_prep] [--no-check-counts]
 """
 
@@ -45,18 +45,14 @@ from __future__ import annotations
 import csv
 import logging
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
-from mtlser.data import clip_corpus
-from mtlser.data.emotions import EmotionMap, load_emotion_map
-from mtlser.utils import MtlserError, run_main
+from mtlser.corpora.prep import Corpus, Found, Utterance, compare_counts, compare_totals, is_hidden, relpath
+from mtlser.data.emotions import EmotionMap
+from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
-
-#: The recipe's label map; --emotion-map takes another.
-DEFAULT_EMOTION_MAP = Path(__file__).resolve().parents[2] / "conf" / "emotions" / "crema_d.yaml"
 
 #: Sentence code -> the sentence the actor reads (CREMA-D's README).
 SENTENCES = {
@@ -119,52 +115,25 @@ def read_demographics(path: Path) -> dict[str, str]:
     return out
 
 
-def actor_genders(actors: set[str], demographics: Path) -> dict[str, str] | None:
-    """{actor: m|f} from VideoDemographics.csv, or None (with a log line) when it cannot give every actor's."""
-    if not demographics.is_file():
-        logger.info("%s not found: no spk2gender (folds will not be gender-balanced)", demographics)
-        return None
-    try:
-        sex = read_demographics(demographics)
-    except MtlserError as e:  # only the folds' gender balance depends on it: go on without
-        logger.warning("%s; no spk2gender written (folds will not be gender-balanced)", e)
-        return None
-    missing = sorted(actors - set(sex))
-    if missing:
-        logger.warning("%s: no sex given for actors %s; no spk2gender written (folds will not be "
-                       "gender-balanced)", demographics, missing[:5])
-        return None
-    return {a: sex[a] for a in actors}
-
-
-def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str | Path | None = None,
-            check_counts: bool = True, report_dir: str | Path | None = None) -> dict:
-    """Write the data dir; return the count report (also written to REPORT_DIR/counts.json)."""
-    if not isinstance(emotion_map, EmotionMap):
-        emotion_map = load_emotion_map(emotion_map if emotion_map is not None else DEFAULT_EMOTION_MAP)
-    clip_corpus.check_map(emotion_map, list(EMOTION_CODES.values()), "CREMA-D")
-    db_root, out = Path(db_root).resolve(), Path(out)
-    report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / "crema_d_prep"
+def scan(db_root: Path) -> Found:
+    """Every clip of AudioWAV/ (the MP3 twins are not read), each file that is not one listed with its reason."""
     audio_dir = find_audio_dir(db_root)
     mp3_dir = db_root / "AudioMP3"
     if mp3_dir.is_dir():
         logger.info("%s: not read (the MP3 twins of the WAV clips)", mp3_dir)
-
-    tables = clip_corpus.new_tables()
+    utterances: list[Utterance] = []
     skipped: list[tuple[str, str]] = []
     raw_emotions: Counter[str] = Counter()
     sentences: Counter[str] = Counter()
     levels: Counter[str] = Counter()
-    actors: set[str] = set()
-    rates: Counter[tuple[int, int]] = Counter()
     for path in sorted(audio_dir.iterdir()):
         name = path.name
-        if clip_corpus.is_hidden(name):
-            skipped.append(("hidden", clip_corpus.relpath(path, db_root)))
+        if is_hidden(name):
+            skipped.append(("hidden", relpath(path, db_root)))
             continue
         m = _CLIP.match(name)
         if m is None or not path.is_file():
-            skipped.append(("not_a_clip", clip_corpus.relpath(path, db_root)))
+            skipped.append(("not_a_clip", relpath(path, db_root)))
             continue
         actor, sentence, emotion, level = (g.upper() for g in m.groups())
         if sentence not in SENTENCES:
@@ -179,40 +148,34 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
         raw_emotions[emotion] += 1
         sentences[sentence] += 1
         levels[level] += 1
-        actors.add(actor)
-        label = emotion_map.apply(EMOTION_CODES[emotion])
-        if label is None:
-            skipped.append((f"label:{EMOTION_CODES[emotion]}", clip_corpus.relpath(path, db_root)))
-            continue
-        utt = path.stem
-        clip_corpus.add_clip(tables, rates, utt, path, SENTENCES[sentence], actor, label)
-    if not tables["utt2spk"]:
-        raise MtlserError(f"{audio_dir}: no CREMA-D clip with a label of {emotion_map.source} "
-                          f"(found {sum(raw_emotions.values())} clips)")
-
+        utterances.append(Utterance(path.stem, path, SENTENCES[sentence], actor, EMOTION_CODES[emotion],
+                                    relpath(path, db_root)))
     demographics = db_root / "VideoDemographics.csv"
-    spk2gender = actor_genders(set(tables["utt2spk"].values()), demographics)
-
-    report = clip_corpus.write_outputs(out, tables, emotion_map, spk2gender, skipped, rates, Path(report_dir), {
-        "db_root": str(db_root), "clips": sum(raw_emotions.values()), "actors": len(actors),
-        "raw_emotions": dict(sorted(raw_emotions.items())), "sentences": dict(sorted(sentences.items())),
-        "levels": dict(sorted(levels.items())),
-    })
-    if check_counts:
-        check_release_counts(report, Path(report_dir))
-    return report
+    return Found(audio_dir, utterances, skipped, genders=actor_genders(demographics), genders_from=str(demographics),
+                 facts={"clips": len(utterances), "actors": len({u.speaker for u in utterances}),
+                        "raw_emotions": dict(sorted(raw_emotions.items())), "sentences": dict(sorted(sentences.items())),
+                        "levels": dict(sorted(levels.items()))})
 
 
-def check_release_counts(report: dict, report_dir: Path) -> bool:
-    """Compare the clips found with the full release (7,442); a loud warning names each count that differs."""
-    problems = clip_corpus.release_problems(report, EXPECTED_TOTAL, EXPECTED_ACTORS, EXPECTED_EMOTIONS)
-    problems += clip_corpus.compare_counts("sentence", report["sentences"], EXPECTED_SENTENCES)
-    return clip_corpus.warn_release_counts("CREMA-D", problems, report_dir)
+def actor_genders(demographics: Path) -> dict[str, str] | None:
+    """{actor: m|f} from VideoDemographics.csv, or None (with a log line) when it cannot be read."""
+    if not demographics.is_file():
+        logger.info("%s not found: no spk2gender (folds will not be gender-balanced)", demographics)
+        return None
+    try:
+        return read_demographics(demographics)
+    except MtlserError as e:  # only the folds' gender balance depends on it: go on without
+        logger.warning("%s; no spk2gender written (folds will not be gender-balanced)", e)
+        return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    return clip_corpus.main(argv, "CREMA-D", prepare, "the CREMA-D folder that holds AudioWAV/", "crema_d", "7,442 clips")
+def release_problems(report: dict, emotion_map: EmotionMap) -> list[str]:
+    """The clips found against the full release (7,442): totals, per emotion code, per sentence."""
+    return (compare_totals(report, EXPECTED_TOTAL, EXPECTED_ACTORS, EXPECTED_EMOTIONS)
+            + compare_counts("sentence", report["sentences"], EXPECTED_SENTENCES))
 
 
-if __name__ == "__main__":
-    sys.exit(run_main(main))
+CORPUS = Corpus(
+    name="CREMA-D", labels=tuple(EMOTION_CODES.values()), scan=scan, release_problems=release_problems,
+    db_root_help="the CREMA-D folder that holds AudioWAV/", release_total="7,442 clips", module="crema_d",
+)

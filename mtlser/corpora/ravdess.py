@@ -35,10 +35,10 @@ Speaker = ``Actor_AA`` (the release's folder name); utterance id =
 actor number (odd m, even f), for gender-balanced folds.
 
 Writes the stage-0 data dir (wav.scp text utt2spk spk2utt utt2emo utt2dur emotions
-spk2gender) and REPORT_DIR/counts.json and REPORT_DIR/skipped.
+spk2gender) and REPORT_DIR/counts.json and REPORT_DIR/skipped (:mod:`mtlser.corpora.prep`).
 
 Usage:
-    python -m mtlser.data.ravdess --db-root /path/to/RAVDESS --out data/all \\
+    python -m mtlser.corpora ravdess --db-root /path/to/RAVDESS --out data/all \\
         [--emotion-map conf/emotions/ravdess.yaml] [--report-dir data/local/ravdess_prep] [--no-check-counts]
 """
 
@@ -47,18 +47,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
-from mtlser.data import clip_corpus
-from mtlser.data.emotions import EmotionMap, load_emotion_map
-from mtlser.utils import MtlserError, run_main
+from mtlser.corpora.prep import Corpus, Found, Utterance, compare_totals, is_hidden, relpath
+from mtlser.data.emotions import EmotionMap
+from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
-
-#: The recipe's label map; --emotion-map takes another.
-DEFAULT_EMOTION_MAP = Path(__file__).resolve().parents[2] / "conf" / "emotions" / "ravdess.yaml"
 
 AUDIO_ONLY = "03"
 SPEECH = "01"
@@ -94,9 +90,9 @@ def find_clips(db_root: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            rel = clip_corpus.relpath(path, db_root)
+            rel = relpath(path, db_root)
             m = _NAME.match(name)
-            if clip_corpus.is_hidden(name):
+            if is_hidden(name):
                 reason = "hidden"
             elif m is None:
                 reason = "not_a_clip"
@@ -119,14 +115,8 @@ def find_clips(db_root: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     return clips, skipped
 
 
-def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str | Path | None = None,
-            check_counts: bool = True, report_dir: str | Path | None = None) -> dict:
-    """Write the data dir; return the count report (also written to REPORT_DIR/counts.json)."""
-    if not isinstance(emotion_map, EmotionMap):
-        emotion_map = load_emotion_map(emotion_map if emotion_map is not None else DEFAULT_EMOTION_MAP)
-    clip_corpus.check_map(emotion_map, list(EMOTION_CODES.values()), "RAVDESS")
-    db_root, out = Path(db_root).resolve(), Path(out)
-    report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / "ravdess_prep"
+def scan(db_root: Path) -> Found:
+    """Every speech clip under the root (once), each other file listed with its reason."""
     if not db_root.is_dir():
         raise MtlserError(f"{db_root}: RAVDESS root not found; pass --db-root /path/to/RAVDESS (any folder above "
                           "the Actor_XX/ folders of the speech audio)")
@@ -135,11 +125,9 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
         why = Counter(reason for reason, _ in skipped)
         raise MtlserError(f"{db_root}: no RAVDESS speech clip (03-01-EE-II-SS-RR-AA.wav) under it "
                           f"(skipped: {dict(why) or 'no files at all'}); unpack Audio_Speech_Actors_01-24.zip there")
-
-    tables = clip_corpus.new_tables()
+    utterances: list[Utterance] = []
     raw: Counter[str] = Counter()
     per_actor: Counter[str] = Counter()
-    rates: Counter[tuple[int, int]] = Counter()
     for name, path in sorted(clips.items()):
         _, _, emotion, intensity, statement, repetition, actor, _ = _NAME.match(name).groups()
         if emotion not in EMOTION_CODES:
@@ -150,39 +138,24 @@ def prepare(db_root: str | Path, out: str | Path, emotion_map: EmotionMap | str 
                               "Rename or remove the file")
         raw[EMOTION_CODES[emotion]] += 1
         per_actor[actor] += 1
-        label = emotion_map.apply(EMOTION_CODES[emotion])
-        if label is None:
-            skipped.append((f"label:{EMOTION_CODES[emotion]}", clip_corpus.relpath(path, db_root)))
-            continue
-        utt = f"{speaker_of(actor)}_{name[:-4]}"
-        clip_corpus.add_clip(tables, rates, utt, path, STATEMENTS[statement], speaker_of(actor), label)
-    if not tables["utt2spk"]:
-        raise MtlserError(f"{db_root}: no RAVDESS clip with a label of {emotion_map.source} "
-                          f"(found {len(clips)} clips)")
-    spk2gender = {speaker_of(a): gender_of(a) for a in per_actor if speaker_of(a) in set(tables["utt2spk"].values())}
-
-    report = clip_corpus.write_outputs(out, tables, emotion_map, spk2gender, skipped, rates, Path(report_dir), {
-        "db_root": str(db_root), "clips": len(clips), "actors": len(per_actor),
-        "raw_emotions": {e: raw[e] for e in EMOTION_CODES.values() if raw[e]},
-        "clips_per_actor": {speaker_of(a): n for a, n in sorted(per_actor.items())},
-    }, clips_name="speech clips", skipped_note=" (song, video, duplicate, ...)")
-    if check_counts:
-        check_release_counts(report, Path(report_dir))
-    return report
+        utterances.append(Utterance(f"{speaker_of(actor)}_{name[:-4]}", path, STATEMENTS[statement],
+                                    speaker_of(actor), EMOTION_CODES[emotion], relpath(path, db_root)))
+    return Found(db_root, utterances, skipped, genders={speaker_of(a): gender_of(a) for a in per_actor},
+                 genders_from="the actor numbers", facts={
+                     "clips": len(clips), "actors": len(per_actor),
+                     "raw_emotions": {e: raw[e] for e in EMOTION_CODES.values() if raw[e]},
+                     "clips_per_actor": {speaker_of(a): n for a, n in sorted(per_actor.items())}})
 
 
-def check_release_counts(report: dict, report_dir: Path) -> bool:
-    """Compare the speech clips found with the full release (1,440); a loud warning names each count that differs."""
-    problems = clip_corpus.release_problems(report, EXPECTED_TOTAL, EXPECTED_ACTORS, EXPECTED_EMOTIONS,
-                                            clips_name="speech clips")
-    problems += [f"{spk}: {n} clips, the release has {EXPECTED_PER_ACTOR}"
-                 for spk, n in report["clips_per_actor"].items() if n != EXPECTED_PER_ACTOR]
-    return clip_corpus.warn_release_counts("RAVDESS", problems, report_dir)
+def release_problems(report: dict, emotion_map: EmotionMap) -> list[str]:
+    """The speech clips found against the full release (1,440): totals, per emotion, per actor."""
+    problems = compare_totals(report, EXPECTED_TOTAL, EXPECTED_ACTORS, EXPECTED_EMOTIONS, clips_name="speech clips")
+    return problems + [f"{spk}: {n} clips, the release has {EXPECTED_PER_ACTOR}"
+                       for spk, n in report["clips_per_actor"].items() if n != EXPECTED_PER_ACTOR]
 
 
-def main(argv: list[str] | None = None) -> int:
-    return clip_corpus.main(argv, "RAVDESS", prepare, "any folder above the Actor_XX/ folders of the speech audio", "ravdess", "1,440 speech clips")
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))
+CORPUS = Corpus(
+    name="RAVDESS", labels=tuple(EMOTION_CODES.values()), scan=scan, release_problems=release_problems,
+    db_root_help="any folder above the Actor_XX/ folders of the speech audio", release_total="1,440 speech clips",
+    items="speech clips", module="ravdess",
+)

@@ -5,7 +5,7 @@ default recipe runs the same data prep as the real corpus, as ESPnet's mini_an4
 does for AN4. Ten speakers, two per session (an F and an M), so the 10-fold
 leave-one-speaker-out protocol runs as on IEMOCAP.
 
-Speech: espeak-ng (:mod:`mtlser.data.espeak`) reads generated sentences, so the
+Speech: espeak-ng (:mod:`mtlser.corpora.espeak`) reads generated sentences, so the
 words match the transcript and the phone-class CTC task is learnable. Emotion
 is carried by prosody only, through SSML: pitch level, pitch range, rate and
 loudness, each with per-utterance jitter, on top of per-speaker voice, pitch,
@@ -33,7 +33,7 @@ The layout, with the irregularities the IEMOCAP prep must handle::
   (``Ses01F_impro01_M003`` is spoken by Ses01M).
 
 Usage:
-    python -m mtlser.data.mini_corpus --out downloads/mini_iemocap [--seed 0] \\
+    python -m mtlser.corpora.mini_corpus --out downloads/mini_iemocap [--seed 0] \\
         [--sessions 5] [--utts-per-speaker 40]
 """
 
@@ -177,7 +177,7 @@ def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speak
 
     Idempotent: when ``out`` already holds a corpus made with the same settings, nothing is done.
     """
-    from mtlser.data.espeak import Espeak
+    from mtlser.corpora.espeak import Espeak
 
     out = Path(out)
     marker = out / "README.mtlser.json"
