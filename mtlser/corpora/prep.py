@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import os
+import pkgutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,17 +88,17 @@ class Corpus:
 def load(name: str) -> Corpus:
     """The description in ``mtlser.corpora.<name>``."""
     known = described()
-    if name not in known:
+    if name not in known:  # also keeps a path-like name from reaching import_module
         raise MtlserError(f"'{name}' is not a described corpus; known: {' '.join(known)} "
                           "(a corpus is a module mtlser/corpora/<name>.py that declares CORPUS)")
     return importlib.import_module(f"mtlser.corpora.{name}").CORPUS
 
 
 def described() -> list[str]:
-    """The modules of this package that declare a CORPUS (read from their source: nothing is imported)."""
-    here = Path(__file__).parent
-    return sorted(p.stem for p in here.glob("*.py")
-                  if not p.stem.startswith("_") and "\nCORPUS = Corpus(" in p.read_text(encoding="utf-8"))
+    """The modules of this package that declare a CORPUS."""
+    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                  if not m.name.startswith("_")
+                  and isinstance(getattr(importlib.import_module(f"mtlser.corpora.{m.name}"), "CORPUS", None), Corpus))
 
 
 def is_hidden(name: str) -> bool:
@@ -182,9 +183,10 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
     for u in found.utterances:
         label = emotion_map.apply(u.label)
         if label is None:
-            if skipped is not None:
+            if skipped is None:
+                dropped[u.utt] = f"label:{u.label}"
+            else:
                 skipped.append((f"label:{u.label}", u.where))
-            dropped[u.utt] = f"label:{u.label}"
             continue
         if not u.wav.is_file():
             missing_audio.append(str(u.wav))
