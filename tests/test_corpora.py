@@ -66,7 +66,8 @@ def test_a_fourth_corpus_is_one_description(toy, tmp_path, caplog):
     skipped = (tmp_path / "data/local/toy_prep/skipped").read_text().splitlines()
     assert skipped == ["hidden s2/.DS_Store", "label:sad s1/S_1.wav"]
     written = json.loads((tmp_path / "data/local/toy_prep/counts.json").read_text())
-    assert written == report and report["counts"] == {"neu": 2, "ang": 2} and report["codes"] == {"A": 2, "N": 2, "S": 1}
+    assert written == report and report["counts"] == {"neu": 2, "ang": 2}
+    assert report["codes"] == {"A": 2, "N": 2, "S": 1}
     assert "code S: 1, the release has 2" in caplog.text and "This TOY copy does not give" in caplog.text
 
     with pytest.raises(MtlserError, match=r"toy.yaml: calm are not TOY labels \(ang neu sad\) nor merge targets"):

@@ -153,8 +153,8 @@ def scan(db_root: Path) -> Found:
     demographics = db_root / "VideoDemographics.csv"
     return Found(audio_dir, utterances, skipped, genders=actor_genders(demographics), genders_from=str(demographics),
                  facts={"clips": len(utterances), "actors": len({u.speaker for u in utterances}),
-                        "raw_emotions": dict(sorted(raw_emotions.items())), "sentences": dict(sorted(sentences.items())),
-                        "levels": dict(sorted(levels.items()))})
+                        "raw_emotions": dict(sorted(raw_emotions.items())),
+                        "sentences": dict(sorted(sentences.items())), "levels": dict(sorted(levels.items()))})
 
 
 def actor_genders(demographics: Path) -> dict[str, str] | None:
