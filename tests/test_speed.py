@@ -967,7 +967,7 @@ def test_host_syncs_per_step_on_gpu(tmp_path, record_property):
 # ---------------------------------------------------------------- several folds on one GPU
 
 def test_local_jobs_share_gpus_round_robin_and_split_the_cores(tmp_path):
-    from mtlser.utils.launch import job_env, main
+    from mtlser.launch.jobs import job_env, main
 
     env = job_env(3, 4, ["0"], base={})
     assert env["CUDA_VISIBLE_DEVICES"] == "0"

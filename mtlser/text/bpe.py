@@ -30,8 +30,8 @@ from pathlib import Path
 from mtlser.data.datadir import read_table, write_table
 from mtlser.data.emotions import inventory_of, write_inventory
 from mtlser.data.fold_names import fold_dirs
-from mtlser.text.tokenize import emotion_indices, read_token_list, str2bool, tag, tag_separator, \
-    tagged_token_list, token_set_name, write_token_list
+from mtlser.text.tokenize import FOLD_TOKEN_LIST_DIR, emotion_indices, read_token_list, str2bool, tag, \
+    tag_separator, tagged_token_list, token_list_path, token_set_name, write_token_list
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_bytes
 
@@ -91,9 +91,10 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
     emotions = inventory_of([fold_dir / split for split in texts])[0] if emo_tag else []
     model = train_bpe(list(texts["train"].values()), nbpe, mode)
     pieces = pieces_of(model)
-    out_dir = fold_dir / "token_list" / name
+    token_list = token_list_path(fold_dir / FOLD_TOKEN_LIST_DIR, name)
+    out_dir = token_list.parent
     atomic_write_bytes(out_dir / "bpe.model", model)
-    write_token_list(out_dir / "tokens.txt", tagged_token_list(pieces, emo_tag, sep, len(emotions)))
+    write_token_list(token_list, tagged_token_list(pieces, emo_tag, sep, len(emotions)))
     if emo_tag:
         write_inventory(out_dir, emotions)
     n_unk = 0
@@ -104,7 +105,7 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
         write_table(fold_dir / split / f"text_{name}", {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in t})
     logger.info("%s: %d pieces trained on %d training transcripts; valid+test hold %d <unk>", fold_dir,
                 len(pieces), len(texts["train"]), n_unk)
-    return {"fold": fold_dir.name, "pieces": len(pieces), "unk": n_unk, "token_list": str(out_dir / "tokens.txt")}
+    return {"fold": fold_dir.name, "pieces": len(pieces), "unk": n_unk, "token_list": str(token_list)}
 
 
 def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode: str = "unigram") -> list[dict]:

@@ -68,12 +68,21 @@ from mtlser.utils.fileio import atomic_write_text
 logger = logging.getLogger(__name__)
 
 TOKEN_TYPES = ("phncls", "phn", "char", "bpe")
+#: The token list's file name inside ``<token list dir>/<token set>/``.
+TOKEN_LIST_FILE = "tokens.txt"
+#: The token-list dir of a fold (bpe: the pieces are trained per fold, in the fold dir).
+FOLD_TOKEN_LIST_DIR = "token_list"
 NOTAG = "_notag"  # phncls without the emotion tag
 EMO = "_emo"  # another type with the emotion tag
 #: The char units always listed (English), and the word boundary (wav2vec2's ``|``); other letters of a
 #: corpus are added after CHARS (:func:`char_units`).
 CHARS = tuple("abcdefghijklmnopqrstuvwxyz'")
 WORD_BOUNDARY = "|"
+
+
+def token_list_path(token_list_dir: str | Path, token_set: str) -> Path:
+    """Where the token list of ``token_set`` lives under a token-list dir (stage 1's, or a fold's for bpe)."""
+    return Path(token_list_dir) / token_set / TOKEN_LIST_FILE
 
 
 def token_set_name(token_type: str, emo_tag: bool = True, nbpe: int = 100) -> str:
@@ -244,7 +253,7 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
         return stats
     text_out = {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in texts}
     write_table(data_dir / f"text_{name}", text_out)
-    token_list = Path(token_list_dir) / name / "tokens.txt"
+    token_list = token_list_path(token_list_dir, name)
     tokens = tagged_token_list(units, emo_tag, sep, len(emotions or []))
     write_token_list(token_list, tokens)
     if emotions is not None:
