@@ -85,8 +85,8 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
             continue
         path = fold_dir / split / "text_norm"
         if not path.is_file():
-            raise MtlserError(f"{path}: missing; run stage 1 with --token-type bpe (it writes text_norm), "
-                              "then stage 2 (folds)")
+            raise MtlserError(f"{path}: missing; run the tokens step with --token-type bpe (it writes "
+                              "text_norm), then the folds step")
         texts[split] = read_table(path, allow_empty_value=True)
     emotions = inventory_of([fold_dir / split for split in texts])[0] if emo_tag else []
     model = train_bpe(list(texts["train"].values()), nbpe, mode)
@@ -112,7 +112,7 @@ def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode
     folds_dir = Path(folds_dir)
     folds = fold_dirs(folds_dir)
     if not folds:
-        raise MtlserError(f"{folds_dir}: no fold dirs; run stage 2 first")
+        raise MtlserError(f"{folds_dir}: no fold dirs; run the folds step first")
     if (folds_dir / "final" / "train").is_dir():
         folds.append(folds_dir / "final")
     rows = [bpe_fold(f, nbpe, emo_tag, mode) for f in folds]
@@ -122,7 +122,7 @@ def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Per-fold BPE targets, trained on each fold's training text.")
-    parser.add_argument("--folds-dir", required=True, help="stage 2 output, e.g. data/loso")
+    parser.add_argument("--folds-dir", required=True, help="the folds step's output, e.g. data/loso")
     parser.add_argument("--nbpe", type=int, default=100, help="pieces per fold (an upper bound on small data)")
     parser.add_argument("--emo-tag", type=str2bool, default=True, help="append the emotion index to every piece")
     parser.add_argument("--bpe-mode", default="unigram", choices=["unigram", "bpe"])

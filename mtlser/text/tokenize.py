@@ -119,14 +119,15 @@ def emotion_indices(data_dir: Path, utt2emo: dict[str, str]) -> tuple[list[str],
     for lineno, (utt, emo) in enumerate(utt2emo.items(), 1):
         if emo not in index:
             raise MtlserError(f"{data_dir / 'utt2emo'}:{lineno}: '{utt}' has label '{emo}', which is not in "
-                              f"{data_dir / 'emotions'} ({' '.join(emotions)}); rerun stage 0 (it validates)")
+                              f"{data_dir / 'emotions'} ({' '.join(emotions)}); "
+                              "rerun the data preparation (it validates)")
     return emotions, {u: index[e] for u, e in utt2emo.items()}
 
 
 def read_token_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
-        raise MtlserError(f"{path}: token list not found; run stage 1 (tokens), and for bpe stage 2, with the "
+        raise MtlserError(f"{path}: token list not found; run the tokens step, and for bpe the folds step, with the "
                           "same --token-type / --emo-tag / --nbpe")
     return parse_token_list(path.read_text(encoding="utf-8"), str(path))
 
@@ -149,7 +150,7 @@ def write_token_list(path: str | Path, tokens: list[str]) -> None:
     for parent in (path.parent, *path.parent.parents):
         if parent.is_file():
             raise MtlserError(f"{parent}: is a file (the token list of an older layout); remove it and rerun "
-                              "stage 1: token lists are now TOKEN_LIST_DIR/<token set>/tokens.txt")
+                              "the tokens step: token lists are now TOKEN_LIST_DIR/<token set>/tokens.txt")
     atomic_write_text(path, "".join(t + "\n" for t in tokens))
 
 
