@@ -70,7 +70,8 @@ def test_bash_evals_the_assignments(tmp_path):
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["2", "exp/my cfg_loso_novalid_ctcsum_lambda1",
-                                     "--loss.lambda 1 --loss.ctc_reduction sum", "--train.model_selection last --train.patience 0", "1", "1", "fold01"]
+                                     "--loss.lambda 1 --loss.ctc_reduction sum",
+                                     "--train.model_selection last --train.patience 0", "1", "1", "fold01"]
     bad = subprocess.run([sys.executable, "-m", "mtlser.recipe", "names", "--protocol", "loso", "--valid", "x",
                           "--token-type", "phncls", "--train-config", "c.yaml"], capture_output=True, text=True)
     assert bad.returncode == 1 and "--valid x: expected" in bad.stderr and bad.stdout == ""
