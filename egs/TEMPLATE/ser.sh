@@ -101,8 +101,8 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
-    log "Stage 1: ${token_type} tokens (set ${token_set}) -> ${data}/all, ${data}/token_list (bpe: per fold in stage 2)"
-    python -m mtlser.text.tokenize --data-dir ${data}/all --token-list-dir ${data}/token_list \
+    log "Stage 1: ${token_type} tokens (set ${token_set}) -> ${data}/all, ${token_list_dir} (bpe: per fold in stage 2)"
+    python -m mtlser.text.tokenize --data-dir ${data}/all --token-list-dir "${token_list_dir}" \
         --token-type "${token_type}" --emo-tag "${emo_tag}" --nbpe "${nbpe}" --phone-classes "${phone_classes}"
 fi
 
@@ -119,7 +119,8 @@ fi
 
 # Stages 3-5 run the folds stage 2 wrote (or --folds): fold_args, num_folds, fold_names.
 if [ "${stop_stage}" -ge 3 ] && [ "${stage}" -le 5 ]; then
-    eval "$(python -m mtlser.recipe folds --folds-dir "${folds_dir}" --folds "${folds}")"
+    fold_vars=$(python -m mtlser.recipe folds --folds-dir "${folds_dir}" --folds "${folds}")
+    eval "${fold_vars}"
 fi
 # One process per fold, or with --ngpu N > 1 torchrun's N (DDP: the ranks split each batch, rank 0 writes).
 train_py=(python -m mtlser.train)

@@ -40,6 +40,7 @@ class Experiment:
 class RunNames:
     folds_dir: str
     token_set: str
+    token_list_dir: str    # stage 1's token lists
     token_list: str        # foldNN (bpe) stands for the fold; the trainer replaces it
     final_token_list: str  # the token list of the final model (all speakers: folds_dir/final)
     valid_opts: str        # config overrides the valid choice implies
@@ -62,10 +63,11 @@ def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo
         raise MtlserError(f"--valid {valid}: expected {', '.join(VALID_SUFFIXES)}")
     folds_dir = f"{data}/{protocol}{VALID_SUFFIXES[valid]}"
     token_set = token_set_name(token_type, emo_tag, nbpe)
+    token_list_dir = f"{data}/token_list"
     if token_type == "bpe":
         token_list = str(token_list_path(Path(folds_dir) / FOLD_PLACEHOLDER / FOLD_TOKEN_LIST_DIR, token_set))
     else:
-        token_list = str(token_list_path(Path(data) / "token_list", token_set))
+        token_list = str(token_list_path(token_list_dir, token_set))
     if not tag:
         config_name = Path(train_config).name.removesuffix(".yaml")
         tag = f"{config_name}_{protocol}{VALID_SUFFIXES[valid]}"
@@ -76,7 +78,7 @@ def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo
     if ctc_reduction:
         tag += f"_ctc{ctc_reduction}"
         reduction_opts = f"--loss.ctc_reduction {ctc_reduction}"
-    names = RunNames(folds_dir=folds_dir, token_set=token_set, token_list=token_list,
+    names = RunNames(folds_dir=folds_dir, token_set=token_set, token_list_dir=token_list_dir, token_list=token_list,
                      final_token_list=token_list.replace(FOLD_PLACEHOLDER, "final"),
                      valid_opts=NO_VALID_OPTS if valid == "none" else "", tag=tag)
     if lambdas.split():
@@ -118,7 +120,8 @@ def shell_assignments(values: dict[str, str | list[str]]) -> str:
 
 def run_assignments(names: RunNames) -> str:
     return shell_assignments({
-        "folds_dir": names.folds_dir, "token_set": names.token_set, "token_list": names.token_list,
+        "folds_dir": names.folds_dir, "token_set": names.token_set, "token_list_dir": names.token_list_dir,
+        "token_list": names.token_list,
         "final_token_list": names.final_token_list, "valid_opts": names.valid_opts, "tag": names.tag,
         "exp_dirs": [e.dir for e in names.experiments], "exp_opts": [e.opts for e in names.experiments],
         "sweep_table": names.sweep_table,
