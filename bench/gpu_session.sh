@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Issue 11's GPU measurement in one command, for the project's GPU machine: an H200, Python 3.12 with
+# The GPU measurement in one command, on the project's GPU machine: one H200, Python 3.12 with
 # torch 2.11, torchaudio 2.11, transformers, numpy, pyyaml, safetensors, tqdm, pytest preinstalled,
 # no network. What it lacks (bench/gpu_wheels.txt) travels as wheels in bench/.wheels (git-ignored).
 #
 #   bench/gpu_session.sh --fetch     # here, where PyPI is reachable: cp312 manylinux x86_64 wheels -> bench/.wheels
 #   bench/gpu_session.sh OUT_DIR     # there: install them, GPU tests, benchmark, one JSON (OUT_DIR/gpu_session.json)
 #
-# The device tool's call:  command "MTLSER_COMMIT=<git rev-parse --short HEAD> bash bench/gpu_session.sh $OUT",
-# carry ["bench/.wheels"], timeout_s 600 (the copy of the tree there may have no .git: the commit is passed).
+# There, from a copy of the working tree with bench/.wheels in it, within 600 s:
+#     MTLSER_COMMIT=<git rev-parse --short HEAD> bash bench/gpu_session.sh OUT_DIR
+# (the copy may have no .git: the commit is passed).
 # It should take about 5 minutes and at most 8: each stage has a time limit, and the benchmark writes its
 # JSON after every round, so a cut-short run still reports what it measured.
 set -euo pipefail
@@ -33,7 +34,7 @@ if [ "${1:-}" = "--fetch" ]; then
     rm -rf "${wheels}"
     mkdir -p "${wheels}"
     for spec in ${specs}; do
-        # The device notes' flags: pip matches manylinux tags exactly, so name each; no dependencies
+        # pip matches manylinux tags exactly, so name each; no dependencies
         # (the machine has them; gpu_wheels.txt lists the ones it lacks).
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \

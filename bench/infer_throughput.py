@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Inference throughput: mtlser's batched labelling vs Hugging Face ``Wav2Vec2Model`` forward, same files (issue 9).
+"""Inference throughput: mtlser's batched labelling vs Hugging Face ``Wav2Vec2Model`` forward, same files.
 
 Usage:
     python bench/infer_throughput.py --device cpu --json bench/results/infer_cpu.json           # base size, 2 threads

@@ -147,8 +147,8 @@ def test_an_undeclared_label_fails_at_stage_0_with_file_and_line(tmp_path):
     (recipe / "data/all/emotions").write_text("ang\nhap\nsad\nneu\nfea\n")
     assert len(validate_data_dir(recipe / "data/all")) == 4
     (recipe / "data/all/emotions").unlink()
-    with pytest.raises(MtlserError, match=r"data/all/emotions: no emotion inventory; stage 0 \(local/data.sh\) "
-                                          r"writes it"):
+    with pytest.raises(MtlserError, match=r"data/all/emotions: no emotion inventory; the data preparation "
+                                          r"\(local/data.sh\) writes it"):
         validate_data_dir(recipe / "data/all")
 
 

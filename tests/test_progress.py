@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlser.utils.launch import eta_seconds, format_duration
+from mtlser.launch.jobs import eta_seconds, format_duration
 from mtlser.utils.progress import progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_launcher_shows_each_jobs_eta(tmp_path):
            "    print(f'epoch {i}/4: 3 batches', flush=True)\n"
            "    time.sleep(1.5)\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), MTLSER_PROGRESS="1")
-    r = subprocess.run([sys.executable, "-m", "mtlser.utils.launch", "JOB=1:1", str(tmp_path / "job.JOB.log"),
+    r = subprocess.run([sys.executable, "-m", "mtlser.launch", "JOB=1:1", str(tmp_path / "job.JOB.log"),
                         sys.executable, "-c", job], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "JOB=1: " in r.stderr and "ETA ?" in r.stderr  # before a second epoch starts, no rate

@@ -183,7 +183,7 @@ JOB = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); tim
 
 def test_killing_the_launcher_stops_its_jobs(tmp_path):
     pid_file = tmp_path / "pid.JOB"
-    launcher = subprocess.Popen([sys.executable, "-m", "mtlser.utils.launch", "--max-jobs-run", "2", "JOB=1:2",
+    launcher = subprocess.Popen([sys.executable, "-m", "mtlser.launch", "--max-jobs-run", "2", "JOB=1:2",
                                  str(tmp_path / "log.JOB"), sys.executable, "-c", JOB, str(pid_file)],
                                 env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids = []

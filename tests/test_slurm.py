@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtlser.utils import MtlserError
-from mtlser.utils.slurm import job_script, read_settings, sbatch_options
+from mtlser.launch.slurm import job_script, read_settings, sbatch_options
 from tests.test_recipe import make_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_launcher_waits_for_a_requeued_task_that_sbatch_wait_missed(tmp_path):
     for f in ("sbatch", "squeue"):
         (fake / f).chmod(0o755)
     env = dict(os.environ, PYTHONPATH=str(ROOT), FAKE=str(fake), PATH=f"{fake}:{os.environ['PATH']}")
-    r = subprocess.run([sys.executable, "-m", "mtlser.utils.launch", "--backend", "slurm", "JOB=1:2",
+    r = subprocess.run([sys.executable, "-m", "mtlser.launch", "--backend", "slurm", "JOB=1:2",
                         str(tmp_path / "log" / "j.JOB.log"), "bash", "-c", "[ JOB != 2 ] || exit 3"],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert "# Ended (code 0)" in (tmp_path / "log" / "j.1.log").read_text()

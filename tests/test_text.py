@@ -117,5 +117,5 @@ def test_token_list_errors(tmp_path):
     path.write_text("S0\n<blank>\n")
     with pytest.raises(MtlserError, match="first token must be <blank>"):
         read_token_list(path)
-    with pytest.raises(MtlserError, match="run stage 1"):
+    with pytest.raises(MtlserError, match="run the tokens step"):
         read_token_list(tmp_path / "missing")

@@ -144,7 +144,7 @@ def test_bpe_untagged_and_missing_text_norm(tmp_path):
     tokens = read_token_list(fold / "token_list/bpe30/tokens.txt")
     assert "<unk>" in tokens and not any(t.endswith("_0") for t in tokens)
     (fold / "valid/text_norm").unlink()
-    with pytest.raises(MtlserError, match=r"valid/text_norm: missing; run stage 1 with --token-type bpe"):
+    with pytest.raises(MtlserError, match=r"valid/text_norm: missing; run the tokens step with --token-type bpe"):
         bpe_mod.bpe_folds(tmp_path / "loso", nbpe=30)
 
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def launch(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "mtlser.utils.launch", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mtlser.launch", *args], capture_output=True, text=True,
                           env=env, cwd=cwd)
 
 
@@ -41,7 +41,7 @@ def test_launcher_reports_failed_jobs(tmp_path):
 
 def test_nth_fold_maps_job_to_fold(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "mtlser.utils.nth_fold", "2,5,7", "3", "echo", "--fold", "FOLD"],
+    r = subprocess.run([sys.executable, "-m", "mtlser.launch.nth_fold", "2,5,7", "3", "echo", "--fold", "FOLD"],
                        capture_output=True, text=True, env=env)
     assert r.stdout.strip() == "--fold 7"
 
@@ -109,7 +109,7 @@ def test_mini_corpus_is_deterministic_and_in_iemocap_layout(tmp_path):
 
 def test_local_jobs_of_several_gpus_take_them_in_groups():
     """--gpu 2 (ser.sh --ngpu 2) with --gpus 0,1,2,3: the job in slot 1 sees GPUs 0,1, slot 2 sees 2,3."""
-    from mtlser.utils.launch import job_env
+    from mtlser.launch.jobs import job_env
 
     assert [job_env(s, 2, ["0", "1", "2", "3"], base={}, per_job=2)["CUDA_VISIBLE_DEVICES"] for s in (1, 2)] == [
         "0,1", "2,3"]
@@ -120,7 +120,7 @@ def test_local_jobs_of_several_gpus_take_them_in_groups():
 def test_slurm_backend(tmp_path, slurm):
     """The launcher's array on the local Slurm (tools/start_slurm.sh): job 3 fails, and is named."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), **slurm)
-    r = subprocess.run([sys.executable, "-m", "mtlser.utils.launch", "--backend", "slurm", "--max-jobs-run", "2",
+    r = subprocess.run([sys.executable, "-m", "mtlser.launch", "--backend", "slurm", "--max-jobs-run", "2",
                         "JOB=1:3", str(tmp_path / "log" / "j.JOB.log"),
                         "python", "-c", "import sys; sys.exit(3 if sys.argv[1] == '3' else 0)", "JOB"],
                        capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -8,8 +8,8 @@
 #
 # Everything lives in ${MTLSER_SLURM_DIR:-/var/tmp/mtlser-slurm}: slurm.conf, state, spool,
 # daemon logs, PID files. Once the node is idle the script writes slurm.env there
-# (SLURM_CONF=.../slurm.conf); the tests read that file to find this Slurm (tests/slurm.py),
-# so nothing has to be exported by hand. To use it from a shell:
+# (SLURM_CONF=.../slurm.conf); the tests read that file to find this Slurm (tests/conftest.py, used by
+# tests/test_slurm.py), so nothing has to be exported by hand. To use it from a shell:
 #     export $(cat /var/tmp/mtlser-slurm/slurm.env); sinfo
 # The daemons listen on 127.0.0.1 only (ports 6817/6818).
 set -euo pipefail

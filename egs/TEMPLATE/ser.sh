@@ -60,7 +60,7 @@ Usage: $0 [options]
   --tag NAME                 experiment dir name under exp/
   --folds "1 2"              only these folds in stages 3-5
   --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
-  --ctc-reduction sum|mean   how the CTC loss is reduced (the paper does not say; lambda means something else for each)
+  --ctc-reduction sum|mean|mean_batch  how the CTC loss is reduced (the paper does not say; lambda means something else for each)
   --train-final true         after the folds, a final model on all speakers (exp/<tag>/final)
   --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
   --pack-opts "..."          options of python -m mtlser.export pack (stage 6)
@@ -82,48 +82,16 @@ fi
 [[ "${ngpu}" =~ ^[0-9]+$ ]] || { log "--ngpu ${ngpu}: expected a number of GPUs (0, 1, 2, ...)"; exit 2; }
 
 data=data
-# Each valid choice has its own folds (the default keeps the plain name), so experiments of the two
-# protocols live side by side; --valid none also makes the trainer report the last epoch.
-case "${valid}" in
-    share) folds_dir=${data}/${protocol}; valid_tag="" ;;
-    session-mate) folds_dir=${data}/${protocol}_sessionmate; valid_tag=_sessionmate ;;
-    none) folds_dir=${data}/${protocol}_novalid; valid_tag=_novalid
-          train_opts="${train_opts} --train.model_selection last --train.patience 0" ;;
-    *) log "--valid ${valid}: expected share, session-mate or none"; exit 2 ;;
-esac
-# The CTC target set: text_<token_set> in the data dirs, its token list under token_list/<token_set>/
-# (names as in mtlser.text.tokenize.token_set_name). bpe units depend on the fold, so their
-# token list lives in the fold dir; the trainer replaces foldNN with the fold.
-case "${token_type}" in
-    phncls|phn|char) token_set=${token_type} ;;
-    bpe) token_set=bpe${nbpe} ;;
-    *) log "--token-type ${token_type}: expected phncls, phn, char or bpe"; exit 2 ;;
-esac
-# The paper's classes are tagged (untagged is the ablation); the other types are plain (tagged is).
-if [ "${token_type}" = phncls ] && ! ${emo_tag}; then token_set=${token_set}_notag; fi
-if [ "${token_type}" != phncls ] && ${emo_tag}; then token_set=${token_set}_emo; fi
-if [ "${token_type}" = bpe ]; then
-    token_list=${folds_dir}/foldNN/token_list/${token_set}/tokens.txt
-else
-    token_list=${data}/token_list/${token_set}/tokens.txt
-fi
-if [ -z "${tag}" ]; then
-    tag=$(basename "${train_config}" .yaml)_${protocol}${valid_tag}
-    [ "${token_set}" = phncls ] || tag=${tag}_${token_set}
-fi
-# lambda = 0 has no CTC term, so its experiment is shared by the sweeps of every reduction.
-lambda0_tag=${tag}
-[ -z "${ctc_reduction}" ] || tag=${tag}_ctc${ctc_reduction}
+exp=exp
+# Every name of this run (folds dir, token set and list, experiment dirs and their overrides: one per
+# lambda of a sweep) comes from mtlser.recipe, which reads the rules from the modules that own them.
+names=$(python -m mtlser.recipe names --protocol "${protocol}" --valid "${valid}" --token-type "${token_type}" \
+    --emo-tag "${emo_tag}" --nbpe "${nbpe}" --train-config "${train_config}" --tag "${tag}" \
+    --lambdas "${lambdas}" --ctc-reduction "${ctc_reduction}" --data "${data}" --exp "${exp}")
+eval "${names}"
+train_opts="${train_opts} ${valid_opts}"
 score_sh=local/score.sh
 [ -x "${score_sh}" ] || score_sh=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/local/score.sh
-
-fold_list() {  # the fold numbers to run: --folds, or every fold stage 2 wrote
-    if [ -n "${folds}" ]; then echo "${folds}" | tr -s ' ' '\n'; return; fi
-    local n
-    n=$(find "${folds_dir}" -maxdepth 1 -name 'fold[0-9]*' -type d | wc -l)
-    [ "${n}" -gt 0 ] || { log "no folds in ${folds_dir}: run stage 2 first"; exit 1; }
-    seq 1 "${n}"
-}
 
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
     log "Stage 0: data preparation -> ${data}/all"
@@ -133,8 +101,8 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
-    log "Stage 1: ${token_type} tokens (set ${token_set}) -> ${data}/all, ${data}/token_list (bpe: per fold in stage 2)"
-    python -m mtlser.text.tokenize --data-dir ${data}/all --token-list-dir ${data}/token_list \
+    log "Stage 1: ${token_type} tokens (set ${token_set}) -> ${data}/all, ${token_list_dir} (bpe: per fold in stage 2)"
+    python -m mtlser.text.tokenize --data-dir ${data}/all --token-list-dir "${token_list_dir}" \
         --token-type "${token_type}" --emo-tag "${emo_tag}" --nbpe "${nbpe}" --phone-classes "${phone_classes}"
 fi
 
@@ -149,42 +117,29 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     fi
 fi
 
-# Stages 3-5 run once per experiment: the config as given, or one per lambda of the sweep.
-experiments=()
-reduction_opts=${ctc_reduction:+--loss.ctc_reduction ${ctc_reduction}}
-if [ -n "${lambdas}" ]; then
-    for l in ${lambdas}; do
-        if awk -v l="${l}" 'BEGIN { exit !(l + 0 == 0) }'; then
-            experiments+=("${lambda0_tag}_lambda${l}|--loss.lambda ${l}")
-        else
-            experiments+=("${tag}_lambda${l}|--loss.lambda ${l} ${reduction_opts}")
-        fi
-    done
-else
-    experiments+=("${tag}|${reduction_opts}")
+# Stages 3-5 run the folds stage 2 wrote (or --folds): fold_args, num_folds, fold_names.
+if [ "${stop_stage}" -ge 3 ] && [ "${stage}" -le 5 ]; then
+    fold_vars=$(python -m mtlser.recipe folds --folds-dir "${folds_dir}" --folds "${folds}")
+    eval "${fold_vars}"
 fi
+# One process per fold, or with --ngpu N > 1 torchrun's N (DDP: the ranks split each batch, rank 0 writes).
+train_py=(python -m mtlser.train)
+if [ "${ngpu}" -gt 1 ]; then train_py=(torchrun --standalone --nproc_per_node "${ngpu}" -m mtlser.train); fi
 
-for experiment in "${experiments[@]}"; do
-    exp_tag=${experiment%%|*}
-    exp_opts=${experiment#*|}
-    expdir=exp/${exp_tag}
-
-    if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-        log "Stage 3: training folds $(fold_list | xargs) -> ${expdir}/foldNN (logs in ${expdir}/logs)"
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    for i in "${!exp_dirs[@]}"; do
+        expdir=${exp_dirs[i]}
+        log "Stage 3: training folds ${fold_args} -> ${expdir}/foldNN (logs in ${expdir}/logs)"
         mkdir -p "${expdir}/logs"
         # A replayable record of this experiment, as ESPnet keeps one per exp dir.
         echo "# $(date)" >> "${expdir}/run.sh"
         echo "(cd $(pwd) && ${cmdline})" >> "${expdir}/run.sh"
         # Each fold's resolved config (every field, overrides applied) is ${expdir}/foldNN/config.yaml.
-        fold_args=$(fold_list | xargs | tr ' ' ',')
-        # One process per fold, or with --ngpu N > 1 torchrun's N (DDP: the ranks split each batch, rank 0 writes).
-        train_py=(python -m mtlser.train)
-        if [ "${ngpu}" -gt 1 ]; then train_py=(torchrun --standalone --nproc_per_node "${ngpu}" -m mtlser.train); fi
         # shellcheck disable=SC2086
-        ${train_cmd} --gpu "${ngpu}" --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/train.JOB.log" \
-            python -m mtlser.utils.nth_fold "${fold_args}" JOB \
+        ${train_cmd} --gpu "${ngpu}" --max-jobs-run "${nj}" JOB=1:${num_folds} "${expdir}/logs/train.JOB.log" \
+            python -m mtlser.launch.nth_fold "${fold_args}" JOB \
             "${train_py[@]}" --config "${train_config}" --folds-dir "${folds_dir}" --fold FOLD \
-                --token-list "${token_list}" --exp-dir "${expdir}" --train-opts "${train_opts} ${exp_opts}" \
+                --token-list "${token_list}" --exp-dir "${expdir}" --train-opts "${train_opts} ${exp_opts[i]}" \
                 --data.token_type "${token_set}"
         if ${train_final}; then
             # The model to ship: every speaker, for the epoch count the folds chose (mtlser.train.final).
@@ -193,44 +148,46 @@ for experiment in "${experiments[@]}"; do
             # shellcheck disable=SC2086
             ${train_cmd} --gpu "${ngpu}" JOB=1:1 "${expdir}/logs/train.final.log" \
                 "${train_py[@]}" --config "${train_config}" --data-dir "${folds_dir}/final" \
-                    --token-list "${token_list//foldNN/final}" --exp-dir "${expdir}/final" --train-opts "${train_opts} ${exp_opts}" \
-                    --data.token_type "${token_set}" --train.epochs "${final_epochs}" \
-                    --train.model_selection last --train.patience 0
+                    --token-list "${final_token_list}" --exp-dir "${expdir}/final" \
+                    --train-opts "${train_opts} ${exp_opts[i]}" --data.token_type "${token_set}" \
+                    --train.epochs "${final_epochs}" --train.model_selection last --train.patience 0
         fi
-    fi
+    done
+fi
 
-    if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+    for expdir in "${exp_dirs[@]}"; do
         log "Stage 4: inference on each fold's test set -> ${expdir}/foldNN/decode_test"
-        fold_args=$(fold_list | xargs | tr ' ' ',')
         # shellcheck disable=SC2086
-        ${decode_cmd} --max-jobs-run "${nj}" JOB=1:$(fold_list | wc -l) "${expdir}/logs/decode.JOB.log" \
-            python -m mtlser.utils.nth_fold "${fold_args}" JOB \
+        ${decode_cmd} --max-jobs-run "${nj}" JOB=1:${num_folds} "${expdir}/logs/decode.JOB.log" \
+            python -m mtlser.launch.nth_fold "${fold_args}" JOB \
             python -m mtlser.infer --model-dir "${expdir}" --folds-dir "${folds_dir}" --fold FOLD \
                 --num-threads 1 ${infer_opts}
-    fi
+    done
+fi
 
-    if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    for expdir in "${exp_dirs[@]}"; do
         log "Stage 5: scoring -> ${expdir}/foldNN/decode_test/result.{txt,json}, ${expdir}/RESULTS.md"
-        for f in $(fold_list); do
-            "${score_sh}" "${expdir}/$(printf 'fold%02d' "${f}")/decode_test"
+        for f in "${fold_names[@]}"; do
+            "${score_sh}" "${expdir}/${f}/decode_test"
         done
-        python -m mtlser.score aggregate "${expdir}"
-        log "$(head -c 2000 "${expdir}/RESULTS.md" | grep -E '^\|(WA|UA)\|' | sed 's/^/    /')"
+        python -m mtlser.score aggregate "${expdir}"  # logs WA and UA
+    done
+    if [ -n "${sweep_table}" ]; then
+        log "Stage 5: lambda sweep comparison -> ${sweep_table}"
+        # shellcheck disable=SC2086
+        python -m mtlser.score compare --out "${sweep_table}" ${compare_opts} "${exp_dirs[@]}"
     fi
+fi
 
-    if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+    for expdir in "${exp_dirs[@]}"; do
         log "Stage 6: packing every fold, final/ when present, and the folds' ensemble -> ${expdir}/packed/*.zip"
         # shellcheck disable=SC2086
         python -m mtlser.export pack --exp-dir "${expdir}" --out-dir "${expdir}/packed" \
             --corpus "$(basename "$(pwd)")" ${pack_opts}
-    fi
-done
-
-if [ -n "${lambdas}" ] && [ "${stop_stage}" -ge 5 ]; then
-    log "Lambda sweep: comparison -> exp/${tag}_lambdas.md"
-    # shellcheck disable=SC2046
-    python -m mtlser.score compare --out "exp/${tag}_lambdas.md" ${compare_opts} \
-        $(for e in "${experiments[@]}"; do echo "exp/${e%%|*}"; done)
+    done
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

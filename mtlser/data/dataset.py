@@ -51,7 +51,8 @@ def read_audio(rxfile: str, sample_rate: int | None = None) -> np.ndarray:
     if data.ndim == 2:
         data = data.mean(axis=1)
     if sample_rate is not None and rate != sample_rate:
-        raise MtlserError(f"{rxfile}: sample rate {rate} Hz, expected {sample_rate}; stage 2 converts audio, rerun it")
+        raise MtlserError(f"{rxfile}: sample rate {rate} Hz, expected {sample_rate}; "
+                          "the folds step converts audio, rerun it")
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
@@ -100,18 +101,18 @@ class SERDataset(Dataset):
             path = self.data_dir / f"text_{token_type}"
             if not path.is_file():
                 raise MtlserError(f"{path}: no CTC targets of token set '{token_type}' (data.token_type); run "
-                                  "stages 1-2 with the matching --token-type/--emo-tag/--nbpe")
+                                  "the tokens and folds steps with the matching --token-type/--emo-tag/--nbpe")
             text = read_table(path, allow_empty_value=True)
             tok_index = {t: i for i, t in enumerate(token_list)}
             self.targets = []
             for u in self.utts:
                 if u not in text:
-                    raise MtlserError(f"{path}: no line for '{u}'; rerun stage 1")
+                    raise MtlserError(f"{path}: no line for '{u}'; rerun the tokens step")
                 ids = []
                 for t in text[u].split():
                     if t not in tok_index:
                         raise MtlserError(f"{path}: '{u}' has token '{t}' that is not in the token list; "
-                                          "rerun stage 1 so the two agree")
+                                          "rerun the tokens step so the two agree")
                     ids.append(tok_index[t])
                 self.targets.append(ids)
 
@@ -159,7 +160,7 @@ class SERDataset(Dataset):
                           (self.targets or []) + (other.targets or []) or [None] * (len(self) + len(other))),
                       key=lambda row: sort_key(row[0]))
         if len({row[0] for row in rows}) != len(rows):
-            raise MtlserError(f"{self.data_dir} and {other.data_dir} share utterances; rerun stage 2")
+            raise MtlserError(f"{self.data_dir} and {other.data_dir} share utterances; rerun the folds step")
         self.utts, self.wavs, self.emotions, self.durations, targets = (list(col) for col in zip(*rows))
         if self.targets is not None:
             self.targets = targets

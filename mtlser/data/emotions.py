@@ -105,9 +105,10 @@ def read_inventory(data_dir: str | os.PathLike) -> list[str]:
     """The ``emotions`` file of a data dir (index order)."""
     path = Path(data_dir) / INVENTORY
     if not path.is_file():
-        raise MtlserError(f"{path}: no emotion inventory; stage 0 (local/data.sh) writes it: one label a line, "
+        raise MtlserError(f"{path}: no emotion inventory; the data preparation (local/data.sh) writes it: "
+                          "one label a line, "
                           f"in class-index order (python -m mtlser.data.set_emotions {Path(data_dir)} --map FILE "
-                          f"or --emotions 'LABEL ...'); rerun stage 0, and stages 1-2 after it")
+                          f"or --emotions 'LABEL ...'); rerun the data preparation, then the tokens and folds steps")
     lines = path.read_text(encoding="utf-8").splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line != line.strip():
@@ -123,7 +124,7 @@ def write_inventory(data_dir: str | os.PathLike, emotions: list[str]) -> None:
 
 
 def check_same(declared: list[str], where_declared: str, inventory: list[str], where_inventory: str,
-               fix: str = "rerun stages 0-2 so that they agree") -> None:
+               fix: str = "rerun the data preparation, tokens and folds steps so that they agree") -> None:
     """Two statements of the inventory must agree label for label, in order (the order is the class index)."""
     declared, inventory = [str(e) for e in declared], [str(e) for e in inventory]
     if declared == inventory:

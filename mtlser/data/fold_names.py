@@ -2,8 +2,8 @@
 
 Stage 2 writes ``data/<protocol>/foldNN/`` (NN counted from 01), stage 3 trains into
 ``exp/<tag>/foldNN/``, and every later step finds the folds by that name: the trainer, inference,
-scoring and its reports, the final model, packing and the model cards. (egs/TEMPLATE/ser.sh's
-``fold_list`` globs the same pattern in shell.)
+scoring and its reports, the final model, packing and the model cards; egs/TEMPLATE/ser.sh asks
+for them through ``python -m mtlser.recipe``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from pathlib import Path
 
 #: The glob of the fold dirs inside a folds dir or an experiment dir.
 FOLD_GLOB = "fold[0-9]*"
+
+#: Stands for the fold in a path given once for all folds (a bpe token list lives in the fold dir);
+#: the trainer replaces it with the fold's name.
+FOLD_PLACEHOLDER = "foldNN"
 
 _FOLD_NAME = re.compile(r"^fold\d+$")
 

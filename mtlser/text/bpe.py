@@ -30,8 +30,8 @@ from pathlib import Path
 from mtlser.data.datadir import read_table, write_table
 from mtlser.data.emotions import inventory_of, write_inventory
 from mtlser.data.fold_names import fold_dirs
-from mtlser.text.tokenize import emotion_indices, read_token_list, str2bool, tag, tag_separator, \
-    tagged_token_list, token_set_name, write_token_list
+from mtlser.text.tokenize import FOLD_TOKEN_LIST_DIR, emotion_indices, read_token_list, str2bool, tag, \
+    tag_separator, tagged_token_list, token_list_path, token_set_name, write_token_list
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_bytes
 
@@ -85,15 +85,16 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
             continue
         path = fold_dir / split / "text_norm"
         if not path.is_file():
-            raise MtlserError(f"{path}: missing; run stage 1 with --token-type bpe (it writes text_norm), "
-                              "then stage 2 (folds)")
+            raise MtlserError(f"{path}: missing; run the tokens step with --token-type bpe (it writes "
+                              "text_norm), then the folds step")
         texts[split] = read_table(path, allow_empty_value=True)
     emotions = inventory_of([fold_dir / split for split in texts])[0] if emo_tag else []
     model = train_bpe(list(texts["train"].values()), nbpe, mode)
     pieces = pieces_of(model)
-    out_dir = fold_dir / "token_list" / name
+    token_list = token_list_path(fold_dir / FOLD_TOKEN_LIST_DIR, name)
+    out_dir = token_list.parent
     atomic_write_bytes(out_dir / "bpe.model", model)
-    write_token_list(out_dir / "tokens.txt", tagged_token_list(pieces, emo_tag, sep, len(emotions)))
+    write_token_list(token_list, tagged_token_list(pieces, emo_tag, sep, len(emotions)))
     if emo_tag:
         write_inventory(out_dir, emotions)
     n_unk = 0
@@ -104,14 +105,14 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
         write_table(fold_dir / split / f"text_{name}", {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in t})
     logger.info("%s: %d pieces trained on %d training transcripts; valid+test hold %d <unk>", fold_dir,
                 len(pieces), len(texts["train"]), n_unk)
-    return {"fold": fold_dir.name, "pieces": len(pieces), "unk": n_unk, "token_list": str(out_dir / "tokens.txt")}
+    return {"fold": fold_dir.name, "pieces": len(pieces), "unk": n_unk, "token_list": str(token_list)}
 
 
 def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode: str = "unigram") -> list[dict]:
     folds_dir = Path(folds_dir)
     folds = fold_dirs(folds_dir)
     if not folds:
-        raise MtlserError(f"{folds_dir}: no fold dirs; run stage 2 first")
+        raise MtlserError(f"{folds_dir}: no fold dirs; run the folds step first")
     if (folds_dir / "final" / "train").is_dir():
         folds.append(folds_dir / "final")
     rows = [bpe_fold(f, nbpe, emo_tag, mode) for f in folds]
@@ -121,7 +122,7 @@ def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Per-fold BPE targets, trained on each fold's training text.")
-    parser.add_argument("--folds-dir", required=True, help="stage 2 output, e.g. data/loso")
+    parser.add_argument("--folds-dir", required=True, help="the folds step's output, e.g. data/loso")
     parser.add_argument("--nbpe", type=int, default=100, help="pieces per fold (an upper bound on small data)")
     parser.add_argument("--emo-tag", type=str2bool, default=True, help="append the emotion index to every piece")
     parser.add_argument("--bpe-mode", default="unigram", choices=["unigram", "bpe"])

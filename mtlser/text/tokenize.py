@@ -68,12 +68,21 @@ from mtlser.utils.fileio import atomic_write_text
 logger = logging.getLogger(__name__)
 
 TOKEN_TYPES = ("phncls", "phn", "char", "bpe")
+#: The token list's file name inside ``<token list dir>/<token set>/``.
+TOKEN_LIST_FILE = "tokens.txt"
+#: The token-list dir of a fold (bpe: the pieces are trained per fold, in the fold dir).
+FOLD_TOKEN_LIST_DIR = "token_list"
 NOTAG = "_notag"  # phncls without the emotion tag
 EMO = "_emo"  # another type with the emotion tag
 #: The char units always listed (English), and the word boundary (wav2vec2's ``|``); other letters of a
 #: corpus are added after CHARS (:func:`char_units`).
 CHARS = tuple("abcdefghijklmnopqrstuvwxyz'")
 WORD_BOUNDARY = "|"
+
+
+def token_list_path(token_list_dir: str | Path, token_set: str) -> Path:
+    """Where the token list of ``token_set`` lives under a token-list dir (stage 1's, or a fold's for bpe)."""
+    return Path(token_list_dir) / token_set / TOKEN_LIST_FILE
 
 
 def token_set_name(token_type: str, emo_tag: bool = True, nbpe: int = 100) -> str:
@@ -110,14 +119,15 @@ def emotion_indices(data_dir: Path, utt2emo: dict[str, str]) -> tuple[list[str],
     for lineno, (utt, emo) in enumerate(utt2emo.items(), 1):
         if emo not in index:
             raise MtlserError(f"{data_dir / 'utt2emo'}:{lineno}: '{utt}' has label '{emo}', which is not in "
-                              f"{data_dir / 'emotions'} ({' '.join(emotions)}); rerun stage 0 (it validates)")
+                              f"{data_dir / 'emotions'} ({' '.join(emotions)}); "
+                              "rerun the data preparation (it validates)")
     return emotions, {u: index[e] for u, e in utt2emo.items()}
 
 
 def read_token_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
-        raise MtlserError(f"{path}: token list not found; run stage 1 (tokens), and for bpe stage 2, with the "
+        raise MtlserError(f"{path}: token list not found; run the tokens step, and for bpe the folds step, with the "
                           "same --token-type / --emo-tag / --nbpe")
     return parse_token_list(path.read_text(encoding="utf-8"), str(path))
 
@@ -140,7 +150,7 @@ def write_token_list(path: str | Path, tokens: list[str]) -> None:
     for parent in (path.parent, *path.parent.parents):
         if parent.is_file():
             raise MtlserError(f"{parent}: is a file (the token list of an older layout); remove it and rerun "
-                              "stage 1: token lists are now TOKEN_LIST_DIR/<token set>/tokens.txt")
+                              "the tokens step: token lists are now TOKEN_LIST_DIR/<token set>/tokens.txt")
     atomic_write_text(path, "".join(t + "\n" for t in tokens))
 
 
@@ -244,7 +254,7 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
         return stats
     text_out = {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in texts}
     write_table(data_dir / f"text_{name}", text_out)
-    token_list = Path(token_list_dir) / name / "tokens.txt"
+    token_list = token_list_path(token_list_dir, name)
     tokens = tagged_token_list(units, emo_tag, sep, len(emotions or []))
     write_token_list(token_list, tokens)
     if emotions is not None:

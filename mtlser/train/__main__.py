@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from mtlser.config import load_config
-from mtlser.data.fold_names import fold_name
+from mtlser.data.fold_names import FOLD_PLACEHOLDER, fold_name
 from mtlser.text.tokenize import read_token_list
 from mtlser.train.resume import ResumeRefused, clear_training
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--fold needs --folds-dir")
         data_dir = Path(args.folds_dir) / fold_name(args.fold)
         exp_dir = Path(args.exp_dir) / fold_name(args.fold)
-        token_list = token_list.replace("foldNN", fold_name(args.fold))
+        token_list = token_list.replace(FOLD_PLACEHOLDER, fold_name(args.fold))
     elif args.data_dir:
         data_dir, exp_dir = Path(args.data_dir), Path(args.exp_dir)
-        if "foldNN" in token_list:
+        if FOLD_PLACEHOLDER in token_list:
             parser.error("--token-list names foldNN: give --folds-dir and --fold instead of --data-dir")
     else:
         parser.error("give --data-dir, or --folds-dir with --fold")

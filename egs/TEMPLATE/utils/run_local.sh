@@ -1,3 +1,3 @@
 #!/usr/bin/env bash
 # Kaldi run.pl's interface on this machine: run_local.sh [--max-jobs-run N] JOB=1:N LOG command...
-exec python -m mtlser.utils.launch --backend local "$@"
+exec python -m mtlser.launch --backend local "$@"

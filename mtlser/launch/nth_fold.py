@@ -1,6 +1,6 @@
 """Run a command for the N-th fold of a list: job arrays number jobs 1..K, folds may be any subset.
 
-    python -m mtlser.utils.nth_fold 2,5,7 3 python -m mtlser.train ... --fold FOLD   # runs with --fold 7
+    python -m mtlser.launch.nth_fold 2,5,7 3 python -m mtlser.train ... --fold FOLD   # runs with --fold 7
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
-        print("usage: python -m mtlser.utils.nth_fold FOLD_LIST JOB command ... (FOLD is replaced)", file=sys.stderr)
+        print("usage: python -m mtlser.launch.nth_fold FOLD_LIST JOB command ... (FOLD is replaced)", file=sys.stderr)
         return 2
     folds = [f for f in argv[0].split(",") if f]
     job = int(argv[1])

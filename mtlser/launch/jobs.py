@@ -1,6 +1,6 @@
 """Run an array of jobs locally or on Slurm, with Kaldi's run.pl interface.
 
-    python -m mtlser.utils.launch [--backend local|slurm] [--max-jobs-run N] [--gpu N] \\
+    python -m mtlser.launch [--backend local|slurm] [--max-jobs-run N] [--gpu N] \\
         [--slurm-conf conf/slurm.conf --slurm-stage train] [--sbatch-opt=OPT ...] \\
         JOB=1:10 exp/x/logs/train.JOB.log  python -m mtlser.train ... --fold JOB
 
@@ -22,7 +22,7 @@ SIGTERM when the launcher dies in any other way (SIGKILL, OOM), so no trainer is
 left running detached, writing a fold dir that a rerun would then share.
 With --backend slurm the array goes to ``sbatch --wait --array=1-N%M`` with the
 settings of --slurm-conf for --slurm-stage, then any --sbatch-opt
-(:mod:`mtlser.utils.slurm`: job script, requeue, failure report).
+(:mod:`mtlser.launch.slurm`: job script, requeue, failure report).
 Exit status: 0 when every job succeeded; otherwise 1, naming the failed logs.
 
 Recipes reach this through cmd.sh (``train_cmd``/``decode_cmd``), which picks
@@ -217,8 +217,8 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
 
 def run_slurm(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int, gpu: int,
               extra: list[str], slurm_conf: str | None = None, slurm_stage: str = "train") -> list[int]:
-    """The array through sbatch (mtlser.utils.slurm): settings from ``slurm_conf``, then ``extra``."""
-    from mtlser.utils import slurm
+    """The array through sbatch (mtlser.launch.slurm): settings from ``slurm_conf``, then ``extra``."""
+    from mtlser.launch import slurm
 
     jobs = {j: (Path(substitute([log_pattern], name, j)[0]), substitute(cmd, name, j)) for j in range(lo, hi + 1)}
     settings = slurm.read_settings(slurm_conf, slurm_stage) if slurm_conf else {}
@@ -262,9 +262,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch: {len(failed)} of {hi - lo + 1} jobs failed: {logs}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    from mtlser.utils import run_main
-
-    sys.exit(run_main(main))

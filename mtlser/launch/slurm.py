@@ -1,6 +1,6 @@
 """Slurm: the cluster settings of conf/slurm.conf, and an array of jobs through sbatch.
 
-:mod:`mtlser.utils.launch` (``--backend slurm``) hands over the jobs, each one a log path
+:mod:`mtlser.launch.jobs` (``--backend slurm``) hands over the jobs, each one a log path
 and a command; this module writes one job script for the array, submits it with
 ``sbatch --wait --array=LO-HI%M``, and reports the jobs that did not end with exit 0.
 
@@ -116,7 +116,7 @@ def job_script(jobs: dict[int, tuple[Path, list[str]]], cwd: str | os.PathLike, 
                     for job, (log, cmd) in sorted(jobs.items()))
     return (
         "#!/bin/bash\n"
-        "# Written by mtlser.utils.launch: runs job $SLURM_ARRAY_TASK_ID of the array.\n"
+        "# Written by mtlser.launch: runs job $SLURM_ARRAY_TASK_ID of the array.\n"
         f"cd {q(str(cwd))} || exit 1\n"
         'case "${SLURM_ARRAY_TASK_ID}" in\n'
         f"{cases}"

@@ -1,0 +1,52 @@
+"""Print a recipe run's names as shell assignments, for egs/TEMPLATE/ser.sh to ``eval``.
+
+    python -m mtlser.recipe names --protocol loso --valid none --token-type phncls --emo-tag true \\
+        --nbpe 100 --train-config conf/train_mtl.yaml [--tag T] [--lambdas "0 0.1"] [--ctc-reduction mean]
+    -> folds_dir=... token_set=... token_list_dir=... token_list=... final_token_list=... valid_opts=... tag=...
+       exp_dirs=(...) exp_opts=(...) sweep_table=...
+    python -m mtlser.recipe folds --folds-dir data/loso [--folds "1 2"]
+    -> fold_args=1,2 num_folds=2 fold_names=(fold01 fold02)
+
+The rules: mtlser.recipe.names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtlser.recipe.names import fold_assignments, fold_numbers, run_assignments, run_names
+from mtlser.text.tokenize import str2bool
+from mtlser.utils import run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A recipe run's names, as shell assignments (ser.sh evals them).")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("names", help="folds dir, token set and list, experiment dirs and their overrides")
+    p.add_argument("--protocol", required=True)
+    p.add_argument("--valid", required=True)
+    p.add_argument("--token-type", required=True)
+    p.add_argument("--emo-tag", type=str2bool, default=True)
+    p.add_argument("--nbpe", type=int, default=100)
+    p.add_argument("--train-config", required=True)
+    p.add_argument("--tag", default="", help="the experiment name (default: from config, protocol, valid, tokens)")
+    p.add_argument("--lambdas", default="", help="a lambda sweep, e.g. '0 0.1 1': one experiment per value")
+    p.add_argument("--ctc-reduction", default="")
+    p.add_argument("--data", default="data")
+    p.add_argument("--exp", default="exp")
+    f = sub.add_parser("folds", help="the folds to run: --folds, or every fold of --folds-dir")
+    f.add_argument("--folds-dir", required=True)
+    f.add_argument("--folds", default="")
+    args = parser.parse_args(argv)
+    if args.cmd == "names":
+        sys.stdout.write(run_assignments(run_names(
+            args.protocol, args.valid, args.token_type, args.train_config, args.emo_tag, args.nbpe, args.tag,
+            args.lambdas, args.ctc_reduction, args.data, args.exp)))
+    else:
+        sys.stdout.write(fold_assignments(fold_numbers(args.folds_dir, args.folds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

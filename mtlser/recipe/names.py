@@ -1,0 +1,136 @@
+"""Every name of a recipe run, from its options: folds dir, token set and list, experiments, folds.
+
+    run_names(protocol="loso", valid="none", token_type="phncls", train_config="conf/tiny.yaml",
+              lambdas="0 0.1", ctc_reduction="mean")
+    -> folds_dir data/loso_novalid, token_set phncls, tag tiny_loso_novalid_ctcmean,
+       experiments exp/tiny_loso_novalid_lambda0 (--loss.lambda 0)
+                   exp/tiny_loso_novalid_ctcmean_lambda0.1 (--loss.lambda 0.1 --loss.ctc_reduction mean),
+       sweep_table exp/tiny_loso_novalid_ctcmean_lambdas.md
+
+Each valid choice has its own folds dir (the default keeps the plain name), so experiments of the
+protocols live side by side; ``--valid none`` (the paper) also makes the trainer report the last epoch.
+A lambda of 0 has no CTC term, so its experiment is shared by the sweeps of every CTC reduction.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtlser.data.fold_names import FOLD_PLACEHOLDER, fold_dirs, fold_name
+from mtlser.text.tokenize import FOLD_TOKEN_LIST_DIR, token_list_path, token_set_name
+from mtlser.utils import MtlserError
+
+#: The folds dir's (and the experiment tag's) suffix per stage 2 valid choice.
+VALID_SUFFIXES = {"share": "", "session-mate": "_sessionmate", "none": "_novalid"}
+#: Without a valid set there is no epoch to select: the last one is reported (the paper).
+NO_VALID_OPTS = "--train.model_selection last --train.patience 0"
+#: The token set that needs no mention in a tag: the paper's tagged phoneme classes.
+DEFAULT_TOKEN_SET = "phncls"
+
+
+@dataclass
+class Experiment:
+    dir: str
+    opts: str  # config overrides of this experiment (lambda, CTC reduction), after the run's --train-opts
+
+
+@dataclass
+class RunNames:
+    folds_dir: str
+    token_set: str
+    token_list_dir: str    # stage 1's token lists
+    token_list: str        # foldNN (bpe) stands for the fold; the trainer replaces it
+    final_token_list: str  # the token list of the final model (all speakers: folds_dir/final)
+    valid_opts: str        # config overrides the valid choice implies
+    tag: str
+    experiments: list[Experiment] = field(default_factory=list)
+    sweep_table: str = ""  # the lambda sweep's comparison, "" without a sweep
+
+
+def is_zero(value: str) -> bool:
+    try:
+        return float(value) == 0
+    except ValueError:
+        raise MtlserError(f"--lambdas: '{value}' is not a number") from None
+
+
+def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo_tag: bool = True,
+              nbpe: int = 100, tag: str = "", lambdas: str = "", ctc_reduction: str = "",
+              data: str = "data", exp: str = "exp") -> RunNames:
+    if valid not in VALID_SUFFIXES:
+        raise MtlserError(f"--valid {valid}: expected {', '.join(VALID_SUFFIXES)}")
+    folds_dir = f"{data}/{protocol}{VALID_SUFFIXES[valid]}"
+    token_set = token_set_name(token_type, emo_tag, nbpe)
+    token_list_dir = f"{data}/token_list"
+    if token_type == "bpe":
+        token_list = str(token_list_path(Path(folds_dir) / FOLD_PLACEHOLDER / FOLD_TOKEN_LIST_DIR, token_set))
+    else:
+        token_list = str(token_list_path(token_list_dir, token_set))
+    if not tag:
+        config_name = Path(train_config).name.removesuffix(".yaml")
+        tag = f"{config_name}_{protocol}{VALID_SUFFIXES[valid]}"
+        if token_set != DEFAULT_TOKEN_SET:
+            tag += f"_{token_set}"
+    untagged = tag
+    reduction_opts = ""
+    if ctc_reduction:
+        tag += f"_ctc{ctc_reduction}"
+        reduction_opts = f"--loss.ctc_reduction {ctc_reduction}"
+    names = RunNames(folds_dir=folds_dir, token_set=token_set, token_list_dir=token_list_dir, token_list=token_list,
+                     final_token_list=token_list.replace(FOLD_PLACEHOLDER, "final"),
+                     valid_opts=NO_VALID_OPTS if valid == "none" else "", tag=tag)
+    if lambdas.split():
+        for lam in lambdas.split():
+            if is_zero(lam):
+                names.experiments.append(Experiment(f"{exp}/{untagged}_lambda{lam}", f"--loss.lambda {lam}"))
+            else:
+                names.experiments.append(Experiment(f"{exp}/{tag}_lambda{lam}",
+                                                    f"--loss.lambda {lam} {reduction_opts}".strip()))
+        names.sweep_table = f"{exp}/{tag}_lambdas.md"
+    else:
+        names.experiments.append(Experiment(f"{exp}/{tag}", reduction_opts))
+    return names
+
+
+def fold_numbers(folds_dir: str | Path, folds: str = "") -> list[int]:
+    """The folds to run: ``folds`` ("1 2"), or every fold stage 2 wrote into ``folds_dir``."""
+    if folds.split():
+        try:
+            return [int(f) for f in folds.split()]
+        except ValueError:
+            raise MtlserError(f"--folds '{folds}': expected fold numbers, e.g. \"1 2\"") from None
+    n = len(fold_dirs(folds_dir))
+    if n == 0:
+        raise MtlserError(f"no folds in {folds_dir}: run the folds stage first")
+    return list(range(1, n + 1))
+
+
+def shell_assignments(values: dict[str, str | list[str]]) -> str:
+    """``key=value`` lines (lists as bash arrays), each value quoted for ``eval``."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            lines.append(f"{key}=({' '.join(shlex.quote(v) for v in value)})")
+        else:
+            lines.append(f"{key}={shlex.quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def run_assignments(names: RunNames) -> str:
+    return shell_assignments({
+        "folds_dir": names.folds_dir, "token_set": names.token_set, "token_list_dir": names.token_list_dir,
+        "token_list": names.token_list,
+        "final_token_list": names.final_token_list, "valid_opts": names.valid_opts, "tag": names.tag,
+        "exp_dirs": [e.dir for e in names.experiments], "exp_opts": [e.opts for e in names.experiments],
+        "sweep_table": names.sweep_table,
+    })
+
+
+def fold_assignments(numbers: list[int]) -> str:
+    return shell_assignments({
+        "fold_args": ",".join(str(n) for n in numbers),  # mtlser.launch.nth_fold's list
+        "num_folds": str(len(numbers)),
+        "fold_names": [fold_name(n) for n in numbers],
+    })
