@@ -139,7 +139,6 @@ def environment(device=None) -> dict:
     """Where this process runs: versions, git commit, and the GPU (``device``'s, else GPU 0's, else none)."""
     import torch
 
-    root = Path(__file__).resolve().parents[1]
     env = {
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
         "python": platform.python_version(),
@@ -154,15 +153,22 @@ def environment(device=None) -> dict:
         env["torchaudio"] = torchaudio.__version__
     except Exception:  # pragma: no cover
         pass
+    env.update(git_commit())
+    return env
+
+
+def git_commit() -> dict:
+    """{"git_commit", "git_dirty"} of this checkout; where the tree is a copy without .git (a lent GPU
+    machine), {"git_commit": $MTLSER_COMMIT or "unknown"}."""
+    root = Path(__file__).resolve().parents[1]
     try:
-        env["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True).stdout.strip()
-        env["git_dirty"] = bool(dirty)
+        return {"git_commit": commit, "git_dirty": bool(dirty)}
     except Exception:
-        env["git_commit"] = "unknown"
-    return env
+        return {"git_commit": os.environ.get("MTLSER_COMMIT", "unknown")}
 
 
 def write_environment(model_dir: str | Path, device=None) -> None:

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from mtlser import expdir
+from mtlser.data.fold_names import is_fold_name
 from mtlser.export.card import card_text, experiment_facts, model_facts
 from mtlser.infer.package import (
     CARD_JSON,
