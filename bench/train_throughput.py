@@ -830,7 +830,8 @@ def print_table(out: dict, n_protocol: int) -> None:
     for line in out.get("targets", []):
         print(line)
     m = out["machine"]
-    print(f"machine: {m['gpu'] if 'gpu_mem_gib' in m else m['cpu']}; load average at start {m['loadavg_start'][0]:.2f}, at end "
+    print(f"machine: {m['gpu'] if 'gpu_mem_gib' in m else m['cpu']}; load average at start "
+          f"{m['loadavg_start'][0]:.2f}, at end "
           f"{m['loadavg_end'][0]:.2f}")
 
 

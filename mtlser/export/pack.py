@@ -113,8 +113,8 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else exp_dir / ENSEMBLE_DIR
     folds = expdir.model_dirs(exp_dir)
     if len(folds) < 2:
-        raise MtlserError(f"{exp_dir}: {len(folds)} fold model(s); an ensemble needs at least 2 (run stage 3 "
-                          "for more folds)")
+        raise MtlserError(f"{exp_dir}: {len(folds)} fold model(s); an ensemble needs at least 2 (train more "
+                          "folds)")
     emotions = None
     for d in folds:
         files = ModelFiles.open(d)

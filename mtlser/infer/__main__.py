@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from mtlser.data.fold_names import fold_name
-from mtlser.infer.output import HOP_S, WINDOW_S, check_ids, label_and_write, output_format
+from mtlser.infer.audio import find_recordings
+from mtlser.infer.output import HOP_S, WINDOW_S, check_ids, label_and_write, load_predictor, output_format
 from mtlser.utils import MtlserError, run_main, setup_logging
 
 
@@ -53,36 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    import torch
-
-    from mtlser.infer.audio import find_recordings
-    from mtlser.infer.predictor import SERPredictor
-
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
-    model = Path(args.model)
-    data_dir = Path(args.data_dir) if args.data_dir else None
+    model, data_dir = Path(args.model), Path(args.data_dir) if args.data_dir else None
     if args.fold is not None:
         if not args.folds_dir:
             raise MtlserError("--fold needs --folds-dir (the dir of the fold data dirs)")
         model, data_dir = model / fold_name(args.fold), Path(args.folds_dir) / fold_name(args.fold) / "test"
-    if data_dir is not None and args.inputs:
-        raise MtlserError("give either inputs (files, folders, lists, wav.scp) or --data-dir, not both")
-    if data_dir is None and not args.inputs:
-        raise MtlserError("nothing to label: give audio files, folders, list files or a wav.scp "
-                          "(or --data-dir / --folds-dir with --fold)")
+    if (data_dir is None) != bool(args.inputs):
+        raise MtlserError("give either inputs (audio files, folders, list files, wav.scp) or --data-dir "
+                          "(or --folds-dir with --fold): one of them")
     fmt = output_format(args.format, args.output)
     recordings = find_recordings(args.inputs) if args.inputs else []
     check_ids(recordings, fmt)
-    predictor = SERPredictor.from_pretrained(model, args.device, args.weights, args.precision)
-    if data_dir is not None:
-        from mtlser.infer.decode import decode_data_dir
+    predictor = load_predictor(model, args.device, args.weights, args.precision, args.num_threads)
+    if data_dir is None:
+        return label_and_write(predictor, recordings, fmt, args.output, args.window, args.hop, args.batch_size,
+                               args.batch_seconds, not args.no_progress)
+    from mtlser.infer.decode import decode_data_dir
 
-        out = Path(args.out) if args.out else model / f"decode_{data_dir.name}"
-        decode_data_dir(predictor, data_dir, out, args.batch_size, args.batch_seconds, not args.no_progress)
-        return 0
-    return label_and_write(predictor, recordings, fmt, args.output, args.window, args.hop, args.batch_size,
-                           args.batch_seconds, not args.no_progress)
+    out = Path(args.out) if args.out else model / f"decode_{data_dir.name}"
+    decode_data_dir(predictor, data_dir, out, args.batch_size, args.batch_seconds, not args.no_progress)
+    return 0
 
 
 def console_main() -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 
+from mtlser.expdir import UTT2EMO_HYP
 from mtlser.infer.audio import Recording
 from mtlser.infer.runner import Labelled, label
 from mtlser.utils import MtlserError
@@ -40,7 +41,7 @@ def output_format(fmt: str | None, output: str | None) -> str:
     name = (output or "").lower()
     if name.endswith(".csv"):
         return "csv"
-    if name.endswith("utt2emo") or name.endswith("utt2emo_hyp"):
+    if name.endswith("utt2emo") or name.endswith(UTT2EMO_HYP):
         return "utt2emo"
     return "jsonl"
 
@@ -61,6 +62,18 @@ def render(done: list[Labelled], fmt: str, emotions: list[str]) -> str:
             writer.writerow([d.recording.id, d.recording.source, f"{d.duration:.4f}", d.result["emotion"],
                              *[f"{d.result['probs'][e]:.6f}" for e in emotions], ""])
     return buf.getvalue()
+
+
+def load_predictor(model, device: str = "cpu", weights: str | None = None, precision: str = "fp32",
+                   num_threads: int = 0):
+    """The model (a model dir, an ensemble dir or a pack) with torch's CPU threads set (0: torch's default)."""
+    import torch
+
+    from mtlser.infer.predictor import SERPredictor
+
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    return SERPredictor.from_pretrained(model, device, weights, precision)
 
 
 def check_ids(recordings: list[Recording], fmt: str) -> None:

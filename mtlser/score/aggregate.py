@@ -41,7 +41,8 @@ def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST) -> dic
     for r in results[1:]:
         if r["emotions"] != emotions:
             raise MtlserError(f"{exp_dir}: {r['fold']} scores emotions {r['emotions']} but {results[0]['fold']} "
-                              f"{emotions}; folds of one experiment share one inventory: split, train, decode and score again")
+                              f"{emotions}; folds of one experiment share one inventory: split, train, "
+                              "decode and score again")
     cm = np.sum([np.array(r["confusion"]) for r in results], axis=0)
     was = np.array([r["wa"] for r in results])
     uas = np.array([r["ua"] for r in results])

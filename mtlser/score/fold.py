@@ -151,8 +151,9 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
     atomic_write_text(decode_dir / expdir.RESULT_JSON, json.dumps(result, indent=1, allow_nan=False) + "\n")
     logger.info("%s: WA %.4f UA %.4f (%d utterances)", decode_dir, result["wa"], result["ua"], len(utts))
     if errors:
-        logger.warning("%s: %d of %d test utterances were not scored (the decode could not decode them): %s", decode_dir,
-                       len(errors), len(ref), " ".join(sorted(errors)[:10]) + (" ..." if len(errors) > 10 else ""))
+        logger.warning("%s: %d of %d test utterances were not scored (the decode could not decode them): %s",
+                       decode_dir, len(errors), len(ref),
+                       " ".join(sorted(errors)[:10]) + (" ..." if len(errors) > 10 else ""))
     return result
 
 
