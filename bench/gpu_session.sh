@@ -59,10 +59,12 @@ ${py} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgra
     "${wheels}"/*.whl
 export PYTHONPATH=${root}:${site}
 export PYTHONUNBUFFERED=1
-${py} -c 'import torch, soundfile, kaldiio, transformers, torchaudio
+# The environment record a model dir's env.json holds (mtlser.expdir), with the carried packages' versions.
+${py} -c 'import json, torch, soundfile, kaldiio, transformers
+from mtlser.expdir import environment
 assert torch.cuda.is_available(), "no GPU visible"
-print("torch", torch.__version__, "torchaudio", torchaudio.__version__, "transformers", transformers.__version__,
-      "soundfile", soundfile.__version__, "GPU", torch.cuda.get_device_name(0))' | tee "${out}/versions.txt"
+print(json.dumps({**environment(), "transformers": transformers.__version__, "soundfile": soundfile.__version__}))' \
+    | tee "${out}/environment.json"
 
 # 1. The GPU tests: the attention kernel with our padding mask, the bf16 path with the CNN levers, the
 #    fused norm on CUDA, host syncs per step (numbers recorded in the JUnit XML).
@@ -95,13 +97,12 @@ grep -v 'batch/s' "${out}/bench.log" | tail -n 24
 # 3. One JSON: versions, stage exit codes, test outcomes and recorded numbers, the benchmark's results.
 log "report"
 RC_TESTS=${rc_tests} RC_BENCH=${rc_bench} RC_NORM=${rc_norm} NORM_JSON=${TMPDIR:-/tmp}/cnn_norm.json OUT=${out} T_START=${t_start} ${py} - <<'EOF'
-import json, os, subprocess, time
+import json, os, time
 import xml.etree.ElementTree as ET
 
 out = os.environ["OUT"]
-git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-report = {"commit": (git.returncode == 0 and git.stdout.strip()) or os.environ.get("MTLSER_COMMIT", "unknown"),
-          "versions": open(f"{out}/versions.txt").read().strip(),
+environment = json.load(open(f"{out}/environment.json"))
+report = {"commit": environment["git_commit"], "environment": environment,
           "exit_codes": {"gpu_tests": int(os.environ["RC_TESTS"]), "cnn_norm": int(os.environ["RC_NORM"]),
                          "benchmark": int(os.environ["RC_BENCH"])},
           "elapsed_s": time.time() - int(os.environ["T_START"])}

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -128,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import soundfile as sf
     import torch
 
+    from mtlser.expdir import environment
     from mtlser.infer.audio import Recording
     from mtlser.infer.runner import label, plan_batches
 
@@ -174,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ratio_vs_hf_file_order": _ratio(rounds, "hf_file_order", "cpu_s"),
         "cpu_ratio_vs_hf_sorted": _ratio(rounds, "hf_sorted", "cpu_s"),
         "rounds": rounds,
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
-        "git_commit": _git_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": environment(torch.device(args.device)),  # versions, CPU, GPU, git commit, date
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
@@ -189,24 +185,6 @@ def main(argv: list[str] | None = None) -> int:
 def _ratio(rounds: list[dict], baseline: str, clock: str = "wall_s") -> float:
     """Median over rounds of baseline time / mtlser time (> 1: mtlser is faster)."""
     return statistics.median(r[baseline][clock] / r["mtlser"][clock] for r in rounds)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -52,12 +52,10 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import queue
 import resource
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -420,25 +418,21 @@ def _setup(spec: dict) -> dict:
 
 
 def git_commit() -> str:
-    """The checkout's commit; MTLSER_COMMIT where the tree is a copy without .git (a lent GPU machine)."""
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return os.environ.get("MTLSER_COMMIT", "unknown")
+    """The checkout's commit (mtlser.expdir.git_commit: MTLSER_COMMIT where the tree has no .git)."""
+    from mtlser.expdir import git_commit
+
+    return git_commit()["git_commit"]
 
 
 def machine(device: str) -> dict:
+    """The environment record of mtlser.expdir (the one a model dir's env.json holds), with the GPU's memory
+    and the transformers version the baselines run on."""
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count()}
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
+    from mtlser.expdir import environment
+
+    info = environment(torch.device(device))
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_mem_gib"] = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
     try:
         import transformers
@@ -836,7 +830,8 @@ def print_table(out: dict, n_protocol: int) -> None:
     for line in out.get("targets", []):
         print(line)
     m = out["machine"]
-    print(f"machine: {m.get('gpu', m['cpu'])}; load average at start {m['loadavg_start'][0]:.2f}, at end "
+    print(f"machine: {m['gpu'] if 'gpu_mem_gib' in m else m['cpu']}; load average at start "
+          f"{m['loadavg_start'][0]:.2f}, at end "
           f"{m['loadavg_end'][0]:.2f}")
 
 

@@ -71,8 +71,9 @@ def make_experiment(root: Path, backbone: dict = MINI_BACKBONE, n_spk: int = 3, 
                     tag: str = "train_tiny_loso", **sections) -> Path:
     """A recipe dir ``root`` after stages 0-5 on a tiny corpus (every fold trained ``epochs``); returns the exp dir."""
     from mtlser.infer import SERPredictor
-    from mtlser.infer.__main__ import decode_data_dir
-    from mtlser.score.__main__ import aggregate, score_fold
+    from mtlser.infer.decode import decode_data_dir
+    from mtlser.score.aggregate import aggregate
+    from mtlser.score.fold import score_fold
     from mtlser.train.trainer import Trainer
 
     data = make_corpus(root, n_spk=n_spk)

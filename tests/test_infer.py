@@ -19,7 +19,9 @@ import torchaudio.functional as AF
 
 from mtlser.data.datadir import read_table, write_table
 from mtlser.infer import SERPredictor
-from mtlser.infer.__main__ import EXIT_SOME_FAILED, decode_data_dir, main
+from mtlser.infer.__main__ import main
+from mtlser.infer.decode import decode_data_dir
+from mtlser.infer.output import EXIT_SOME_FAILED
 from mtlser.infer.audio import find_recordings, windows
 from mtlser.model import lengths
 from mtlser.utils import run_main
@@ -206,7 +208,7 @@ def test_stage4_decodes_the_rest_and_lists_failures_in_utt2error(tiny_experiment
     assert "cannot read audio" in errors[0] and "too short: 160 samples" in errors[1]
     assert (out / "data_dir").read_text().strip() == str(test.resolve())
     # Stage 5 scores the rest and counts the two (issue 13: a 10 ms utterance no longer sinks the fold).
-    from mtlser.score.__main__ import score_fold
+    from mtlser.score.fold import score_fold
 
     result = score_fold(out)
     assert result["n"] == len(good) and result["not_scored"] == 2

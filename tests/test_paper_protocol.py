@@ -180,7 +180,7 @@ def test_recipe_valid_none_sweep_with_mean_ctc_and_final_model(corpus, tiny_conf
         assert f"train: {len(read_table(data / 'utt2emo'))} utterances" in (final / "train.log").read_text()
         from mtlser.infer import SERPredictor
 
-        assert SERPredictor.from_dir(final).predict_batch([torch.randn(8000).numpy() * 0.1])[0]["emotion"]
+        assert SERPredictor.from_pretrained(final).predict_batch([torch.randn(8000).numpy() * 0.1])[0]["emotion"]
     table = (recipe / "exp/tiny_loso_novalid_ctcmean_lambdas.md").read_text()
     assert "|tiny_loso_novalid_lambda0|0|— (no CTC)|" in table and "|phncls (mean)|" in table
 

@@ -311,7 +311,8 @@ def test_a_space_in_an_utterance_id_is_named_as_such(tmp_path):
 
 # ----------------------------------------------------------------------------- 5. short and broken audio
 def test_scoring_counts_what_stage_4_could_not_decode(tmp_path):
-    from mtlser.score.__main__ import aggregate, score_fold
+    from mtlser.score.aggregate import aggregate
+    from mtlser.score.fold import score_fold
 
     ref = {"u1": "ang", "u2": "hap", "u3": "sad", "u4": "neu", "u5": "neu"}
     data = tmp_path / "data" / "test"
@@ -452,10 +453,10 @@ def test_unreadable_checkpoints_and_weights_are_one_line_without_unsafe_advice(f
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) - 100])
     with pytest.raises(MtlserError, match="best.safetensors: truncated or corrupt"):
-        SERPredictor.from_dir(fold)
+        SERPredictor.from_pretrained(fold)
     torch.save({"w": torch.zeros(2)}, weights)
     with pytest.raises(MtlserError, match="best.safetensors: a pickle"):
-        SERPredictor.from_dir(fold)
+        SERPredictor.from_pretrained(fold)
 
 
 class Payload:

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from mtlser.data.datadir import DataDir, write_table
-from mtlser.score.__main__ import aggregate, compare, score_fold
+from mtlser.score.aggregate import aggregate
+from mtlser.score.compare import compare
+from mtlser.score.fold import score_fold
 from mtlser.score.metrics import (
     confusion_matrix,
     edit_distance,
@@ -81,7 +83,7 @@ def test_score_fold_and_aggregate(tmp_path):
 def test_score_fold_mismatch_is_a_clear_error(tmp_path):
     dec = _fold(tmp_path, "fold01", ["ang", "hap"], ["ang", "hap"])
     write_table(dec / "utt2emo_hyp", {"u00": "ang"})
-    with pytest.raises(MtlserError, match="utterances differ.*rerun stage 4"):
+    with pytest.raises(MtlserError, match="utterances differ.*decode that data dir again"):
         score_fold(dec)
 
 

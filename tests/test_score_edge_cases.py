@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from mtlser.data.datadir import write_table
-from mtlser.score.__main__ import aggregate, score_fold
+from mtlser.score.aggregate import aggregate
+from mtlser.score.fold import score_fold
 from mtlser.utils import MtlserError
 
 

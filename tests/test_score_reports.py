@@ -11,7 +11,9 @@ import yaml
 from scipy import stats
 
 from mtlser.data.datadir import write_table
-from mtlser.score.__main__ import aggregate, compare, compare_experiments, score_fold
+from mtlser.score.aggregate import aggregate
+from mtlser.score.compare import compare, compare_experiments
+from mtlser.score.fold import score_fold
 from mtlser.utils import MtlserError
 
 EMO = ["ang", "hap", "sad", "neu"]
@@ -94,7 +96,7 @@ def test_aggregate_means_std_pooled_confusion_and_report(tmp_path):
 def test_aggregate_names_the_missing_fold(tmp_path):
     exp = make_exp(tmp_path, "e", 0.1, [0.7, 0.8], [0.6, 0.8])
     (exp / "fold02/decode_test/result.json").unlink()
-    with pytest.raises(MtlserError, match=r"fold02/decode_test/result.json: missing; run stage 5 scoring for fold02"):
+    with pytest.raises(MtlserError, match=r"fold02/decode_test/result.json: missing; score fold02"):
         aggregate(exp)
 
 
@@ -171,5 +173,5 @@ def test_compare_refuses_folds_of_another_protocol(tmp_path):
     aggregate(b)
     with pytest.raises(MtlserError, match="folds are paired by name, so compare experiments of the same protocol"):
         compare([a, b], tmp_path / "x.md")
-    with pytest.raises(MtlserError, match=r"c/results.json: missing; run stage 5 for"):
+    with pytest.raises(MtlserError, match=r"c/results.json: missing; aggregate .*/c first"):
         compare([a, tmp_path / "c"], tmp_path / "x.md")

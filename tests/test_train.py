@@ -64,7 +64,7 @@ def test_training_writes_a_self_contained_model_dir(fold, tiny_config, tmp_path)
     assert len(history) == 3 and "valid_ua" in history[0] and "fusion_weights" in history[0]
     assert yaml.safe_load((d / "model.yaml").read_text())["num_hidden_states"] == 3
     # The model dir alone is enough for inference.
-    predictor = SERPredictor.from_dir(d)
+    predictor = SERPredictor.from_pretrained(d)
     wav = torch.randn(16000).numpy() * 0.1
     out = predictor.predict_batch([wav])[0]
     assert out["emotion"] in ("ang", "hap", "sad", "neu") and abs(sum(out["probs"].values()) - 1) < 1e-5

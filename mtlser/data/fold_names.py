@@ -31,5 +31,6 @@ def is_fold_name(name: str) -> bool:
 
 
 def fold_dirs(parent: str | Path) -> list[Path]:
-    """The fold dirs inside ``parent``, in fold order."""
-    return sorted(p for p in Path(parent).glob(FOLD_GLOB) if p.is_dir())
+    """The fold dirs inside ``parent``, in fold order: foldNN only (the glob alone would take a copy such as
+    fold01.bak or fold01_old for a fold)."""
+    return sorted(p for p in Path(parent).glob(FOLD_GLOB) if p.is_dir() and is_fold_name(p.name))

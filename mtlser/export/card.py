@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from mtlser.data.fold_names import FOLD_GLOB
+from mtlser import expdir
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _json(path: Path) -> dict | None:
 
 def _training_time(model_dir: Path) -> tuple[float | None, int | None]:
     """(seconds of training, epochs run) from history.tsv's train_time_s column."""
-    path = model_dir / "history.tsv"
+    path = model_dir / expdir.HISTORY_TSV
     if not path.is_file():
         return None, None
     rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -51,21 +51,15 @@ def _training_time(model_dir: Path) -> tuple[float | None, int | None]:
 
 def _protocol(model_dir: Path) -> tuple[dict, str | None]:
     """The protocol table of the folds dir this fold was decoded from, and the recipe (corpus) dir's name."""
-    pointer = model_dir / "decode_test" / "data_dir"
-    if not pointer.is_file():  # the final model: no test set; its experiment's folds know the protocol
-        pointers = sorted(model_dir.parent.glob(f"{FOLD_GLOB}/decode_test/data_dir"))
-        if not pointers:
+    data_dir = expdir.decoded_data_dir(model_dir / expdir.DECODE_TEST)
+    if data_dir is not None:
+        folds_dir = data_dir.parent.parent  # data/<protocol>/foldNN/test
+    else:  # the final model: no test set; its experiment's folds know the protocol
+        folds_dir = expdir.experiment_folds_dir(model_dir.parent)
+        if folds_dir is None:
             return {}, None
-        pointer = pointers[0]
-    folds_dir = Path(pointer.read_text(encoding="utf-8").strip()).parent.parent  # data/<protocol>/foldNN/test
-    table = {}
-    if (folds_dir / "protocol").is_file():
-        for line in (folds_dir / "protocol").read_text(encoding="utf-8").splitlines():
-            parts = line.split(maxsplit=1)
-            if len(parts) == 2:
-                table[parts[0]] = parts[1]
     recipe = folds_dir.parent.parent.name if folds_dir.parent.name == "data" else None
-    return table, recipe
+    return expdir.read_protocol(folds_dir), recipe
 
 
 def _version() -> str:
@@ -76,11 +70,11 @@ def _version() -> str:
 
 def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
     """The card's facts for a training dir: ``kind`` is fold, final or ensemble-member."""
-    info = yaml.safe_load((model_dir / "model.yaml").read_text(encoding="utf-8"))
-    cfg = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    env = _json(model_dir / "env.json") or {}
-    best = _json(model_dir / "best.json") or {}
-    result = _json(model_dir / "decode_test" / "result.json")
+    info = yaml.safe_load((model_dir / expdir.MODEL_YAML).read_text(encoding="utf-8"))
+    cfg = yaml.safe_load((model_dir / expdir.CONFIG_YAML).read_text(encoding="utf-8")) or {}
+    env = _json(model_dir / expdir.ENV_JSON) or {}
+    best = _json(model_dir / expdir.BEST_JSON) or {}
+    result = _json(model_dir / expdir.DECODE_TEST / expdir.RESULT_JSON)
     protocol, recipe = _protocol(model_dir)
     seconds, epochs = _training_time(model_dir)
     facts = {
@@ -113,7 +107,7 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
 
 def experiment_facts(exp_dir: Path) -> dict | None:
     """The cross-validation summary of an experiment (results.json), or None before stage 5."""
-    res = _json(exp_dir / "results.json")
+    res = _json(exp_dir / expdir.RESULTS_JSON)
     if res is None:
         return None
     return {k: res.get(k) for k in ("num_folds", "n", "wa", "wa_std", "ua", "ua_std", "pooled_wa", "pooled_ua")}

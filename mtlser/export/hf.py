@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtlser.expdir import ENV_JSON
 from mtlser.infer.package import CARD_JSON, ModelFiles
 from mtlser.infer.predictor import SERPredictor, read_model
 from mtlser.model.lengths import DEFAULT_CONV_LAYERS
@@ -270,7 +271,7 @@ def _card(files: ModelFiles, meta: dict, check: dict) -> str:
     facts = {}
     if files.has(CARD_JSON):
         facts = json.loads(files.read_text(CARD_JSON))
-    elif files.base is not None and (files.base / "env.json").is_file():
+    elif files.base is not None and (files.base / ENV_JSON).is_file():
         from mtlser.export.card import model_facts
 
         kind = "fold" if files.base.name.startswith("fold") else "final" if files.base.name == "final" else "model"

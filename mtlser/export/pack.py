@@ -19,6 +19,7 @@ import os
 import zipfile
 from pathlib import Path
 
+from mtlser import expdir
 from mtlser.data.fold_names import is_fold_name
 from mtlser.export.card import card_text, experiment_facts, model_facts
 from mtlser.infer.package import (
@@ -110,17 +111,17 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``EXP/ensemble/ensemble.yaml`` over every fold model of an experiment; returns the ensemble dir."""
     exp_dir = Path(exp_dir)
     out = Path(out) if out else exp_dir / ENSEMBLE_DIR
-    folds = fold_dirs(exp_dir)
+    folds = expdir.model_dirs(exp_dir)
     if len(folds) < 2:
-        raise MtlserError(f"{exp_dir}: {len(folds)} fold model(s); an ensemble needs at least 2 (run stage 3 "
-                          "for more folds)")
+        raise MtlserError(f"{exp_dir}: {len(folds)} fold model(s); an ensemble needs at least 2 (train more "
+                          "folds)")
     emotions = None
     for d in folds:
         files = ModelFiles.open(d)
         files.weights_name()  # a finished fold
-        e = files.read_yaml("model.yaml").get("emotions")
+        e = files.read_yaml(expdir.MODEL_YAML).get("emotions")
         if emotions is not None and e != emotions:
-            raise MtlserError(f"{d / 'model.yaml'}: emotions {e} differ from {folds[0].name}'s {emotions}; "
+            raise MtlserError(f"{d / expdir.MODEL_YAML}: emotions {e} differ from {folds[0].name}'s {emotions}; "
                               "the fold models of one experiment must share them")
         emotions = e
     members = [os.path.relpath(d, out) for d in folds]
@@ -131,21 +132,15 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def fold_dirs(exp_dir: Path) -> list[Path]:
-    """The fold model dirs of an experiment (foldNN with a model.yaml), in fold order."""
-    return sorted(d for d in exp_dir.iterdir()
-                  if d.is_dir() and is_fold_name(d.name) and (d / "model.yaml").is_file())
-
-
 def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None = None) -> list[Path]:
     """Stage 6: every fold model, the final model when there is one, and the ensemble of the folds."""
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
-    folds = fold_dirs(exp_dir) if exp_dir.is_dir() else []
+    folds = expdir.model_dirs(exp_dir)
     if not folds:
-        raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); run stage 3 first")
+        raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); train the folds first")
     packs = [pack(d, out_dir / f"{d.name}.zip", corpus) for d in folds]
     final = exp_dir / FINAL_DIR
-    if (final / "model.yaml").is_file():
+    if (final / expdir.MODEL_YAML).is_file():
         packs.append(pack(final, out_dir / f"{FINAL_DIR}.zip", corpus))
     else:
         logger.info("%s: no final model (trained on every speaker); packing the folds and their ensemble", final)

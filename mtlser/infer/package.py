@@ -29,16 +29,14 @@ from pathlib import Path
 
 import yaml
 
+from mtlser.expdir import BEST_WEIGHTS, CONFIG_YAML, MODEL_YAML, TOKEN_LIST
 from mtlser.utils import MtlserError
 
-MODEL_YAML = "model.yaml"
-CONFIG_YAML = "config.yaml"
-TOKEN_LIST = "token_list"
 ENSEMBLE_YAML = "ensemble.yaml"
 CARD_JSON = "card.json"
 CARD_MD = "README.md"
 #: The weights a loader takes when none is named: a pack's, then a training dir's selected model.
-WEIGHTS = ("model.safetensors", "best.safetensors")
+WEIGHTS = ("model.safetensors", BEST_WEIGHTS)
 #: The files that make a single model (besides its weights).
 MODEL_FILES = (MODEL_YAML, CONFIG_YAML, TOKEN_LIST)
 

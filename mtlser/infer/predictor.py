@@ -144,11 +144,6 @@ class SERPredictor:
         model, meta = read_model(files, weights, device)
         return cls(model, meta, device, precision)
 
-    @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str = "cpu", weights: str | None = None) -> "SERPredictor":
-        """Alias of :meth:`from_pretrained` (kept for older code)."""
-        return cls.from_pretrained(model_dir, device, weights)
-
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()

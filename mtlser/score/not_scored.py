@@ -1,6 +1,6 @@
-"""Test utterances that stage 4 could not decode, and how scoring reports them.
+"""Test utterances that the decode could not decode, and how scoring reports them.
 
-Stage 4 decodes the rest of a fold when an utterance is unreadable or shorter than
+Decoding (mtlser.infer.decode) decodes the rest of a fold when an utterance is unreadable or shorter than
 the model's receptive field, and lists each such utterance in the decode dir's
 Kaldi table ``utt2error`` (``utt reason...``). Scoring computes WA/UA on the
 decoded utterances only, and says so everywhere a figure appears: result.txt,
@@ -13,10 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtlser.data.datadir import read_table
+from mtlser.expdir import UTT2ERROR
 from mtlser.utils import MtlserError
-
-#: The decode dir's table of utterances stage 4 could not decode.
-UTT2ERROR = "utt2error"
 
 
 def read_utt2error(decode_dir: Path, hyp: dict[str, str]) -> dict[str, str]:
@@ -29,7 +27,7 @@ def read_utt2error(decode_dir: Path, hyp: dict[str, str]) -> dict[str, str]:
     both = sorted(set(errors) & set(hyp))
     if both:
         raise MtlserError(f"{path}: {len(both)} utterances are also in utt2emo_hyp (e.g. {both[:3]}); the decode "
-                          "dir mixes two runs: rerun stage 4")
+                          "dir mixes two runs: decode it again")
     return {u: r or "(no reason given)" for u, r in errors.items()}
 
 
@@ -42,7 +40,7 @@ def header_line(errors: dict[str, str], total: int) -> list[str]:
 
 
 def listing(errors: dict[str, str], limit: int = 50) -> list[str]:
-    """The result.txt lines naming each utterance that was not scored, with stage 4's reason."""
+    """The result.txt lines naming each utterance that was not scored, with the decode's reason."""
     if not errors:
         return []
     lines = ["", f"not scored ({len(errors)}):"]

@@ -2,90 +2,30 @@
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from mtlser.data.fold_names import FOLD_GLOB, fold_dirs
+from mtlser import expdir
+from mtlser.data.fold_names import fold_dirs
+from mtlser.expdir import environment
 from mtlser.utils.fileio import atomic_open, atomic_write_text
-
-
-def environment(device=None) -> dict:
-    """Where this process runs: versions, git commit, and the GPU (``device``'s, else GPU 0's, else none)."""
-    import torch
-
-    root = Path(__file__).resolve().parents[2]
-    env = {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "gpu": _gpu_name(device),
-    }
-    try:
-        import torchaudio
-
-        env["torchaudio"] = torchaudio.__version__
-    except Exception:  # pragma: no cover
-        pass
-    try:
-        env["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        env["git_dirty"] = bool(dirty)
-    except Exception:
-        env["git_commit"] = "unknown"
-    return env
-
-
-def cpu_model() -> str:
-    """The CPU's model name and core count: CPU results differ between CPU types (their float kernels do)."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine() or "unknown"
-    return f"{name}, {os.cpu_count()} cores"
-
-
-def _gpu_name(device) -> str:
-    import torch
-
-    if device is not None and getattr(device, "type", str(device)) == "cpu":
-        return "none (cpu)"
-    if not torch.cuda.is_available():
-        return "none"
-    return torch.cuda.get_device_name(device if device is not None else 0)
 
 
 def experiment_setup(exp_dir: Path) -> list[str]:
     """Markdown lines: protocol, objective, targets, backbone of an experiment, from what stages 2-3 wrote."""
-    import yaml
-
     lines = []
-    configs = sorted(exp_dir.glob(f"{FOLD_GLOB}/config.yaml"))
-    pointers = sorted(exp_dir.glob(f"{FOLD_GLOB}/decode_test/data_dir"))
-    if pointers:
-        folds_dir = Path(pointers[0].read_text().strip()).parent.parent
-        proto = folds_dir / "protocol"
-        if proto.is_file():
-            from mtlser.data.datadir import read_table
-
-            p = read_table(proto)
+    configs = expdir.fold_files(exp_dir, expdir.CONFIG_YAML)
+    folds_dir = expdir.experiment_folds_dir(exp_dir)
+    if folds_dir is not None:
+        p = expdir.read_protocol(folds_dir)
+        if p:
             valid = p.get("valid", "?")
             if valid == "share":
                 valid += f" ({float(p.get('valid_share', 'nan')):.0%} of each training speaker, seed {p.get('seed')})"
             lines.append(f"- protocol: `{p.get('protocol')}` ({folds_dir}); valid set (stage 2) = {valid}")
     if configs:
-        cfg = yaml.safe_load(configs[0].read_text()) or {}
+        cfg = expdir.read_config(configs[0].parent)
         loss, data, bb, tr = (cfg.get(k) or {} for k in ("loss", "data", "backbone", "train"))
         lam = loss.get("lambda")
         if lam == 0:
@@ -108,10 +48,8 @@ def experiment_setup(exp_dir: Path) -> list[str]:
 
 def training_environment(exp_dir: Path) -> dict | None:
     """What the first fold's trainer recorded (env.json): the GPU and versions results were trained with."""
-    import json
-
-    envs = sorted(exp_dir.glob(f"{FOLD_GLOB}/env.json"))
-    return json.loads(envs[0].read_text()) if envs else None
+    envs = expdir.fold_files(exp_dir, expdir.ENV_JSON)
+    return expdir.read_environment(envs[0].parent) if envs else None
 
 
 def fusion_weights(exp_dir: Path) -> list[list[float]]:
@@ -120,7 +58,7 @@ def fusion_weights(exp_dir: Path) -> list[list[float]]:
 
     out = []
     for fold in fold_dirs(exp_dir):
-        path = fold / "best.safetensors"
+        path = fold / expdir.BEST_WEIGHTS
         if not path.is_file():
             continue
         try:
@@ -202,8 +140,8 @@ def write_report(exp_dir: Path, summary: dict) -> None:
         summary["fusion_weights_mean"] = np.mean(weights, axis=0).tolist()
 
     # The trainer's resolved config (every field, overrides applied) of the first fold.
-    folds = sorted(exp_dir.glob(f"{FOLD_GLOB}/config.yaml"))
-    config = folds[0] if folds else (exp_dir / "config.yaml" if (exp_dir / "config.yaml").is_file() else None)
+    folds = expdir.fold_files(exp_dir, expdir.CONFIG_YAML)
+    config = folds[0] if folds else (exp_dir / expdir.CONFIG_YAML if (exp_dir / expdir.CONFIG_YAML).is_file() else None)
     # Training is where versions and the GPU matter; scoring may run elsewhere, so both are recorded.
     train_env = training_environment(exp_dir) or {}
 
@@ -264,4 +202,4 @@ def write_report(exp_dir: Path, summary: dict) -> None:
                   "|" + "---|" * len(weights[0]),
                   "|" + "|".join(f"{x:.3f}" for x in np.mean(weights, axis=0)) + "|",
                   "", "![fusion weights](fusion_weights.png)"]
-    atomic_write_text(exp_dir / "RESULTS.md", "\n".join(lines) + "\n")
+    atomic_write_text(exp_dir / expdir.RESULTS_MD, "\n".join(lines) + "\n")

@@ -31,6 +31,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from mtlser import expdir
 from mtlser.data.fold_names import fold_dirs
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text
@@ -44,7 +45,7 @@ def folds_reported_epochs(exp_dir: Path) -> dict[str, int]:
     """Each finished fold's reported epoch, from its best.json."""
     epochs = {}
     for fold in fold_dirs(exp_dir):
-        path = fold / "best.json"
+        path = fold / expdir.BEST_JSON
         if not path.is_file():
             raise MtlserError(f"{path}: missing; the final model's epoch count comes from every fold: finish "
                               f"stage 3 for {fold.name} first")

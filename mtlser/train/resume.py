@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mtlser import expdir
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ RESUMABLE: dict[str, str] = {
 }
 
 #: Files a fold's training writes; --force removes them (decode dirs too: they came from the old model).
-TRAINING_OUTPUTS = ("checkpoint.pt", "best.safetensors", "best.json", "history.tsv", "train_curves.png",
-                    "config.yaml", "model.yaml", "token_list", "env.json", "tensorboard")
+TRAINING_OUTPUTS = (expdir.CHECKPOINT, expdir.BEST_WEIGHTS, expdir.BEST_JSON, expdir.HISTORY_TSV, "train_curves.png",
+                    expdir.CONFIG_YAML, expdir.MODEL_YAML, expdir.TOKEN_LIST, expdir.ENV_JSON, "tensorboard")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import yaml
 from torch.utils.data import DataLoader
+from mtlser import expdir
 from mtlser.config import Config, save_config, to_dict
 from mtlser.data.dataset import BatchSampler, SERDataset, batch_to, collate
 from mtlser.model.backbone import conv_layers_as_lists
@@ -57,8 +58,8 @@ from mtlser.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.safetensors"
+CHECKPOINT = expdir.CHECKPOINT
+BEST = expdir.BEST_WEIGHTS
 
 
 @dataclass
@@ -329,8 +330,6 @@ class Trainer:
         """Refuse to resume a checkpoint trained with other settings (mtlser.train.resume); return the changes
         that may happen on resume. Nothing is written before this check."""
         recorded = json.loads(state["config"]) if "config" in state else None
-        if recorded is None and (self.exp_dir / "config.yaml").is_file():  # checkpoints from before the record
-            recorded = yaml.safe_load((self.exp_dir / "config.yaml").read_text(encoding="utf-8"))
         if not isinstance(recorded, dict):
             logger.warning("%s: no record of the settings it was trained with; resuming unchecked", path)
             return []
@@ -351,12 +350,10 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.exp_dir / "config.yaml")
-        write_token_list(self.exp_dir / "token_list", self.token_list)
+        save_config(self.cfg, self.exp_dir / expdir.CONFIG_YAML)
+        write_token_list(self.exp_dir / expdir.TOKEN_LIST, self.token_list)
         # The versions and GPU this fold trains with, for RESULTS.md (scoring may run on another machine).
-        from mtlser.score.report import environment
-
-        atomic_write_text(self.exp_dir / "env.json", json.dumps(environment(self.device), indent=1) + "\n")
+        expdir.write_environment(self.exp_dir, self.device)
         info = {
             "arch": self.model.backbone.arch,
             "arch_kwargs": conv_layers_as_lists(self.model.backbone.arch_kwargs),
@@ -364,7 +361,7 @@ class Trainer:
             "vocab_size": len(self.token_list),
             "num_hidden_states": self.model.backbone.num_layers + 1,
         }
-        atomic_write_text(self.exp_dir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+        atomic_write_text(self.exp_dir / expdir.MODEL_YAML, yaml.safe_dump(info, sort_keys=False))
 
     # ------------------------------------------------------------------ loop
     def autocast(self):
@@ -576,7 +573,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         self._save_weights(BEST)
-        atomic_write_text(self.exp_dir / "best.json", json.dumps(self.best, indent=1) + "\n")
+        atomic_write_text(self.exp_dir / expdir.BEST_JSON, json.dumps(self.best, indent=1) + "\n")
 
     def save_epoch_weights(self) -> None:
         """epochN.safetensors after every epoch (train.keep_epoch_checkpoints): loadable as best.safetensors is."""
@@ -590,7 +587,7 @@ class Trainer:
         lines = ["\t".join(keys)]
         for h in self.history:
             lines.append("\t".join(f"{h[k]:.6g}" if isinstance(h.get(k), float) else str(h.get(k, "")) for k in keys))
-        atomic_write_text(self.exp_dir / "history.tsv", "\n".join(lines) + "\n")
+        atomic_write_text(self.exp_dir / expdir.HISTORY_TSV, "\n".join(lines) + "\n")
 
     def write_curves(self) -> None:
         """train_curves.png after every epoch: titled with experiment and fold, the reported epoch marked."""

@@ -1,0 +1,165 @@
+"""Score one fold's decode dir against its references: WA, UA, per-class recall and precision, the
+confusion matrix and the CTC token error rate, into the decode dir's result.txt and result.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mtlser import expdir
+from mtlser.data.datadir import read_table
+from mtlser.score import not_scored
+from mtlser.score.metrics import (
+    confusion_matrix,
+    edit_distance,
+    per_class_precision,
+    per_class_recall,
+    unweighted_accuracy,
+    weighted_accuracy,
+)
+from mtlser.utils import MtlserError
+from mtlser.utils.fileio import atomic_write_text
+
+logger = logging.getLogger("mtlser.score")
+
+
+def _emotions_of(decode_dir: Path, ref_dir: Path) -> list[str]:
+    """The model's classes (model.yaml beside the decode dir), else the reference data dir's inventory."""
+    info = expdir.read_model_info(decode_dir.parent)
+    if info is not None:
+        return list(info["emotions"])
+    from mtlser.data.emotions import read_inventory
+
+    return read_inventory(ref_dir)
+
+
+def _token_type_of(decode_dir: Path) -> str:
+    """The CTC target set the model was trained on (its config's data.token_type), for the token error rate."""
+    config = expdir.read_config(decode_dir.parent)
+    if config is not None:
+        return str(config.get("data", {}).get("token_type", "phncls"))
+    return "phncls"
+
+
+def check_references(ref: dict[str, str], emotions: list[str], path: Path) -> None:
+    """The reference labels can be scored: at least one utterance, every label in the model's emotion list."""
+    if not ref:
+        raise MtlserError(f"{path}: no utterances; an empty test set has no WA or UA. Check the fold's test "
+                          "set (split) or pass the --ref-dir that was decoded")
+    index = set(emotions)
+    for lineno, (u, label) in enumerate(ref.items(), 1):  # read_table keeps the file's order, one key a line
+        if label not in index:
+            raise MtlserError(f"{path}:{lineno}: '{u}' has reference label '{label}', which is not one of the "
+                              f"model's emotions {emotions} (model.yaml); score with the data the model was "
+                              "trained for, or merge/drop that label when preparing the data")
+
+
+def check_hypotheses(ref: dict[str, str], hyp: dict[str, str], ref_path: Path, hyp_path: Path) -> None:
+    """Every reference utterance has a hypothesis and every hypothesis a reference; both sides named."""
+    missing = sorted(set(ref) - set(hyp))
+    extra = sorted(set(hyp) - set(ref))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} reference utterance(s) without a hypothesis, e.g. {missing[:3]}")
+        if extra:
+            parts.append(f"{len(extra)} hypothesis utterance(s) not in the references, e.g. {extra[:3]}")
+        raise MtlserError(f"{hyp_path}: utterances differ from {ref_path}: {'; '.join(parts)}; decode "
+                          "that data dir again (or pass the --ref-dir that was decoded)")
+
+
+def absent_classes(cm: np.ndarray, emotions: list[str]) -> list[str]:
+    """Classes with no reference utterance in a fold: no recall, and left out of its UA."""
+    return [e for e, n in zip(emotions, cm.sum(axis=1)) if n == 0]
+
+
+def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None) -> dict:
+    decode_dir = Path(decode_dir)
+    token_type = token_type or _token_type_of(decode_dir)
+    if ref_dir is None:
+        ref_dir = expdir.decoded_data_dir(decode_dir)
+        if ref_dir is None:
+            raise MtlserError(f"{decode_dir}: no {expdir.DATA_DIR_POINTER} file; pass --ref-dir (the data dir that "
+                              "was decoded)")
+    ref_dir = Path(ref_dir)
+    emotions = _emotions_of(decode_dir, ref_dir)
+    ref = read_table(ref_dir / "utt2emo")
+    hyp = read_table(decode_dir / expdir.UTT2EMO_HYP)
+    errors = not_scored.read_utt2error(decode_dir, hyp)  # utterances the decode could not decode
+    check_references(ref, emotions, ref_dir / "utt2emo")
+    # An utterance the decode listed in utt2error counts as answered: it is reported, not scored.
+    check_hypotheses(ref, {**hyp, **errors}, ref_dir / "utt2emo", decode_dir / expdir.UTT2EMO_HYP)
+    index = {e: i for i, e in enumerate(emotions)}
+    utts = sorted(u for u in ref if u not in errors)
+    if not utts:
+        raise MtlserError(f"{decode_dir}: none of the {len(ref)} test utterances could be decoded (see "
+                          f"{decode_dir / not_scored.UTT2ERROR}); nothing to score")
+    for lineno, (u, label) in enumerate(hyp.items(), 1):
+        if label not in index:
+            raise MtlserError(f"{decode_dir / expdir.UTT2EMO_HYP}:{lineno}: '{u}' has unknown label '{label}', not one "
+                              f"of the model's emotions {emotions}; decode again with this model")
+    cm = confusion_matrix([index[ref[u]] for u in utts], [index[hyp[u]] for u in utts], len(emotions))
+    result = {
+        "n": len(utts),
+        "wa": weighted_accuracy(cm),
+        "ua": unweighted_accuracy(cm),
+        "recall": {e: _f(r) for e, r in zip(emotions, per_class_recall(cm))},
+        "precision": {e: _f(p) for e, p in zip(emotions, per_class_precision(cm))},
+        "emotions": emotions,
+        "confusion": cm.tolist(),
+        "absent_classes": absent_classes(cm, emotions),
+        "speakers": sorted(set(read_table(ref_dir / "utt2spk").values())),
+        "not_scored": len(errors),
+        "not_scored_utts": errors,
+    }
+    text_hyp, text_ref = decode_dir / expdir.TEXT_HYP, ref_dir / f"text_{token_type}"
+    if text_hyp.is_file() and text_ref.is_file():
+        hyp_t = read_table(text_hyp, allow_empty_value=True)
+        ref_t = read_table(text_ref, allow_empty_value=True)
+        errs = toks = 0
+        for u in utts:
+            r = ref_t.get(u, "").split()
+            if not r:
+                continue  # no phones (non-verbal only): nothing to recognise
+            errs += edit_distance(r, hyp_t.get(u, "").split())
+            toks += len(r)
+        result["ctc_ter"] = errs / toks if toks else None
+        result["ctc_ref_tokens"] = toks
+        result["token_type"] = token_type
+    lines = [
+        f"decode dir: {decode_dir}",
+        f"references: {ref_dir} ({len(utts)} utterances, speakers {' '.join(result['speakers'])})",
+        f"WA {result['wa']:.4f}  UA {result['ua']:.4f}"
+        + (f"  CTC TER {result['ctc_ter']:.4f} ({token_type})" if result.get("ctc_ter") is not None else ""),
+        *not_scored.header_line(errors, len(ref)),
+    ]
+    if result["absent_classes"]:
+        lines.append(f"UA over {len(emotions) - len(result['absent_classes'])} of {len(emotions)} classes: "
+                     f"{' '.join(result['absent_classes'])} absent from this fold's references (no recall)")
+    lines += ["", "class      recall  precision  n"]
+    for i, e in enumerate(emotions):
+        lines.append(f"{e:8s}  {_fmt(result['recall'][e])}   {_fmt(result['precision'][e])}    {int(cm[i].sum())}"
+                     + ("   absent from the references" if e in result["absent_classes"] else ""))
+    lines += ["", "confusion (rows = reference, columns = hypothesis):", "      " + " ".join(f"{e:>5s}" for e in emotions)]
+    for i, e in enumerate(emotions):
+        lines.append(f"{e:5s} " + " ".join(f"{int(c):5d}" for c in cm[i]))
+    lines += not_scored.listing(errors)
+    atomic_write_text(decode_dir / expdir.RESULT_TXT, "\n".join(lines) + "\n")
+    atomic_write_text(decode_dir / expdir.RESULT_JSON, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    logger.info("%s: WA %.4f UA %.4f (%d utterances)", decode_dir, result["wa"], result["ua"], len(utts))
+    if errors:
+        logger.warning("%s: %d of %d test utterances were not scored (the decode could not decode them): %s",
+                       decode_dir, len(errors), len(ref),
+                       " ".join(sorted(errors)[:10]) + (" ..." if len(errors) > 10 else ""))
+    return result
+
+
+def _f(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def _fmt(x: float | None) -> str:
+    return "  n/a " if x is None else f"{x:.4f}"
