@@ -157,7 +157,7 @@ fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     for expdir in "${exp_dirs[@]}"; do
-        log "Stage 4: inference on each fold's test set -> ${expdir}/foldNN/decode_test"
+        log "Stage 4: inference on each fold's test set -> ${expdir}/foldNN/${decode_name}"
         # shellcheck disable=SC2086
         ${decode_cmd} --max-jobs-run "${nj}" JOB=1:${num_folds} "${expdir}/logs/decode.JOB.log" \
             python -m mtlser.launch.nth_fold "${fold_args}" JOB \
@@ -168,9 +168,9 @@ fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     for expdir in "${exp_dirs[@]}"; do
-        log "Stage 5: scoring -> ${expdir}/foldNN/decode_test/result.{txt,json}, ${expdir}/RESULTS.md"
+        log "Stage 5: scoring -> ${expdir}/foldNN/${decode_name}/result.{txt,json}, ${expdir}/RESULTS.md"
         for f in "${fold_names[@]}"; do
-            "${score_sh}" "${expdir}/${f}/decode_test"
+            "${score_sh}" "${expdir}/${f}/${decode_name}"
         done
         python -m mtlser.score aggregate "${expdir}"  # logs WA and UA
     done

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlser.data.fold_names import FOLD_PLACEHOLDER, fold_dirs, fold_name
+from mtlser.expdir import DECODE_TEST
 from mtlser.text.tokenize import FOLD_TOKEN_LIST_DIR, token_list_path, token_set_name
 from mtlser.utils import MtlserError
 
@@ -125,6 +126,7 @@ def run_assignments(names: RunNames) -> str:
         "final_token_list": names.final_token_list, "valid_opts": names.valid_opts, "tag": names.tag,
         "exp_dirs": [e.dir for e in names.experiments], "exp_opts": [e.opts for e in names.experiments],
         "sweep_table": names.sweep_table,
+        "decode_name": DECODE_TEST,  # a fold model dir's decode dir of its test set (stages 4-5)
     })
 
 
