@@ -15,8 +15,43 @@ continues each rank's stream.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import torch
+
+
+def rank() -> int:
+    """This process's rank under torchrun (RANK); 0 in a plain run."""
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+@contextlib.contextmanager
+def process_group(device: str):
+    """Under torchrun, the ranks' process group for the block (nccl on GPUs, gloo on CPU); nothing otherwise."""
+    if world_size() == 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="nccl" if device != "cpu" and torch.cuda.is_available() else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Every rank waits here for the others (no-op in a plain run)."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def term_weights(n_local: int, n_global: int, world_size: int, ctc_reduction: str) -> tuple[float, float]:
