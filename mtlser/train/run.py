@@ -42,6 +42,7 @@ def train_fold(config: str, overrides: list[str], token_list: str, data_dir: Pat
     if best:
         logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
                     best.get("ua", float("nan")))
+    distributed.exit_now(0)  # a torchrun rank ends here (gloo's threads outlive its group); a plain run returns
     return 0
 
 
