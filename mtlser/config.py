@@ -244,6 +244,10 @@ class TrainConfig:
     patience: int = doc("Stop when the selection metric has not improved for this many epochs; 0 = never "
                         "(model_selection last has no metric: 0 only).", 0)
     log_interval: int = doc("Log training statistics every N steps.", 50)
+    stop_after_epoch: int = doc(
+        "End the run after this many epochs are trained, unfinished, as a preemption would right after that "
+        "epoch's checkpoint; rerun with 0 to resume (bit-identical to a run never stopped). For tests and "
+        "for splitting a run into jobs; 0 = off.", 0)
     keep_epoch_checkpoints: bool = doc(
         "Also keep the model of every epoch as epochN.safetensors in the fold dir, loadable as best.safetensors "
         "is (python -m mtlser.infer --weights epochN.safetensors).", False)
@@ -457,6 +461,8 @@ def check_config(cfg: Config, where: str = "config") -> None:
         raise MtlserError(f"{where}: backbone.size = custom needs backbone.custom (wav2vec2_model arguments)")
     if cfg.train.epochs < 1:
         raise MtlserError(f"{where}: train.epochs = {cfg.train.epochs}; expected >= 1")
+    if cfg.train.stop_after_epoch < 0:
+        raise MtlserError(f"{where}: train.stop_after_epoch = {cfg.train.stop_after_epoch}; expected >= 0 (0 = off)")
     if cfg.data.num_workers < 0:
         raise MtlserError(f"{where}: data.num_workers = {cfg.data.num_workers}; expected >= 0 (0 = load in the "
                           "training process)")

@@ -101,22 +101,20 @@ def test_paper_configs_run_the_paper_protocol_in_fp32():
 
 def test_curves_are_redrawn_every_epoch(corpus, tiny_config, tmp_path):
     """train_curves.png exists after epoch 1, before the run ends, with the reported epoch so far."""
-    from mtlser.train.trainer import Trainer
+    from mtlser.train.trainer import Trainer, TrainerCallback
 
     data, tokens = corpus
     split(data, tmp_path / "share", valid="share", valid_share=0.25)
     cfg = load_config(tiny_config(train={"epochs": 2, "tensorboard": False}))
     token_list = (tokens).read_text().split()
-    trainer = Trainer(cfg, tmp_path / "share/fold01", token_list, tmp_path / "exp" / "fold01")
     png = tmp_path / "exp/fold01/train_curves.png"
     seen = []
-    first_epoch = trainer.train_epoch
 
-    def spy():
-        seen.append(png.is_file())
-        return first_epoch()
+    class Spy(TrainerCallback):
+        def on_epoch_start(self, trainer):
+            seen.append(png.is_file())
 
-    trainer.train_epoch = spy
+    trainer = Trainer(cfg, tmp_path / "share/fold01", token_list, tmp_path / "exp" / "fold01", callbacks=[Spy()])
     trainer.fit()
     assert seen == [False, True]
     assert len(trainer.history) == 2 and "valid_loss_ce" in trainer.history[0]

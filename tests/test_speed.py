@@ -287,31 +287,21 @@ def test_cnn_cache_build_and_reuse(tmp_path):
     assert fingerprint(model.backbone, 16000) != before  # another CNN never reads this cache
 
 
-class Interrupted(Exception):
-    pass
-
-
 def train(tmp_path: Path, data_dir: Path, tokens: list[str], name: str, stop_after: int = 0,
           **sections) -> tuple[dict, list[dict]]:
-    """Train a tiny model; with stop_after=N the process 'dies' right after epoch N's checkpoint."""
+    """Train a tiny model; with stop_after=N the run ends, unfinished, after epoch N's checkpoint (a preemption)."""
     from mtlser.train.trainer import Trainer
 
     sections.setdefault("train", {})
     sections["train"] = {"epochs": 2, "log_interval": 1000, **sections["train"]}
     cfg = from_dict(Config, tiny_config_dict(backbone={"custom": BASE_LIKE, "dropout": 0.1,
                                                        **sections.pop("backbone", {})}, **sections), "test")
+    if stop_after:
+        cfg.train.stop_after_epoch = stop_after
     trainer = Trainer(cfg, data_dir, tokens, tmp_path / name)
     if stop_after:
-        save = trainer.save_checkpoint
-
-        def save_then_die():
-            save()
-            if trainer.epoch >= stop_after:
-                raise Interrupted
-
-        trainer.save_checkpoint = save_then_die
-        with pytest.raises(Interrupted):
-            trainer.fit()
+        trainer.fit()
+        assert trainer.epoch == stop_after and not trainer.finished
         return {}, []
     trainer.fit()
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer.history
@@ -525,8 +515,19 @@ def sync_counting_trainer(tmp_path, monkeypatch, name, **train):
     data, tokens = fold_dir(tmp_path)
     cfg = from_dict(Config, tiny_config_dict(backbone={"custom": BASE_LIKE}, data={"batch_size": 4},
                                              train={"epochs": 1, **train}), "test")
-    trainer = trainer_mod.Trainer(cfg, data, tokens, tmp_path / name)
     counter = HostSyncs(monkeypatch)
+
+    class CountInSteps(trainer_mod.TrainerCallback):
+        """Counting on from the first line of each training step to its last."""
+
+        def before_step(self, trainer, batch):
+            counter.active = True
+            return batch
+
+        def after_step(self, trainer, stats):
+            counter.active = False
+
+    trainer = trainer_mod.Trainer(cfg, data, tokens, tmp_path / name, callbacks=[CountInSteps()])
     # torch's Adam keeps its step counts on the host (non-capturable): reading them is no device sync.
     for obj, attr in ((trainer.optimizer, "step"), (trainer.scheduler, "step")):
         fn = getattr(obj, attr)
@@ -539,7 +540,6 @@ def sync_counting_trainer(tmp_path, monkeypatch, name, **train):
                 counter.active = active
 
         monkeypatch.setattr(obj, attr, host_side)
-    monkeypatch.setattr(trainer, "train_step", counter.counting(trainer.train_step))
     monkeypatch.setattr(trainer.loss_check, "read", counter.counting(trainer.loss_check.read))
     monkeypatch.setattr(trainer_mod, "accumulate", counter.counting(trainer_mod.accumulate))
     return trainer, counter
@@ -585,22 +585,19 @@ def test_deferred_host_sync_training_is_the_same(tmp_path):
 
 @pytest.mark.parametrize("deferred", [False, True])
 def test_nonfinite_loss_names_step_and_utterances(tmp_path, deferred):
-    from mtlser.train.trainer import Trainer
+    from mtlser.train.trainer import Trainer, TrainerCallback
     from mtlser.utils import MtlserError
 
     data, tokens = fold_dir(tmp_path)
     cfg = from_dict(Config, tiny_config_dict(backbone={"custom": BASE_LIKE}, data={"batch_size": 4},
                                              train={"epochs": 1, "defer_host_sync": deferred, "log_interval": 50}),
                     "test")
-    trainer = Trainer(cfg, data, tokens, tmp_path / "exp")
-    step = trainer.train_step
 
-    def poisoned(batch, share=None):
-        if trainer.step == 1:
-            batch = dict(batch, wavs=batch["wavs"] * float("nan"))
-        return step(batch, share)
+    class Poison(TrainerCallback):
+        def before_step(self, trainer, batch):
+            return dict(batch, wavs=batch["wavs"] * float("nan")) if trainer.step == 1 else batch
 
-    trainer.train_step = poisoned
+    trainer = Trainer(cfg, data, tokens, tmp_path / "exp", callbacks=[Poison()])
     with pytest.raises(MtlserError, match=r"non-finite loss nan at step 1 \(utterances \['train"):
         trainer.train_epoch()
 

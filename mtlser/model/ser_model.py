@@ -246,7 +246,7 @@ def build_model(cfg, vocab_size: int, architecture: dict | None = None, num_emot
     """
     if num_emotions is None and cfg.data.emotions is None:
         raise MtlserError("data.emotions is null (= the data's inventory) and was not resolved: the trainer reads it "
-                          "from the fold's data dir (mtlser.train.trainer.resolve_emotions) before building the model")
+                          "from the fold's data dir (mtlser.train.build.resolve_emotions) before building the model")
     if architecture is None:
         backbone = build_backbone(cfg.backbone)
     else:

@@ -20,27 +20,20 @@ with ``--force`` a fold that cannot resume is retrained from scratch instead (on
 that can is left alone). A finished fold returns at once. One
 run per fold dir at a time (a lock, mtlser.utils.lock). Under torchrun
 (``torchrun --standalone --nproc_per_node N -m mtlser.train ...``) the ranks split every
-batch and rank 0 writes: mtlser/train/distributed.py.
+batch and rank 0 writes: mtlser/train/distributed.py. What the command does once parsed:
+mtlser/train/run.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from mtlser.config import load_config
 from mtlser.data.fold_names import FOLD_PLACEHOLDER, fold_name
-from mtlser.text.tokenize import read_token_list
-from mtlser.train.resume import ResumeRefused, clear_training
-from mtlser.utils import MtlserError, run_main, setup_logging
-from mtlser.utils.lock import LOCK_NAME, hold_lock
-
-logger = logging.getLogger("mtlser.train")
+from mtlser.train.run import train_fold
+from mtlser.utils import MtlserError, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,68 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.error("give --data-dir, or --folds-dir with --fold")
 
-    rank = int(os.environ.get("RANK", 0))
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    # Rank 0 logs (to train.log too); the other ranks of a torchrun only say what goes wrong.
-    setup_logging(exp_dir / "train.log" if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
-    logger.info("command: python -m mtlser.train %s", " ".join(shlex.quote(a) for a in argv))
-    # One writer per fold dir: rank 0 holds the lock for the whole run (the OS drops it if the process dies).
-    with hold_lock(exp_dir / LOCK_NAME, f"fold dir {exp_dir}") if rank == 0 else contextlib.nullcontext():
-        return _train(args.config, overrides, token_list, data_dir, exp_dir, args.force)
-
-
-def _train(config: str, overrides: list[str], token_list: str, data_dir: Path, exp_dir: Path, force: bool) -> int:
-    cfg = load_config(config, overrides)
-    tokens = read_token_list(token_list)
-    if not data_dir.is_dir():
-        raise MtlserError(f"{data_dir}: fold data dir not found; run stage 2 first")
-    check_token_tags(Path(token_list), data_dir / "train")
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group(backend="nccl" if cfg.train.device != "cpu" and _cuda() else "gloo")
-    from mtlser.train.trainer import Trainer
-
-    try:
-        try:
-            best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
-        except ResumeRefused as refused:
-            if not force:
-                raise
-            # Every rank refuses alike (same files); rank 0 clears while the others wait, then all start over.
-            if int(os.environ.get("RANK", 0)) == 0:
-                removed = clear_training(exp_dir)
-                logger.info("--force: %s; removed %s, training from scratch", refused, " ".join(removed))
-            if world > 1:
-                dist.barrier()
-            best = Trainer(cfg, data_dir, tokens, exp_dir).fit()
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    if best:
-        logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
-                    best.get("ua", float("nan")))
-    return 0
-
-
-def check_token_tags(token_list: Path, train_dir: Path) -> None:
-    """Emotion-tagged tokens index the inventory stage 1 saw (saved beside the list): it must be the data's."""
-    from mtlser.data.emotions import INVENTORY, check_same, read_inventory
-
-    if (token_list.parent / INVENTORY).is_file() and (train_dir / INVENTORY).is_file():
-        check_same(read_inventory(token_list.parent), str(token_list.parent / INVENTORY), read_inventory(train_dir),
-                   str(train_dir / INVENTORY), "the CTC tags would name other emotions than the classes: rerun "
-                   "stages 1-2 (tokens, folds) after changing the inventory")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return train_fold(args.config, overrides, token_list, data_dir, exp_dir, args.force, argv)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ RESUMABLE: dict[str, str] = {
     "train.epochs": "training continues to the new count (not below the epochs already trained)",
     "train.patience": "early stopping is judged with the new patience from now on",
     "train.log_interval": "logging only",
+    "train.stop_after_epoch": "where this run stops, not what it trains",
     "train.num_threads": "CPU threads only",
     "train.keep_epoch_checkpoints": "which files are kept",
     "train.tensorboard": "logging only",

@@ -36,7 +36,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,87 +43,25 @@ import yaml
 from torch.utils.data import DataLoader
 from mtlser import expdir
 from mtlser.config import Config, save_config, to_dict
-from mtlser.data.dataset import BatchSampler, SERDataset, batch_to, collate
+from mtlser.data.dataset import batch_to, collate
 from mtlser.model.backbone import conv_layers_as_lists
-from mtlser.model.ser_model import SERModel, build_model
+from mtlser.model.ser_model import SERModel
 from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from mtlser.text.tokenize import write_token_list
 from mtlser.train import distributed, resume
+from mtlser.train.build import (build_data, build_optimisation, build_samplers, build_seeded_model, dist_info,
+                                drop_short_utterances, freeze_feature_encoder, resolve_precision, setup_device,
+                                wrap_ddp)
 from mtlser.train.curves import TensorBoardLog, plot_curves
 from mtlser.train.host_sync import LossCheck, accumulate
 from mtlser.utils import MtlserError, write_failure
-from mtlser.utils.fileio import atomic_open, atomic_save, atomic_write_text
+from mtlser.utils.fileio import atomic_save, atomic_write_text
 from mtlser.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = expdir.CHECKPOINT
 BEST = expdir.BEST_WEIGHTS
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info() -> DistInfo:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run is rank 0 of 1."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def select_device(name: str, dist: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MtlserError("train.device asks for cuda but no GPU is visible; use --train.device cpu")
-        if name == "cuda":
-            name = f"cuda:{dist.local_rank}"
-    return torch.device(name)
-
-
-def lr_lambda(name: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        if name == "constant":
-            return 1.0
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if name == "warmup_constant":
-            return 1.0
-        return max(0.0, (total - step) / max(1, total - warmup))  # warmup_linear
-
-    return f
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision "auto": bf16 on GPUs that support it, fp32 elsewhere (CPU autocast is slow)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
-def resolve_emotions(cfg: Config, data_dirs: list[Path]) -> list[str]:
-    """The fold's emotion inventory, checked against data.emotions (when set) and loss.class_weights."""
-    from mtlser.data.emotions import check_same, inventory_of
-
-    emotions, where = inventory_of([d for d in data_dirs if d.is_dir()])
-    if cfg.data.emotions is not None:
-        check_same(cfg.data.emotions, "the config's data.emotions", emotions, where,
-                   "set data.emotions to null (= the data's) or to the data's list in its order; or change the "
-                   "inventory at stage 0 and rerun stages 0-2")
-    if cfg.loss.class_weights is not None and len(cfg.loss.class_weights) != len(emotions):
-        raise MtlserError(f"loss.class_weights has {len(cfg.loss.class_weights)} values for the {len(emotions)} "
-                          f"emotions of {where} ({' '.join(emotions)})")
-    return emotions
 
 
 def capture_rng() -> dict:
@@ -142,100 +79,59 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+class TrainerCallback:
+    """Supported ways for tests and benchmarks to watch or steer a run, instead of patching a live trainer.
+
+    Override what you need; each method is called with the trainer. ``before_step`` may return a
+    changed batch (e.g. to inject a fault); ``after_step`` sees the step's statistics.
+    """
+
+    def on_epoch_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def before_step(self, trainer: "Trainer", batch: dict) -> dict:
+        return batch
+
+    def after_step(self, trainer: "Trainer", stats: dict) -> None:
+        pass
+
+    def after_checkpoint(self, trainer: "Trainer") -> None:
+        pass
+
+
 class Trainer:
-    def __init__(self, cfg: Config, data_dir: str | Path, token_list: list[str], exp_dir: str | Path):
+    """One fold's training, assembled from the builders of :mod:`mtlser.train.build` (in their order:
+    the seed is set right before the model is built, so reordering changes the weights)."""
+
+    def __init__(self, cfg: Config, data_dir: str | Path, token_list: list[str], exp_dir: str | Path,
+                 callbacks: list[TrainerCallback] | None = None):
         self.cfg = cfg
         self.data_dir = Path(data_dir)
         self.exp_dir = Path(exp_dir)
         self.token_list = token_list
+        self.callbacks = list(callbacks or [])
         self.dist = dist_info()
-        self.device = select_device(cfg.train.device, self.dist)
-        if self.device.type == "cuda" and self.dist.world_size > 1:
-            torch.cuda.set_device(self.device)  # NCCL's object collectives use the current device
-        if cfg.train.num_threads > 0:
-            torch.set_num_threads(cfg.train.num_threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-
-        if not (self.data_dir / "train" / "wav.scp").is_file():
-            raise MtlserError(f"{self.data_dir / 'train'}: missing; run stage 2 (fold splits) first")
-        has_valid = (self.data_dir / "valid" / "wav.scp").is_file()
-        if cfg.train.model_selection == "valid" and not has_valid:
-            raise MtlserError(f"{self.data_dir / 'valid'}: missing, and train.model_selection valid picks the epoch "
-                              "on it; run stage 2 with --valid share (or session-mate), or train as the paper "
-                              "does with train.model_selection last")
-        # The classes come from the data (stage 0's inventory); data.emotions may only restate them.
-        cfg.data.emotions = resolve_emotions(cfg, [self.data_dir / "train", self.data_dir / "valid"])
-        use_ctc = cfg.loss.lambda_ > 0
-        ds_kw = dict(token_list=token_list if use_ctc else None, token_type=cfg.data.token_type,
-                     emotions=cfg.data.emotions, sample_rate=cfg.data.sample_rate, cache_audio=cfg.data.cache_audio)
-        self.train_set = SERDataset(self.data_dir / "train", max_duration=cfg.data.max_duration, **ds_kw)
-        self.train_set.training = True
-        self.valid_set: SERDataset | None = SERDataset(self.data_dir / "valid", **ds_kw) if has_valid else None
-        if cfg.train.model_selection == "last" and self.valid_set is not None:
-            # The paper's protocol trains on all speech of the training speakers: stage 2's valid share too.
-            logger.info("train.model_selection last: no model selection, so %s (%d utterances) trains as well",
-                        self.data_dir / "valid", len(self.valid_set))
-            self.train_set.extend(self.valid_set)
-            self.valid_set = None
-        torch.manual_seed(cfg.train.seed)
-        random.seed(cfg.train.seed)
-        self.model: SERModel = build_model(cfg, vocab_size=len(token_list)).to(self.device)
-        if self.dist.world_size > 1:  # same initial model on every rank, then each rank's own dropout
-            torch.manual_seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
-            random.seed(distributed.rank_seed(cfg.train.seed, self.dist.rank))
-        self.model.defer_sync = cfg.train.defer_host_sync
+        self.device = setup_device(cfg, self.dist)
+        # data, then the model seeded from train.seed, then what depends on both
+        self.train_set, self.valid_set = build_data(cfg, self.data_dir, token_list)
+        self.model: SERModel = build_seeded_model(cfg, len(token_list), self.device, self.dist)
         self.loss_check = LossCheck(deferred=cfg.train.defer_host_sync)
-        # Utterances shorter than the CNN's receptive field give no frame at all: a logged, counted skip.
-        min_s = self.model.backbone.min_samples() / cfg.data.sample_rate
-        for name, ds in (("train", self.train_set), ("valid", self.valid_set)):
-            if ds is None:
-                continue
-            dropped = ds.drop_shorter_than(min_s)
-            if dropped:
-                logger.warning("%s: skipped %d utterances shorter than %.3f s (the CNN's receptive field: no frame): "
-                               "%s", self.data_dir / name, len(dropped), min_s, " ".join(dropped))
-            if len(ds) == 0:
-                raise MtlserError(f"{self.data_dir / name}: no utterance of at least {min_s:.3f} s")
-        self.sampler = BatchSampler(self.train_set.durations, cfg.data.batch_size, cfg.data.batching,
-                                    cfg.data.bucket_window, shuffle=True, seed=cfg.train.seed,
-                                    rank=self.dist.rank, world_size=self.dist.world_size, distribute="shard")
-        self.valid_sampler = (BatchSampler(self.valid_set.durations, cfg.data.batch_size, shuffle=False,
-                                           rank=self.dist.rank, world_size=self.dist.world_size,
-                                           distribute="round_robin")
-                              if self.valid_set is not None else None)
+        drop_short_utterances(self.model, {"train": self.train_set, "valid": self.valid_set}, self.data_dir,
+                              cfg.data.sample_rate)
+        self.sampler, self.valid_sampler = build_samplers(cfg, self.train_set, self.valid_set, self.dist)
         self._make_loaders()
         self.precision = resolve_precision(cfg.train.precision, self.device)
-
         if cfg.backbone.freeze_feature_encoder:
-            for p in self.model.backbone.feature_extractor.parameters():
-                p.requires_grad_(False)
+            freeze_feature_encoder(self.model)
             if cfg.data.cache_cnn_features:
                 self._attach_cnn_cache()
         if cfg.train.compile != "none":
             from mtlser.train.compile import compile_backbone
 
             compile_backbone(self.model.backbone, cfg.train.compile, cfg.train.compile_scope, cfg.train.compile_dynamic)
-        self.ddp_model = self.model
-        if self.dist.world_size > 1:
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.backbone.freeze_steps > 0)
-
-        backbone_params = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        backbone_ids = {id(p) for p in self.model.backbone.parameters()}
-        head_params = [p for p in self.model.parameters() if id(p) not in backbone_ids and p.requires_grad]
-        groups = [
-            {"params": backbone_params, "lr": cfg.optim.lr * cfg.backbone.lr_scale, "name": "backbone"},
-            {"params": head_params, "lr": cfg.optim.lr, "name": "heads"},
-        ]
-        opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                 weight_decay=cfg.optim.weight_decay)
-        total_steps = cfg.train.epochs * max(1, len(self.sampler.epoch_batches(0)))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.scheduler.name, cfg.scheduler.warmup_steps, total_steps))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ddp_model = wrap_ddp(cfg, self.model, self.device, self.dist)
+        self.optimizer, self.scheduler, self.scaler = build_optimisation(
+            cfg, self.model, len(self.sampler.epoch_batches(0)), self.precision, self.device)
 
         self.epoch = 0  # epochs finished
         self.step = 0
@@ -425,6 +321,8 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         self.sampler.set_epoch(self.epoch)
+        for cb in self.callbacks:
+            cb.on_epoch_start(self)
         sums: dict[str, float] = {}
         n = 0
         t0 = time.time()
@@ -471,6 +369,8 @@ class Trainer:
         weighted so that the ranks' average gradient is the whole batch's (mtlser.train.distributed).
         """
         cfg = self.cfg
+        for cb in self.callbacks:
+            batch = cb.before_step(self, batch)
         weights = {}
         if share is not None:
             weights["term_weights"] = distributed.term_weights(*share, self.dist.world_size, cfg.loss.ctc_reduction)
@@ -491,7 +391,9 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         if share is not None:
-            return distributed.whole_batch_stats(stats, weights["term_weights"], cfg.loss.lambda_), share[0]
+            stats, bs = distributed.whole_batch_stats(stats, weights["term_weights"], cfg.loss.lambda_), share[0]
+        for cb in self.callbacks:
+            cb.after_step(self, stats)
         return stats, bs
 
     @torch.no_grad()
@@ -601,12 +503,61 @@ class Trainer:
         plot_curves(self.history, self.exp_dir / "train_curves.png", title,
                     int(self.best["epoch"]) if self.best else None, how)
 
+    def end_epoch(self, train_stats: dict, valid: dict) -> tuple[dict, bool]:
+        """The history record of the epoch just trained and whether it becomes the reported one (then saved);
+        sets ``finished`` when the last epoch is done or early stopping (train.patience) ends the run."""
+        cfg = self.cfg
+        record = {"epoch": self.epoch, "step": self.step}
+        record.update({f"train_{k}": v for k, v in train_stats.items()})
+        record.update({f"valid_{k}": v for k, v in valid.items()})
+        if self.model.fusion is not None:
+            w = self.model.fusion.weights.detach().cpu().tolist()
+            record["fusion_weights"] = " ".join(f"{x:.4f}" for x in w)
+        self.history.append(record)
+        improved = self.is_better(valid)
+        if improved:
+            self.best = self.reported(valid)
+            self.save_best()
+        self.save_epoch_weights()
+        since_best = self.epoch - int(self.best["epoch"])
+        if cfg.train.patience > 0 and since_best >= cfg.train.patience:
+            logger.info("no improvement of valid %s for %d epochs: stopping early", cfg.train.select_metric,
+                        since_best)
+            self.finished = True
+        if self.epoch >= cfg.train.epochs:
+            self.finished = True
+        return record, improved
+
+    def log_epoch(self, train_stats: dict, valid: dict, improved: bool) -> None:
+        if not self.dist.is_main:
+            return
+        logger.info(
+            "epoch %d: train loss %.4f (ce %.4f%s) %.0f audio-s/s | %s%s",
+            self.epoch, train_stats.get("loss", math.nan), train_stats.get("loss_ce", math.nan),
+            f", ctc {train_stats['loss_ctc']:.4f}, {int(train_stats.get('ctc_skipped', 0))} ctc-skipped"
+            if "loss_ctc" in train_stats else "",
+            train_stats["audio_s_per_s"],
+            f"valid loss {valid['loss']:.4f} WA {valid['wa']:.4f} UA {valid['ua']:.4f}" if valid
+            else "no valid set", " (best)" if improved and valid else "")
+
+    def stop_requested(self) -> bool:
+        """train.stop_after_epoch: end this run, unfinished, once that many epochs are trained (as a
+        preemption would after its checkpoint); a rerun without it resumes from the checkpoint."""
+        stop = self.cfg.train.stop_after_epoch
+        if stop <= 0 or self.epoch < stop:
+            return False
+        logger.info("train.stop_after_epoch %d: stopping after epoch %d of %d, unfinished; rerun without it "
+                    "to resume", stop, self.epoch, self.cfg.train.epochs)
+        return True
+
     def fit(self) -> dict:
         cfg = self.cfg
         self.try_resume()  # before writing anything: it refuses a checkpoint trained with other settings
         self.write_model_files()
         if self.finished or self.epoch >= cfg.train.epochs:
             logger.info("%s: training already finished (%d epochs); nothing to do", self.exp_dir, self.epoch)
+            return self.best or {}
+        if self.stop_requested():
             return self.best or {}
         logger.info("train: %d utterances (%.1f min), valid: %s; %d batches/epoch, padding %.1f%%; device %s, %s",
                     len(self.train_set), sum(self.train_set.durations) / 60,
@@ -624,50 +575,23 @@ class Trainer:
                     n_params / 1e6, self.model.backbone.num_layers + 1, cfg.model.fusion, cfg.loss.lambda_)
         board = TensorBoardLog(self.exp_dir / "tensorboard", self.epoch + 1) \
             if self.dist.is_main and cfg.train.tensorboard else None
-        since_best = 0
-        if self.best is not None:
-            since_best = self.epoch - int(self.best["epoch"])
-        while self.epoch < cfg.train.epochs:
-            train_stats = self.train_epoch()
-            self.epoch += 1
-            valid = self.validate()
-            record = {"epoch": self.epoch, "step": self.step}
-            record.update({f"train_{k}": v for k, v in train_stats.items()})
-            record.update({f"valid_{k}": v for k, v in valid.items()})
-            if self.model.fusion is not None:
-                w = self.model.fusion.weights.detach().cpu().tolist()
-                record["fusion_weights"] = " ".join(f"{x:.4f}" for x in w)
-            self.history.append(record)
-            improved = self.is_better(valid)
-            if improved:
-                self.best = self.reported(valid)
-                self.save_best()
-                since_best = 0
-            else:
-                since_best += 1
-            self.save_epoch_weights()
-            if cfg.train.patience > 0 and since_best >= cfg.train.patience:
-                logger.info("no improvement of valid %s for %d epochs: stopping early", cfg.train.select_metric,
-                            since_best)
-                self.finished = True
-            if self.epoch >= cfg.train.epochs:
-                self.finished = True
-            self.save_checkpoint()
-            self.write_history()
-            self.write_curves()
+        try:
+            while not self.finished and self.epoch < cfg.train.epochs:
+                train_stats = self.train_epoch()  # L = CE + lambda * CTC, one optimizer step per batch
+                self.epoch += 1
+                valid = self.validate()
+                record, improved = self.end_epoch(train_stats, valid)
+                self.save_checkpoint()
+                for cb in self.callbacks:
+                    cb.after_checkpoint(self)
+                self.write_history()
+                self.write_curves()
+                if board is not None:
+                    board.epoch(record, {g["name"]: g["lr"] for g in self.optimizer.param_groups})
+                self.log_epoch(train_stats, valid, improved)
+                if not self.finished and self.stop_requested():
+                    break
+        finally:
             if board is not None:
-                board.epoch(record, {g["name"]: g["lr"] for g in self.optimizer.param_groups})
-            if self.dist.is_main:
-                logger.info(
-                    "epoch %d: train loss %.4f (ce %.4f%s) %.0f audio-s/s | %s%s",
-                    self.epoch, train_stats.get("loss", math.nan), train_stats.get("loss_ce", math.nan),
-                    f", ctc {train_stats['loss_ctc']:.4f}, {int(train_stats.get('ctc_skipped', 0))} ctc-skipped"
-                    if "loss_ctc" in train_stats else "",
-                    train_stats["audio_s_per_s"],
-                    f"valid loss {valid['loss']:.4f} WA {valid['wa']:.4f} UA {valid['ua']:.4f}" if valid
-                    else "no valid set", " (best)" if improved and valid else "")
-            if self.finished:
-                break
-        if board is not None:
-            board.close()
+                board.close()
         return self.best or {}
