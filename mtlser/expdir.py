@@ -34,7 +34,7 @@ import subprocess
 from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
-from mtlser.data.fold_names import FOLD_GLOB, fold_dirs
+from mtlser.data.fold_names import FOLD_GLOB, PROTOCOL_TABLE, fold_dirs
 from mtlser.utils.fileio import atomic_write_text
 
 # A model dir.
@@ -61,8 +61,8 @@ RESULT_JSON = "result.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "RESULTS.md"
 
-# A folds dir (stage 2).
-PROTOCOL = "protocol"
+# A folds dir (stage 2): its protocol table is named by mtlser.data.fold_names, which stage 2 (in data) writes.
+PROTOCOL = PROTOCOL_TABLE
 
 
 def _yaml(path: Path) -> dict | None:

@@ -144,11 +144,11 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         if ${train_final}; then
             # The model to ship: every speaker, for the epoch count the folds chose (mtlser.train.final).
             final_epochs=$(python -m mtlser.train.final --exp-dir "${expdir}")
-            log "Stage 3: final model on all speakers, ${final_epochs} epochs -> ${expdir}/final"
+            log "Stage 3: final model on all speakers, ${final_epochs} epochs -> ${expdir}/${final_name}"
             # shellcheck disable=SC2086
-            ${train_cmd} --gpu "${ngpu}" JOB=1:1 "${expdir}/logs/train.final.log" \
-                "${train_py[@]}" --config "${train_config}" --data-dir "${folds_dir}/final" \
-                    --token-list "${final_token_list}" --exp-dir "${expdir}/final" \
+            ${train_cmd} --gpu "${ngpu}" JOB=1:1 "${expdir}/logs/train.${final_name}.log" \
+                "${train_py[@]}" --config "${train_config}" --data-dir "${folds_dir}/${final_name}" \
+                    --token-list "${final_token_list}" --exp-dir "${expdir}/${final_name}" \
                     --train-opts "${train_opts} ${exp_opts[i]}" --data.token_type "${token_set}" \
                     --train.epochs "${final_epochs}" --train.model_selection last --train.patience 0
         fi

@@ -18,6 +18,14 @@ FOLD_GLOB = "fold[0-9]*"
 #: the trainer replaces it with the fold's name.
 FOLD_PLACEHOLDER = "foldNN"
 
+#: The folds dir's table of how stage 2 split it (protocol, valid choice, seed, ...); read through
+#: mtlser.expdir.read_protocol.
+PROTOCOL_TABLE = "protocol"
+
+#: The dir beside the folds that holds every speaker: the final model's data (``data/<protocol>/final``) and
+#: the final model itself (``exp/<tag>/final``).
+FINAL = "final"
+
 _FOLD_NAME = re.compile(r"^fold\d+$")
 
 

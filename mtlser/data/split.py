@@ -48,7 +48,7 @@ import soundfile as sf
 
 from mtlser.data.audio_check import check_audio
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
-from mtlser.data.fold_names import fold_name
+from mtlser.data.fold_names import FINAL, PROTOCOL_TABLE, fold_name
 from mtlser.data.partition import partition_folds
 from mtlser.data.speaker_folds import kfold_k, speaker_kfold
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -234,8 +234,8 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
         f"{r['fold']}\t{r['test']}\t{r['valid_speakers']}\t{r['train']}\t{r['valid']}\t{r['test_utts']}\n"
         for r in rows))
     # The final model's data: every speaker, no valid, no test (trained after cross-validation, if asked).
-    dd.subset(list(dd.utts)).write(out / "final" / "train")
-    write_table(out / "protocol", {"protocol": protocol, "valid": valid, "valid_share": str(valid_share),
+    dd.subset(list(dd.utts)).write(out / FINAL / "train")
+    write_table(out / PROTOCOL_TABLE, {"protocol": protocol, "valid": valid, "valid_share": str(valid_share),
                                    "seed": str(seed), "source": str(data_dir.resolve()),
                                    **({"partition": str(Path(partition).resolve())} if partition else {})})
     logger.info("%s: %d folds (%s, valid=%s) written to %s", data_dir, len(rows), protocol, valid, out)

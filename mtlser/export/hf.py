@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtlser.data.fold_names import FINAL, is_fold_name
 from mtlser.expdir import ENV_JSON
 from mtlser.infer.package import CARD_JSON, ModelFiles
 from mtlser.infer.predictor import SERPredictor, read_model
@@ -274,7 +275,7 @@ def _card(files: ModelFiles, meta: dict, check: dict) -> str:
     elif files.base is not None and (files.base / ENV_JSON).is_file():
         from mtlser.export.card import model_facts
 
-        kind = "fold" if files.base.name.startswith("fold") else "final" if files.base.name == "final" else "model"
+        kind = ("fold" if is_fold_name(files.base.name) else "final" if files.base.name == FINAL else "model")
         facts = model_facts(files.base, kind)
     emotions = meta["emotions"]
     lines = ["---", "library_name: transformers", "pipeline_tag: audio-classification",

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from mtlser import expdir
-from mtlser.data.fold_names import is_fold_name
+from mtlser.data.fold_names import FINAL, is_fold_name
 from mtlser.export.card import card_text, experiment_facts, model_facts
 from mtlser.infer.package import (
     CARD_JSON,
@@ -39,14 +39,13 @@ logger = logging.getLogger(__name__)
 
 #: The weights' name inside a pack.
 PACKED_WEIGHTS = "model.safetensors"
-FINAL_DIR = "final"
 ENSEMBLE_DIR = "ensemble"
 
 
 def _kind(model_dir: Path) -> str:
     if is_fold_name(model_dir.name):
         return "fold"
-    return "final" if model_dir.name == FINAL_DIR else "model"
+    return "final" if model_dir.name == FINAL else "model"
 
 
 def _model_entries(model_dir: Path, prefix: str = "", weights: str | None = None) -> list[tuple[str, bytes]]:
@@ -139,9 +138,9 @@ def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None
     if not folds:
         raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); train the folds first")
     packs = [pack(d, out_dir / f"{d.name}.zip", corpus) for d in folds]
-    final = exp_dir / FINAL_DIR
+    final = exp_dir / FINAL
     if (final / expdir.MODEL_YAML).is_file():
-        packs.append(pack(final, out_dir / f"{FINAL_DIR}.zip", corpus))
+        packs.append(pack(final, out_dir / f"{FINAL}.zip", corpus))
     else:
         logger.info("%s: no final model (trained on every speaker); packing the folds and their ensemble", final)
     if len(folds) >= 2:

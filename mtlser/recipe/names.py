@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlser.data.fold_names import FOLD_PLACEHOLDER, fold_dirs, fold_name
+from mtlser.data.fold_names import FINAL, FOLD_PLACEHOLDER, fold_dirs, fold_name
 from mtlser.expdir import DECODE_TEST
 from mtlser.text.tokenize import FOLD_TOKEN_LIST_DIR, token_list_path, token_set_name
 from mtlser.utils import MtlserError
@@ -80,7 +80,7 @@ def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo
         tag += f"_ctc{ctc_reduction}"
         reduction_opts = f"--loss.ctc_reduction {ctc_reduction}"
     names = RunNames(folds_dir=folds_dir, token_set=token_set, token_list_dir=token_list_dir, token_list=token_list,
-                     final_token_list=token_list.replace(FOLD_PLACEHOLDER, "final"),
+                     final_token_list=token_list.replace(FOLD_PLACEHOLDER, FINAL),
                      valid_opts=NO_VALID_OPTS if valid == "none" else "", tag=tag)
     if lambdas.split():
         for lam in lambdas.split():
@@ -126,6 +126,7 @@ def run_assignments(names: RunNames) -> str:
         "final_token_list": names.final_token_list, "valid_opts": names.valid_opts, "tag": names.tag,
         "exp_dirs": [e.dir for e in names.experiments], "exp_opts": [e.opts for e in names.experiments],
         "sweep_table": names.sweep_table,
+        "final_name": FINAL,  # the final model's data dir in folds_dir and model dir in each experiment dir
         "decode_name": DECODE_TEST,  # a fold model dir's decode dir of its test set (stages 4-5)
     })
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
 from mtlser.data.emotions import inventory_of, write_inventory
-from mtlser.data.fold_names import fold_dirs
+from mtlser.data.fold_names import FINAL, fold_dirs
 from mtlser.text.tokenize import FOLD_TOKEN_LIST_DIR, emotion_indices, read_token_list, str2bool, tag, \
     tag_separator, tagged_token_list, token_list_path, token_set_name, write_token_list
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -113,8 +113,8 @@ def bpe_folds(folds_dir: str | Path, nbpe: int = 100, emo_tag: bool = True, mode
     folds = fold_dirs(folds_dir)
     if not folds:
         raise MtlserError(f"{folds_dir}: no fold dirs; run the folds step first")
-    if (folds_dir / "final" / "train").is_dir():
-        folds.append(folds_dir / "final")
+    if (folds_dir / FINAL / "train").is_dir():
+        folds.append(folds_dir / FINAL)
     rows = [bpe_fold(f, nbpe, emo_tag, mode) for f in folds]
     read_token_list(rows[0]["token_list"])  # the contract the trainer relies on
     return rows

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from mtlser import expdir
-from mtlser.data.fold_names import fold_dirs
+from mtlser.data.fold_names import FINAL, fold_dirs
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text
 
@@ -65,7 +65,7 @@ def final_epochs(exp_dir: str | Path) -> dict:
     median = statistics.median(epochs.values())
     chosen = max(1, math.floor(median + 0.5))
     record = {"epochs": chosen, "rule": RULE, "median": median, "folds": epochs}
-    atomic_write_text(exp_dir / "final" / "final_epochs.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(exp_dir / FINAL / "final_epochs.json", json.dumps(record, indent=1) + "\n")
     logger.info("final model: %d epochs (%s: %s)", chosen, RULE,
                 " ".join(f"{k}={v}" for k, v in epochs.items()))
     return record
