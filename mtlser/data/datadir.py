@@ -198,6 +198,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
     missing = [n for n in REQUIRED_FILES if not (path / n).is_file()]
     if missing:
         raise DataDirError(f"{path}: missing {', '.join(missing)} (a data dir needs {', '.join(REQUIRED_FILES)})")
+    check_text(path)  # before reading it as text: a '\r' would read as a line end, bad UTF-8 as an exception
     names = per_utt_files(path)
     dd = DataDir.load(path, names)
     for name in names:
@@ -219,7 +220,6 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
     check_ids_and_fields(path, dd)
 
     check_speaker_order(path, dd.tables["utt2spk"])
-    check_text(path)
     check_spk2gender(path, dd.tables["utt2spk"])
 
     if (path / "spk2utt").is_file():
@@ -294,14 +294,14 @@ def check_ids_and_fields(path: Path, dd: DataDir) -> None:
 RESERVED_WORDS = ("<s>", "</s>", "#0")
 
 
-def check_speaker_order(path: Path, utt2spk: Mapping[str, str]) -> None:
+def check_speaker_order(path: Path | None, utt2spk: Mapping[str, str]) -> None:
     """utt2spk in utterance order is also in (speaker, utterance) order: Kaldi's speaker-sort rule."""
     by_utt = sorted(utt2spk, key=sort_key)
     by_spk = sorted(utt2spk, key=lambda u: (sort_key(utt2spk[u]), sort_key(u)))
     for lineno, (a, b) in enumerate(zip(by_utt, by_spk), 1):
         if a != b:
             raise DataDirError(
-                f"{path / 'utt2spk'}:{lineno}: '{a} {utt2spk[a]}' is not in speaker order (sorted on the speaker, "
+                f"{Path(path or '.') / 'utt2spk'}:{lineno}: '{a} {utt2spk[a]}' is not in speaker order (sorted on the speaker, "
                 f"line {lineno} is '{b} {utt2spk[b]}'); Kaldi's tools need both orders to agree: make each "
                 f"speaker id a prefix of its utterance ids, '<speaker>-<name>' (e.g. {utt2spk[a]}-{a}), "
                 f"in local/data.sh")
