@@ -135,8 +135,8 @@ def make_folds(dd: DataDir, protocol: str) -> list[tuple[str, list[str]]]:
         return [(sess, sorted([s for s in speakers if sess in spk2sess[s]], key=sort_key)) for sess in sessions]
     if kfold_k(protocol) is not None:
         return speaker_kfold(dd, kfold_k(protocol))
-    raise MtlserError(f"unknown protocol '{protocol}'; expected loso, loso-session, kfold<K> (e.g. kfold5) or "
-                      "partition")
+    raise MtlserError(f"unknown protocol '{protocol}'; expected loso, loso-session, kfold<K> (e.g. kfold5), "
+                      "partition or cross-corpus")
 
 
 def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how: str, share: float,
