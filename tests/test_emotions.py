@@ -67,7 +67,8 @@ def test_iemocap_prep_takes_its_classes_from_a_label_map(release, tmp_path, capl
     with caplog.at_level(logging.INFO):
         prepare(iemocap.CORPUS, release, tmp_path / "reordered", emotion_map=path, skip_missing_audio=True)
     dd = DataDir.load(tmp_path / "reordered")
-    assert dict(dd["utt2emo"]) == {kaldi_id(t): e for t, e in EXPECTED_EMO.items()} and "the release gives 1241" in caplog.text
+    assert dict(dd["utt2emo"]) == {kaldi_id(t): e for t, e in EXPECTED_EMO.items()}
+    assert "the release gives 1241" in caplog.text
 
     path.write_text("emotions: [ang, hap, sad, neu]\nmerge: {excited: hap}\n")
     with pytest.raises(MtlserError, match=r"five.yaml: excited are not IEMOCAP emotion codes"):

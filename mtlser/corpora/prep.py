@@ -224,7 +224,8 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
         rates[(rate, channels)] += 1
         utt = kaldi_utt_id(u.speaker, u.utt, corpus.clips_start_with_speaker)
         for name, value in (("wav.scp", str(u.wav)), ("text", u.text or ""), ("utt2spk", u.speaker),
-                            ("utt2emo", label), ("utt2origid", u.utt), ("utt2dur", f"{seconds:.4f}"), *u.tables.items()):
+                            ("utt2emo", label), ("utt2origid", u.utt), ("utt2dur", f"{seconds:.4f}"),
+                            *u.tables.items()):
             tables.setdefault(name, {})[utt] = value
 
     if missing_audio:

@@ -301,7 +301,8 @@ def check_speaker_order(path: Path | None, utt2spk: Mapping[str, str]) -> None:
     for lineno, (a, b) in enumerate(zip(by_utt, by_spk), 1):
         if a != b:
             raise DataDirError(
-                f"{Path(path or '.') / 'utt2spk'}:{lineno}: '{a} {utt2spk[a]}' is not in speaker order (sorted on the speaker, "
+                f"{Path(path or '.') / 'utt2spk'}:{lineno}: '{a} {utt2spk[a]}' is not in speaker order (sorted on "
+                f"the speaker, "
                 f"line {lineno} is '{b} {utt2spk[b]}'); Kaldi's tools need both orders to agree: make each "
                 f"speaker id a prefix of its utterance ids, '<speaker>-<name>' (e.g. {utt2spk[a]}-{a}), "
                 f"in local/data.sh")
