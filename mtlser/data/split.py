@@ -6,6 +6,9 @@ Protocols:
   kfold<K>      K folds of whole speakers, e.g. kfold5 (see mtlser.data.speaker_folds).
   partition     the test folds (and their training sides) of published partition
                 files, --partition DIR (see mtlser.data.partition).
+  cross-corpus  one fold of a combined data dir (mtlser.data.combine, its utt2corpus):
+                test on the whole --test-corpus, train and select (valid) on
+                --train-corpora (default: every other corpus of the dir).
 
 Model selection never sees the test speaker (with a partition: the fold's test
 utterances; whether speakers overlap is the partition's design). The valid set
@@ -30,6 +33,8 @@ Usage:
         [--audio-dir data/wav16k]
     python -m mtlser.data.split --data-dir data/all --out data/partition --protocol partition \\
         --partition /path/to/EmoBox/data/cremad
+    python -m mtlser.data.split --data-dir data/combined --out data/cross --protocol cross-corpus \\
+        --train-corpora "crema_d ravdess" --test-corpus mini
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import numpy as np
 import soundfile as sf
 
 from mtlser.data.audio_check import check_audio
+from mtlser.data.combine import UTT2CORPUS
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
 from mtlser.data.fold_names import FINAL, PROTOCOL_TABLE, fold_name
 from mtlser.data.partition import partition_folds
@@ -129,8 +135,8 @@ def make_folds(dd: DataDir, protocol: str) -> list[tuple[str, list[str]]]:
         return [(sess, sorted([s for s in speakers if sess in spk2sess[s]], key=sort_key)) for sess in sessions]
     if kfold_k(protocol) is not None:
         return speaker_kfold(dd, kfold_k(protocol))
-    raise MtlserError(f"unknown protocol '{protocol}'; expected loso, loso-session, kfold<K> (e.g. kfold5) or "
-                      "partition")
+    raise MtlserError(f"unknown protocol '{protocol}'; expected loso, loso-session, kfold<K> (e.g. kfold5), "
+                      "partition or cross-corpus")
 
 
 def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how: str, share: float,
@@ -187,9 +193,33 @@ def published_partition(dd: DataDir, protocol: str, valid: str, partition: str |
     return partition_folds(partition, dd)
 
 
+def cross_corpus_fold(dd: DataDir, protocol: str, test_corpus: str | None,
+                      train_corpora: list[str] | None) -> list | None:
+    """The one fold of --protocol cross-corpus: (description, the test corpus's utterances, the training
+    corpora's), or None for the other protocols."""
+    if (protocol == "cross-corpus") != (test_corpus is not None) or (train_corpora and test_corpus is None):
+        raise MtlserError("--protocol cross-corpus and --test-corpus NAME go together (--train-corpora too)")
+    if test_corpus is None:
+        return None
+    if UTT2CORPUS not in dd.tables:
+        raise MtlserError(f"{dd.path}: --protocol cross-corpus needs {UTT2CORPUS}; combine the corpora first: "
+                          "python -m mtlser.data.combine OUT NAME=DIR ...")
+    corpora = sorted(set(dd[UTT2CORPUS].values()), key=sort_key)
+    train_corpora = train_corpora or [c for c in corpora if c != test_corpus]
+    unknown = [c for c in [test_corpus, *train_corpora] if c not in corpora]
+    if unknown or test_corpus in train_corpora:
+        raise MtlserError(f"{dd.path / UTT2CORPUS}: corpora {' '.join(corpora)}; the test corpus '{test_corpus}' and "
+                          f"the training corpora '{' '.join(train_corpora)}' must be among them and apart"
+                          + (f" (unknown: {' '.join(unknown)})" if unknown else ""))
+    test = [u for u in dd.utts if dd[UTT2CORPUS][u] == test_corpus]
+    rest = [u for u in dd.utts if dd[UTT2CORPUS][u] in train_corpora]
+    return [(f"{'+'.join(train_corpora)}->{test_corpus}", test, rest)]
+
+
 def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: str = "share",
           valid_share: float = 0.1, seed: int = 0, audio_dir: str | Path | None = None,
-          sample_rate: int = 16000, partition: str | Path | None = None) -> list[dict]:
+          sample_rate: int = 16000, partition: str | Path | None = None, test_corpus: str | None = None,
+          train_corpora: list[str] | None = None) -> list[dict]:
     data_dir, out = Path(data_dir), Path(out)
     dd = validate_data_dir(data_dir)
     if protocol == "loso-session" and valid == "session-mate":
@@ -197,7 +227,10 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
                           "that speaker is already in the test set. Use --valid share")
     # A published partition is read first: its entries are matched on the source audio's file names (before
     # conversion), and a partition that does not fit the data fails before any audio is read.
-    published = published_partition(dd, protocol, valid, partition)
+    published = published_partition(dd, protocol, valid, partition) or cross_corpus_fold(
+        dd, protocol, test_corpus, train_corpora)
+    if published and protocol == "cross-corpus" and valid == "session-mate":
+        raise MtlserError("--valid session-mate with --protocol cross-corpus: use --valid share or none")
     check_audio(dd, data_dir)  # truncated files, audio shorter than utt2dur (mtlser.data.audio_check)
     audio_dir = Path(audio_dir) if audio_dir else data_dir.parent / "wav16k"
     n_conv = normalize_audio(dd, audio_dir, sample_rate)
@@ -229,15 +262,19 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
         valid_spk = sorted({dd["utt2spk"][u] for u in valid_utts}, key=sort_key)
         rows.append({"fold": fold_name(i), "test": ",".join(test_spk), "valid_speakers": ",".join(valid_spk),
                      "train": len(train), "valid": len(valid_utts), "test_utts": len(test)})
+    cross = {"test_corpus": test_corpus, "train_corpora": ",".join(sorted(
+        {dd[UTT2CORPUS][u] for u in folds[0][2]}, key=sort_key))} if test_corpus else {}
     header = "fold\ttest_speakers\tvalid_speakers\tn_train\tn_valid\tn_test\n"
     atomic_write_text(out / "folds.tsv", header + "".join(
         f"{r['fold']}\t{r['test']}\t{r['valid_speakers']}\t{r['train']}\t{r['valid']}\t{r['test_utts']}\n"
         for r in rows))
     # The final model's data: every speaker, no valid, no test (trained after cross-validation, if asked).
-    dd.subset(list(dd.utts)).write(out / FINAL / "train")
+    # (cross-corpus: every utterance of the training corpora; the test corpus is never trained on.)
+    dd.subset(folds[0][2] if test_corpus else list(dd.utts)).write(out / FINAL / "train")
     write_table(out / PROTOCOL_TABLE, {"protocol": protocol, "valid": valid, "valid_share": str(valid_share),
                                    "seed": str(seed), "source": str(data_dir.resolve()),
-                                   **({"partition": str(Path(partition).resolve())} if partition else {})})
+                                   **({"partition": str(Path(partition).resolve())} if partition else {}),
+                                   **cross})
     logger.info("%s: %d folds (%s, valid=%s) written to %s", data_dir, len(rows), protocol, valid, out)
     for r in rows:
         logger.info("  %s test %s: train %d, valid %d, test %d", r["fold"], r["test"], r["train"], r["valid"],
@@ -249,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stage 2: audio normalisation and fold splits.")
     parser.add_argument("--data-dir", required=True, help="the whole corpus (data/all)")
     parser.add_argument("--out", required=True, help="folds dir to write (e.g. data/loso)")
-    parser.add_argument("--protocol", default="loso", help="loso | loso-session | kfold<K> | partition")
+    parser.add_argument("--protocol", default="loso",
+                        help="loso | loso-session | kfold<K> | partition | cross-corpus")
+    parser.add_argument("--test-corpus", default=None,
+                        help="with --protocol cross-corpus: the corpus (of utt2corpus) tested on, whole")
+    parser.add_argument("--train-corpora", default=None,
+                        help="with --protocol cross-corpus: the corpora trained and selected on, space-separated "
+                             "(default: every other corpus)")
     parser.add_argument("--partition", default=None,
                         help="with --protocol partition: the folder of the published partition files")
     parser.add_argument("--valid", default="share", choices=["share", "session-mate", "none"],
@@ -261,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     split(args.data_dir, args.out, args.protocol, args.valid, args.valid_share, args.seed, args.audio_dir,
-          args.sample_rate, args.partition)
+          args.sample_rate, args.partition, args.test_corpus,
+          args.train_corpora.split() if args.train_corpora else None)
     return 0
 
 
