@@ -37,7 +37,7 @@ def test_csv_becomes_data_dir_with_relative_paths(tmp_path):
     assert (data / "emotions").read_text().split() == ["ang", "hap", "sad"]
     wav = dict(line.split(" ", 1) for line in (data / "wav.scp").read_text().splitlines())
     assert wav["s1-a0"] == str((tmp_path / "db" / "audio" / "a0.wav").resolve())
-    assert (work / "data" / "local" / "corpus_prep" / "dropped").read_text() == "s2-a3 label:xxx\n"
+    assert (work / "data" / "local" / "corpus_prep" / "dropped").read_text() == "a3 label:xxx\n"
 
 
 def test_label_differing_in_case_stops_with_file_line(tmp_path):

@@ -58,15 +58,15 @@ def read_table(path: Path, columns: dict[str, str | None], emotion_map: EmotionM
             if not audio.is_absolute():
                 audio = path.parent / audio
             utt = cell("utt") if columns["utt"] else None
-            if not utt:
-                utt = audio.stem if audio.stem.startswith(speaker) else f"{speaker}-{audio.stem}"
+            utt = utt or audio.stem  # the shared prepare makes it <speaker>-<utt> (Kaldi's speaker prefix)
             if any(c.isspace() for c in utt + speaker):
                 raise MtlserError(f"{path}:{line}: utterance id '{utt}' or speaker '{speaker}' contains "
                                   "whitespace; Kaldi ids are single words")
-            if utt in seen:
-                raise MtlserError(f"{path}:{line}: utterance id '{utt}' is also on line {seen[utt]}; "
+            key = f"{speaker}-{utt}"
+            if key in seen:
+                raise MtlserError(f"{path}:{line}: utterance id '{key}' is also on line {seen[key]}; "
                                   "give an --utt-col or make the file names unique")
-            seen[utt] = line
+            seen[key] = line
             text = cell("text") if columns["text"] else None
             session = cell("session") if columns["session"] else None
             utterances.append(Utterance(utt, audio.resolve(), text, speaker, label, f"{path.name}:{line}",
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for role, default in (("path", "path"), ("label", "label"), ("speaker", "speaker"), ("text", "text")):
         parser.add_argument(f"--{role}-col", default=default, help=f"the {role} column (default {default})")
     parser.add_argument("--no-text", action="store_true", help="the table has no transcripts (no CTC term)")
-    parser.add_argument("--utt-col", default=None, help="utterance id column (default: SPEAKER-<file stem>)")
+    parser.add_argument("--utt-col", default=None, help="utterance id column (default: the file stem; ids are SPEAKER-<it>)")
     parser.add_argument("--session-col", default=None, help="session column -> utt2session (optional)")
     parser.add_argument("--report-dir", default=None, help="counts.json and the dropped list (default "
                         "OUT/../local/<table stem>_prep)")
