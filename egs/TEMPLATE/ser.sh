@@ -44,9 +44,17 @@ infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
 compare_opts=""      # extra options of python -m mtlser.score compare (the sweep's table), e.g. "--reference FILE"
 pack_opts=""         # extra options of python -m mtlser.export pack (stage 6), e.g. "--corpus NAME"
 
-help_message=$(cat <<EOF
-Usage: $0 [options]
-  --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score, 6 pack)
+# --help is answered after the options are parsed, so that it shows the calling recipe's defaults (its
+# run.sh passes them before "$@") and names the recipe, not this template.
+want_help=false
+args=()
+for a in "$@"; do
+    case "${a}" in --help|-h) want_help=true ;; *) args+=("${a}") ;; esac
+done
+set -- ${args[@]+"${args[@]}"}
+help_text() { cat <<EOF
+Usage: egs/$(basename "${PWD}")/run.sh [options]   (recipe egs/$(basename "${PWD}"); the defaults shown are its own)
+  --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score, 6 pack; default ${stage}..${stop_stage})
   --nj N                     folds trained/decoded at once (default ${nj})
   --ngpu N                   GPUs per training job; N > 1: torchrun, N processes per fold (default ${ngpu})
   --slurm-conf FILE          Slurm settings with MTLSER_CMD_BACKEND=slurm (default ${slurm_conf})
@@ -69,11 +77,14 @@ Usage: $0 [options]
   --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
   --pack-opts "..."          options of python -m mtlser.export pack (stage 6)
 EOF
-)
+}
 
 . utils/parse_options.sh
+if "${want_help}"; then
+    help_text; exit 0
+fi
 if [ $# -ne 0 ]; then
-    log "unexpected arguments: $*"; log "${help_message}"; exit 2
+    log "unexpected arguments: $*"; log "$(help_text)"; exit 2
 fi
 . ./path.sh
 . ./cmd.sh
