@@ -126,6 +126,8 @@ def test_compare_pairs_by_seed_and_fold_and_prints_the_verdict(tmp_path, capsys)
     assert "l1_seeds − l0_seeds: WA +10.00, 95 % CI [+10.00, +10.00]: shown (higher) over 3 folds × 2 seeds" in out
     md = (tmp_path / "cmp.md").read_text()
     assert "# Comparison over 3 folds × 2 seeds" in md and "|6 / 0 of 6|" in md
+    # A group's setup (λ, CTC targets) is its members'.
+    assert "|l0_seeds|0|— (no CTC)|" in md and "|l1_seeds|0.1|phncls|" in md
 
     # A one-seed experiment beside a group pairs only its seed.
     c = compare_experiments([base[1], tmp_path / "l1_seeds"])

@@ -110,4 +110,5 @@ def test_lambda_sweep_with_seeds(recipe, tiny_config):
     assert "# Comparison over 1 fold × 2 seeds, paired with `tiny_loso_lambda0_seeds`" in table
     assert "- tiny_loso_lambda0.1_seeds − tiny_loso_lambda0_seeds: WA " in table
     assert "over 1 fold × 2 seeds" in table and "t over the 2 seed means (df 1)" in table
+    assert "|tiny_loso_lambda0_seeds|0|— (no CTC)|" in table and "|tiny_loso_lambda0.1_seeds|0.1|phncls" in table
     assert "tiny_loso_lambda0.1_seeds − tiny_loso_lambda0_seeds: WA " in r.stdout
