@@ -163,7 +163,8 @@ def compare_table(c: dict) -> str:
         "",
         *(f"- {v}" for v in verdict_lines(c)),
         "",
-        f"A difference is *shown* when its 95 % CI excludes zero; CI of the mean difference: {'; '.join(rules)}.",
+        f"A difference is *shown* when its 95 % CI excludes zero; CI of the mean difference: {'; '.join(rules)}."
+        if rules else "One experiment: nothing to compare it with.",
         "",
         "|" + "|".join(head) + "|",
         "|" + "---|" * len(head),
