@@ -38,6 +38,8 @@ train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50
 tag=""               # experiment name (default: <config name>_<protocol>)
 folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
 lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
+seeds=""             # model seeds, e.g. "0 1 2": each experiment once per seed (<name>_seedN, --train.seed N,
+                     # one split); stage 5 adds exp/<name>_seeds over seeds x folds (default: the config's seed)
 ctc_reduction=""     # sum | mean | mean_batch: loss.ctc_reduction of the experiments with lambda > 0 (default: the config's); tag gets _ctc<value>
 train_final=false    # stage 3: after the folds, train once on all speakers for the epochs the folds chose -> exp/<tag>/final
 infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
@@ -72,6 +74,7 @@ Usage: egs/$(basename "${PWD}")/run.sh [options]   (recipe egs/$(basename "${PWD
   --tag NAME                 experiment dir name under exp/
   --folds "1 2"              only these folds in stages 3-5
   --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
+  --seeds "0 1 2"            each experiment once per model seed (one split), figures over seeds x folds
   --ctc-reduction sum|mean|mean_batch  how the CTC loss is reduced (the paper does not say; lambda means something else for each)
   --train-final true         after the folds, a final model on all speakers (exp/<tag>/final)
   --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
@@ -99,10 +102,11 @@ fi
 data=data
 exp=exp
 # Every name of this run (folds dir, token set and list, experiment dirs and their overrides: one per
-# lambda of a sweep) comes from mtlser.recipe, which reads the rules from the modules that own them.
+# lambda of a sweep and seed, seed groups) comes from mtlser.recipe, which reads the rules from the modules
+# that own them.
 names=$(python -m mtlser.recipe names --protocol "${protocol}" --valid "${valid}" --token-type "${token_type}" \
     --emo-tag "${emo_tag}" --nbpe "${nbpe}" --train-config "${train_config}" --tag "${tag}" \
-    --lambdas "${lambdas}" --ctc-reduction "${ctc_reduction}" --data "${data}" --exp "${exp}")
+    --lambdas "${lambdas}" --ctc-reduction "${ctc_reduction}" --seeds "${seeds}" --data "${data}" --exp "${exp}")
 eval "${names}"
 train_opts="${train_opts} ${valid_opts}"
 score_sh=local/score.sh
@@ -190,10 +194,16 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         done
         python -m mtlser.score aggregate "${expdir}"  # logs WA and UA
     done
+    for group in "${seed_groups[@]}"; do
+        members=()
+        for i in "${!exp_dirs[@]}"; do [ "${exp_groups[i]}" != "${group}" ] || members+=("${exp_dirs[i]}"); done
+        log "Stage 5: seeds ${seeds} over seeds x folds -> ${group}/RESULTS.md"
+        python -m mtlser.score aggregate --seeds-out "${group}" "${members[@]}"  # logs WA and UA
+    done
     if [ -n "${sweep_table}" ]; then
         log "Stage 5: lambda sweep comparison -> ${sweep_table}"
         # shellcheck disable=SC2086
-        python -m mtlser.score compare --out "${sweep_table}" ${compare_opts} "${exp_dirs[@]}"
+        python -m mtlser.score compare --out "${sweep_table}" ${compare_opts} "${sweep_dirs[@]}"
     fi
 fi
 

@@ -312,7 +312,13 @@ def _card(files: ModelFiles, meta: dict, check: dict) -> str:
                          f"UA {100 * test['ua']:.1f} % ({test.get('n')} utterances)")
         if cv:
             lines.append(f"- cross-validation over {cv.get('num_folds')} folds: WA {100 * cv['wa']:.1f} ± "
-                         f"{100 * cv['wa_std']:.1f} %, UA {100 * cv['ua']:.1f} ± {100 * cv['ua_std']:.1f} %")
+                         f"{100 * cv['wa_std']:.1f} %, UA {100 * cv['ua']:.1f} ± {100 * cv['ua_std']:.1f} %"
+                         + (f"; seed {cv['seed']}, 95 % CI of the UA [{100 * cv['ua_ci'][0]:.1f}, "
+                            f"{100 * cv['ua_ci'][1]:.1f}] % ({cv.get('ci_rule')})" if cv.get("ua_ci") else ""))
+            g = cv.get("seed_group")
+            if g and g.get("ua_seed_std") is not None:
+                lines.append(f"- over seeds {' '.join(str(s) for s in g['seeds'])}: UA {100 * g['ua']:.1f} %, std "
+                             f"over seeds {100 * g['ua_seed_std']:.1f} points")
         lines.append(f"- corpus: {facts.get('corpus')}, protocol: {facts.get('protocol')}, mtlser commit "
                      f"`{facts.get('git_commit')}`")
         lines.append("")
