@@ -109,11 +109,17 @@ def quantize_int8(data: bytes) -> bytes:
     require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    root = logging.getLogger()
+    level = root.level
     with tempfile.TemporaryDirectory(prefix="mtlser-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(data)
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                         weight_type=QuantType.QInt8)
+        root.setLevel(logging.ERROR)  # the quantiser logs a line per tensor on the root logger
+        try:
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                             weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         return dst.read_bytes()
 
 
@@ -210,3 +216,73 @@ def fp32_reference(predictor: SERPredictor) -> SERPredictor:
     if isinstance(predictor, OnnxPredictor):
         return predictor.reference()
     return SERPredictor(predictor.models, predictor.metas, predictor.device, "fp32")
+
+
+#: Most recordings of the inputs taken as the check set when no other is found (first window of each).
+CHECK_FROM_INPUTS = 32
+
+
+def check_recordings(model: str | Path, check_set: str | None, inputs: list) -> tuple[list, str]:
+    """The recordings a non-exact mode is checked on, and where they come from.
+
+    ``check_set`` when given (a data dir, wav.scp, folder or list); else the fold's test files (a model
+    dir's ``decode_test/data_dir``, an ensemble's first member's, or the check set an ``.onnx`` was
+    exported with, from its JSON); else the first :data:`CHECK_FROM_INPUTS` of the inputs being labelled.
+    """
+    from mtlser.infer.audio import find_recordings
+
+    source = check_set
+    model = Path(model)
+    if source is None and model.suffix == ".onnx" and model.with_suffix(".json").is_file():
+        found = json.loads(model.with_suffix(".json").read_text()).get("check_set", {}).get("source", "")
+        source = found if found and Path(found).exists() else None
+    if source is None and model.is_dir():
+        first = model
+        if (model / "ensemble.yaml").is_file():
+            from mtlser.infer.package import ModelFiles
+
+            first = ModelFiles.open(model).members()[0][1].base
+        pointer = first / "decode_test" / "data_dir"
+        if pointer.is_file() and Path(pointer.read_text().strip()).is_dir():
+            source = pointer.read_text().strip()
+    if source is None:
+        usable = [r for r in inputs if r.error is None][:CHECK_FROM_INPUTS]
+        return usable, f"the first {len(usable)} inputs (no fold test files found; --check-set names a set)"
+    path = Path(source)
+    recordings = find_recordings([str(path / "wav.scp")] if (path / "wav.scp").is_file() else [source])
+    if not recordings:
+        raise MtlserError(f"--check-set {source}: no audio in it")
+    return recordings, source
+
+
+def report_agreement(predictor: SERPredictor, model: str | Path, check_set: str | None, inputs: list,
+                     window: float = 20.0) -> dict | None:
+    """For a non-exact mode: measure it against fp32 on the check set and log the figures (None for fp32)."""
+    from mtlser.infer.audio import load
+
+    if predictor.precision == "fp32":
+        return None
+    recordings, source = check_recordings(model, check_set, inputs)
+    wavs = []
+    for rec in recordings:
+        try:
+            wav = load(rec, predictor.sample_rate, 0.0, window if window > 0 else None)
+        except MtlserError as e:
+            logger.warning("check set: %s: %s (left out)", rec.id, e)
+            continue
+        if len(wav) >= predictor.min_samples:
+            wavs.append(wav)
+    backend = "onnx" if isinstance(predictor, OnnxPredictor) else "torch"
+    result = {"backend": backend, "precision": predictor.precision, "check_set": source,
+              **agreement(predictor, fp32_reference(predictor), wavs)}
+    if not wavs:
+        logger.warning("%s %s: not checked against fp32 (no usable audio in the check set %s)", backend,
+                       predictor.precision, source)
+        return result
+    logger.info("%s %s vs fp32 on %d files of %s: labels equal on %.1f %%, max |dp| %.2e", backend,
+                predictor.precision, result["n"], source, 100 * result["label_agreement"], result["max_abs_diff"])
+    if not result["fit_for_default"]:
+        logger.warning("%s %s changed %.1f %% of fp32's labels on its check (more than %g %%): not fit to be a "
+                       "default; use fp32 where the labels matter", backend, predictor.precision,
+                       100 * (1 - result["label_agreement"]), 100 * MAX_LABEL_CHANGE)
+    return result
