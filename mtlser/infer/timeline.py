@@ -1,8 +1,9 @@
 """An emotion timeline of a long recording: its windows as a CSV and a picture.
 
 ``mtlser-infer --timeline DIR`` writes, for every recording labelled in more than one window
-(longer than ``--window``), ``DIR/<id>.csv`` and ``DIR/<id>.png`` (the id with anything but
-letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``):
+(longer than ``--window``), ``DIR/<name>.csv`` and ``DIR/<name>.png``, the name being the id's
+last path component (a file's name, a wav.scp key) with anything but letters, digits, ``.``,
+``-`` and ``_`` replaced by ``_`` (and ``_2``, ``_3``... added where two recordings share one):
 
     start,end,emotion,p_<emotion>...       one row per window, seconds, in time order
 
@@ -27,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def file_stem(recording_id: str) -> str:
-    """A recording id as a file name (no directories, no odd characters)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", recording_id).strip("._") or "recording"
+    """A recording id as a file name (its last path component, no odd characters)."""
+    name = recording_id.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "recording"
 
 
 def timeline_csv(windows: list[dict], emotions: list[str]) -> str:
