@@ -23,7 +23,8 @@ per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times 
 
 Every variant reads the files itself (soundfile; timed). Each variant lives in its own worker
 process (so its peak RSS is its own), and the rounds run interleaved (A B C, A B C, ...; one
-untimed warm-up round first) so that a shared machine's load drift reaches all alike. Reported
+untimed warm-up pass over the first --warmup-files files first) so that a shared machine's load
+drift reaches all alike. Reported
 per variant: medians over rounds of audio-seconds per wall-second and per CPU-second (the
 worker's process CPU time, all threads), peak RSS, and the share of files whose label equals
 mtlser_torch_fp32's; ratios are medians of per-round time ratios. A long recording's label is
@@ -200,9 +201,9 @@ def make_runner(variant: str, spec: dict):
         predictor = build_predictor(spec["size"])
         predictor.model.load_state_dict(load_file(spec["weights"]))
         predictor.precision = precision
-    recordings = [Recording(Path(p).name, p) for p in paths]
 
     def run():
+        recordings = [Recording(Path(p).name, p) for p in paths]
         done = label(predictor, recordings, window=WINDOW_S, hop=HOP_S, batch_size=spec["batch_size"],
                      progress=False)
         bad = [d for d in done if d.error]
@@ -220,6 +221,15 @@ def worker(variant: str, spec: dict, conn) -> None:
             if cmd == "stop":
                 conn.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
                 return
+            if cmd == "warmup":  # the first files only: allocators, kernels, onnxruntime's arenas
+                keep = list(spec["paths"])
+                spec["paths"][:] = keep[:spec["warmup_files"]]
+                try:
+                    run()
+                finally:
+                    spec["paths"][:] = keep
+                conn.send({})
+                continue
             wall0, cpu0 = time.perf_counter(), time.process_time()
             labels = run()
             conn.send({"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "labels": labels})
@@ -240,8 +250,8 @@ class Worker:
             raise SystemExit(f"{self.variant}: {msg['error']}")
         return msg
 
-    def run(self) -> dict:
-        self.conn.send("run")
+    def run(self, cmd: str = "run") -> dict:
+        self.conn.send(cmd)
         return self._expect(self.conn.recv())
 
     def stop(self) -> dict:
@@ -263,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline-batch-sizes", default="4,16", help="pipeline batch sizes to time (comma list)")
     p.add_argument("--variants", help="comma list (default: all that run here)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (each runs every variant once)")
+    p.add_argument("--warmup-files", type=int, default=8, help="files of the untimed warm-up pass (default 8)")
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime CPU threads")
     p.add_argument("--hour", type=float, default=0.0, help="also label one recording of this many seconds "
                    "(mtlser_onnx_int8) and report its peak RSS (default 0: not run)")
@@ -299,20 +310,21 @@ def main(argv: list[str] | None = None) -> int:
         audio_s = sum(durations)
         spec = {"paths": [str(x) for x in paths], "hf_dir": str(tmp / "hf"), "onnx": str(tmp / "model.onnx"),
                 "weights": str(tmp / "weights.safetensors"), "size": args.size, "threads": args.threads,
-                "batch_size": args.batch_size}
+                "batch_size": args.batch_size, "warmup_files": args.warmup_files}
         workers = [Worker(ctx, v, spec) for v in variants]
         rounds: list[dict] = []
         labels: dict[str, list[str]] = {}
-        for r in range(args.repeats + 1):  # round 0 warms up (allocator, kernels, onnxruntime's arenas), untimed
+        for w in workers:  # untimed
+            w.run("warmup")
+        for r in range(1, args.repeats + 1):
             row = {}
             for w in workers:
                 out = w.run()
                 labels[w.variant] = out.pop("labels")
                 row[w.variant] = out
-            if r > 0:
-                rounds.append(row)
-                print(f"round {r}: " + ", ".join(f"{v} {audio_s / row[v]['wall_s']:.1f}" for v in variants)
-                      + " audio-s/s", file=sys.stderr)
+            rounds.append(row)
+            print(f"round {r}: " + ", ".join(f"{v} {audio_s / row[v]['wall_s']:.1f}" for v in variants)
+                  + " audio-s/s", file=sys.stderr, flush=True)
         rss = {w.variant: w.stop()["peak_rss_mib"] for w in workers}
         hour = None
         if args.hour > 0:
