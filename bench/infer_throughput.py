@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +52,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from mtlser.expdir import environment  # noqa: E402  (the repo on sys.path first)
 
 #: A smaller wav2vec2 shape for a quick look and the test (--size scaled): bench/train_throughput.py's CPU model.
 SCALED = "scaled"
@@ -364,10 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         "reference_label_counts": {e: ref.count(e) for e in EMOTIONS},
         "hf_export_check": hf_check, "variants": summary, "best_pipeline_batch": best_batch,
         "ratios_time_baseline_over_mtlser": ratios, "hour_recording": hour, "rounds": rounds,
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": _cpus(),
-                    "torch": torch.__version__, "onnxruntime": _version("onnxruntime"),
+        # The shared environment record (mtlser.expdir: versions, CPU model, git commit, date), plus what only
+        # this benchmark needs.
+        "machine": {**environment(), "cpus": _cpus(), "onnxruntime": _version("onnxruntime"),
                     "transformers": _version("transformers"), "load_average_at_end": list(_loadavg())},
-        "git_commit": _git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
@@ -397,24 +397,6 @@ def _loadavg():
     import os
 
     return os.getloadavg() if hasattr(os, "getloadavg") else ()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 if __name__ == "__main__":
