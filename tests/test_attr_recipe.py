@@ -73,3 +73,20 @@ def test_classes_and_attributes_train_decode_score_and_infer(attr_folds, tmp_pat
     assert infer_main(["--model", str(exp), wav[first], "--format", "csv", "--no-progress"]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert float(row["arousal"]) == pytest.approx(rec["attributes"]["arousal"], abs=1e-3)
+
+    # the pack carries the declaration and states the attribute metrics; the HF export refuses the model
+    from mtlser.export.hf import export_hf
+    from mtlser.export.pack import pack
+    from mtlser.infer.package import ModelFiles
+    from mtlser.utils import MtlserError
+    zip_path = pack(exp, tmp_path / "attr.zip")
+    files = ModelFiles.open(zip_path)
+    assert files.read_yaml("model.yaml")["attributes"] == info["attributes"]
+    card = files.read_text("README.md")
+    assert "arousal [1, 7], valence [1, 7]" in card and f"mean CCC {a['mean_ccc']:.3f}" in card
+    assert infer_main(["--model", str(zip_path), wav[first], "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["attributes"] == rec["attributes"]
+    pytest.importorskip("transformers")
+    with pytest.raises(MtlserError, match=r"has an attribute head \(arousal, valence\); transformers' audio "
+                                          r"classification is categorical"):
+        export_hf(exp, tmp_path / "hf")
