@@ -103,6 +103,11 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
     }
     if result is not None and kind == "fold":
         facts["test"] = {k: result.get(k) for k in ("speakers", "n", "wa", "ua", "ctc_ter")}
+    if info.get("attributes"):  # only then: the paper's cards keep their facts
+        facts["attributes"] = info["attributes"]
+        if result is not None and kind == "fold":
+            facts["test"]["macro_f1"] = result.get("macro_f1")
+            facts["test"]["attributes"] = result.get("attributes")
     return facts
 
 
@@ -174,6 +179,9 @@ def card_text(facts: dict) -> str:
               f"| protocol | {facts.get('protocol') or 'not recorded'}"
               + (f" (model selection: {facts['model_selection']})" if facts.get("model_selection") else "") + " |",
               f"| emotions (class order) | {' '.join(facts['emotions'])} |"]
+    if facts.get("attributes"):
+        lines.append("| attributes (output order, scale) | "
+                     + ", ".join(f"{a['name']} [{a['min']:g}, {a['max']:g}]" for a in facts["attributes"]) + " |")
     bb = facts.get("backbone") or {}
     if bb:
         lines.append(f"| backbone | {bb.get('arch')}, {bb.get('layers')} layers × {bb.get('width')}, initialised "
@@ -188,6 +196,12 @@ def card_text(facts: dict) -> str:
     if test:
         lines.append(f"On this fold's held-out speaker(s) {', '.join(test.get('speakers') or [])}: "
                      f"**WA {_pct(test.get('wa'))} %, UA {_pct(test.get('ua'))} %** ({test.get('n')} utterances).")
+        attr = test.get("attributes")
+        if attr:
+            lines.append(f"Macro-F1 {_pct(test.get('macro_f1'))} %; attributes (CCC / Pearson r / MAE): "
+                         + "; ".join(f"{a} {attr['ccc'][a]:.3f} / {attr['pearson'][a]:.3f} / {attr['mae'][a]:.2f}"
+                                     for a in attr["attributes"])
+                         + f"; mean CCC {attr['mean_ccc']:.3f}.")
     else:
         lines.append({"ensemble": "No held-out figure: every speaker of the corpus was seen in training by some "
                                "member.",

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from mtlser.data.fold_names import FINAL, is_fold_name
-from mtlser.expdir import ENV_JSON
+from mtlser.expdir import ENV_JSON, MODEL_YAML
 from mtlser.infer.output import HOP_S, WINDOW_S
 from mtlser.infer.package import CARD_JSON, ModelFiles
 from mtlser.infer.predictor import SERPredictor, read_model
@@ -219,6 +219,10 @@ def export_hf(model_path: str | Path, out: str | Path, tolerance: float = TOLERA
     if files.is_ensemble:
         raise MtlserError(f"{model_path}: an ensemble averages several models' probabilities and a transformers "
                           "model is one network; export one of its members, or the final model")
+    if files.read_yaml(MODEL_YAML).get("attributes"):
+        raise MtlserError(f"{model_path}: has an attribute head ({', '.join(a['name'] for a in files.read_yaml(MODEL_YAML)['attributes'])}); "
+                          "transformers' audio classification is categorical and has no place for regression "
+                          "outputs, so an export would drop them; use mtlser-infer or the pack instead")
     model, meta = read_model(files)
     predictor = SERPredictor(model, meta)
     family = meta["info"]["arch"]
