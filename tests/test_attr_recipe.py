@@ -90,3 +90,10 @@ def test_classes_and_attributes_train_decode_score_and_infer(attr_folds, tmp_pat
     with pytest.raises(MtlserError, match=r"has an attribute head \(arousal, valence\); transformers' audio "
                                           r"classification is categorical"):
         export_hf(exp, tmp_path / "hf")
+    # nor does the ONNX graph carry the attribute head yet: refused before anything is written
+    pytest.importorskip("onnxruntime")
+    from mtlser.export.onnx import export_onnx
+    with pytest.raises(MtlserError, match=r"has an attribute head \(arousal, valence\) that the ONNX export does "
+                                          r"not carry yet"):
+        export_onnx(zip_path, tmp_path / "attr.onnx")
+    assert not (tmp_path / "attr.onnx").exists()

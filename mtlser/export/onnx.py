@@ -135,6 +135,10 @@ def graph_of(predictor: SERPredictor, tokens: bool) -> OnnxGraph:
     if tokens and predictor.tokens is None:
         raise MtlserError("--tokens: this model has no class tokens to export (no CTC head, or ensemble members "
                           "with different token lists or CNNs)")
+    if getattr(predictor, "attributes", None):
+        # The graph has the emotion (and token) outputs only; an export would silently drop the attributes.
+        raise MtlserError(f"this model has an attribute head ({', '.join(a.name for a in predictor.attributes)}) "
+                          "that the ONNX export does not carry yet; use mtlser-infer or the pack for attributes")
     for m in predictor.models:
         m.backbone.pos_conv_impl = "conv"  # the FFT form is a speed-up of the same convolution; ONNX has the conv
     return OnnxGraph(list(predictor.models), tokens).eval()
