@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from mtlser.export.onnx import graph_bytes
+    from mtlser.infer.onnx_graph import graph_bytes
     from mtlser.infer.backends import native_bf16
 
     torch.set_num_threads(args.threads)

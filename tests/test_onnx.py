@@ -113,7 +113,7 @@ def test_modes_that_cannot_run_are_refused_in_one_line(tiny_experiment, tmp_path
     fold, wav = str(tiny_experiment / "fold01"), str(write_wav(tmp_path / "a.wav", 0.5))
     assert run_main(infer_main, ["--model", fold, "--precision", "int8", wav]) == 1
     assert "int8 is onnxruntime's: --backend onnx" in capsys.readouterr().err
-    monkeypatch.setattr("mtlser.infer.backends.native_bf16", lambda: (False, "no avx512_bf16/amx_bf16 here"))
+    monkeypatch.setattr("mtlser.infer.modes.native_bf16", lambda: (False, "no avx512_bf16/amx_bf16 here"))
     assert run_main(infer_main, ["--model", fold, "--precision", "bf16", wav]) == 1
     assert "no native bf16 (no avx512_bf16/amx_bf16 here)" in capsys.readouterr().err
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from mtlser.data.tables import read_table, write_table
 from mtlser.utils import MtlserError
 
 #: The declaration file of a data dir.
@@ -151,7 +152,6 @@ def check_table(path: str | os.PathLike, table: Mapping[str, str], attrs: list[A
 
 def read_values(data_dir: str | os.PathLike, attrs: list[Attribute] | None = None) -> dict[str, list[float]]:
     """``utt2attr`` of a data dir as ``{utt: [values]}``, checked against its declaration."""
-    from mtlser.data.datadir import read_table
     data_dir = Path(data_dir)
     attrs = attrs if attrs is not None else read_declaration(data_dir)
     return check_table(data_dir / UTT2ATTR, read_table(data_dir / UTT2ATTR), attrs)
@@ -159,7 +159,6 @@ def read_values(data_dir: str | os.PathLike, attrs: list[Attribute] | None = Non
 
 def write_values(path: str | os.PathLike, values: Mapping[str, list[float]]) -> None:
     """Write a ``utt2attr``-format file (keys in C order), atomically; used for data and hypotheses."""
-    from mtlser.data.datadir import write_table
     write_table(path, {u: " ".join(f"{float(x):.6g}" for x in vs) for u, vs in values.items()})
 
 

@@ -60,62 +60,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from mtlser.data.tables import DataDirError, read_table, sort_key, write_table  # noqa: F401 (this module's API)
 from mtlser.data.attributes import UTT2ATTR, Attribute, has_attributes, read_declaration, write_declaration
 from mtlser.data.attributes import validate as validate_attributes
 from mtlser.data.emotions import INVENTORY, read_inventory, write_inventory
-from mtlser.utils import MtlserError, run_main, setup_logging
-from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, atomic_open, is_safe_name
+from mtlser.utils import run_main, setup_logging
+from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, is_safe_name
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk", "utt2emo")
 #: Per-utterance files whose value may be empty (a transcript of only non-verbal tags).
 EMPTY_VALUE_OK_PREFIX = "text"
-
-
-class DataDirError(MtlserError):
-    """A data dir breaks the contract; the message names the file and line."""
-
-
-def sort_key(key: str) -> bytes:
-    """C-locale order is byte order of the UTF-8 encoding."""
-    return key.encode("utf-8")
-
-
-def read_table(path: str | os.PathLike, *, allow_empty_value: bool = False) -> dict[str, str]:
-    """Read a ``key value...`` file into a dict (value = rest of the line, stripped).
-
-    Raises DataDirError naming ``file:line`` for a missing value or a duplicate key.
-    Order is kept as in the file; :func:`check_sorted` checks it separately.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataDirError(f"{path}: no such file")
-    table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                raise DataDirError(f"{path}:{lineno}: empty line; remove it")
-            parts = line.split(maxsplit=1)
-            key = parts[0]
-            if line[0].isspace():
-                raise DataDirError(f"{path}:{lineno}: line starts with whitespace; the first field must be the key")
-            value = parts[1].strip() if len(parts) > 1 else ""
-            if not value and not allow_empty_value:
-                raise DataDirError(f"{path}:{lineno}: key '{key}' has no value")
-            if key in table:
-                raise DataDirError(f"{path}:{lineno}: duplicate key '{key}'; keys must be unique")
-            table[key] = value
-    return table
-
-
-def write_table(path: str | os.PathLike, table: Mapping[str, str]) -> None:
-    """Write ``key value`` lines sorted in C order, atomically."""
-    with atomic_open(path) as f:
-        for key in sorted(table, key=sort_key):
-            value = table[key]
-            f.write(f"{key} {value}\n" if value != "" else f"{key}\n")
 
 
 def check_sorted(path: str | os.PathLike, keys: Iterable[str]) -> None:

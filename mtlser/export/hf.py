@@ -50,6 +50,7 @@ from mtlser.data.fold_names import FINAL, is_fold_name
 from mtlser.expdir import ENV_JSON, MODEL_YAML
 from mtlser.infer.output import HOP_S, WINDOW_S
 from mtlser.infer.package import CARD_JSON, ModelFiles
+from mtlser.infer.onnx_graph import probe_signals  # noqa: F401 (also the HF export check's inputs)
 from mtlser.infer.predictor import SERPredictor, read_model
 from mtlser.model.lengths import DEFAULT_CONV_LAYERS
 from mtlser.utils import MtlserError
@@ -173,18 +174,6 @@ def hf_state(model, hf_model, family: str) -> dict[str, torch.Tensor]:
     out["classifier.bias"] = torch.zeros(n)
     if model.fusion is not None:
         out["layer_weights"] = model.fusion.logits.detach().clone()  # softmax is taken of both
-    return out
-
-
-def probe_signals(sample_rate: int, min_samples: int, seed: int = 0) -> list[np.ndarray]:
-    """Deterministic test inputs: the shortest the model takes, and a few utterance-like lengths."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for n in (min_samples, min_samples + 37, int(0.77 * sample_rate), int(2.31 * sample_rate)):
-        t = np.arange(n) / sample_rate
-        f0 = 110 + 90 * rng.random()
-        x = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.1 * np.sin(2 * np.pi * 3 * t))) + 0.05 * rng.standard_normal(n)
-        out.append((x * (0.5 + rng.random())).astype(np.float32))
     return out
 
 

@@ -15,5 +15,6 @@ Many files at once, with batching, windows for long recordings and per-file erro
 """
 
 from mtlser.infer.predictor import SERPredictor, ctc_greedy, load_model, read_model
+from mtlser.infer import backends  # noqa: F401,E402  (registers the onnx backend with SERPredictor)
 
 __all__ = ["SERPredictor", "ctc_greedy", "load_model", "read_model"]

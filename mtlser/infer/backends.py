@@ -8,7 +8,7 @@
 - **torch bf16** (CPU): autocast to bfloat16, only where the CPU computes bf16 natively (:func:`native_bf16`:
   the ``avx512_bf16`` or ``amx_bf16`` flags of /proc/cpuinfo; elsewhere bf16 is emulated and slower
   than fp32, so it is refused). On GPUs: autocast, as before.
-- **onnx fp32**: the graph of :mod:`mtlser.export.onnx` in onnxruntime (exact within its export check).
+- **onnx fp32**: the graph of :mod:`mtlser.infer.onnx_graph` in onnxruntime (exact within its export check).
 - **onnx int8**: onnxruntime's dynamic quantisation of the graph's matrix products (MatMul/Gemm
   weights int8 per channel, activations quantised per batch at run time); the CNN's convolutions stay fp32.
 
@@ -27,84 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mtlser.infer.predictor import SERPredictor, ctc_greedy
+# The modes (what runs here) and the onnxruntime session live below this module; re-exported as its API.
+from mtlser.infer.modes import (BACKENDS, BF16_FLAGS, MAX_LABEL_CHANGE, PRECISIONS, check_mode,  # noqa: F401
+                                native_bf16)
+from mtlser.infer.onnx_graph import run_session, session_from_bytes  # noqa: F401
+from mtlser.infer.predictor import OPENERS, SERPredictor, ctc_greedy
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx")
-PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnx": ("fp32", "int8")}
-#: A non-exact mode that changes more than this share of fp32's labels on its check is never a default.
-MAX_LABEL_CHANGE = 0.01
-#: CPU flags that mean bf16 arithmetic in hardware (AVX512-BF16 dot products, AMX tiles).
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
-    """(whether this CPU computes bf16 natively, how that was decided)."""
-    import torch
-
-    try:
-        flags = set()
-        for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        return False, f"{cpuinfo} unreadable: bf16 support unknown (torch CPU capability " \
-                      f"{torch.backends.cpu.get_cpu_capability()})"
-    found = [f for f in BF16_FLAGS if f in flags]
-    if found:
-        return True, f"{cpuinfo} flags {' '.join(found)}"
-    return False, f"{cpuinfo} has none of the flags {' '.join(BF16_FLAGS)}"
-
-
-def check_mode(backend: str, precision: str, device: str = "cpu") -> None:
-    """Refuse, in one line, a backend/precision pair that cannot run here."""
-    if backend not in BACKENDS:
-        raise MtlserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS[backend]:
-        hint = {"int8": " (int8 is onnxruntime's: --backend onnx)",
-                "bf16": " (bf16 is torch's: --backend torch)"}.get(precision, "")
-        raise MtlserError(f"--backend {backend} --precision {precision}: the {backend} backend runs "
-                          f"{', '.join(PRECISIONS[backend])}{hint}")
-    if backend == "onnx" and device != "cpu":
-        raise MtlserError(f"--backend onnx runs on the CPU (onnxruntime's CPU provider), not {device}")
-    if backend == "torch" and precision == "bf16" and device == "cpu":
-        ok, how = native_bf16()
-        if not ok:
-            raise MtlserError(f"--precision bf16: this CPU has no native bf16 ({how}); emulated bf16 is slower "
-                              "than fp32. Use fp32, or --backend onnx --precision int8")
-
-
-# ---------------------------------------------------------------- onnxruntime
-
-def session_from_bytes(data: bytes, threads: int = 0):
-    """An onnxruntime CPU session of a serialised graph (``threads`` 0: torch's thread count)."""
-    from mtlser.export.onnx import require_onnxruntime
-
-    ort = require_onnxruntime()
-    import torch
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def run_session(session, wavs: list[np.ndarray]) -> list[np.ndarray]:
-    """The graph's outputs for waveforms, zero-padded into one batch: [emo_probs (B, E), frame_lens (B,), ...]."""
-    lens = np.array([len(w) for w in wavs], dtype=np.int64)
-    batch = np.zeros((len(wavs), int(lens.max())), dtype=np.float32)
-    for i, w in enumerate(wavs):
-        batch[i, : len(w)] = w
-    return session.run(None, {"wavs": batch, "lengths": lens})
-
 
 def quantize_int8(data: bytes) -> bytes:
     """onnxruntime's dynamic int8 quantisation of a graph's MatMul/Gemm weights (per channel)."""
-    from mtlser.export.onnx import require_onnxruntime
+    from mtlser.infer.onnx_graph import require_onnxruntime
 
     require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -144,6 +79,7 @@ class OnnxPredictor(SERPredictor):
         self.fp32_bytes = data
         self.models, self.metas = [], [meta]
         self.emotions = list(meta["emotions"])
+        self.attributes = None
         self.sample_rate = int(meta["sample_rate"])
         self.min_samples = int(meta["min_samples"])
         self.tokens = list(meta["tokens"]) if meta.get("tokens") else None
@@ -165,8 +101,7 @@ class OnnxPredictor(SERPredictor):
             if not path.is_file():
                 raise MtlserError(f"{path}: not found")
             return cls(path.read_bytes(), str(path), precision, threads)
-        from mtlser.export.hf import probe_signals
-        from mtlser.export.onnx import TOLERANCE, compare, graph_bytes
+        from mtlser.infer.onnx_graph import TOLERANCE, compare, graph_bytes, probe_signals
 
         torch_predictor = SERPredictor.from_pretrained(path, weights=weights)
         data = graph_bytes(torch_predictor, tokens=torch_predictor.tokens is not None)
@@ -183,9 +118,12 @@ class OnnxPredictor(SERPredictor):
         return self if self.precision == "fp32" else OnnxPredictor(self.fp32_bytes, self.location, "fp32",
                                                                    self.threads)
 
-    def predict_arrays(self, wavs: list[np.ndarray]) -> tuple[np.ndarray, list[list[str]] | None]:
+    def predict_all(self, wavs: list[np.ndarray]
+                    ) -> tuple[np.ndarray, list[list[str]] | None, np.ndarray | None]:
+        # SERPredictor's predict_arrays/predict_batch read this; an exported graph has no attribute head
+        # (the export refuses such models), so the third value is always None.
         if not wavs:
-            return np.zeros((0, len(self.emotions)), dtype=np.float32), ([] if self.tokens is not None else None)
+            return np.zeros((0, len(self.emotions)), dtype=np.float32), ([] if self.tokens is not None else None), None
         short = [i for i, w in enumerate(wavs) if len(w) < self.min_samples]
         if short:
             raise MtlserError(f"input {short[0]} has {len(wavs[short[0]])} samples; this model needs at least "
@@ -197,7 +135,7 @@ class OnnxPredictor(SERPredictor):
 
             log_probs, frame_lens = torch.from_numpy(out[2]), out[1]
             tokens = [[self.tokens[t] for t in ctc_greedy(log_probs[i], int(frame_lens[i]))] for i in range(len(wavs))]
-        return out[0].astype(np.float32), tokens
+        return out[0].astype(np.float32), tokens, None
 
 
 def agreement(candidate: SERPredictor, reference: SERPredictor, wavs: list[np.ndarray], batch: int = 8) -> dict:
@@ -242,9 +180,11 @@ def check_recordings(model: str | Path, check_set: str | None, inputs: list) -> 
             from mtlser.infer.package import ModelFiles
 
             first = ModelFiles.open(model).members()[0][1].base
-        pointer = first / "decode_test" / "data_dir"
-        if pointer.is_file() and Path(pointer.read_text().strip()).is_dir():
-            source = pointer.read_text().strip()
+        from mtlser.expdir import DECODE_TEST, decoded_data_dir
+
+        decoded = decoded_data_dir(first / DECODE_TEST)
+        if decoded is not None and decoded.is_dir():
+            source = str(decoded)
     if source is None:
         usable = [r for r in inputs if r.error is None][:CHECK_FROM_INPUTS]
         return usable, f"the first {len(usable)} inputs (no fold test files found; --check-set names a set)"
@@ -286,3 +226,7 @@ def report_agreement(predictor: SERPredictor, model: str | Path, check_set: str 
                        "default; use fp32 where the labels matter", backend, predictor.precision,
                        100 * (1 - result["label_agreement"]), 100 * MAX_LABEL_CHANGE)
     return result
+
+
+# SERPredictor.from_pretrained(..., backend="onnx") opens through this (mtlser.infer imports this module).
+OPENERS["onnx"] = OnnxPredictor.open

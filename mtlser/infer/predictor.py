@@ -19,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtlser.infer.modes import check_mode
 from mtlser.infer.package import CONFIG_YAML, MODEL_YAML, TOKEN_LIST, ModelFiles
 from mtlser.model.checkpoints import load_safetensors, safetensors_error
 from mtlser.model.ser_model import SERModel, build_model
 from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
+
+#: Openers of the backends other than torch: backend -> open(path, precision, weights, threads). The onnx
+#: backend (mtlser.infer.backends, which builds on this module) registers itself; mtlser.infer imports it.
+OPENERS: dict = {}
 
 
 def ctc_greedy(log_probs: torch.Tensor, length: int, blank: int = 0) -> list[int]:
@@ -150,11 +155,9 @@ class SERPredictor:
 
         ``backend`` "onnx" also takes an exported ``.onnx`` graph; backends and precisions:
         :mod:`mtlser.infer.backends` (``threads``: onnxruntime's, 0 = torch's thread count)."""
-        from mtlser.infer.backends import OnnxPredictor, check_mode
-
         check_mode(backend, precision, str(device))
-        if backend == "onnx":
-            return OnnxPredictor.open(path, precision, weights, threads)
+        if backend != "torch":
+            return OPENERS[backend](path, precision, weights, threads)
         files = ModelFiles.open(path)
         if files.is_ensemble:
             loaded = [read_model(member, weights, device) for _, member in files.members()]
