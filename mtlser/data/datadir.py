@@ -47,7 +47,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from mtlser.data.emotions import INVENTORY, read_inventory, write_inventory
+from mtlser.data.emotions import INVENTORY, NO_CLASS, read_inventory, write_inventory
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, atomic_open, is_safe_name
 
@@ -219,7 +219,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
         read_inventory(path)  # raises: the message says what the file holds and who writes it
     allowed = set(dd.emotions)
     for lineno, (utt, emo) in enumerate(dd.tables["utt2emo"].items(), 1):
-        if emo not in allowed:
+        if emo not in allowed and emo != NO_CLASS:
             raise DataDirError(
                 f"{path / 'utt2emo'}:{lineno}: utterance '{utt}' has label '{emo}', which is not in the emotion "
                 f"inventory {path / INVENTORY} ({' '.join(dd.emotions)}); add it there (its line is its class "
@@ -253,7 +253,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
 
 #: Per-utterance files whose value is a single field (the speaker, the label, the duration, ...).
 def _one_value(name: str) -> bool:
-    return name.startswith("utt2")
+    return name.startswith("utt2") and name != "utt2attr"  # utt2attr: one value per declared attribute
 
 
 def check_ids_and_fields(path: Path, dd: DataDir) -> None:
