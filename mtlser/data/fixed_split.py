@@ -17,15 +17,27 @@ and ``OUT/final/train/`` (train and dev: the final model never sees a test set).
 test sets names its main one ``test`` (mtlser.corpora.msp_podcast: Test1). Every utterance has exactly
 one set; an utterance listed twice, a set name not of this list, or an utterance without a set stops
 stage 2 with the file and line.
+
+A corpus without published sets gets them from a per-utterance table (its speakers, its sessions)::
+
+    python -m mtlser.data.fixed_split --data-dir data/all --by utt2spk \\
+        --sets "train=Ses01F,Ses01M,Ses02F dev=Ses04F test=Ses05F test2=Ses05M"
+
+writes ``data/all/utt2set`` (egs/mini_avd: whole speakers per set, as MSP-Podcast's sets are meant to be).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from pathlib import Path
 
-from mtlser.data.datadir import sort_key
+from mtlser.data.datadir import read_table, sort_key, write_table
 from mtlser.data.fold_names import TEST_SET, is_test_set_name
-from mtlser.utils import MtlserError
+from mtlser.utils import MtlserError, run_main, setup_logging
+
+logger = logging.getLogger(__name__)
 
 #: The protocol's name (ser.sh --protocol fixed; its folds dir is data/fixed).
 PROTOCOL = "fixed"
@@ -85,3 +97,49 @@ def fixed_sets(sets: dict[str, str], utts: list[str], path: str | Path) -> tuple
                               f"ones are {TEST_SET}<name>)")
     tests = {name: by_set[name] for name in sorted((n for n in by_set if is_test_set_name(n)), key=sort_key)}
     return by_set[TRAIN_SET], by_set[DEV_SET], tests
+
+
+def parse_set_spec(spec: str) -> dict[str, str]:
+    """``"train=a,b dev=c test=d"`` -> {value: set}; each set name checked, each value in one set."""
+    out: dict[str, str] = {}
+    for item in spec.split():
+        name, sep, values = item.partition("=")
+        if not sep or not values or (name not in (TRAIN_SET, DEV_SET) and not is_test_set_name(name)):
+            raise MtlserError(f"--sets: '{item}' is not SET=VALUE,VALUE,... with SET {TRAIN_SET}, {DEV_SET}, "
+                              f"{TEST_SET} or {TEST_SET}<name>")
+        for v in values.split(","):
+            if v in out:
+                raise MtlserError(f"--sets: '{v}' is in two sets ({out[v]} and {name})")
+            out[v] = name
+    return out
+
+
+def assign_sets(data_dir: str | Path, by: str, spec: str) -> dict[str, str]:
+    """Write ``data_dir/utt2set`` from the per-utterance table ``by`` (utt2spk, utt2session, ...)."""
+    data_dir = Path(data_dir)
+    table = read_table(data_dir / by)
+    value_set = parse_set_spec(spec)
+    missing = sorted({v for v in table.values() if v not in value_set}, key=sort_key)
+    if missing:
+        raise MtlserError(f"--sets gives no set to {by} value(s) {' '.join(missing[:5])} of {data_dir / by}; "
+                          "give every value one")
+    sets = {u: value_set[v] for u, v in table.items()}
+    write_table(data_dir / UTT2SET, sets)
+    counts = {name: sum(1 for s in sets.values() if s == name) for name in sorted(set(sets.values()))}
+    logger.info("%s: sets by %s: %s", data_dir / UTT2SET, by, " ".join(f"{k} {v}" for k, v in counts.items()))
+    return sets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a data dir's utt2set from one of its per-utterance tables.")
+    parser.add_argument("--data-dir", required=True, help="the data dir (data/all)")
+    parser.add_argument("--by", required=True, help="the per-utterance table whose values decide, e.g. utt2spk")
+    parser.add_argument("--sets", required=True, help="e.g. 'train=A,B dev=C test=D test2=E'")
+    args = parser.parse_args(argv)
+    setup_logging()
+    assign_sets(args.data_dir, args.by, args.sets)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
