@@ -64,3 +64,39 @@ def test_assign_sets_by_speaker(make_data_dir):
         assign_sets(data, "utt2spk", "train=Ses01F test=Ses01F")
     with pytest.raises(MtlserError, match="'valid=Ses01F' is not SET=VALUE"):
         assign_sets(data, "utt2spk", "valid=Ses01F")
+
+
+@pytest.mark.slow
+def test_mini_avd_recipe_stages_0_to_6_with_the_fixed_protocol(tmp_path):
+    """The done-when corpus: egs/mini_avd's stage 0 (classes and attributes, sets of whole speakers), the fixed
+    protocol's one fold (valid = dev), both test sets decoded and scored, the fold packed."""
+    import json
+    import os
+    import shutil
+
+    from tests.conftest import ROOT
+
+    recipe = tmp_path / "egs" / "mini_avd"
+    (recipe / "local").mkdir(parents=True)
+    for name in ("path.sh", "cmd.sh", "utils", "conf", "ser.sh"):
+        (recipe / name).symlink_to((ROOT / "egs" / "mini_avd" / name).resolve())
+    shutil.copy(ROOT / "egs" / "mini_avd" / "local" / "data.sh", recipe / "local" / "data.sh")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run(["./ser.sh", "--stage", "0", "--stop-stage", "6", "--protocol", "fixed", "--ngpu", "0",
+                        "--nj", "1", "--train-config", "conf/train_mini.yaml",
+                        "--local-data-opts", "--utts-per-speaker 8", "--train-opts", "--train.epochs 2"],
+                       cwd=recipe, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    data, exp = recipe / "data", recipe / "exp" / "train_mini_fixed"
+    assert (data / "all" / "attributes").read_text() == "arousal 1 5\nvalence 1 5\ndominance 1 5\n"
+    assert len(read_table(data / "all" / "utt2attr")) == len(read_table(data / "all" / "utt2emo"))
+    fold = data / "fixed" / "fold01"
+    spk = {name: set(read_table(fold / name / "utt2spk").values()) for name in ("train", "valid", "test", "test2")}
+    assert spk == {"train": {f"Ses0{s}{g}" for s in (1, 2, 3) for g in "FM"}, "valid": {"Ses04F", "Ses04M"},
+                   "test": {"Ses05F"}, "test2": {"Ses05M"}}
+    for name in ("test", "test2"):
+        result = json.loads((exp / "fold01" / f"decode_{name}" / "result.json").read_text())
+        assert result["n"] == len(read_table(fold / name / "utt2emo"))
+    assert "decode_test2" in r.stderr and (exp / "RESULTS.md").is_file()
+    assert (exp / "packed" / "fold01.zip").is_file()
