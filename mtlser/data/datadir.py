@@ -6,8 +6,11 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
     text         utt  words of the transcript      (required; may be empty)
     utt2spk      utt  speaker                       (required; primary)
     spk2utt      spk  utt1 utt2 ...                 (derived from utt2spk)
-    utt2emo      utt  emotion label                 (required; a label of ``emotions``)
+    utt2emo      utt  emotion label                 (required; a label of ``emotions``, or ``-``:
+                 no class, kept for its attributes; mtlser.data.emotions.NO_CLASS)
     utt2dur      utt  seconds                       (optional)
+    utt2set      utt  train|dev|test|test<name>     (optional: the corpus's own sets, for the fixed
+                 protocol; mtlser.data.fixed_split)
     text_<set>   utt  CTC targets: text_phncls, text_phn, text_norm, ... (optional, stage 1
                  output, see mtlser.text.tokenize; may be empty)
     emotions     the emotion inventory: one label a line, in class-index order (required;
