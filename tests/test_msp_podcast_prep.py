@@ -134,3 +134,6 @@ def test_command_line_and_fixed_split(tmp_path):
     fold = tmp_path / "data/fixed/fold01"
     assert sorted(p.name for p in fold.iterdir()) == ["test", "test2", "train", "valid"]
     assert read(fold / "valid" / "utt2set") == "MSP-PODCAST_0001_0019 dev\n"
+    for name in ("train", "valid", "test", "test2"):  # the declaration travels with every data dir of the fold
+        assert read(fold / name / "attributes") == "arousal 1 7\nvalence 1 7\ndominance 1 7\n"
+        validate_data_dir(fold / name)

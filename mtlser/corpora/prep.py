@@ -25,7 +25,7 @@ from typing import Callable
 
 import soundfile as sf
 
-from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
+from mtlser.data.datadir import ATTRIBUTES, UTT2ATTR, sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
 from mtlser.data.emotions import NO_CLASS, EmotionMap, check_labels, load_emotion_map, write_inventory
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_dir, atomic_write_text
@@ -36,10 +36,6 @@ logger = logging.getLogger(__name__)
 EMOTION_MAPS = Path(__file__).resolve().parents[2] / "conf" / "emotions"
 #: The per-utterance files every prep writes (spk2utt is derived; a corpus may add more, e.g. utt2session).
 TABLES = ("wav.scp", "text", "utt2spk", "utt2emo", "utt2dur")
-#: The attribute values per utterance and their declaration (ATTR_SPEC: ``<utt> <v1> <v2> ...`` and
-#: ``<name> <min> <max>`` a line, in column order).
-UTT2ATTR = "utt2attr"
-ATTRIBUTES = "attributes"
 
 _LFS_POINTER = b"version https://git-lfs"
 

@@ -57,6 +57,12 @@ from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, atomic_open, is_saf
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk", "utt2emo")
+#: Dimensional labels: the values per utterance (``utt v1 v2 ...``) and their declaration (``name min max`` a
+#: line, in column order), which travels with the data dir as ``emotions`` does (stage 2 copies it into folds).
+UTT2ATTR = "utt2attr"
+ATTRIBUTES = "attributes"
+#: Files that declare what a data dir's tables mean and travel with it verbatim (subsets, folds, fix).
+DECLARATIONS = (ATTRIBUTES,)
 #: Per-utterance files whose value may be empty (a transcript of only non-verbal tags).
 EMPTY_VALUE_OK_PREFIX = "text"
 
@@ -140,10 +146,11 @@ class DataDir:
     inventory (``emotions``, None when the dir has none)."""
 
     def __init__(self, tables: Mapping[str, Mapping[str, str]], path: Path | None = None,
-                 emotions: Iterable[str] | None = None):
+                 emotions: Iterable[str] | None = None, declarations: Mapping[str, str] | None = None):
         self.tables: dict[str, dict[str, str]] = {k: dict(v) for k, v in tables.items()}
         self.path = path
         self.emotions: list[str] | None = list(emotions) if emotions is not None else None
+        self.declarations: dict[str, str] = dict(declarations or {})  # DECLARATIONS present: name -> text
 
     @classmethod
     def load(cls, path: str | os.PathLike, names: Iterable[str] | None = None) -> "DataDir":
@@ -155,7 +162,7 @@ class DataDir:
         for name in names:
             tables[name] = read_table(path / name, allow_empty_value=name.startswith(EMPTY_VALUE_OK_PREFIX))
         emotions = read_inventory(path) if (path / INVENTORY).is_file() else None
-        return cls(tables, path, emotions)
+        return cls(tables, path, emotions, read_declarations(path))
 
     @property
     def utts(self) -> list[str]:
@@ -170,7 +177,7 @@ class DataDir:
     def subset(self, utts: Iterable[str]) -> "DataDir":
         keep = set(utts)
         return DataDir({name: {u: v for u, v in t.items() if u in keep} for name, t in self.tables.items()},
-                       emotions=self.emotions)
+                       emotions=self.emotions, declarations=self.declarations)
 
     def write(self, path: str | os.PathLike) -> None:
         """Write all tables and the derived spk2utt; the dir appears complete or not at all."""
@@ -181,7 +188,13 @@ class DataDir:
                 write_table(tmp / "spk2utt", spk2utt_from_utt2spk(self.tables["utt2spk"]))
             if self.emotions is not None:
                 write_inventory(tmp, self.emotions)
+            for name, text in self.declarations.items():
+                (tmp / name).write_text(text, encoding="utf-8")
         self.path = Path(path)
+
+
+def read_declarations(path: Path) -> dict[str, str]:
+    return {name: (path / name).read_text(encoding="utf-8") for name in DECLARATIONS if (path / name).is_file()}
 
 
 def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> DataDir:
@@ -256,7 +269,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
 
 #: Per-utterance files whose value is a single field (the speaker, the label, the duration, ...).
 def _one_value(name: str) -> bool:
-    return name.startswith("utt2") and name != "utt2attr"  # utt2attr: one value per declared attribute
+    return name.startswith("utt2") and name != UTT2ATTR  # utt2attr: one value per declared attribute
 
 
 def check_ids_and_fields(path: Path, dd: DataDir) -> None:
@@ -293,7 +306,8 @@ def fix_data_dir(path: str | os.PathLike) -> tuple[int, int]:
     total = len(tables.get("utt2spk", {}))
     common = set.intersection(*(set(t) for t in tables.values())) if tables else set()
     emotions = read_inventory(path) if (path / INVENTORY).is_file() else None
-    dd = DataDir({n: {u: v for u, v in t.items() if u in common} for n, t in tables.items()}, emotions=emotions)
+    dd = DataDir({n: {u: v for u, v in t.items() if u in common} for n, t in tables.items()}, emotions=emotions,
+                 declarations=read_declarations(path))
     dd.write(path)
     logger.info("fix_data_dir %s: kept %d of %d utterances", path, len(common), total)
     return len(common), total
