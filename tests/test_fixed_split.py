@@ -80,3 +80,41 @@ def test_fixed_needs_every_set_and_no_other_valid_choice(make_data_dir, tmp_path
         split(data, tmp_path / "f", "fixed", valid="none")
     with pytest.raises(MtlserError, match=r"leave --valid at its default"):
         run_names("fixed", "none", "phncls", "c.yaml")
+
+
+def test_training_and_selection_never_read_a_test_set(make_data_dir, tiny_config, tmp_path):
+    """The fold trained with its test sets, and again with them deleted: the same selected epoch and weights."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from mtlser.data.datadir import DataDir
+    from mtlser.text.phone_classes import PhoneClassMap, phncls_token_list
+    from mtlser.text.tokenize import write_token_list
+    from tests.conftest import ROOT
+
+    data = make_data_dir(n_spk=4, n_utt=6, seconds=0.8)
+    dd = DataDir.load(data)
+    idx = {"ang": 0, "hap": 1, "sad": 2, "neu": 3}
+    dd.tables["text_phncls"] = {u: f"S{idx[e]} V{idx[e]} L{idx[e]}" for u, e in dd["utt2emo"].items()}
+    dd.write(data)
+    with_sets(data, lambda i: ("train", "train", "dev", "test", "train", "test2")[i % 6])
+    write_token_list(tmp_path / "token_list", phncls_token_list(PhoneClassMap.load().classes, 4))
+    split(data, tmp_path / "fixed", "fixed")
+    config = tiny_config(train={"epochs": 2, "model_selection": "valid"})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+    def train(exp):
+        r = subprocess.run([sys.executable, "-m", "mtlser.train", "--config", str(config), "--folds-dir",
+                            str(tmp_path / "fixed"), "--fold", "1", "--token-list",
+                            str(tmp_path / "token_list"), "--exp-dir", str(exp)],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return (exp / "fold01" / "best.json").read_text(), (exp / "fold01" / "best.safetensors").read_bytes()
+
+    first = train(tmp_path / "exp_a")
+    for name in ("test", "test2"):
+        shutil.rmtree(tmp_path / "fixed" / "fold01" / name)
+    assert train(tmp_path / "exp_b") == first
+    assert '"selection": "valid"' in first[0]
