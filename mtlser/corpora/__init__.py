@@ -1,6 +1,7 @@
 """Corpora: each release described once, prepared by one shared stage 0 (``data/all``).
 
-    python -m mtlser.corpora <corpus> --db-root DIR --out data/all [options]   # <corpus>: iemocap crema_d ravdess msp_podcast
+    python -m mtlser.corpora <corpus> --db-root DIR --out data/all [options]
+        # <corpus>: iemocap crema_d ravdess msp_podcast
     python -m mtlser.corpora <corpus> --help                                  # its options
 
 A corpus is one short module here that declares ``CORPUS = Corpus(...)``
