@@ -18,7 +18,8 @@ comes from the training side only:
                 trains and the last epoch's model is reported; train.model_selection last)
 
 Writes ``OUT/foldNN/{train,valid,test}/`` (full data dirs: every per-utterance
-file of the source, spk2utt rebuilt, and its emotion inventory ``emotions``; no
+file of the source, spk2utt rebuilt, its emotion inventory ``emotions`` and, when
+it has one, its attribute declaration ``attributes``; no
 ``valid/`` with --valid none) and ``OUT/folds.tsv`` describing the folds, and
 ``OUT/final/train/``: every utterance of every speaker, the training data of the
 final model that is trained once after cross-validation (:mod:`mtlser.train.final`).
