@@ -133,6 +133,17 @@ class LossConfig:
     class_weights: list | None = doc(
         "Per-class weights for the cross entropy, in the emotion inventory's order (IEMOCAP: ang hap sad neu); "
         "null = unweighted (the paper).", None)
+    ce_weight: float = doc(
+        "Weight w_ce of the cross entropy, L = w_ce * L_CE + attr_weight * L_attr + lambda * L_CTC; 1 in the paper. "
+        "0 trains no class task (a dimensional-only model; the emotion head is still built).", 1.0)
+    attributes: bool = doc(
+        "Train a regression head for the data's dimensional attributes (utt2attr + its declaration `attributes`, "
+        "mtlser.data.attributes) on the same pooled fusion as the emotion head. false = no attribute head (the paper).",
+        False)
+    attr_weight: float = doc("Weight of L_attr when loss.attributes is true.", 1.0)
+    attr_loss: str = doc(
+        "L_attr: ccc (mean over attributes of 1 - CCC over the batch, the MSP-Podcast challenge baselines' loss) | "
+        "mse (mean squared error with each attribute scaled to [0, 1] by its declared scale).", "ccc")
 
 
 @dataclass
@@ -430,6 +441,7 @@ def check_config(cfg: Config, where: str = "config") -> None:
         "train.compile_scope": (cfg.train.compile_scope, ("layer", "transformer", "backbone")),
         "train.select_metric": (cfg.train.select_metric, ("ua", "wa", "loss")),
         "train.model_selection": (cfg.train.model_selection, ("valid", "last")),
+        "loss.attr_loss": (cfg.loss.attr_loss, ("ccc", "mse")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -437,6 +449,12 @@ def check_config(cfg: Config, where: str = "config") -> None:
     if cfg.train.model_selection == "last" and cfg.train.patience > 0:
         raise MtlserError(f"{where}: train.patience = {cfg.train.patience} stops on a valid metric, but "
                           "train.model_selection = last has none; set train.patience 0 or model_selection valid")
+    if cfg.loss.ce_weight < 0 or cfg.loss.attr_weight < 0:
+        raise MtlserError(f"{where}: loss.ce_weight = {cfg.loss.ce_weight}, loss.attr_weight = "
+                          f"{cfg.loss.attr_weight}; expected >= 0")
+    if cfg.loss.ce_weight == 0 and not cfg.loss.attributes:
+        raise MtlserError(f"{where}: loss.ce_weight = 0 and loss.attributes = false leave no utterance-level task; "
+                          "set loss.attributes: true (data with utt2attr) or ce_weight > 0")
     if cfg.loss.lambda_ < 0:
         raise MtlserError(f"{where}: loss.lambda = {cfg.loss.lambda_}; expected >= 0")
     if cfg.data.pad_ladder < 1:

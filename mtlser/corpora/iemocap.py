@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtlser.corpora.prep import Corpus, Found, Utterance
+from mtlser.data.attributes import Attribute
 from mtlser.data.emotions import EmotionMap
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import path_in
@@ -274,5 +275,5 @@ CORPUS = Corpus(
     db_root_help="IEMOCAP_full_release (holds Session1..Session5)", release_total="5531 utterances",
     items="evaluated turns", labels_called="emotion codes", group_by="utt2session",
     options={"--sessions": dict(type=int, nargs="+", default=None, help="sessions to use (default: all found)")},
-    module="iemocap", attributes=tuple((name, *SCALE) for name, _ in ATTRIBUTE_ORDER),
+    module="iemocap", attributes=tuple(Attribute(name, *SCALE) for name, _ in ATTRIBUTE_ORDER),
 )

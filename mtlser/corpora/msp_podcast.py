@@ -52,6 +52,7 @@ from collections import Counter
 from pathlib import Path
 
 from mtlser.corpora.prep import Corpus, Found, Utterance
+from mtlser.data.attributes import Attribute
 from mtlser.data.emotions import EmotionMap
 from mtlser.data.fixed_split import DEV_SET, TRAIN_SET, UTT2SET
 from mtlser.data.fold_names import TEST_SET
@@ -178,7 +179,7 @@ CORPUS = Corpus(
     name="MSP-Podcast", labels=tuple(EMOTION_CODES.values()), scan=scan, release_problems=release_problems,
     db_root_help=f"the MSP-Podcast folder that holds {AUDIO_DIR}/ and {LABELS_CSV}",
     release_total="segments (none: the size differs by version)", items="segments", labels_called="classes",
-    module="msp_podcast", attributes=tuple((name, *SCALE) for _, name in ATTRIBUTE_COLUMNS), keep_unclassed=True,
+    module="msp_podcast", attributes=tuple(Attribute(name, *SCALE) for _, name in ATTRIBUTE_COLUMNS), keep_unclassed=True,
     options={"--transcripts": {"default": None, "help": "folder of <stem>.txt transcripts to use instead of the "
                                                         "release's Transcripts/ (e.g. an ASR system's)"}},
 )

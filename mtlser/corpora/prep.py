@@ -25,7 +25,8 @@ from typing import Callable
 
 import soundfile as sf
 
-from mtlser.data.datadir import ATTRIBUTES, UTT2ATTR, sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
+from mtlser.data.attributes import UTT2ATTR, Attribute, write_declaration
+from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
 from mtlser.data.emotions import NO_CLASS, EmotionMap, check_labels, load_emotion_map, write_inventory
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_dir, atomic_write_text
@@ -85,8 +86,8 @@ class Corpus:
     group_by: str | None = None  # a per-utterance table counted per value in the report (utt2session)
     options: dict = field(default_factory=dict)  # more options of its command line: flag -> argparse kwargs
     module: str = ""  # its module's short name: conf/emotions/<module>.yaml, data/local/<module>_prep
-    #: Its dimensional labels, (name, min, max) each in utt2attr's column order; () for a corpus without.
-    attributes: tuple[tuple[str, float, float], ...] = ()
+    #: Its dimensional labels, in utt2attr's column order (mtlser.data.attributes); () for a corpus without.
+    attributes: tuple[Attribute, ...] = ()
     #: True: an utterance whose raw label the map does not keep stays, with attributes and no class
     #: (utt2emo NO_CLASS); False: it is dropped, as every utterance without a kept class.
     keep_unclassed: bool = False
@@ -230,7 +231,7 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
     if UTT2ATTR in tables and len(tables[UTT2ATTR]) != len(tables["utt2spk"]):
         lack = sorted(set(tables["utt2spk"]) - set(tables[UTT2ATTR]), key=sort_key)
         raise MtlserError(f"{found.root}: {len(lack)} {corpus.items} have no attribute values, e.g. {lack[0]}; "
-                          f"{corpus.name}'s prep gives every utterance its {' '.join(a[0] for a in corpus.attributes)}")
+                          f"{corpus.name}'s prep gives every utterance its {' '.join(a.name for a in corpus.attributes)}")
     if unclassed:
         logger.info("%d %s have no class of %s (raw labels the map does not keep): kept for their attributes, "
                     "utt2emo '%s'", unclassed, corpus.items, emotion_map.source, NO_CLASS)
@@ -281,7 +282,7 @@ def _describe(emotion_map: EmotionMap) -> str:
 
 def write_data_dir(out: Path, tables: dict[str, dict[str, str]], emotion_map: EmotionMap,
                    spk2gender: dict[str, str] | None = None,
-                   attributes: tuple[tuple[str, float, float], ...] = ()) -> None:
+                   attributes: tuple[Attribute, ...] = ()) -> None:
     """The data dir, its ``emotions`` inventory, spk2gender and the ``attributes`` declaration, appearing in one
     piece; then validated."""
     emotions = check_labels(list(emotion_map.emotions), emotion_map.source)
@@ -293,7 +294,7 @@ def write_data_dir(out: Path, tables: dict[str, dict[str, str]], emotion_map: Em
         if spk2gender:
             write_table(tmp / "spk2gender", spk2gender)
         if attributes:
-            atomic_write_text(tmp / ATTRIBUTES, "".join(f"{name} {lo:g} {hi:g}\n" for name, lo, hi in attributes))
+            write_declaration(tmp, list(attributes))
     validate_data_dir(out)  # labels against the inventory just written; warns of classes without utterances
 
 

@@ -15,6 +15,10 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
                  output, see mtlser.text.tokenize; may be empty)
     emotions     the emotion inventory: one label a line, in class-index order (required;
                  mtlser.data.emotions). Not a per-utterance file.
+    utt2attr     utt  v1 v2 ...                     (optional; dimensional attributes, floats in the
+                 order of ``attributes``, mtlser.data.attributes)
+    attributes   the attribute declaration: '<name> <min> <max>' a line (with utt2attr). Not a
+                 per-utterance file.
 
 Every file is sorted by its first field in the C locale (byte order) and has
 unique keys; all per-utterance files hold the same key set. Utterance ids are
@@ -50,6 +54,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from mtlser.data.attributes import UTT2ATTR, Attribute, has_attributes, read_declaration, write_declaration
+from mtlser.data.attributes import validate as validate_attributes
 from mtlser.data.emotions import INVENTORY, NO_CLASS, read_inventory, write_inventory
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, atomic_open, is_safe_name
@@ -57,12 +63,6 @@ from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, atomic_open, is_saf
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk", "utt2emo")
-#: Dimensional labels: the values per utterance (``utt v1 v2 ...``) and their declaration (``name min max`` a
-#: line, in column order), which travels with the data dir as ``emotions`` does (stage 2 copies it into folds).
-UTT2ATTR = "utt2attr"
-ATTRIBUTES = "attributes"
-#: Files that declare what a data dir's tables mean and travel with it verbatim (subsets, folds, fix).
-DECLARATIONS = (ATTRIBUTES,)
 #: Per-utterance files whose value may be empty (a transcript of only non-verbal tags).
 EMPTY_VALUE_OK_PREFIX = "text"
 
@@ -143,14 +143,15 @@ def per_utt_files(path: Path) -> list[str]:
 
 class DataDir:
     """An in-memory data dir: ``tables[name][utt] = value`` for per-utterance files, and its emotion
-    inventory (``emotions``, None when the dir has none)."""
+    inventory (``emotions``, None when the dir has none) and attribute declaration (``attributes``,
+    None when it has none)."""
 
     def __init__(self, tables: Mapping[str, Mapping[str, str]], path: Path | None = None,
-                 emotions: Iterable[str] | None = None, declarations: Mapping[str, str] | None = None):
+                 emotions: Iterable[str] | None = None, attributes: Iterable[Attribute] | None = None):
         self.tables: dict[str, dict[str, str]] = {k: dict(v) for k, v in tables.items()}
         self.path = path
         self.emotions: list[str] | None = list(emotions) if emotions is not None else None
-        self.declarations: dict[str, str] = dict(declarations or {})  # DECLARATIONS present: name -> text
+        self.attributes: list[Attribute] | None = list(attributes) if attributes is not None else None
 
     @classmethod
     def load(cls, path: str | os.PathLike, names: Iterable[str] | None = None) -> "DataDir":
@@ -162,7 +163,8 @@ class DataDir:
         for name in names:
             tables[name] = read_table(path / name, allow_empty_value=name.startswith(EMPTY_VALUE_OK_PREFIX))
         emotions = read_inventory(path) if (path / INVENTORY).is_file() else None
-        return cls(tables, path, emotions, read_declarations(path))
+        attributes = read_declaration(path) if has_attributes(path) else None
+        return cls(tables, path, emotions, attributes)
 
     @property
     def utts(self) -> list[str]:
@@ -177,7 +179,7 @@ class DataDir:
     def subset(self, utts: Iterable[str]) -> "DataDir":
         keep = set(utts)
         return DataDir({name: {u: v for u, v in t.items() if u in keep} for name, t in self.tables.items()},
-                       emotions=self.emotions, declarations=self.declarations)
+                       emotions=self.emotions, attributes=self.attributes)
 
     def write(self, path: str | os.PathLike) -> None:
         """Write all tables and the derived spk2utt; the dir appears complete or not at all."""
@@ -188,13 +190,9 @@ class DataDir:
                 write_table(tmp / "spk2utt", spk2utt_from_utt2spk(self.tables["utt2spk"]))
             if self.emotions is not None:
                 write_inventory(tmp, self.emotions)
-            for name, text in self.declarations.items():
-                (tmp / name).write_text(text, encoding="utf-8")
+            if self.attributes is not None:
+                write_declaration(tmp, self.attributes)
         self.path = Path(path)
-
-
-def read_declarations(path: Path) -> dict[str, str]:
-    return {name: (path / name).read_text(encoding="utf-8") for name in DECLARATIONS if (path / name).is_file()}
 
 
 def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> DataDir:
@@ -230,6 +228,8 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
         check_sorted(path / "spk2utt", spk2utt.keys())
         if spk2utt != spk2utt_from_utt2spk(dd.tables["utt2spk"]):
             raise DataDirError(f"{path / 'spk2utt'}: does not match utt2spk; run: python -m mtlser.data.datadir fix {path}")
+
+    validate_attributes(path, dd.tables.get(UTT2ATTR), list(dd.tables["utt2spk"]))
 
     if dd.emotions is None:
         read_inventory(path)  # raises: the message says what the file holds and who writes it
@@ -269,7 +269,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
 
 #: Per-utterance files whose value is a single field (the speaker, the label, the duration, ...).
 def _one_value(name: str) -> bool:
-    return name.startswith("utt2") and name != UTT2ATTR  # utt2attr: one value per declared attribute
+    return name.startswith("utt2") and name != UTT2ATTR
 
 
 def check_ids_and_fields(path: Path, dd: DataDir) -> None:
@@ -306,8 +306,9 @@ def fix_data_dir(path: str | os.PathLike) -> tuple[int, int]:
     total = len(tables.get("utt2spk", {}))
     common = set.intersection(*(set(t) for t in tables.values())) if tables else set()
     emotions = read_inventory(path) if (path / INVENTORY).is_file() else None
+    attributes = read_declaration(path) if has_attributes(path) else None
     dd = DataDir({n: {u: v for u, v in t.items() if u in common} for n, t in tables.items()}, emotions=emotions,
-                 declarations=read_declarations(path))
+                 attributes=attributes)
     dd.write(path)
     logger.info("fix_data_dir %s: kept %d of %d utterances", path, len(common), total)
     return len(common), total

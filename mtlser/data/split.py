@@ -22,7 +22,8 @@ With the fixed protocol the valid set is the corpus's development set (--valid s
 default, stands for it; the other choices are refused).
 
 Writes ``OUT/foldNN/{train,valid,test}/`` (full data dirs: every per-utterance
-file of the source, spk2utt rebuilt, and its emotion inventory ``emotions``; no
+file of the source, spk2utt rebuilt, its emotion inventory ``emotions`` and, when
+it has one, its attribute declaration ``attributes``; no
 ``valid/`` with --valid none) and ``OUT/folds.tsv`` describing the folds, and
 ``OUT/final/train/``: every utterance of every speaker, the training data of the
 final model that is trained once after cross-validation (:mod:`mtlser.train.final`).

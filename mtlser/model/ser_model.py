@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlser.model.heads import AttributeHead, attribute_loss
 from mtlser.model.backbone import Backbone, build_backbone, conv_layers_as_tuples, set_fast_path
 from mtlser.utils import MtlserError
 
@@ -85,6 +86,10 @@ class SERModel(nn.Module):
         ctc_weight: float = 0.1,
         ctc_reduction: str = "sum",
         class_weights: list[float] | None = None,
+        attributes: list[tuple[str, float, float]] | None = None,
+        attr_weight: float = 1.0,
+        attr_loss: str = "ccc",
+        ce_weight: float = 1.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -102,6 +107,12 @@ class SERModel(nn.Module):
             torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None,
             persistent=False,
         )
+        # Built after the paper's heads, so a model without attributes draws the same initial weights.
+        self.ce_weight = ce_weight
+        self.attr_weight = attr_weight
+        self.attr_loss = attr_loss
+        self.attr_head = (AttributeHead(backbone.hidden_size, [a[1] for a in attributes], [a[2] for a in attributes])
+                          if attributes else None)
 
     def encode(self, wavs: Tensor, wav_lens: Tensor | None,
                from_features: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -119,9 +130,15 @@ class SERModel(nn.Module):
         return self.dropout(fused), frame_lens
 
     def heads(self, fused: Tensor, frame_lens: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        emo_logits = self.emotion_head(mean_pool(fused, frame_lens))  # (B, E)
+        pooled = mean_pool(fused, frame_lens)
+        emo_logits = self.emotion_head(pooled)  # (B, E)
         ctc_logits = self.ctc_head(fused) if self.ctc_head is not None else None  # (B, T, V)
+        self._pooled = pooled  # the attribute head's input (pooled once for both heads)
         return emo_logits, ctc_logits
+
+    def attr_unit(self) -> Tensor | None:
+        """The attribute head's output (B, K) on the [0, 1] scale for the last :meth:`heads` call."""
+        return self.attr_head(self._pooled) if self.attr_head is not None else None
 
     def ctc_loss(self, ctc_logits: Tensor, frame_lens: Tensor, targets: Tensor, target_lens: Tensor) -> tuple[Tensor, Tensor]:
         """L_CTC over the utterances that can be aligned; returns (loss, usable mask).
@@ -172,8 +189,13 @@ class SERModel(nn.Module):
         target_lens: Tensor | None = None,
         from_features: bool = False,
         term_weights: tuple[float, float] | None = None,
+        attributes: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float], Tensor]:
         """The objective, its statistics, and the emotion logits (B, E).
+
+        L = ce_weight * L_CE + attr_weight * L_attr + lambda * L_CTC; L_CE is left out when ce_weight is 0
+        (a dimensional-only model), L_attr when the model has no attribute head (``attributes``: the
+        targets (B, K) on the declared scale).
 
         ``term_weights`` (w_ce, w_ctc) scale the two terms of the returned loss, not the statistics:
         under torchrun, a rank's share of its whole batch's loss (mtlser.train.distributed).
@@ -189,6 +211,14 @@ class SERModel(nn.Module):
             "loss_ce": value(loss_ce),
             "acc": value((emo_logits.argmax(-1) == emotions).float().mean()),
         }
+        if self.ce_weight != 1.0:  # the paper's objective stays the same expression, bit for bit
+            loss_ce = self.ce_weight * loss_ce
+        if self.attr_head is not None:
+            assert attributes is not None, "the attribute head needs targets"
+            unit = fp32_or_wider(self.attr_unit())
+            loss_attr = attribute_loss(unit, self.attr_head.to_unit(attributes.to(unit.dtype)), self.attr_loss)
+            stats["loss_attr"] = value(loss_attr)
+            loss_ce = loss_ce + self.attr_weight * loss_attr  # utterance-level terms, weighted alike under DDP
         loss = loss_ce
         if ctc_logits is not None:
             assert targets is not None and target_lens is not None, "the CTC head needs targets"
@@ -214,6 +244,7 @@ class SERModel(nn.Module):
         target_lens: Tensor | None = None,
         from_features: bool = False,
         term_weights: tuple[float, float] | None = None,
+        attributes: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float], int]:
         """Args: wavs (B, S); wav_lens (B,); emotions (B,); targets (B, Lmax) padded with -1; target_lens (B,).
         With from_features: wavs are cached CNN features (B, T, C) and wav_lens frame lengths.
@@ -221,7 +252,7 @@ class SERModel(nn.Module):
         Returns (loss, stats, batch_size).
         """
         loss, stats, _ = self.loss_and_logits(wavs, wav_lens, emotions, targets, target_lens, from_features,
-                                              term_weights)
+                                              term_weights, attributes)
         return loss, stats, wavs.shape[0]
 
     @torch.no_grad()
@@ -229,14 +260,17 @@ class SERModel(nn.Module):
         """Emotion posteriors and, with a CTC head, per-frame token log-probabilities (inputs as :meth:`encode`)."""
         fused, frame_lens = self.encode(wavs, wav_lens, from_features)
         emo_logits, ctc_logits = self.heads(fused, frame_lens)
+        attr = self.attr_unit()
         return {
+            "attributes": self.attr_head.to_scale(fp32_or_wider(attr)) if attr is not None else None,
             "emo_probs": F.softmax(fp32_or_wider(emo_logits), dim=-1),
             "ctc_log_probs": F.log_softmax(fp32_or_wider(ctc_logits), dim=-1) if ctc_logits is not None else None,
             "frame_lens": frame_lens,
         }
 
 
-def build_model(cfg, vocab_size: int, architecture: dict | None = None, num_emotions: int | None = None) -> SERModel:
+def build_model(cfg, vocab_size: int, architecture: dict | None = None, num_emotions: int | None = None,
+                attributes: list[tuple[str, float, float]] | None = None) -> SERModel:
     """Wire the model from a :class:`mtlser.config.Config`, top to bottom; training and inference both call this.
 
     Training gives the config alone: the backbone is built from ``cfg.backbone`` and its pretrained weights
@@ -266,4 +300,8 @@ def build_model(cfg, vocab_size: int, architecture: dict | None = None, num_emot
         ctc_weight=cfg.loss.lambda_,
         ctc_reduction=cfg.loss.ctc_reduction,
         class_weights=cfg.loss.class_weights,
+        attributes=attributes,
+        attr_weight=cfg.loss.attr_weight,
+        attr_loss=cfg.loss.attr_loss,
+        ce_weight=cfg.loss.ce_weight,
     )
