@@ -115,8 +115,9 @@ def scatter_plot(path: Path, attrs, ref: list[list[float]], hyp: list[list[float
         ax = axes[0][i]
         ax.scatter(ref_a[:, i], hyp_a[:, i], s=12, alpha=0.6)
         ax.plot([a.low, a.high], [a.low, a.high], color="grey", lw=1, ls="--", label="predicted = true")
-        ax.set_xlim(a.low, a.high)
-        ax.set_ylim(a.low, a.high)
+        pad = 0.03 * (a.high - a.low)  # points on the scale's ends stay whole
+        ax.set_xlim(a.low - pad, a.high + pad)
+        ax.set_ylim(a.low - pad, a.high + pad)
         ax.set_aspect("equal")
         ax.set_xlabel(f"true {a.name}")
         ax.set_ylabel(f"predicted {a.name}")
