@@ -16,6 +16,8 @@ Decoding a data dir writes a decode dir (``MODEL_DIR/decode_test`` for a fold's 
     utt2emo_hyp   utt  predicted emotion
     emo_probs     utt  p(e_1) ... p(e_K)   (header-less, in the model's emotion order)
     text_hyp      utt  greedy CTC tokens (models with a CTC head)
+    utt2attr_hyp  utt  predicted attribute values, in model.yaml's attribute order (models with an
+                  attribute head; the format of a data dir's utt2attr, mtlser.data.attributes)
     utt2error     utt  why it could not be decoded; absent when none failed
     data_dir      the decoded data dir (scoring reads its references there)
 
@@ -53,6 +55,7 @@ DECODE_TEST = DECODE_PREFIX + TEST_SET  # a fold's main test set; decode_test<na
 UTT2EMO_HYP = "utt2emo_hyp"
 EMO_PROBS = "emo_probs"
 TEXT_HYP = "text_hyp"
+UTT2ATTR_HYP = "utt2attr_hyp"
 UTT2ERROR = "utt2error"
 DATA_DIR_POINTER = "data_dir"
 RESULT_TXT = "result.txt"
@@ -101,11 +104,15 @@ def fold_files(exp_dir: str | Path, name: str) -> list[Path]:
 
 
 def write_decode(out: Path, data_dir: Path, hyp: dict[str, str], probs: dict[str, str],
-                 text: dict[str, str] | None, errors: dict[str, str]) -> None:
+                 text: dict[str, str] | None, errors: dict[str, str],
+                 attributes: dict[str, list[float]] | None = None) -> None:
     """A decode dir's files (see the module doc); utt2error only when an utterance failed."""
     out.mkdir(parents=True, exist_ok=True)
     write_table(out / UTT2EMO_HYP, hyp)
     write_table(out / EMO_PROBS, probs)
+    if attributes is not None:
+        from mtlser.data.attributes import write_values
+        write_values(out / UTT2ATTR_HYP, attributes)
     if text is not None:
         write_table(out / TEXT_HYP, text)  # an utterance with no token is a line of its id alone
     if errors:  # scoring reports them (mtlser.score.not_scored)

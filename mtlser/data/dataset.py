@@ -61,6 +61,9 @@ class SERDataset(Dataset):
 
     The emotion index is the label's position in ``emotions`` (the model's), default the data dir's
     inventory; given both, they must be equal (mtlser.data.emotions.check_same).
+
+    With ``attributes`` (the model's attribute declaration, mtlser.data.attributes) items also carry the
+    utterance's attribute values (``utt2attr``), and the data dir's declaration must equal the model's.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class SERDataset(Dataset):
         sample_rate: int = 16000,
         cache_audio: bool = False,
         max_duration: float = 0.0,
+        attributes: list | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.sample_rate = sample_rate
@@ -95,6 +99,21 @@ class SERDataset(Dataset):
                 raise MtlserError(f"{self.data_dir / 'utt2emo'}: '{u}' has label '{utt2emo[u]}', "
                                   f"expected one of {list(emotions)}")
             self.emotions.append(emo_index[utt2emo[u]])
+
+        self.attributes = attributes
+        self.attr_values: list[list[float]] | None = None
+        if attributes is not None:
+            from mtlser.data.attributes import read_declaration, read_values
+            declared = read_declaration(self.data_dir)
+            if declared != list(attributes):
+                raise MtlserError(f"{self.data_dir / 'attributes'}: declares {[a.line() for a in declared]}, the model "
+                                  f"{[a.line() for a in attributes]}; a model predicts its own attributes: use data "
+                                  f"that declares them")
+            values = read_values(self.data_dir, declared)
+            lack = [u for u in self.utts if u not in values]
+            if lack:
+                raise MtlserError(f"{self.data_dir / 'utt2attr'}: no values for {len(lack)} utterance(s), e.g. {lack[:3]}")
+            self.attr_values = [values[u] for u in self.utts]
 
         self.targets: list[list[int]] | None = None
         if token_list is not None:
@@ -141,6 +160,8 @@ class SERDataset(Dataset):
             self.durations = [self.durations[i] for i in keep]
             if self.targets is not None:
                 self.targets = [self.targets[i] for i in keep]
+            if self.attr_values is not None:
+                self.attr_values = [self.attr_values[i] for i in keep]
             if self._cache:
                 raise RuntimeError("drop utterances before the audio cache fills")
         return dropped
@@ -155,15 +176,21 @@ class SERDataset(Dataset):
             raise RuntimeError("extend datasets before the audio or feature cache fills")
         if (self.targets is None) != (other.targets is None):
             raise RuntimeError("extend: one dataset has CTC targets and the other has none")
+        if (self.attr_values is None) != (other.attr_values is None):
+            raise RuntimeError("extend: one dataset has attribute values and the other has none")
+        n = len(self) + len(other)
         rows = sorted(zip(self.utts + other.utts, self.wavs + other.wavs, self.emotions + other.emotions,
                           self.durations + other.durations,
-                          (self.targets or []) + (other.targets or []) or [None] * (len(self) + len(other))),
+                          (self.targets or []) + (other.targets or []) or [None] * n,
+                          (self.attr_values or []) + (other.attr_values or []) or [None] * n),
                       key=lambda row: sort_key(row[0]))
         if len({row[0] for row in rows}) != len(rows):
             raise MtlserError(f"{self.data_dir} and {other.data_dir} share utterances; rerun the folds step")
-        self.utts, self.wavs, self.emotions, self.durations, targets = (list(col) for col in zip(*rows))
+        self.utts, self.wavs, self.emotions, self.durations, targets, attr_values = (list(col) for col in zip(*rows))
         if self.targets is not None:
             self.targets = targets
+        if self.attr_values is not None:
+            self.attr_values = attr_values
 
     def _audio(self, idx: int) -> np.ndarray:
         if self._cache is not None and idx in self._cache:
@@ -174,6 +201,12 @@ class SERDataset(Dataset):
         return x
 
     def __getitem__(self, idx: int) -> dict:
+        item = self._item(idx)
+        if self.attr_values is not None:
+            item["attributes"] = self.attr_values[idx]
+        return item
+
+    def _item(self, idx: int) -> dict:
         target = self.targets[idx] if self.targets is not None else []
         if self.features is not None:
             feats, num_samples = self.features.get(self.utts[idx])
@@ -245,6 +278,8 @@ def collate(items: list[dict], pad_ladder: float = 1.0, frames_of=None) -> dict:
         targets[i, : len(it["target"])] = it["target"]
     out.update(emotions=torch.tensor([it["emotion"] for it in items], dtype=torch.long),
                targets=targets, target_lens=target_lens)
+    if "attributes" in items[0]:
+        out["attributes"] = torch.tensor([it["attributes"] for it in items], dtype=torch.float32)  # (B, K)
     return out
 
 

@@ -32,7 +32,7 @@ def decode_data_dir(predictor, data_dir: Path, out: Path, batch_size: int = 16, 
     recordings = [Recording(u, wav_scp[u]) for u in sorted(wav_scp, key=sort_key)]
     done = label(predictor, recordings, window=0.0, batch_size=batch_size, batch_seconds=batch_seconds,
                  durations=durations, progress=progress, desc=f"decode {data_dir}")
-    hyp, probs, text, errors = {}, {}, {}, {}
+    hyp, probs, text, errors, attrs = {}, {}, {}, {}, {}
     for d in done:
         utt = d.recording.id
         if d.error is not None:
@@ -40,9 +40,12 @@ def decode_data_dir(predictor, data_dir: Path, out: Path, batch_size: int = 16, 
             continue
         hyp[utt] = d.result["emotion"]
         probs[utt] = " ".join(f"{d.result['probs'][e]:.6f}" for e in predictor.emotions)
+        if "attributes" in d.result:
+            attrs[utt] = [d.result["attributes"][a.name] for a in predictor.attributes]
         if "tokens" in d.result:
             text[utt] = " ".join(d.result["tokens"])
-    expdir.write_decode(out, data_dir, hyp, probs, text if predictor.tokens is not None else None, errors)
+    expdir.write_decode(out, data_dir, hyp, probs, text if predictor.tokens is not None else None, errors,
+                        attrs if getattr(predictor, "attributes", None) else None)
     if errors:
         logger.warning("%d of %d utterances of %s could not be decoded: %s (they are listed there)", len(errors),
                        len(done), data_dir, out / expdir.UTT2ERROR)

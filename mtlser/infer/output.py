@@ -8,7 +8,9 @@ Output, one record per input in the order given:
               a recording longer than the window also has "windows": [{"start", "end", "emotion",
               "probs", "tokens"}, ...] and its "probs" are the mean over its windows;
               a failure is {"id", "file", "error"}
-    csv       id,file,duration,emotion,p_<emotion>...,error (whole-file figures)
+    csv       id,file,duration,emotion,p_<emotion>...,[<attribute>...,]error (whole-file figures)
+A model with an attribute head (issue 21) adds "attributes": {name: value} (jsonl; windows too) and one
+column per attribute (csv), each on its declared scale.
     utt2emo   Kaldi table "id emotion" (failures only on stderr)
 """
 
@@ -46,7 +48,7 @@ def output_format(fmt: str | None, output: str | None) -> str:
     return "jsonl"
 
 
-def render(done: list[Labelled], fmt: str, emotions: list[str]) -> str:
+def render(done: list[Labelled], fmt: str, emotions: list[str], attributes: list[str] | None = None) -> str:
     """The output file's text in ``fmt`` (see the module doc)."""
     if fmt == "jsonl":
         return "".join(json.dumps(d.as_json(), ensure_ascii=False) + "\n" for d in done)
@@ -54,13 +56,16 @@ def render(done: list[Labelled], fmt: str, emotions: list[str]) -> str:
         return "".join(f"{d.recording.id} {d.result['emotion']}\n" for d in done if d.error is None)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "file", "duration", "emotion", *[f"p_{e}" for e in emotions], "error"])
+    attributes = attributes or []
+    writer.writerow(["id", "file", "duration", "emotion", *[f"p_{e}" for e in emotions], *attributes, "error"])
     for d in done:
         if d.error is not None:
-            writer.writerow([d.recording.id, d.recording.source, "", "", *[""] * len(emotions), d.error])
+            writer.writerow([d.recording.id, d.recording.source, "", "", *[""] * (len(emotions) + len(attributes)),
+                             d.error])
         else:
             writer.writerow([d.recording.id, d.recording.source, f"{d.duration:.4f}", d.result["emotion"],
-                             *[f"{d.result['probs'][e]:.6f}" for e in emotions], ""])
+                             *[f"{d.result['probs'][e]:.6f}" for e in emotions],
+                             *[f"{d.result['attributes'][a]:.4f}" for a in attributes], ""])
     return buf.getvalue()
 
 
@@ -90,7 +95,8 @@ def label_and_write(predictor, recordings: list[Recording], fmt: str, output: st
     """Label the recordings into ``output`` (stdout when None) in ``fmt``; the exit status (see EXIT_SOME_FAILED)."""
     done = label(predictor, recordings, window=window, hop=hop, batch_size=batch_size,
                  batch_seconds=batch_seconds, progress=progress)
-    text = render(done, fmt, predictor.emotions)
+    attrs = [a.name for a in predictor.attributes] if getattr(predictor, "attributes", None) else None
+    text = render(done, fmt, predictor.emotions, attrs)
     if output:
         atomic_write_text(output, text)
     else:

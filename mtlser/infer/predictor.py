@@ -61,7 +61,12 @@ def read_model(files: ModelFiles, weights: str | None = None, device: str | torc
     if info.get("vocab_size") is not None and int(info["vocab_size"]) != len(tokens):
         raise MtlserError(f"{files.where(TOKEN_LIST)}: {len(tokens)} tokens, but {files.where(MODEL_YAML)} says "
                           f"vocab_size {info['vocab_size']}; the two files come from different models")
-    model = build_model(cfg, vocab_size=len(tokens), architecture=info, num_emotions=len(emotions))
+    attributes = None
+    if info.get("attributes") is not None:
+        from mtlser.data.attributes import declaration_from_yaml
+        attributes = declaration_from_yaml(info["attributes"], files.where(MODEL_YAML))
+    model = build_model(cfg, vocab_size=len(tokens), architecture=info, num_emotions=len(emotions),
+                        attributes=[(a.name, a.low, a.high) for a in attributes] if attributes else None)
     name = files.weights_name(weights)
     if files.base is not None:
         state = load_safetensors(files.base / name)  # a truncated file or a pickle: one clear line
@@ -80,7 +85,7 @@ def read_model(files: ModelFiles, weights: str | None = None, device: str | torc
         raise MtlserError(f"{files.where(name)}: does not match {files.where(MODEL_YAML)} "
                           f"(missing {missing_keys[:5]}, unexpected {unexpected[:5]})")
     model.to(device).eval()
-    meta = {"emotions": emotions, "tokens": tokens, "config": cfg, "sample_rate": cfg.data.sample_rate,
+    meta = {"emotions": emotions, "attributes": attributes, "tokens": tokens, "config": cfg, "sample_rate": cfg.data.sample_rate,
             "info": info, "weights": files.where(name), "location": files.location}
     return model, meta
 
@@ -115,6 +120,12 @@ class SERPredictor:
         self.models = models
         self.metas = metas
         self.emotions: list[str] = list(first["emotions"])
+        for m in metas[1:]:
+            if m.get("attributes") != first.get("attributes"):
+                raise MtlserError(f"{m['location']}: attributes differ from {first['location']}'s; an ensemble's "
+                                  "members must agree")
+        #: The attribute declaration (mtlser.data.attributes) of a model with an attribute head, else None.
+        self.attributes = first.get("attributes")
         self.sample_rate: int = int(first["sample_rate"])
         self.device = torch.device(device)
         self.precision = precision
@@ -169,11 +180,19 @@ class SERPredictor:
             padded[i, : len(f)] = f
         return model.predict(padded, frame_lens, from_features=True)
 
-    @torch.inference_mode()
     def predict_arrays(self, wavs: list[np.ndarray]) -> tuple[np.ndarray, list[list[str]] | None]:
         """Emotion probabilities (B, E) in :attr:`emotions` order and, when available, class tokens per input."""
+        probs, tokens, _ = self.predict_all(wavs)
+        return probs, tokens
+
+    @torch.inference_mode()
+    def predict_all(self, wavs: list[np.ndarray]
+                    ) -> tuple[np.ndarray, list[list[str]] | None, np.ndarray | None]:
+        """:meth:`predict_arrays` and the attribute values (B, K) on their declared scales (None without
+        an attribute head; an ensemble's mean)."""
         if not wavs:
-            return np.zeros((0, len(self.emotions)), dtype=np.float32), ([] if self.tokens is not None else None)
+            return (np.zeros((0, len(self.emotions)), dtype=np.float32), ([] if self.tokens is not None else None),
+                    np.zeros((0, len(self.attributes)), dtype=np.float32) if self.attributes else None)
         lens = torch.tensor([len(w) for w in wavs], dtype=torch.long)
         short = [i for i, n in enumerate(lens.tolist()) if n < self.min_samples]
         if short:
@@ -185,12 +204,15 @@ class SERPredictor:
             batch[i, : len(w)] = torch.as_tensor(w)
         batch, lens = batch.to(self.device), lens.to(self.device)
         probs = None
+        attrs = None
         frame_probs = None
         frame_lens = None
         for model in self.models:
             with self._autocast():
                 out = self._predict(model, batch, lens)
             probs = out["emo_probs"].float() if probs is None else probs + out["emo_probs"].float()
+            if self.attributes:
+                attrs = out["attributes"].float() if attrs is None else attrs + out["attributes"].float()
             if self.tokens is not None:
                 p = out["ctc_log_probs"].float().exp()  # (B, T, V)
                 frame_probs = p if frame_probs is None else frame_probs + p
@@ -203,15 +225,19 @@ class SERPredictor:
             for i in range(len(wavs)):
                 n = int(frame_lens[i]) if frame_lens is not None else log_probs.shape[1]
                 tokens.append([self.tokens[t] for t in ctc_greedy(log_probs[i], n)])
-        return probs.numpy(), tokens
+        attrs = (attrs / len(self.models)).cpu().numpy() if attrs is not None else None
+        return probs.numpy(), tokens, attrs
 
     def predict_batch(self, wavs: list[np.ndarray]) -> list[dict]:
-        """For each waveform (mono, :attr:`sample_rate`): ``{'emotion', 'probs': {emotion: p}, 'tokens'?}``."""
-        probs, tokens = self.predict_arrays(wavs)
+        """For each waveform (mono, :attr:`sample_rate`): ``{'emotion', 'probs': {emotion: p},
+        'attributes'?: {name: value}, 'tokens'?}``."""
+        probs, tokens, attrs = self.predict_all(wavs)
         results = []
         for i, row in enumerate(probs):
             r = {"emotion": self.emotions[int(np.argmax(row))],
                  "probs": {e: float(p) for e, p in zip(self.emotions, row.tolist())}}
+            if attrs is not None:
+                r["attributes"] = {a.name: float(v) for a, v in zip(self.attributes, attrs[i].tolist())}
             if tokens is not None:
                 r["tokens"] = tokens[i]
             results.append(r)

@@ -73,11 +73,15 @@ def _combine(pieces: list[tuple[float, float, dict]], emotions: list[str]) -> di
         return pieces[0][2]
     pieces = sorted(pieces, key=lambda p: p[0])
     mean = np.mean([[r["probs"][e] for e in emotions] for _, _, r in pieces], axis=0)
-    return {
+    out = {
         "emotion": emotions[int(np.argmax(mean))],
         "probs": {e: float(p) for e, p in zip(emotions, mean.tolist())},
-        "windows": [{"start": round(a, 4), "end": round(b, 4), **r} for a, b, r in pieces],
     }
+    if "attributes" in pieces[0][2]:
+        names = list(pieces[0][2]["attributes"])
+        out["attributes"] = {a: float(np.mean([r["attributes"][a] for _, _, r in pieces])) for a in names}
+    out["windows"] = [{"start": round(a, 4), "end": round(b, 4), **r} for a, b, r in pieces]
+    return out
 
 
 def label(predictor, recordings: list[Recording], window: float = 0.0, hop: float = 0.0, batch_size: int = 16,

@@ -12,6 +12,8 @@ import numpy as np
 from mtlser import expdir
 from mtlser.data.datadir import read_table
 from mtlser.score import not_scored
+from mtlser.score.attributes import f1_scores, score_attributes
+from mtlser.score.attributes import result_lines as attr_result_lines
 from mtlser.score.metrics import (
     confusion_matrix,
     edit_distance,
@@ -110,6 +112,8 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         "precision": {e: _f(p) for e, p in zip(emotions, per_class_precision(cm))},
         "emotions": emotions,
         "confusion": cm.tolist(),
+        "macro_f1": f1_scores(cm)[1],
+        "weighted_f1": f1_scores(cm)[2],
         "absent_classes": absent_classes(cm, emotions),
         "speakers": sorted(set(read_table(ref_dir / "utt2spk").values())),
         "not_scored": len(errors),
@@ -134,6 +138,7 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         f"references: {ref_dir} ({len(utts)} utterances, speakers {' '.join(result['speakers'])})",
         f"WA {result['wa']:.4f}  UA {result['ua']:.4f}"
         + (f"  CTC TER {result['ctc_ter']:.4f} ({token_type})" if result.get("ctc_ter") is not None else ""),
+        f"macro-F1 {result['macro_f1']:.4f}  weighted F1 {result['weighted_f1']:.4f}",
         *not_scored.header_line(errors, len(ref)),
     ]
     if result["absent_classes"]:
@@ -146,6 +151,10 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
     lines += ["", "confusion (rows = reference, columns = hypothesis):", "      " + " ".join(f"{e:>5s}" for e in emotions)]
     for i, e in enumerate(emotions):
         lines.append(f"{e:5s} " + " ".join(f"{int(c):5d}" for c in cm[i]))
+    attr_result = score_attributes(decode_dir, ref_dir, utts)
+    if attr_result is not None:
+        result["attributes"] = attr_result
+        lines += attr_result_lines(attr_result)
     lines += not_scored.listing(errors)
     atomic_write_text(decode_dir / expdir.RESULT_TXT, "\n".join(lines) + "\n")
     atomic_write_text(decode_dir / expdir.RESULT_JSON, json.dumps(result, indent=1, allow_nan=False) + "\n")

@@ -111,6 +111,9 @@ def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERD
     use_ctc = cfg.loss.lambda_ > 0
     ds_kw = dict(token_list=token_list if use_ctc else None, token_type=cfg.data.token_type,
                  emotions=cfg.data.emotions, sample_rate=cfg.data.sample_rate, cache_audio=cfg.data.cache_audio)
+    if cfg.loss.attributes:
+        from mtlser.data.attributes import read_declaration
+        ds_kw["attributes"] = read_declaration(data_dir / "train")
     train_set = SERDataset(data_dir / "train", max_duration=cfg.data.max_duration, **ds_kw)
     train_set.training = True
     valid_set = SERDataset(data_dir / "valid", **ds_kw) if has_valid else None
@@ -123,11 +126,14 @@ def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERD
     return train_set, valid_set
 
 
-def build_seeded_model(cfg: Config, vocab_size: int, device: torch.device, dist: DistInfo) -> SERModel:
-    """The model from train.seed (the same initial model on every rank), then each rank's own random stream."""
+def build_seeded_model(cfg: Config, vocab_size: int, device: torch.device, dist: DistInfo,
+                       attributes: list | None = None) -> SERModel:
+    """The model from train.seed (the same initial model on every rank), then each rank's own random stream.
+    ``attributes``: the data's attribute declaration, for the attribute head (loss.attributes)."""
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    model = build_model(cfg, vocab_size=vocab_size).to(device)
+    attrs = [(a.name, a.low, a.high) for a in attributes] if attributes else None
+    model = build_model(cfg, vocab_size=vocab_size, attributes=attrs).to(device)
     if dist.world_size > 1:  # same initial model on every rank, then each rank's own dropout
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, dist.rank))
         random.seed(distributed.rank_seed(cfg.train.seed, dist.rank))

@@ -114,7 +114,8 @@ class Trainer:
         self.device = setup_device(cfg, self.dist)
         # data, then the model seeded from train.seed, then what depends on both
         self.train_set, self.valid_set = build_data(cfg, self.data_dir, token_list)
-        self.model: SERModel = build_seeded_model(cfg, len(token_list), self.device, self.dist)
+        self.model: SERModel = build_seeded_model(cfg, len(token_list), self.device, self.dist,
+                                                  attributes=self.train_set.attributes)
         self.loss_check = LossCheck(deferred=cfg.train.defer_host_sync)
         drop_short_utterances(self.model, {"train": self.train_set, "valid": self.valid_set}, self.data_dir,
                               cfg.data.sample_rate)
@@ -257,6 +258,9 @@ class Trainer:
             "vocab_size": len(self.token_list),
             "num_hidden_states": self.model.backbone.num_layers + 1,
         }
+        if self.train_set.attributes:  # only then: a model without attributes keeps the paper's model.yaml
+            from mtlser.data.attributes import declaration_to_yaml
+            info["attributes"] = declaration_to_yaml(self.train_set.attributes)
         atomic_write_text(self.exp_dir / expdir.MODEL_YAML, yaml.safe_dump(info, sort_keys=False))
 
     # ------------------------------------------------------------------ loop
@@ -359,8 +363,11 @@ class Trainer:
             inputs, lens, from_features = batch["feats"], batch["feat_lens"], True
         else:
             inputs, lens, from_features = batch["wavs"], batch["wav_lens"], False
-        return dict(wavs=inputs, wav_lens=lens, emotions=batch["emotions"], targets=batch["targets"],
-                    target_lens=batch["target_lens"], from_features=from_features)
+        kw = dict(wavs=inputs, wav_lens=lens, emotions=batch["emotions"], targets=batch["targets"],
+                  target_lens=batch["target_lens"], from_features=from_features)
+        if "attributes" in batch:
+            kw["attributes"] = batch["attributes"]
+        return kw
 
     def train_step(self, batch: dict, share: tuple[int, int] | None = None) -> tuple[dict, int]:
         """One optimizer step of L = CE + lambda * CTC on a collated batch; returns (stats, batch size).
