@@ -84,11 +84,11 @@ def test_mini_avd_recipe_stages_0_to_6_with_the_fixed_protocol(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
     r = subprocess.run(["./ser.sh", "--stage", "0", "--stop-stage", "6", "--protocol", "fixed", "--ngpu", "0",
-                        "--nj", "1", "--train-config", "conf/train_mini.yaml",
+                        "--nj", "1", "--train-config", "conf/train_mini_avd.yaml",
                         "--local-data-opts", "--utts-per-speaker 8", "--train-opts", "--train.epochs 2"],
                        cwd=recipe, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
-    data, exp = recipe / "data", recipe / "exp" / "train_mini_fixed"
+    data, exp = recipe / "data", recipe / "exp" / "train_mini_avd_fixed"
     assert (data / "all" / "attributes").read_text() == "arousal 1 5\nvalence 1 5\ndominance 1 5\n"
     assert len(read_table(data / "all" / "utt2attr")) == len(read_table(data / "all" / "utt2emo"))
     fold = data / "fixed" / "fold01"
@@ -98,5 +98,11 @@ def test_mini_avd_recipe_stages_0_to_6_with_the_fixed_protocol(tmp_path):
     for name in ("test", "test2"):
         result = json.loads((exp / "fold01" / f"decode_{name}" / "result.json").read_text())
         assert result["n"] == len(read_table(fold / name / "utt2emo"))
+        # Classes and attributes scored: macro-F1 beside WA/UA, CCC per attribute and their mean.
+        assert 0 <= result["macro_f1"] <= 1
+        attrs = result["attributes"]
+        assert attrs["attributes"] == ["arousal", "valence", "dominance"]
+        assert set(attrs["ccc"]) == {"arousal", "valence", "dominance"} and -1 <= attrs["mean_ccc"] <= 1
+        assert "CCC" in (exp / "fold01" / f"decode_{name}" / "result.txt").read_text()
     assert "decode_test2" in r.stderr and (exp / "RESULTS.md").is_file()
     assert (exp / "packed" / "fold01.zip").is_file()

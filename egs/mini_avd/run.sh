@@ -9,7 +9,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 ../../tools/install.sh   # installs into tools/venv on first use; a no-op afterwards
 
 ./ser.sh \
-    --train-config conf/train_mini.yaml \
+    --train-config conf/train_mini_avd.yaml \
     --protocol fixed \
     --nj 1 \
     --ngpu 0 \
