@@ -34,7 +34,7 @@ def scan(db_root: Path) -> Found:
         if code not in CODES:
             raise MtlserError(f"{path}: unknown code '{code}'")
         codes[code] = codes.get(code, 0) + 1
-        utts.append(Utterance(f"{spk}_{path.stem}", path, words.get(path.stem), spk, CODES[code],
+        utts.append(Utterance(path.stem, path, words.get(path.stem), spk, CODES[code],
                               relpath(path, db_root)))
     return Found(db_root, utts, skipped, facts={"codes": codes})
 
@@ -60,9 +60,11 @@ def test_a_fourth_corpus_is_one_description(toy, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         report = prepare(TOY, toy, out, EmotionMap(["neu", "ang"], source="toy.yaml"))
     dd = validate_data_dir(out)
-    assert dd.utts == ["s1_A_1", "s1_N_1", "s2_A_1", "s2_N_1"] and read_inventory(out) == ["neu", "ang"]
-    assert read_table(out / "text", allow_empty_value=True)["s1_N_1"] == "It is late"
-    assert read_table(out / "utt2dur")["s1_A_1"] == "0.2500"
+    # ids are <speaker>-<clip> (Kaldi's speaker-prefix rule); the clip names stay in utt2origid
+    assert dd.utts == ["s1-A_1", "s1-N_1", "s2-A_1", "s2-N_1"] and read_inventory(out) == ["neu", "ang"]
+    assert read_table(out / "utt2origid") == {"s1-A_1": "A_1", "s1-N_1": "N_1", "s2-A_1": "A_1", "s2-N_1": "N_1"}
+    assert read_table(out / "text", allow_empty_value=True)["s1-N_1"] == "It is late"
+    assert read_table(out / "utt2dur")["s1-A_1"] == "0.2500"
     skipped = (tmp_path / "data/local/toy_prep/skipped").read_text().splitlines()
     assert skipped == ["hidden s2/.DS_Store", "label:sad s1/S_1.wav"]
     written = json.loads((tmp_path / "data/local/toy_prep/counts.json").read_text())

@@ -128,3 +128,59 @@ def test_wav_scp_pipe_entries_read_like_files(tmp_path):
     sf.write(loud, (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000, subtype="PCM_16")
     for path in (quiet, loud):
         assert np.array_equal(read_audio(f"cat {path} |"), read_audio(str(path)))
+
+
+def test_validate_wants_utt2spk_in_speaker_order(make_data_dir):
+    """Kaldi's rule: utt2spk sorted on the speaker gives its utterance order (speaker-prefixed ids)."""
+    path = make_data_dir(n_spk=2, n_utt=2)
+    validate_data_dir(path)
+    # IEMOCAP's turn names as ids: Ses01F_dlg_M000 is Ses01M's turn in Ses01F's dialog, sorting among Ses01F's.
+    tables = DataDir.load(path).tables
+    utt = "Ses01F_dlg_E000"
+    for name, table in tables.items():
+        table[utt] = table["Ses01M_dlg_M000"]
+    DataDir(tables, emotions=DataDir.load(path).emotions).write(path)
+    with pytest.raises(DataDirError, match=r"utt2spk:1: 'Ses01F_dlg_E000 Ses01M' is not in speaker order.*"
+                                           r"prefix of its utterance ids.*Ses01M-Ses01F_dlg_E000"):
+        validate_data_dir(path)
+
+
+def test_speaker_prefix_with_dash_keeps_order_for_prefix_speakers():
+    """'-' sorts before every other safe-name character: spk1's ids stay before spk10's."""
+    from mtlser.corpora.prep import kaldi_utt_id
+    from mtlser.data.datadir import check_speaker_order
+
+    utt2spk = {kaldi_utt_id(s, c): s for s, c in [("spk1", "x"), ("spk10", "a"), ("spk1", "z")]}
+    check_speaker_order(None, utt2spk)  # does not raise
+    bad = {f"{s}_{c}": s for s, c in [("spk1", "x"), ("spk10", "a")]}  # '_' would not do
+    with pytest.raises(DataDirError, match="not in speaker order"):
+        check_speaker_order(None, bad)
+
+
+@pytest.mark.parametrize("line,match", [
+    (b"hello\r world", r"text:1: non-printable character '\\r'"),
+    (b"caf\xe9", r"text:1: not valid UTF-8"),
+    (b"hello </s> world", r"text:1: the word '</s>' is reserved"),
+])
+def test_validate_text_like_kaldi(make_data_dir, line, match):
+    path = make_data_dir(n_spk=2, n_utt=2)
+    lines = (path / "text").read_bytes().split(b"\n")
+    key = lines[0].split()[0]
+    (path / "text").write_bytes(b"\n".join([key + b" " + line] + lines[1:]))
+    with pytest.raises(DataDirError, match=match):
+        validate_data_dir(path)
+
+
+def test_validate_spk2gender(make_data_dir):
+    path = make_data_dir(n_spk=2, n_utt=2)
+    (path / "spk2gender").write_text("Ses01F f\nSes01M m\n")
+    validate_data_dir(path)
+    (path / "spk2gender").write_text("Ses01F f\nSes01M male\n")
+    with pytest.raises(DataDirError, match=r"spk2gender:2: speaker 'Ses01M' has 'male'"):
+        validate_data_dir(path)
+    (path / "spk2gender").write_text("Ses01M m\nSes01F f\n")
+    with pytest.raises(DataDirError, match=r"spk2gender:2: .*sort"):
+        validate_data_dir(path)
+    (path / "spk2gender").write_text("Ses01F f\n")
+    with pytest.raises(DataDirError, match=r"spk2gender: its speakers differ from utt2spk's .*missing \['Ses01M'\]"):
+        validate_data_dir(path)

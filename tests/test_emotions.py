@@ -28,7 +28,7 @@ from mtlser.text.tokenize import CHARS, read_token_list, tokenize_data_dir
 from mtlser.train.__main__ import main as train_main
 from mtlser.utils import MtlserError, run_main
 from tests.conftest import write_wav
-from tests.test_iemocap_prep import EXPECTED_EMO, release  # noqa: F401  (a fixture)
+from tests.test_iemocap_prep import EXPECTED_EMO, kaldi_id, release  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIVE = ["neu", "fea", "sad", "hap", "ang"]  # a fifth label, and not the recipe's order
@@ -57,8 +57,8 @@ def test_iemocap_prep_takes_its_classes_from_a_label_map(release, tmp_path, capl
         prepare(iemocap.CORPUS, release, out, emotion_map=path, skip_missing_audio=True)
     dd = DataDir.load(out)
     assert read_inventory(out) == ["exc", "neu", "ang", "hap", "sad", "fru"]
-    assert dd["utt2emo"]["Ses01F_impro01_F001"] == "exc" and dd["utt2emo"]["Ses01F_impro01_M001"] == "fru"
-    assert dd["utt2emo"]["Ses01F_impro01_F002"] == "hap"
+    assert dd["utt2emo"]["Ses01F-Ses01F_impro01_F001"] == "exc" and dd["utt2emo"]["Ses01M-Ses01F_impro01_M001"] == "fru"
+    assert dd["utt2emo"]["Ses01F-Ses01F_impro01_F002"] == "hap"
     assert "no counts to compare with" in caplog.text and "the release gives" not in caplog.text
 
     # The paper's mapping in another order is still the mapping the published counts are for.
@@ -67,7 +67,8 @@ def test_iemocap_prep_takes_its_classes_from_a_label_map(release, tmp_path, capl
     with caplog.at_level(logging.INFO):
         prepare(iemocap.CORPUS, release, tmp_path / "reordered", emotion_map=path, skip_missing_audio=True)
     dd = DataDir.load(tmp_path / "reordered")
-    assert dict(dd["utt2emo"]) == EXPECTED_EMO and "the release gives 1241" in caplog.text
+    assert dict(dd["utt2emo"]) == {kaldi_id(t): e for t, e in EXPECTED_EMO.items()}
+    assert "the release gives 1241" in caplog.text
 
     path.write_text("emotions: [ang, hap, sad, neu]\nmerge: {excited: hap}\n")
     with pytest.raises(MtlserError, match=r"five.yaml: excited are not IEMOCAP emotion codes"):

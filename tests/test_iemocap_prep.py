@@ -79,6 +79,11 @@ EXPECTED_EMO = {
     "Ses03M_script02_2b_F000": "neu", "Ses03M_script02_2b_M000": "hap", "Ses04F_script01_1_F000": "sad",
     "Ses05M_script01_1b_F000": "hap", "Ses05M_script01_1b_M000": "neu",
 }
+def kaldi_id(turn: str) -> str:
+    """Speaker-prefixed: the turn's speaker is its session and the gender letter of its last field."""
+    return f"{turn[:5]}{turn.rsplit('_', 1)[1][0]}-{turn}"
+
+
 EXPECTED_DROPPED = {
     "Ses01F_impro01_M001": "label:fru", "Ses01F_impro01_M002": "label:xxx", "Ses01M_script01_1_M000": "no_audio",
     "Ses02F_impro05a_M000": "label:sur", "Ses04F_script01_1_M000": "label:fea",
@@ -134,33 +139,35 @@ def test_prep_writes_the_data_dir_of_the_release(release, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         prepare(iemocap.CORPUS, release, out, skip_missing_audio=True)
     dd = validate_data_dir(out)
-    assert dict(dd["utt2emo"]) == EXPECTED_EMO
+    assert dict(dd["utt2emo"]) == {kaldi_id(t): e for t, e in EXPECTED_EMO.items()}
+    # The turn names stay available: utt2origid maps each id back.
+    assert read_table(out / "utt2origid") == {kaldi_id(t): t for t in EXPECTED_EMO}
 
     # Speakers come from each turn's own id, not from the dialog name.
     spk = read_table(out / "utt2spk")
-    assert spk["Ses01F_impro01_M000"] == "Ses01M"
-    assert spk["Ses01M_script01_1_F000"] == "Ses01F"
-    assert spk["Ses03M_script02_2b_F000"] == "Ses03F"
-    assert all(spk[u] == u[:5] + u.rsplit("_", 1)[1][0] for u in spk)
+    assert spk["Ses01M-Ses01F_impro01_M000"] == "Ses01M"
+    assert spk["Ses01F-Ses01M_script01_1_F000"] == "Ses01F"
+    assert spk["Ses03F-Ses03M_script02_2b_F000"] == "Ses03F"
+    assert all(u.startswith(s + "-") for u, s in spk.items())
     assert read_table(out / "spk2utt")["Ses01M"].split() == [
-        "Ses01F_impro01_M000", "Ses01M_script01_1_M001", "Ses01M_script01_1_M002"]
+        "Ses01M-Ses01F_impro01_M000", "Ses01M-Ses01M_script01_1_M001", "Ses01M-Ses01M_script01_1_M002"]
     assert set(read_table(out / "utt2session").values()) == {"Ses01", "Ses02", "Ses03", "Ses04", "Ses05"}
 
     # Sentence wavs only, by dialog folder; never the stereo session files or ._ twins.
     wavs = read_table(out / "wav.scp")
-    assert wavs["Ses05M_script01_1b_F000"] == str(
+    assert wavs["Ses05F-Ses05M_script01_1b_F000"] == str(
         release / "Session5/sentences/wav/Ses05M_script01_1b/Ses05M_script01_1b_F000.wav")
     assert not any("/dialog/wav/" in w or "/._" in w for w in wavs.values())
-    assert read_table(out / "utt2dur")["Ses01F_impro01_F000"] == "0.5000"
+    assert read_table(out / "utt2dur")["Ses01F-Ses01F_impro01_F000"] == "0.5000"
 
     # Transcripts: words kept as written (stage 1 cleans them); CRLF gone; tags-only and
     # missing transcripts kept with the emotion label; XX lines never become utterances.
     text = read_table(out / "text", allow_empty_value=True)
-    assert text["Ses01F_impro01_F001"] == "Yeah! That's great."
-    assert text["Ses02F_impro05a_F000"] == "Get out."
-    assert text["Ses01F_impro01_F002"] == "[LAUGHTER]"
-    assert text["Ses01M_script01_1_M001"] == "[BREATHING] [GARBAGE]"
-    assert text["Ses01M_script01_1_M002"] == ""
+    assert text[kaldi_id("Ses01F_impro01_F001")] == "Yeah! That's great."
+    assert text[kaldi_id("Ses02F_impro05a_F000")] == "Get out."
+    assert text[kaldi_id("Ses01F_impro01_F002")] == "[LAUGHTER]"
+    assert text[kaldi_id("Ses01M_script01_1_M001")] == "[BREATHING] [GARBAGE]"
+    assert text[kaldi_id("Ses01M_script01_1_M002")] == ""
     assert not any("XX" in u for u in text)
 
     # Each dropped turn with its reason, and the counts.

@@ -53,30 +53,30 @@ def test_release_layout_gives_the_exact_data_dir(tmp_path, caplog):
         report = prepare(msp_podcast.CORPUS, db, out, load_emotion_map(MAP))
     validate_data_dir(out)
     audio = db.resolve() / "Audios"
-    ids = ["MSP-PODCAST_0001_0008", "MSP-PODCAST_0001_0019", "MSP-PODCAST_0002_0003", "MSP-PODCAST_0002_0004",
-           "MSP-PODCAST_0003_0001", "MSP-PODCAST_0003_0002"]
-    assert read(out / "wav.scp") == "".join(f"{u} {audio}/{u}.wav\n" for u in ids)
+    # Utterance ids are <speaker>-<file stem> (the shared prepare's Kaldi ids), so they sort speaker-first.
+    u8, u19 = "spk127-MSP-PODCAST_0001_0008", "spk127-MSP-PODCAST_0001_0019"
+    u31, u32 = "spk33-MSP-PODCAST_0003_0001", "spk33-MSP-PODCAST_0003_0002"
+    unk3 = "unk_MSP-PODCAST_0002_0003-MSP-PODCAST_0002_0003"
+    unk4 = "unk_MSP-PODCAST_0002_0004-MSP-PODCAST_0002_0004"
+    ids = [u8, u19, u31, u32, unk3, unk4]  # u[-21:]: the file stem
+
+    def table(*values):
+        return "".join(f"{u} {v}\n" if v else f"{u}\n" for u, v in zip(ids, values))
+
+    assert read(out / "wav.scp") == table(*(f"{audio}/{u[-21:]}.wav" for u in ids))
+    assert read(out / "utt2origid") == table(*(u[-21:] for u in ids))
     # O and X leave the classes ("-": no class) but keep their attributes.
-    assert read(out / "utt2emo") == ("MSP-PODCAST_0001_0008 ang\nMSP-PODCAST_0001_0019 neu\nMSP-PODCAST_0002_0003 -\n"
-                                     "MSP-PODCAST_0002_0004 hap\nMSP-PODCAST_0003_0001 -\nMSP-PODCAST_0003_0002 con\n")
-    assert read(out / "utt2attr") == ("MSP-PODCAST_0001_0008 5.8 2.2 5.4\nMSP-PODCAST_0001_0019 4 4.2 4\n"
-                                      "MSP-PODCAST_0002_0003 3.2 3.6 3.5\nMSP-PODCAST_0002_0004 4.6 6 4.4\n"
-                                      "MSP-PODCAST_0003_0001 1 7 2.8\nMSP-PODCAST_0003_0002 3.4 2.4 5\n")
+    assert read(out / "utt2emo") == table("ang", "neu", "-", "con", "-", "hap")
+    assert read(out / "utt2attr") == table("5.8 2.2 5.4", "4 4.2 4", "1 7 2.8", "3.4 2.4 5", "3.2 3.6 3.5",
+                                           "4.6 6 4.4")
     assert read(out / "attributes") == "arousal 1 7\nvalence 1 7\ndominance 1 7\n"
-    assert read(out / "utt2set") == ("MSP-PODCAST_0001_0008 train\nMSP-PODCAST_0001_0019 dev\n"
-                                     "MSP-PODCAST_0002_0003 train\nMSP-PODCAST_0002_0004 test\n"
-                                     "MSP-PODCAST_0003_0001 test2\nMSP-PODCAST_0003_0002 train\n")
+    assert read(out / "utt2set") == table("train", "dev", "test2", "train", "train", "test")
     # Each Unknown-speaker segment is its own pseudo-speaker; known speakers keep their segments together.
-    assert read(out / "utt2spk") == ("MSP-PODCAST_0001_0008 spk127\nMSP-PODCAST_0001_0019 spk127\n"
-                                     "MSP-PODCAST_0002_0003 unk_MSP-PODCAST_0002_0003\n"
-                                     "MSP-PODCAST_0002_0004 unk_MSP-PODCAST_0002_0004\n"
-                                     "MSP-PODCAST_0003_0001 spk33\nMSP-PODCAST_0003_0002 spk33\n")
+    assert read(out / "utt2spk") == table("spk127", "spk127", "spk33", "spk33", "unk_MSP-PODCAST_0002_0003",
+                                          "unk_MSP-PODCAST_0002_0004")
     # Transcripts where the release has them (whitespace folded); the one without trains without CTC.
-    assert read(out / "text") == ("MSP-PODCAST_0001_0008 well this is segment 0\nMSP-PODCAST_0001_0019\n"
-                                  "MSP-PODCAST_0002_0003 well this is segment 2\n"
-                                  "MSP-PODCAST_0002_0004 well this is segment 3\n"
-                                  "MSP-PODCAST_0003_0001 well this is segment 4\n"
-                                  "MSP-PODCAST_0003_0002 well this is segment 5\n")
+    assert read(out / "text") == table("well this is segment 0", "", "well this is segment 4",
+                                       "well this is segment 5", "well this is segment 2", "well this is segment 3")
     assert "1 segments have no transcript (e.g. MSP-PODCAST_0001_0019); kept, they train without the CTC term" \
         in caplog.text
     assert read(out / "emotions") == "ang\nhap\nsad\nneu\ndis\nfea\nsur\ncon\n"
@@ -90,14 +90,15 @@ def test_without_transcripts_the_ctc_task_is_off_and_said(tmp_path, caplog):
     db = make_msp(tmp_path / "MSP-Podcast", transcripts=False)
     with caplog.at_level(logging.WARNING):
         prepare(msp_podcast.CORPUS, db, tmp_path / "all", load_emotion_map(MAP))
-    assert read(tmp_path / "all" / "text") == "".join(f"{Path(r[0]).stem}\n" for r in ROWS)
+    assert all(len(line.split()) == 1 for line in read(tmp_path / "all" / "text").splitlines())
     assert "no transcripts: every segment trains without the CTC term" in caplog.text
     # A user's ASR transcripts, in the release's layout, take the release's place.
     asr = tmp_path / "asr"
     asr.mkdir()
     (asr / "MSP-PODCAST_0001_0008.txt").write_text("hello there\n")
     prepare(msp_podcast.CORPUS, db, tmp_path / "all2", load_emotion_map(MAP), transcripts=str(asr))
-    assert read(tmp_path / "all2" / "text").startswith("MSP-PODCAST_0001_0008 hello there\nMSP-PODCAST_0001_0019\n")
+    assert read(tmp_path / "all2" / "text").startswith("spk127-MSP-PODCAST_0001_0008 hello there\n"
+                                                        "spk127-MSP-PODCAST_0001_0019\n")
 
 
 def bad(row: int, column: int, value: str):
@@ -133,7 +134,7 @@ def test_command_line_and_fixed_split(tmp_path):
     split(tmp_path / "data/all", tmp_path / "data/fixed", "fixed")
     fold = tmp_path / "data/fixed/fold01"
     assert sorted(p.name for p in fold.iterdir()) == ["test", "test2", "train", "valid"]
-    assert read(fold / "valid" / "utt2set") == "MSP-PODCAST_0001_0019 dev\n"
+    assert read(fold / "valid" / "utt2set") == "spk127-MSP-PODCAST_0001_0019 dev\n"
     for name in ("train", "valid", "test", "test2"):  # the declaration travels with every data dir of the fold
         assert read(fold / name / "attributes") == "arousal 1 7\nvalence 1 7\ndominance 1 7\n"
         validate_data_dir(fold / name)

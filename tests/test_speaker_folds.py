@@ -55,8 +55,10 @@ def test_split_kfold_keeps_test_speakers_out_of_training(make_data_dir, tmp_path
     rows = split(data, tmp_path / "g", "kfold3", valid_share=0.2)
     assert all(sorted(s[-1] for s in r["test"].split(",")) == ["F", "M"] for r in rows)
     write_table(data / "spk2gender", {"Ses01F": "f"})
-    with pytest.raises(MtlserError, match=r"spk2gender: no gender for speakers"):
+    # the validator's rule (Kaldi's): spk2gender lists exactly the speakers
+    with pytest.raises(MtlserError, match=r"spk2gender: its speakers differ from utt2spk's .*missing"):
         split(data, tmp_path / "g", "kfold3")
+    (data / "spk2gender").unlink()
 
     assert run_main(split_main, ["--data-dir", str(data), "--out", str(tmp_path / "x"), "--protocol", "kfold"]) == 1
     with pytest.raises(MtlserError, match=r"expected loso, loso-session, kfold<K>"):

@@ -24,6 +24,8 @@ local_data_opts=""   # options passed to local/data.sh
 protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds) | kfold<K> (K folds of whole speakers)
                      # | fixed (the corpus's sets, data/all/utt2set: one fold, valid = dev, each test set scored)
 partition=""         # published partition files (EmoBox format: fold_N/*_{train,test}_fold_N.jsonl): folds from them (protocol partition)
+test_corpus=""       # protocol cross-corpus: the corpus of data/all/utt2corpus tested on, whole (mtlser.data.combine)
+train_corpora=""     # protocol cross-corpus: the corpora trained and selected on, e.g. "crema_d ravdess" (default: every other)
 valid=share          # share (of each training speaker) | session-mate (the test speaker's session partner) | none (the paper: no valid set, the last epoch's model is reported)
 valid_share=0.1      # valid share of each training speaker's utterances, with valid=share
 split_seed=0         # seed of the valid selection
@@ -55,6 +57,8 @@ Usage: $0 [options]
                              (fixed: the corpus's train/dev/test sets from data/all/utt2set, one fold)
                              (--valid none: the paper's protocol, every training utterance trains, last epoch reported)
   --partition DIR            test folds from published partition files (EmoBox's format); protocol "partition"
+  --protocol cross-corpus --test-corpus NAME [--train-corpora "A B"]   on a combined data/all (utt2corpus):
+                             train and select on A B, test on the whole of NAME (egs/cross_corpus)
   --phone-classes FILE       phone -> class map (default ${phone_classes})
   --token-type phncls|phn|char|bpe, --emo-tag true|false, --nbpe N   CTC targets (default phncls, tagged)
   --train-config FILE        experiment YAML (default ${train_config})
@@ -112,7 +116,8 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "Stage 2: audio check and ${protocol} folds -> ${folds_dir}/foldNN/{train,valid,test}"
     python -m mtlser.data.split --data-dir ${data}/all --out "${folds_dir}" --protocol "${protocol}" \
         --valid "${valid}" --valid-share "${valid_share}" --seed "${split_seed}" --audio-dir ${data}/wav16k \
-        ${partition:+--partition "${partition}"}
+        ${partition:+--partition "${partition}"} ${test_corpus:+--test-corpus "${test_corpus}"} \
+        ${train_corpora:+--train-corpora "${train_corpora}"}
     if [ "${token_type}" = bpe ]; then
         log "Stage 2: bpe per fold, trained on its training text only -> ${token_list}"
         python -m mtlser.text.bpe --folds-dir "${folds_dir}" --nbpe "${nbpe}" --emo-tag "${emo_tag}"

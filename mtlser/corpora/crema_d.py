@@ -178,4 +178,5 @@ def release_problems(report: dict, emotion_map: EmotionMap) -> list[str]:
 CORPUS = Corpus(
     name="CREMA-D", labels=tuple(EMOTION_CODES.values()), scan=scan, release_problems=release_problems,
     db_root_help="the CREMA-D folder that holds AudioWAV/", release_total="7,442 clips", module="crema_d",
+    clips_start_with_speaker=True,
 )

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 #: Where the recipes' label maps are: conf/emotions/<corpus module>.yaml is a corpus's default.
 EMOTION_MAPS = Path(__file__).resolve().parents[2] / "conf" / "emotions"
 #: The per-utterance files every prep writes (spk2utt is derived; a corpus may add more, e.g. utt2session).
-TABLES = ("wav.scp", "text", "utt2spk", "utt2emo", "utt2dur")
+TABLES = ("wav.scp", "text", "utt2spk", "utt2emo", "utt2dur", "utt2origid")
+#: utt -> the corpus's own clip name (IEMOCAP's turn name), for partitions, reports and names a user knows.
+ORIGID = "utt2origid"
 
 _LFS_POINTER = b"version https://git-lfs"
 
@@ -85,6 +87,9 @@ class Corpus:
     labels_called: str = "labels"  # what its raw labels are called in messages
     group_by: str | None = None  # a per-utterance table counted per value in the report (utt2session)
     options: dict = field(default_factory=dict)  # more options of its command line: flag -> argparse kwargs
+    #: its clip names begin with their speaker id already, and keep as utterance ids; else ids are
+    #: <speaker>-<clip> (kaldi_utt_id), Kaldi's speaker-prefix rule
+    clips_start_with_speaker: bool = False
     module: str = ""  # its module's short name: conf/emotions/<module>.yaml, data/local/<module>_prep
     #: Its dimensional labels, in utt2attr's column order (mtlser.data.attributes); () for a corpus without.
     attributes: tuple[Attribute, ...] = ()
@@ -155,6 +160,25 @@ def clip_duration(path: Path) -> tuple[float, int, int]:
     return info.frames / info.samplerate, info.samplerate, info.channels
 
 
+#: Between the speaker and the clip name in an utterance id. '-' sorts before every other character a safe
+#: name may hold (letters, digits, '_', '.'), so ids sorted in the C locale follow their speakers' order even
+#: when one speaker id is a prefix of another (spk1-..., spk10-...): Kaldi's speaker-sort rule
+#: (mtlser.data.datadir.check_speaker_order). '_' would not do: 'spk1_x' sorts after 'spk10_x'.
+SPEAKER_SEP = "-"
+
+
+def kaldi_utt_id(speaker: str, clip: str, prefixed: bool = False) -> str:
+    """The utterance id of a corpus's clip: ``<speaker>-<clip>``, or the clip name itself for a corpus whose
+    clip names already begin with their speaker (``Corpus.clips_start_with_speaker``: CREMA-D's
+    ``1001_DFA_ANG_XX``, RAVDESS's ``Actor_12_...``; their speaker ids all have one length, so '_' keeps
+    Kaldi's order there)."""
+    if prefixed:
+        if not clip.startswith(speaker):
+            raise MtlserError(f"clip '{clip}' does not begin with its speaker '{speaker}', as the corpus declares")
+        return clip
+    return f"{speaker}{SPEAKER_SEP}{clip}"
+
+
 def check_map(corpus: Corpus, emotion_map: EmotionMap) -> None:
     """A label map for this corpus: it merges the corpus's raw labels, and each of its classes can get utterances."""
     raw = list(corpus.labels)
@@ -209,11 +233,13 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
             nonverbal_only.append(u.utt)
         seconds, rate, channels = clip_duration(u.wav)
         rates[(rate, channels)] += 1
+        utt = kaldi_utt_id(u.speaker, u.utt, corpus.clips_start_with_speaker)
         for name, value in (("wav.scp", str(u.wav)), ("text", u.text or ""), ("utt2spk", u.speaker),
-                            ("utt2emo", label), ("utt2dur", f"{seconds:.4f}"), *u.tables.items()):
-            tables.setdefault(name, {})[u.utt] = value
+                            ("utt2emo", label), ("utt2origid", u.utt), ("utt2dur", f"{seconds:.4f}"),
+                            *u.tables.items()):
+            tables.setdefault(name, {})[utt] = value
         if u.attributes is not None:
-            tables.setdefault(UTT2ATTR, {})[u.utt] = " ".join(f"{v:g}" for v in u.attributes)
+            tables.setdefault(UTT2ATTR, {})[utt] = " ".join(f"{v:g}" for v in u.attributes)
 
     if missing_audio:
         msg = (f"{len(missing_audio)} {corpus.items} of the {len(emotion_map.emotions)} classes have no audio, "

@@ -157,5 +157,5 @@ def release_problems(report: dict, emotion_map: EmotionMap) -> list[str]:
 CORPUS = Corpus(
     name="RAVDESS", labels=tuple(EMOTION_CODES.values()), scan=scan, release_problems=release_problems,
     db_root_help="any folder above the Actor_XX/ folders of the speech audio", release_total="1,440 speech clips",
-    items="speech clips", module="ravdess",
+    items="speech clips", module="ravdess", clips_start_with_speaker=True,
 )

@@ -2,6 +2,7 @@
 
 - :mod:`mtlser.data.datadir`: the contract (wav.scp, text, utt2spk, utt2emo, ...), its reader, writer and
   validator (``python -m mtlser.data.datadir validate DIR``); :mod:`mtlser.data.emotions`: the inventory;
+  :mod:`mtlser.data.combine`: several corpora's dirs as one, on one inventory (cross-corpus);
 - stage 2, the folds: :mod:`mtlser.data.split` (``python -m mtlser.data.split``) with the protocols of
   :mod:`mtlser.data.speaker_folds` and :mod:`mtlser.data.partition`, the audio check of
   :mod:`mtlser.data.audio_check`; every fold's dir name from :mod:`mtlser.data.fold_names`;

@@ -29,10 +29,19 @@ one-value file (utt2spk, utt2emo, utt2dur, ...) is one field.
 A ``wav.scp`` entry ending in ``|`` is a Kaldi pipe: a shell command that is run
 to read the audio. A data dir is therefore as trusted as a script: run only data
 dirs whose wav.scp you have read or made yourself. As in Kaldi,
-``utt2spk`` is primary and ``spk2utt`` is derived. Unlike Kaldi we do not
-require speaker ids to be prefixes of utterance ids: IEMOCAP's keys are its
-turn names (``Ses01F_impro01_M003`` is spoken by ``Ses01M``), and nothing here
-relies on the two sort orders agreeing.
+``utt2spk`` is primary and ``spk2utt`` is derived. As in Kaldi
+(``utils/validate_data_dir.sh`` without ``--no-spk-sort``), utt2spk sorted on
+the speaker (then the utterance) must give the same order as utt2spk sorted on
+the utterance: Kaldi's tools that split or combine by speaker rely on it. The
+corpus preps get it by making the speaker id a prefix of the utterance id,
+``<speaker>-<clip name>`` (``Ses01M-Ses01F_impro01_M003``, see
+mtlser.corpora.prep.kaldi_utt_id; the clip name stays in ``utt2origid``).
+
+The other rules of Kaldi's validator that apply to a data dir without features
+are checked too: ``text`` is valid UTF-8 with no non-printable characters (no
+carriage returns) and none of the symbols ``<s> </s> #0`` that Kaldi's language
+models reserve; ``spk2gender``, when present, is sorted, lists exactly the
+speakers of utt2spk, each ``m`` or ``f``.
 
 The ``emotions`` file travels with the data dir: :class:`DataDir` loads it,
 keeps it in subsets and writes it, so stage 2's fold dirs carry the inventory
@@ -203,6 +212,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
     missing = [n for n in REQUIRED_FILES if not (path / n).is_file()]
     if missing:
         raise DataDirError(f"{path}: missing {', '.join(missing)} (a data dir needs {', '.join(REQUIRED_FILES)})")
+    check_text(path)  # before reading it as text: a '\r' would read as a line end, bad UTF-8 as an exception
     names = per_utt_files(path)
     dd = DataDir.load(path, names)
     for name in names:
@@ -222,6 +232,9 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
     if not ref:
         raise DataDirError(f"{path}: no utterances")
     check_ids_and_fields(path, dd)
+
+    check_speaker_order(path, dd.tables["utt2spk"])
+    check_spk2gender(path, dd.tables["utt2spk"])
 
     if (path / "spk2utt").is_file():
         spk2utt = read_table(path / "spk2utt")
@@ -291,6 +304,60 @@ def check_ids_and_fields(path: Path, dd: DataDir) -> None:
                     f"{path / name}:{lineno}: '{utt} {value}' has {1 + len(value.split())} fields; a line is "
                     f"'utterance value' with no spaces inside either (an utterance id with a space? ids may use only "
                     f"{SAFE_NAME_CHARS})")
+
+
+#: Symbols Kaldi's LM tools reserve; validate_data_dir.sh refuses them as words of ``text``.
+RESERVED_WORDS = ("<s>", "</s>", "#0")
+
+
+def check_speaker_order(path: Path | None, utt2spk: Mapping[str, str]) -> None:
+    """utt2spk in utterance order is also in (speaker, utterance) order: Kaldi's speaker-sort rule."""
+    by_utt = sorted(utt2spk, key=sort_key)
+    by_spk = sorted(utt2spk, key=lambda u: (sort_key(utt2spk[u]), sort_key(u)))
+    for lineno, (a, b) in enumerate(zip(by_utt, by_spk), 1):
+        if a != b:
+            raise DataDirError(
+                f"{Path(path or '.') / 'utt2spk'}:{lineno}: '{a} {utt2spk[a]}' is not in speaker order (sorted on "
+                f"the speaker, "
+                f"line {lineno} is '{b} {utt2spk[b]}'); Kaldi's tools need both orders to agree: make each "
+                f"speaker id a prefix of its utterance ids, '<speaker>-<name>' (e.g. {utt2spk[a]}-{a}), "
+                f"in local/data.sh")
+
+
+def check_text(path: Path) -> None:
+    """``text`` as Kaldi's validator wants it: UTF-8, printable, no reserved LM symbols."""
+    raw = (path / "text").read_bytes()
+    for lineno, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataDirError(f"{path / 'text'}:{lineno}: not valid UTF-8; re-encode the transcripts "
+                               "(e.g. iconv -t UTF-8) in local/data.sh") from None
+        bad = next((c for c in decoded if not c.isprintable() and c not in " \t"), None)
+        if bad is not None:
+            raise DataDirError(f"{path / 'text'}:{lineno}: non-printable character {bad!r} (a carriage return from "
+                               "a Windows file?); strip it in local/data.sh")
+        reserved = [w for w in decoded.split()[1:] if w in RESERVED_WORDS]
+        if reserved:
+            raise DataDirError(f"{path / 'text'}:{lineno}: the word '{reserved[0]}' is reserved by Kaldi's language "
+                               f"models ({' '.join(RESERVED_WORDS)}); remove or rename it in local/data.sh")
+
+
+def check_spk2gender(path: Path, utt2spk: Mapping[str, str]) -> None:
+    """spk2gender, when present: sorted, unique, the speakers of utt2spk, each m or f."""
+    if not (path / "spk2gender").is_file():
+        return
+    table = read_table(path / "spk2gender")
+    check_sorted(path / "spk2gender", table.keys())
+    for lineno, (spk, gender) in enumerate(table.items(), 1):
+        if gender not in ("m", "f"):
+            raise DataDirError(f"{path / 'spk2gender'}:{lineno}: speaker '{spk}' has '{gender}'; a line is "
+                               "'speaker m' or 'speaker f' (leave the file out when a speaker's is unknown)")
+    speakers = set(utt2spk.values())
+    if set(table) != speakers:
+        extra, lack = sorted(set(table) - speakers)[:3], sorted(speakers - set(table))[:3]
+        raise DataDirError(f"{path / 'spk2gender'}: its speakers differ from utt2spk's (extra {extra}, missing "
+                           f"{lack}); list exactly the speakers of utt2spk, or leave the file out")
 
 
 def fix_data_dir(path: str | os.PathLike) -> tuple[int, int]:

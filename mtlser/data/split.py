@@ -8,6 +8,9 @@ Protocols:
                 files, --partition DIR (see mtlser.data.partition).
   fixed         the corpus's own sets (``utt2set``: train, dev, test, test<name>) as one
                 fold whose valid set is the development set (see mtlser.data.fixed_split).
+  cross-corpus  one fold of a combined data dir (mtlser.data.combine, its utt2corpus):
+                test on the whole --test-corpus, train and select (valid) on
+                --train-corpora (default: every other corpus of the dir).
 
 Model selection never sees the test speaker (with a partition: the fold's test
 utterances; whether speakers overlap is the partition's design). The valid set
@@ -35,6 +38,8 @@ Usage:
         [--audio-dir data/wav16k]
     python -m mtlser.data.split --data-dir data/all --out data/partition --protocol partition \\
         --partition /path/to/EmoBox/data/cremad
+    python -m mtlser.data.split --data-dir data/combined --out data/cross --protocol cross-corpus \\
+        --train-corpora "crema_d ravdess" --test-corpus mini
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import numpy as np
 import soundfile as sf
 
 from mtlser.data.audio_check import check_audio
+from mtlser.data.combine import UTT2CORPUS
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
 from mtlser.data.fixed_split import PROTOCOL as FIXED
 from mtlser.data.fixed_split import UTT2SET, fixed_sets, read_utt2set
@@ -137,7 +143,7 @@ def make_folds(dd: DataDir, protocol: str) -> list[tuple[str, list[str]]]:
     if kfold_k(protocol) is not None:
         return speaker_kfold(dd, kfold_k(protocol))
     raise MtlserError(f"unknown protocol '{protocol}'; expected loso, loso-session, kfold<K> (e.g. kfold5), "
-                      f"partition or {FIXED}")
+                      f"partition, cross-corpus or {FIXED}")
 
 
 def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how: str, share: float,
@@ -194,9 +200,33 @@ def published_partition(dd: DataDir, protocol: str, valid: str, partition: str |
     return partition_folds(partition, dd)
 
 
+def cross_corpus_fold(dd: DataDir, protocol: str, test_corpus: str | None,
+                      train_corpora: list[str] | None) -> list | None:
+    """The one fold of --protocol cross-corpus: (description, the test corpus's utterances, the training
+    corpora's), or None for the other protocols."""
+    if (protocol == "cross-corpus") != (test_corpus is not None) or (train_corpora and test_corpus is None):
+        raise MtlserError("--protocol cross-corpus and --test-corpus NAME go together (--train-corpora too)")
+    if test_corpus is None:
+        return None
+    if UTT2CORPUS not in dd.tables:
+        raise MtlserError(f"{dd.path}: --protocol cross-corpus needs {UTT2CORPUS}; combine the corpora first: "
+                          "python -m mtlser.data.combine OUT NAME=DIR ...")
+    corpora = sorted(set(dd[UTT2CORPUS].values()), key=sort_key)
+    train_corpora = train_corpora or [c for c in corpora if c != test_corpus]
+    unknown = [c for c in [test_corpus, *train_corpora] if c not in corpora]
+    if unknown or test_corpus in train_corpora:
+        raise MtlserError(f"{dd.path / UTT2CORPUS}: corpora {' '.join(corpora)}; the test corpus '{test_corpus}' and "
+                          f"the training corpora '{' '.join(train_corpora)}' must be among them and apart"
+                          + (f" (unknown: {' '.join(unknown)})" if unknown else ""))
+    test = [u for u in dd.utts if dd[UTT2CORPUS][u] == test_corpus]
+    rest = [u for u in dd.utts if dd[UTT2CORPUS][u] in train_corpora]
+    return [(f"{'+'.join(train_corpora)}->{test_corpus}", test, rest)]
+
+
 def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: str = "share",
           valid_share: float = 0.1, seed: int = 0, audio_dir: str | Path | None = None,
-          sample_rate: int = 16000, partition: str | Path | None = None) -> list[dict]:
+          sample_rate: int = 16000, partition: str | Path | None = None, test_corpus: str | None = None,
+          train_corpora: list[str] | None = None) -> list[dict]:
     data_dir, out = Path(data_dir), Path(out)
     if protocol == FIXED:
         if valid != "share" or partition is not None:
@@ -210,7 +240,10 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
                           "that speaker is already in the test set. Use --valid share")
     # A published partition is read first: its entries are matched on the source audio's file names (before
     # conversion), and a partition that does not fit the data fails before any audio is read.
-    published = published_partition(dd, protocol, valid, partition)
+    published = published_partition(dd, protocol, valid, partition) or cross_corpus_fold(
+        dd, protocol, test_corpus, train_corpora)
+    if published and protocol == "cross-corpus" and valid == "session-mate":
+        raise MtlserError("--valid session-mate with --protocol cross-corpus: use --valid share or none")
     check_audio(dd, data_dir)  # truncated files, audio shorter than utt2dur (mtlser.data.audio_check)
     audio_dir = Path(audio_dir) if audio_dir else data_dir.parent / "wav16k"
     n_conv = normalize_audio(dd, audio_dir, sample_rate)
@@ -244,15 +277,19 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
         valid_spk = sorted({dd["utt2spk"][u] for u in valid_utts}, key=sort_key)
         rows.append({"fold": fold_name(i), "test": ",".join(test_spk), "valid_speakers": ",".join(valid_spk),
                      "train": len(train), "valid": len(valid_utts), "test_utts": len(test)})
+    cross = {"test_corpus": test_corpus, "train_corpora": ",".join(sorted(
+        {dd[UTT2CORPUS][u] for u in folds[0][2]}, key=sort_key))} if test_corpus else {}
     header = "fold\ttest_speakers\tvalid_speakers\tn_train\tn_valid\tn_test\n"
     atomic_write_text(out / "folds.tsv", header + "".join(
         f"{r['fold']}\t{r['test']}\t{r['valid_speakers']}\t{r['train']}\t{r['valid']}\t{r['test_utts']}\n"
         for r in rows))
     # The final model's data: every speaker, no valid, no test (trained after cross-validation, if asked).
-    dd.subset(list(dd.utts)).write(out / FINAL / "train")
+    # (cross-corpus: every utterance of the training corpora; the test corpus is never trained on.)
+    dd.subset(folds[0][2] if test_corpus else list(dd.utts)).write(out / FINAL / "train")
     write_table(out / PROTOCOL_TABLE, {"protocol": protocol, "valid": valid, "valid_share": str(valid_share),
                                    "seed": str(seed), "source": str(data_dir.resolve()),
-                                   **({"partition": str(Path(partition).resolve())} if partition else {})})
+                                   **({"partition": str(Path(partition).resolve())} if partition else {}),
+                                   **cross})
     logger.info("%s: %d folds (%s, valid=%s) written to %s", data_dir, len(rows), protocol, valid, out)
     for r in rows:
         logger.info("  %s test %s: train %d, valid %d, test %d", r["fold"], r["test"], r["train"], r["valid"],
@@ -289,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stage 2: audio normalisation and fold splits.")
     parser.add_argument("--data-dir", required=True, help="the whole corpus (data/all)")
     parser.add_argument("--out", required=True, help="folds dir to write (e.g. data/loso)")
-    parser.add_argument("--protocol", default="loso", help=f"loso | loso-session | kfold<K> | partition | {FIXED}")
+    parser.add_argument("--protocol", default="loso",
+                        help=f"loso | loso-session | kfold<K> | partition | cross-corpus | {FIXED}")
+    parser.add_argument("--test-corpus", default=None,
+                        help="with --protocol cross-corpus: the corpus (of utt2corpus) tested on, whole")
+    parser.add_argument("--train-corpora", default=None,
+                        help="with --protocol cross-corpus: the corpora trained and selected on, space-separated "
+                             "(default: every other corpus)")
     parser.add_argument("--partition", default=None,
                         help="with --protocol partition: the folder of the published partition files")
     parser.add_argument("--valid", default="share", choices=["share", "session-mate", "none"],
@@ -301,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     split(args.data_dir, args.out, args.protocol, args.valid, args.valid_share, args.seed, args.audio_dir,
-          args.sample_rate, args.partition)
+          args.sample_rate, args.partition, args.test_corpus,
+          args.train_corpora.split() if args.train_corpora else None)
     return 0
 
 

@@ -24,6 +24,9 @@ def experiment_setup(exp_dir: Path) -> list[str]:
             if valid == "share":
                 valid += f" ({float(p.get('valid_share', 'nan')):.0%} of each training speaker, seed {p.get('seed')})"
             lines.append(f"- protocol: `{p.get('protocol')}` ({folds_dir}); valid set (stage 2) = {valid}")
+            if p.get("test_corpus"):
+                lines.append(f"- cross-corpus: trained and selected on `{p.get('train_corpora')}`, tested on the "
+                             f"whole of `{p['test_corpus']}`")
     if configs:
         cfg = expdir.read_config(configs[0].parent)
         loss, data, bb, tr = (cfg.get(k) or {} for k in ("loss", "data", "backbone", "train"))
