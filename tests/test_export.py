@@ -159,7 +159,11 @@ def test_hf_pipeline_gives_mtlser_probabilities_on_the_fold_test_files(tiny_expe
     assert config["label2id"] == {"ang": 0, "hap": 1, "sad": 2, "neu": 3}
     report = json.loads((tmp_path / "hf" / "mtlser_export.json").read_text())
     assert report["max_abs_diff_single"] <= 1e-5 and "not exact" in report["padded_batches"]
-    assert "Padded batches (pipeline with batch_size > 1): not exact" in (tmp_path / "hf" / "README.md").read_text()
+    readme = (tmp_path / "hf" / "README.md").read_text()
+    assert "Padded batches (pipeline with batch_size > 1): not exact" in readme
+    assert ("`classify('clip.wav')` (a file name) works only where ffmpeg is installed: the pipeline decodes files "
+            "with it.") in readme
+    assert "mtlser-infer labels recordings longer than 20 s in windows (20 s, hop " in readme
 
 
 @pytest.mark.parametrize("arch,normalize", [("wav2vec2", False), ("wav2vec2", True), ("hubert", False),

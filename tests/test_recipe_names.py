@@ -49,6 +49,23 @@ def test_lambda_sweep_shares_lambda_zero_across_reductions():
         run_names("loso", "share", "phncls", "c.yaml", lambdas="0 x")
 
 
+def test_seeds_give_one_experiment_per_seed_and_a_group_each():
+    n = run_names("loso", "share", "phncls", "conf/tiny.yaml", seeds="0 1")
+    assert [(e.dir, e.opts, e.group) for e in n.experiments] == [
+        ("exp/tiny_loso_seed0", "--train.seed 0", "exp/tiny_loso_seeds"),
+        ("exp/tiny_loso_seed1", "--train.seed 1", "exp/tiny_loso_seeds")]
+    assert n.seed_groups == ["exp/tiny_loso_seeds"] and n.sweep_dirs == [] and n.folds_dir == "data/loso"
+    n = run_names("loso", "share", "phncls", "conf/tiny.yaml", lambdas="0 0.1", seeds="2 3")
+    assert [e.dir for e in n.experiments] == ["exp/tiny_loso_lambda0_seed2", "exp/tiny_loso_lambda0_seed3",
+                                              "exp/tiny_loso_lambda0.1_seed2", "exp/tiny_loso_lambda0.1_seed3"]
+    assert n.experiments[3].opts == "--loss.lambda 0.1 --train.seed 3"
+    assert n.sweep_dirs == n.seed_groups == ["exp/tiny_loso_lambda0_seeds", "exp/tiny_loso_lambda0.1_seeds"]
+    assert run_names("loso", "share", "phncls", "c.yaml", lambdas="0 1").sweep_dirs == ["exp/c_loso_lambda0",
+                                                                                        "exp/c_loso_lambda1"]
+    with pytest.raises(MtlserError, match="--seeds: 'a' is not an integer seed"):
+        run_names("loso", "share", "phncls", "c.yaml", seeds="0 a")
+
+
 def test_folds_given_or_counted(tmp_path):
     assert fold_numbers(tmp_path, "2 5") == [2, 5]
     with pytest.raises(MtlserError, match="no folds in .*: run the folds stage first"):

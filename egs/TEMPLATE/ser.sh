@@ -39,15 +39,25 @@ train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50
 tag=""               # experiment name (default: <config name>_<protocol>)
 folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
 lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
+seeds=""             # model seeds, e.g. "0 1 2": each experiment once per seed (<name>_seedN, --train.seed N,
+                     # one split); stage 5 adds exp/<name>_seeds over seeds x folds (default: the config's seed)
 ctc_reduction=""     # sum | mean | mean_batch: loss.ctc_reduction of the experiments with lambda > 0 (default: the config's); tag gets _ctc<value>
 train_final=false    # stage 3: after the folds, train once on all speakers for the epochs the folds chose -> exp/<tag>/final
 infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
 compare_opts=""      # extra options of python -m mtlser.score compare (the sweep's table), e.g. "--reference FILE"
 pack_opts=""         # extra options of python -m mtlser.export pack (stage 6), e.g. "--corpus NAME"
 
-help_message=$(cat <<EOF
-Usage: $0 [options]
-  --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score, 6 pack)
+# --help is answered after the options are parsed, so that it shows the calling recipe's defaults (its
+# run.sh passes them before "$@") and names the recipe, not this template.
+want_help=false
+args=()
+for a in "$@"; do
+    case "${a}" in --help|-h) want_help=true ;; *) args+=("${a}") ;; esac
+done
+set -- ${args[@]+"${args[@]}"}
+help_text() { cat <<EOF
+Usage: egs/$(basename "${PWD}")/run.sh [options]   (recipe egs/$(basename "${PWD}"); the defaults shown are its own)
+  --stage N --stop-stage M   run stages N..M (0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score, 6 pack; default ${stage}..${stop_stage})
   --nj N                     folds trained/decoded at once (default ${nj})
   --ngpu N                   GPUs per training job; N > 1: torchrun, N processes per fold (default ${ngpu})
   --slurm-conf FILE          Slurm settings with MTLSER_CMD_BACKEND=slurm (default ${slurm_conf})
@@ -66,16 +76,20 @@ Usage: $0 [options]
   --tag NAME                 experiment dir name under exp/
   --folds "1 2"              only these folds in stages 3-5
   --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
+  --seeds "0 1 2"            each experiment once per model seed (one split), figures over seeds x folds
   --ctc-reduction sum|mean|mean_batch  how the CTC loss is reduced (the paper does not say; lambda means something else for each)
   --train-final true         after the folds, a final model on all speakers (exp/<tag>/final)
   --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
   --pack-opts "..."          options of python -m mtlser.export pack (stage 6)
 EOF
-)
+}
 
 . utils/parse_options.sh
+if "${want_help}"; then
+    help_text; exit 0
+fi
 if [ $# -ne 0 ]; then
-    log "unexpected arguments: $*"; log "${help_message}"; exit 2
+    log "unexpected arguments: $*"; log "$(help_text)"; exit 2
 fi
 . ./path.sh
 . ./cmd.sh
@@ -90,10 +104,11 @@ fi
 data=data
 exp=exp
 # Every name of this run (folds dir, token set and list, experiment dirs and their overrides: one per
-# lambda of a sweep) comes from mtlser.recipe, which reads the rules from the modules that own them.
+# lambda of a sweep and seed, seed groups) comes from mtlser.recipe, which reads the rules from the modules
+# that own them.
 names=$(python -m mtlser.recipe names --protocol "${protocol}" --valid "${valid}" --token-type "${token_type}" \
     --emo-tag "${emo_tag}" --nbpe "${nbpe}" --train-config "${train_config}" --tag "${tag}" \
-    --lambdas "${lambdas}" --ctc-reduction "${ctc_reduction}" --data "${data}" --exp "${exp}")
+    --lambdas "${lambdas}" --ctc-reduction "${ctc_reduction}" --seeds "${seeds}" --data "${data}" --exp "${exp}")
 eval "${names}"
 train_opts="${train_opts} ${valid_opts}"
 score_sh=local/score.sh
@@ -190,10 +205,16 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
             log "Stage 5: the further test sets' figures: ${expdir}/foldNN/{${decode_names[*]:1}}/result.txt"
         fi
     done
+    for group in "${seed_groups[@]}"; do
+        members=()
+        for i in "${!exp_dirs[@]}"; do [ "${exp_groups[i]}" != "${group}" ] || members+=("${exp_dirs[i]}"); done
+        log "Stage 5: seeds ${seeds} over seeds x folds -> ${group}/RESULTS.md"
+        python -m mtlser.score aggregate --seeds-out "${group}" "${members[@]}"  # logs WA and UA
+    done
     if [ -n "${sweep_table}" ]; then
         log "Stage 5: lambda sweep comparison -> ${sweep_table}"
         # shellcheck disable=SC2086
-        python -m mtlser.score compare --out "${sweep_table}" ${compare_opts} "${exp_dirs[@]}"
+        python -m mtlser.score compare --out "${sweep_table}" ${compare_opts} "${sweep_dirs[@]}"
     fi
 fi
 

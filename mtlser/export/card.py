@@ -3,7 +3,8 @@
 Every figure on a card is read from a file of the experiment (nothing is measured here):
 
 - the fold's own test figures: ``foldNN/decode_test/result.json`` (its held-out speakers);
-- the experiment's cross-validation figures: ``exp/<tag>/results.json`` (mean ± std over folds);
+- the experiment's cross-validation figures: ``exp/<tag>/results.json`` (mean ± std over folds, the seed,
+  the 95 % CI), and its seed group's ``exp/<name>_seeds/results.json`` when it is one seed of a group;
 - protocol and corpus: the folds dir the decode points at (``decode_test/data_dir``, ``protocol``);
 - training time and hardware: ``history.tsv`` (seconds per epoch) and ``env.json`` (versions, git
   commit, GPU, platform of the training run); the selected epoch: ``best.json``.
@@ -107,10 +108,22 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
 
 def experiment_facts(exp_dir: Path) -> dict | None:
     """The cross-validation summary of an experiment (results.json), or None before stage 5."""
+    from mtlser.recipe.names import seed_group_of
+
     res = _json(exp_dir / expdir.RESULTS_JSON)
     if res is None:
         return None
-    return {k: res.get(k) for k in ("num_folds", "n", "wa", "wa_std", "ua", "ua_std", "pooled_wa", "pooled_ua")}
+    keys = ("num_folds", "n", "wa", "wa_std", "ua", "ua_std", "pooled_wa", "pooled_ua", "seed", "wa_ci", "ua_ci",
+            "ci_rule", "chance")
+    facts = {k: res.get(k) for k in keys}
+    group = seed_group_of(exp_dir)
+    g = _json(group / expdir.RESULTS_JSON) if group else None
+    if g:
+        # What a rerun with another seed would move: the group this seed's experiment belongs to.
+        facts["seed_group"] = {"dir": str(group), **{k: g.get(k) for k in (
+            "seeds", "num_folds", "wa", "wa_std", "wa_seed_std", "wa_ci", "ua", "ua_std", "ua_seed_std", "ua_ci",
+            "ci_rule")}}
+    return facts
 
 
 def _duration(seconds: float) -> str:
@@ -121,6 +134,28 @@ def _duration(seconds: float) -> str:
 
 def _pct(x) -> str:
     return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "—"
+
+
+def _ci(ci) -> str:
+    return f"[{_pct(ci[0])}, {_pct(ci[1])}] %" if ci else "none"
+
+
+def uncertainty_lines(cv: dict) -> list[str]:
+    """How much of the cross-validation figure is the seed and the speakers, and chance beside it."""
+    chance = cv.get("chance") or {}
+    lines = [f"Trained with seed {cv.get('seed')}; 95 % CI of the UA: {_ci(cv.get('ua_ci'))} "
+             f"({cv.get('ci_rule') or 'not recorded'}); chance on these folds: WA {_pct(chance.get('wa'))} %, "
+             f"UA {_pct(chance.get('ua'))} %."]
+    g = cv.get("seed_group")
+    if g:
+        lines += ["", f"Over seeds {' '.join(str(s) for s in g.get('seeds') or [])} × {g.get('num_folds')} folds "
+                  f"(`{g['dir']}`): WA {_pct(g.get('wa'))} %, UA {_pct(g.get('ua'))} %; std over seeds (what a rerun "
+                  f"moves) WA {_pct(g.get('wa_seed_std'))}, UA {_pct(g.get('ua_seed_std'))} points; 95 % CI of the "
+                  f"UA {_ci(g.get('ua_ci'))} ({g.get('ci_rule')})."]
+    else:
+        lines += ["", "One seed: how far a rerun with another seed moves these figures was not measured "
+                  "(ser.sh --seeds \"0 1 2\" measures it)."]
+    return lines
 
 
 def card_text(facts: dict) -> str:
@@ -165,6 +200,7 @@ def card_text(facts: dict) -> str:
                      f"UA {_pct(cv.get('ua'))} ± {_pct(cv.get('ua_std'))} % (mean ± std over folds)"
                      + ("." if kind == "fold" else "; this estimates one fold model on unseen speakers, not this "
                         "model, whose figure on new speakers has not been measured."))
+        lines += ["", *uncertainty_lines(cv)]
     lines += ["", "## Training", ""]
     members = facts.get("members")
     rows = [facts] if not members else members

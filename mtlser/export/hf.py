@@ -48,6 +48,7 @@ import torch
 
 from mtlser.data.fold_names import FINAL, is_fold_name
 from mtlser.expdir import ENV_JSON
+from mtlser.infer.output import HOP_S, WINDOW_S
 from mtlser.infer.package import CARD_JSON, ModelFiles
 from mtlser.infer.predictor import SERPredictor, read_model
 from mtlser.model.lengths import DEFAULT_CONV_LAYERS
@@ -286,6 +287,12 @@ def _card(files: ModelFiles, meta: dict, check: dict) -> str:
              "    from transformers import pipeline",
              "    classify = pipeline('audio-classification', model='THIS_DIR', top_k=None)",
              f"    classify(wav)   # mono float array at {meta['sample_rate']} Hz (numpy), one file per call", "",
+             "`classify('clip.wav')` (a file name) works only where ffmpeg is installed: the pipeline decodes files "
+             "with it. Without ffmpeg, read the file yourself (soundfile, resampled to "
+             f"{meta['sample_rate']} Hz) and pass the array, as above.", "",
+             f"mtlser-infer labels recordings longer than {WINDOW_S:g} s in windows ({WINDOW_S:g} s, hop "
+             f"{HOP_S:g} s) and averages them; the pipeline takes a recording whole, so on long recordings the "
+             "two differ (pass `mtlser-infer --window 0` to compare whole recordings).", "",
              "## Exactness", "",
              f"- One input per call: the probabilities equal mtlser's within {check['max_abs_diff_single']:.1e} "
              f"(checked at export with transformers {check['transformers_version']}).",
@@ -305,7 +312,13 @@ def _card(files: ModelFiles, meta: dict, check: dict) -> str:
                          f"UA {100 * test['ua']:.1f} % ({test.get('n')} utterances)")
         if cv:
             lines.append(f"- cross-validation over {cv.get('num_folds')} folds: WA {100 * cv['wa']:.1f} ± "
-                         f"{100 * cv['wa_std']:.1f} %, UA {100 * cv['ua']:.1f} ± {100 * cv['ua_std']:.1f} %")
+                         f"{100 * cv['wa_std']:.1f} %, UA {100 * cv['ua']:.1f} ± {100 * cv['ua_std']:.1f} %"
+                         + (f"; seed {cv['seed']}, 95 % CI of the UA [{100 * cv['ua_ci'][0]:.1f}, "
+                            f"{100 * cv['ua_ci'][1]:.1f}] % ({cv.get('ci_rule')})" if cv.get("ua_ci") else ""))
+            g = cv.get("seed_group")
+            if g and g.get("ua_seed_std") is not None:
+                lines.append(f"- over seeds {' '.join(str(s) for s in g['seeds'])}: UA {100 * g['ua']:.1f} %, std "
+                             f"over seeds {100 * g['ua_seed_std']:.1f} points")
         lines.append(f"- corpus: {facts.get('corpus')}, protocol: {facts.get('protocol')}, mtlser commit "
                      f"`{facts.get('git_commit')}`")
         lines.append("")

@@ -76,12 +76,20 @@ def _folder(path: Path, shown: str) -> list[Recording]:
 
 def _list_file(path: Path) -> list[Recording]:
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    first = None
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         listed = Path(line) if os.path.isabs(line) else path.parent / line
+        first = first or (lineno, line)
         out.extend(find_recordings([str(listed)], _from_list=True))
+    # A text file none of whose lines names a file is not a list (a transcript, notes): one error, not
+    # "not found" per line.
+    if first is not None and all(r.error == "not found" for r in out):
+        raise MtlserError(f"{path}: not a list of audio paths: none of its lines names an existing file or folder "
+                          f"(line {first[0]}: {first[1][:60]!r}); give audio files, folders, a wav.scp, or a "
+                          "text file with one path a line (relative to the file)")
     return out
 
 

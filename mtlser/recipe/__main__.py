@@ -1,9 +1,10 @@
 """Print a recipe run's names as shell assignments, for egs/TEMPLATE/ser.sh to ``eval``.
 
     python -m mtlser.recipe names --protocol loso --valid none --token-type phncls --emo-tag true \\
-        --nbpe 100 --train-config conf/train_mtl.yaml [--tag T] [--lambdas "0 0.1"] [--ctc-reduction mean]
+        --nbpe 100 --train-config conf/train_mtl.yaml [--tag T] [--lambdas "0 0.1"] [--ctc-reduction mean] \\
+        [--seeds "0 1"]
     -> folds_dir=... token_set=... token_list_dir=... token_list=... final_token_list=... valid_opts=... tag=...
-       exp_dirs=(...) exp_opts=(...) sweep_table=...
+       exp_dirs=(...) exp_opts=(...) exp_groups=(...) seed_groups=(...) sweep_table=... sweep_dirs=(...)
     python -m mtlser.recipe folds --folds-dir data/loso [--folds "1 2"]
     -> fold_args=1,2 num_folds=2 fold_names=(fold01 fold02) test_sets=(test) decode_names=(decode_test)
        (the fixed protocol's further test sets: test_sets=(test test2) decode_names=(decode_test decode_test2))
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="the experiment name (default: from config, protocol, valid, tokens)")
     p.add_argument("--lambdas", default="", help="a lambda sweep, e.g. '0 0.1 1': one experiment per value")
     p.add_argument("--ctc-reduction", default="")
+    p.add_argument("--seeds", default="", help="model seeds, e.g. '0 1 2': each experiment once per seed")
     p.add_argument("--data", default="data")
     p.add_argument("--exp", default="exp")
     f = sub.add_parser("folds", help="the folds to run: --folds, or every fold of --folds-dir")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "names":
         sys.stdout.write(run_assignments(run_names(
             args.protocol, args.valid, args.token_type, args.train_config, args.emo_tag, args.nbpe, args.tag,
-            args.lambdas, args.ctc_reduction, args.data, args.exp)))
+            args.lambdas, args.ctc_reduction, args.data, args.exp, args.seeds)))
     else:
         numbers = fold_numbers(args.folds_dir, args.folds)
         sys.stdout.write(fold_assignments(numbers, fold_test_sets(args.folds_dir, numbers)))

@@ -6,6 +6,10 @@
        experiments exp/tiny_loso_novalid_lambda0 (--loss.lambda 0)
                    exp/tiny_loso_novalid_ctcmean_lambda0.1 (--loss.lambda 0.1 --loss.ctc_reduction mean),
        sweep_table exp/tiny_loso_novalid_ctcmean_lambdas.md
+    run_names(..., seeds="0 1")
+    -> each experiment once per model seed (exp/<name>_seed0 with --train.seed 0, ...), all on the one
+       split, and a seed group per experiment (exp/<name>_seeds: stage 5's figures over seeds × folds);
+       the sweep table compares the groups
 
 Each valid choice has its own folds dir (the default keeps the plain name), so experiments of the
 protocols live side by side; ``--valid none`` (the paper) also makes the trainer report the last epoch.
@@ -30,12 +34,16 @@ VALID_SUFFIXES = {"share": "", "session-mate": "_sessionmate", "none": "_novalid
 NO_VALID_OPTS = "--train.model_selection last --train.patience 0"
 #: The token set that needs no mention in a tag: the paper's tagged phoneme classes.
 DEFAULT_TOKEN_SET = "phncls"
+#: --seeds: an experiment's seed N is exp/<name>_seed<N>; its seed group exp/<name>_seeds.
+SEED_SUFFIX = "_seed"
+SEED_GROUP_SUFFIX = "_seeds"
 
 
 @dataclass
 class Experiment:
     dir: str
-    opts: str  # config overrides of this experiment (lambda, CTC reduction), after the run's --train-opts
+    opts: str  # config overrides of this experiment (lambda, CTC reduction, seed), after the run's --train-opts
+    group: str = ""  # its seed group's dir (--seeds), else ""
 
 
 @dataclass
@@ -49,6 +57,8 @@ class RunNames:
     tag: str
     experiments: list[Experiment] = field(default_factory=list)
     sweep_table: str = ""  # the lambda sweep's comparison, "" without a sweep
+    seed_groups: list[str] = field(default_factory=list)  # --seeds: one dir per experiment of the options
+    sweep_dirs: list[str] = field(default_factory=list)  # what the sweep table compares: experiments or groups
 
 
 def is_zero(value: str) -> bool:
@@ -58,9 +68,50 @@ def is_zero(value: str) -> bool:
         raise MtlserError(f"--lambdas: '{value}' is not a number") from None
 
 
+def seed_dir(exp_dir: str, seed: str) -> str:
+    return f"{exp_dir}{SEED_SUFFIX}{seed}"
+
+
+def seed_group_dir(exp_dir: str) -> str:
+    return f"{exp_dir}{SEED_GROUP_SUFFIX}"
+
+
+def seed_group_of(exp_dir: str | Path) -> Path | None:
+    """The seed group an experiment is one seed of (the group's results.json lists it), else None."""
+    import json
+
+    from mtlser import expdir
+
+    exp_dir = Path(exp_dir)
+    base, sep, _ = exp_dir.name.rpartition(SEED_SUFFIX)
+    if not sep or not base:
+        return None
+    group = Path(seed_group_dir(str(exp_dir.parent / base)))
+    try:
+        members = json.loads((group / expdir.RESULTS_JSON).read_text()).get("members") or []
+    except (OSError, ValueError):
+        return None
+    return group if any(Path(d).resolve() == exp_dir.resolve() for d in members) else None
+
+
+def with_seeds(experiments: list[Experiment], seeds: str) -> tuple[list[Experiment], list[str]]:
+    """Each experiment once per seed (the model's seed: --train.seed; the split stays), and their groups."""
+    out, groups = [], []
+    for e in experiments:
+        group = seed_group_dir(e.dir)
+        groups.append(group)
+        for seed in seeds.split():
+            try:
+                int(seed)
+            except ValueError:
+                raise MtlserError(f"--seeds: '{seed}' is not an integer seed") from None
+            out.append(Experiment(seed_dir(e.dir, seed), f"{e.opts} --train.seed {seed}".strip(), group))
+    return out, groups
+
+
 def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo_tag: bool = True,
               nbpe: int = 100, tag: str = "", lambdas: str = "", ctc_reduction: str = "",
-              data: str = "data", exp: str = "exp") -> RunNames:
+              data: str = "data", exp: str = "exp", seeds: str = "") -> RunNames:
     if valid not in VALID_SUFFIXES:
         raise MtlserError(f"--valid {valid}: expected {', '.join(VALID_SUFFIXES)}")
     if protocol == FIXED and valid != "share":
@@ -96,6 +147,10 @@ def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo
         names.sweep_table = f"{exp}/{tag}_lambdas.md"
     else:
         names.experiments.append(Experiment(f"{exp}/{tag}", reduction_opts))
+    if seeds.split():
+        names.experiments, names.seed_groups = with_seeds(names.experiments, seeds)
+    if names.sweep_table:
+        names.sweep_dirs = names.seed_groups or [e.dir for e in names.experiments]
     return names
 
 
@@ -129,7 +184,8 @@ def run_assignments(names: RunNames) -> str:
         "token_list": names.token_list,
         "final_token_list": names.final_token_list, "valid_opts": names.valid_opts, "tag": names.tag,
         "exp_dirs": [e.dir for e in names.experiments], "exp_opts": [e.opts for e in names.experiments],
-        "sweep_table": names.sweep_table,
+        "exp_groups": [e.group for e in names.experiments], "seed_groups": names.seed_groups,
+        "sweep_table": names.sweep_table, "sweep_dirs": names.sweep_dirs,
         "final_name": FINAL,  # the final model's data dir in folds_dir and model dir in each experiment dir
         "decode_name": DECODE_TEST,  # a fold model dir's decode dir of its test set (stages 4-5)
     })

@@ -1,5 +1,6 @@
-"""Compare experiments: a WA/UA table (lambda, CTC targets) with paired tests over folds against the first
-experiment, per-fold WA/UA, and published figures beside ours when a reference file is given."""
+"""Compare experiments: a verdict per metric against the first experiment (paired by seed and fold,
+mtlser.score.stats), a WA/UA table (lambda, CTC targets) with the paired tests, per-fold WA/UA, and
+published figures beside ours when a reference file is given."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from mtlser import expdir
+from mtlser.score import stats
+from mtlser.score.runs import run_key, runs_of, seed_group_member
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_write_text
 
@@ -16,6 +19,7 @@ from mtlser.utils.fileio import atomic_write_text
 def _exp_setup(exp_dir: Path) -> dict:
     """What distinguishes experiments in a comparison: lambda and CTC targets, from fold01's resolved config."""
     out: dict = {}
+    exp_dir = seed_group_member(exp_dir)
     configs = expdir.fold_files(exp_dir, expdir.CONFIG_YAML)
     if configs:
         cfg = expdir.read_config(configs[0].parent)
@@ -51,18 +55,24 @@ def load_reference(path: str | Path) -> dict:
     return {"source": str(ref["source"]), "label": str(ref.get("label", "paper")), "rows": rows, "setup": setup}
 
 
-def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
-    """b - a over the folds both have: mean difference, folds up/down, paired t-test and Wilcoxon p."""
-    from scipy import stats
+# Figures a comparison pairs when both experiments have them in every run (macro-F1, CCC: other heads' outputs).
+COMPARED_METRICS = ("wa", "ua", "macro_f1", "ccc")
 
-    common = sorted(set(a) & set(b))
-    diff = np.array([b[k] - a[k] for k in common])
-    out = {"folds": len(common), "diff": float(diff.mean()) if len(common) else float("nan"),
-           "up": int((diff > 0).sum()), "down": int((diff < 0).sum()), "t_p": None, "wilcoxon_p": None}
-    if len(common) > 1 and np.any(diff != 0):
-        out["t_p"] = float(stats.ttest_rel([b[k] for k in common], [a[k] for k in common]).pvalue)
-        out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
-    return out
+
+def _paired_runs(base: dict, e: dict) -> tuple[dict, dict, str]:
+    """The two experiments' runs keyed by (seed, fold) for pairing, and a note when seeds could not pair.
+
+    Runs pair when the same seed trained both on the same fold. Two one-seed experiments of different
+    seeds still pair by fold (the test speakers are the same; the seed is then part of the difference)."""
+    a = {run_key(r): r for r in runs_of(base["results"])}
+    b = {run_key(r): r for r in runs_of(e["results"])}
+    sa, sb = {k[0] for k in a}, {k[0] for k in b}
+    if not set(a) & set(b) and len(sa) == 1 and len(sb) == 1:
+        seed = next(iter(sb))
+        a = {(seed, k[1]): r for k, r in a.items()}
+        return a, b, (f"seeds differ ({next(iter(sa))} and {seed}): paired by fold only, so the seed is part "
+                      "of each difference")
+    return a, b, ""
 
 
 def compare_experiments(exp_dirs: list[str | Path], reference: str | Path | None = None) -> dict:
@@ -87,9 +97,13 @@ def compare_experiments(exp_dirs: list[str | Path], reference: str | Path | None
                     f"{base['folds'][fold]['speakers']} there; folds are paired by name, so compare experiments "
                     "of the same protocol and data")
     for e in exps[1:]:
-        for metric in ("wa", "ua"):
-            e[f"paired_{metric}"] = _paired({k: f[metric] for k, f in base["folds"].items()},
-                                            {k: f[metric] for k, f in e["folds"].items()})
+        a, b, e["pairing_note"] = _paired_runs(base, e)
+        for metric in COMPARED_METRICS:
+            if all(r.get(metric) is not None for r in [*a.values(), *b.values()]):
+                e[f"paired_{metric}"] = stats.paired({k: r[metric] for k, r in a.items()},
+                                                     {k: r[metric] for k, r in b.items()})
+        e["verdicts"] = [stats.verdict(m.upper() if m != "macro_f1" else "macro-F1", e[f"paired_{m}"])
+                         for m in COMPARED_METRICS if f"paired_{m}" in e]
     ref = load_reference(reference) if reference else None
     if ref:
         for e in exps:
@@ -112,20 +126,45 @@ def _p(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path | None = None) -> str:
+def verdict_lines(c: dict) -> list[str]:
+    """One quotable line per experiment against the first: each metric's difference, 95 % CI and verdict."""
+    base = c["experiments"][0]
+    return [f"{e['name']} − {base['name']}: " + "; ".join(e["verdicts"])
+            + (f" ({e['pairing_note']})" if e.get("pairing_note") else "") for e in c["experiments"][1:]]
+
+
+def compare(exp_dirs: list[str | Path], out: str | Path | None = None, reference: str | Path | None = None,
+            verdicts_only: bool = False) -> str:
     """A markdown table of WA/UA across experiments (e.g. the lambda sweep, the paper's Table 3), each paired
-    over folds with the first experiment (in a sweep, lambda 0: the single-task baseline); with a reference
-    file, published figures for the same lambda in separate, labelled columns."""
+    by (seed, fold) with the first experiment (in a sweep, lambda 0: the single-task baseline), led by the
+    verdicts; with a reference file, published figures for the same lambda in separate, labelled columns.
+    Written to ``out`` when given; returned, or with ``verdicts_only`` only the verdict lines."""
     c = compare_experiments(exp_dirs, reference)
+    text = compare_table(c)
+    if out is not None:
+        atomic_write_text(out, text)
+    return "\n".join(verdict_lines(c)) if verdicts_only else text
+
+
+def compare_table(c: dict) -> str:
+    """compare_experiments' answer as markdown: verdicts, the table, notes, per-fold figures."""
     exps, ref = c["experiments"], c["reference"]
     base = exps[0]
     n_folds = len(base["folds"])
+    n_seeds = base["results"].get("num_seeds", 1)
     ref_cols = [f"{ref['label']} WA", f"{ref['label']} UA"] if ref else []
     head = (["experiment", "λ", "CTC targets (reduction)", "WA", "UA", "pooled WA / UA", "ΔWA", "ΔUA", "UA up / down",
-             "paired t p (WA / UA)", "Wilcoxon p (WA / UA)"] + ref_cols)
+             "paired t p (WA / UA)", "Wilcoxon p (WA / UA)", "permutation p (WA / UA)", "ΔUA 95 % CI"] + ref_cols)
+    rules = sorted({e["paired_ua"]["ci_rule"] for e in exps[1:]})
     lines = [
         "<!-- Generated by `python -m mtlser.score compare`; edits are overwritten. -->",
-        f"# Comparison over {n_folds} folds, paired with `{base['name']}`",
+        f"# Comparison over {n_folds} fold{'s' if n_folds != 1 else ''} × {n_seeds} "
+        f"seed{'s' if n_seeds != 1 else ''}, paired with `{base['name']}`",
+        "",
+        *(f"- {v}" for v in verdict_lines(c)),
+        "",
+        f"A difference is *shown* when its 95 % CI excludes zero; CI of the mean difference: {'; '.join(rules)}."
+        if rules else "One experiment: nothing to compare it with.",
         "",
         "|" + "|".join(head) + "|",
         "|" + "---|" * len(head),
@@ -136,14 +175,16 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
         targets = "— (no CTC)" if e.get("lambda") == 0 else str(e.get("token_type") or "") + (
             f" ({e['ctc_reduction']})" if e.get("ctc_reduction") else "")
         cells = [e["name"], lam, targets,
-                 f"{_pct(r['wa'])} ± {_pct(r['wa_std'])}", f"{_pct(r['ua'])} ± {_pct(r['ua_std'])}",
+                 _with_seed_std(r, "wa"), _with_seed_std(r, "ua"),
                  f"{_pct(r['pooled_wa'])} / {_pct(r['pooled_ua'])}"]
         if e is base:
-            cells += ["(baseline)", "", "", "", ""]
+            cells += ["(baseline)", "", "", "", "", "", ""]
         else:
             pw, pu = e["paired_wa"], e["paired_ua"]
-            cells += [_pct(pw["diff"], True), _pct(pu["diff"], True), f"{pu['up']} / {pu['down']} of {pu['folds']}",
-                      f"{_p(pw['t_p'])} / {_p(pu['t_p'])}", f"{_p(pw['wilcoxon_p'])} / {_p(pu['wilcoxon_p'])}"]
+            ci = "n/a" if pu["ci"] is None else f"[{_pct(pu['ci'][0], True)}, {_pct(pu['ci'][1], True)}]"
+            cells += [_pct(pw["diff"], True), _pct(pu["diff"], True), f"{pu['up']} / {pu['down']} of {pu['pairs']}",
+                      f"{_p(pw['t_p'])} / {_p(pu['t_p'])}", f"{_p(pw['wilcoxon_p'])} / {_p(pu['wilcoxon_p'])}",
+                      f"{_p(pw['permutation_p'])} / {_p(pu['permutation_p'])}", ci]
         if ref:
             rr = e.get("reference") or {}
             cells += [f"{rr['wa']:.1f}" if rr.get("wa") is not None else "—",
@@ -152,10 +193,12 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
     lines += [
         "",
         "WA = accuracy, UA = mean per-class recall, each computed per fold (test speaker) and given as mean ± "
-        "std over folds (sample std); pooled = over all test utterances at once. Δ = mean over folds of "
-        f"(experiment − `{base['name']}`), in points; UA up / down = folds where UA rose / fell. The paired "
-        f"tests take each fold as one pair; with {n_folds} folds the two-sided Wilcoxon p cannot go below "
-        f"{2 / 2 ** n_folds:.3g}. A difference holds when most folds move the same way and p is small.",
+        "std over folds (sample std; with seeds, ± the std of the per-seed means after it); pooled = over all "
+        "test utterances at once. Δ = mean over (seed, fold) pairs of "
+        f"(experiment − `{base['name']}`), in points; UA up / down = pairs where UA rose / fell. The paired "
+        f"tests take each (seed, fold) as one pair; with {n_folds * n_seeds} pairs the two-sided Wilcoxon p "
+        f"cannot go below {2 / 2 ** (n_folds * n_seeds):.3g}. The permutation p is exact (every sign flip of the "
+        f"differences) up to {stats.MAX_EXACT_PERMUTATION_PAIRS} pairs, n/a beyond.",
     ]
     if ref:
         lines += ["", f"Columns `{ref['label']} WA` and `{ref['label']} UA` are the published figures of "
@@ -175,6 +218,9 @@ def compare(exp_dirs: list[str | Path], out: str | Path, reference: str | Path |
             row = [fold, " ".join(base["folds"][fold]["speakers"])]
             row += [_pct(e["folds"][fold][metric]) if fold in e["folds"] else "" for e in exps]
             lines.append("|" + "|".join(row) + "|")
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(out, text)
-    return text
+    return "\n".join(lines) + "\n"
+
+
+def _with_seed_std(r: dict, metric: str) -> str:
+    seed_std = r.get(f"{metric}_seed_std")
+    return f"{_pct(r[metric])} ± {_pct(r[f'{metric}_std'])}" + ("" if seed_std is None else f" ± {_pct(seed_std)}")

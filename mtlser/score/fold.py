@@ -144,13 +144,12 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
     if result["absent_classes"]:
         lines.append(f"UA over {len(emotions) - len(result['absent_classes'])} of {len(emotions)} classes: "
                      f"{' '.join(result['absent_classes'])} absent from this fold's references (no recall)")
-    lines += ["", "class      recall  precision  n"]
+    w = max(8, *map(len, emotions))  # labels of any length keep the columns aligned
+    lines += ["", f"{'class':{w}s}  recall  precision  n"]
     for i, e in enumerate(emotions):
-        lines.append(f"{e:8s}  {_fmt(result['recall'][e])}   {_fmt(result['precision'][e])}    {int(cm[i].sum())}"
+        lines.append(f"{e:{w}s}  {_fmt(result['recall'][e])}   {_fmt(result['precision'][e])}    {int(cm[i].sum())}"
                      + ("   absent from the references" if e in result["absent_classes"] else ""))
-    lines += ["", "confusion (rows = reference, columns = hypothesis):", "      " + " ".join(f"{e:>5s}" for e in emotions)]
-    for i, e in enumerate(emotions):
-        lines.append(f"{e:5s} " + " ".join(f"{int(c):5d}" for c in cm[i]))
+    lines += ["", "confusion (rows = reference, columns = hypothesis):", *confusion_lines(cm, emotions)]
     attr_result = score_attributes(decode_dir, ref_dir, utts)
     if attr_result is not None:
         result["attributes"] = attr_result
@@ -164,6 +163,14 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
                        decode_dir, len(errors), len(ref),
                        " ".join(sorted(errors)[:10]) + (" ..." if len(errors) > 10 else ""))
     return result
+
+
+def confusion_lines(cm, emotions: list[str]) -> list[str]:
+    """The confusion matrix as text, its columns as wide as the longest label or count (at least 5)."""
+    row = max(5, *map(len, emotions))
+    col = max(5, *map(len, emotions), *(len(str(int(c))) for c in np.asarray(cm).ravel()))
+    return [" " * row + " " + " ".join(f"{e:>{col}s}" for e in emotions),
+            *(f"{e:{row}s} " + " ".join(f"{int(c):{col}d}" for c in cm[i]) for i, e in enumerate(emotions))]
 
 
 def _f(x: float) -> float | None:

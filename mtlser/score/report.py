@@ -9,6 +9,7 @@ import numpy as np
 from mtlser import expdir
 from mtlser.data.fold_names import fold_dirs
 from mtlser.expdir import environment
+from mtlser.score import runs
 from mtlser.utils.fileio import atomic_open, atomic_write_text
 
 
@@ -130,23 +131,29 @@ def plot_fusion(weights: list[list[float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(exp_dir: Path, summary: dict) -> None:
+def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) -> None:
+    """RESULTS.md and the PNGs; a seed group (``summary["runs"]``) takes its setup from ``setup_dir``, one of
+    its seeds' experiments."""
+    setup_dir = setup_dir or exp_dir
+    group = "runs" in summary
     env = environment()
     emotions = summary["emotions"]
     cm = np.array(summary["confusion"])
     name = exp_dir.name
     plot_confusion(cm, emotions, exp_dir / "confusion.png",
-                   f"{name}: summed over {summary['num_folds']} folds (row-normalised)")
+                   f"{name}: summed over {summary['num_folds']} folds"
+                   + (f" × {summary['num_seeds']} seeds" if group else "") + " (row-normalised)")
     weights = fusion_weights(exp_dir)
     if weights:
         plot_fusion(weights, exp_dir / "fusion_weights.png", f"{name}: learned layer-fusion weights")
         summary["fusion_weights_mean"] = np.mean(weights, axis=0).tolist()
 
     # The trainer's resolved config (every field, overrides applied) of the first fold.
-    folds = expdir.fold_files(exp_dir, expdir.CONFIG_YAML)
-    config = folds[0] if folds else (exp_dir / expdir.CONFIG_YAML if (exp_dir / expdir.CONFIG_YAML).is_file() else None)
+    folds = expdir.fold_files(setup_dir, expdir.CONFIG_YAML)
+    config = folds[0] if folds else (setup_dir / expdir.CONFIG_YAML if (setup_dir / expdir.CONFIG_YAML).is_file()
+                                     else None)
     # Training is where versions and the GPU matter; scoring may run elsewhere, so both are recorded.
-    train_env = training_environment(exp_dir) or {}
+    train_env = training_environment(setup_dir) or {}
 
     def both(key: str) -> str:
         t = train_env.get(key)
@@ -169,32 +176,24 @@ def write_report(exp_dir: Path, summary: dict) -> None:
         "",
         f"## {exp_dir}",
         f"- config: `{config}`" if config else "- config: (not found)",
-        *experiment_setup(exp_dir),
+        *experiment_setup(setup_dir),
+        f"- seeds (train.seed): {' '.join(str(s) for s in summary['seeds'])}, one experiment each "
+        f"({', '.join(summary['members'])}); one split (stage 2) for all" if group
+        else f"- seed (train.seed): {summary.get('seed')}",
         f"- folds: {summary['num_folds']}, test utterances: {summary['n']}"
         + (f" scored; **{summary['not_scored']} more could not be decoded and are not in any figure** (each fold's "
            f"decode_test/utt2error)" if summary.get("not_scored") else ""),
         "",
-        "WA = accuracy of a fold, UA = mean per-class recall of a fold (classes present in it); mean ± std "
-        "(sample std) over folds, the paper's protocol, and pooled over all test utterances at once.",
-        "",
-        "|metric|mean over folds|std|pooled|",
-        "|---|---|---|---|",
-        f"|WA|{100 * summary['wa']:.2f}|{100 * summary['wa_std']:.2f}|{100 * summary['pooled_wa']:.2f}|",
-        f"|UA|{100 * summary['ua']:.2f}|{100 * summary['ua_std']:.2f}|{100 * summary['pooled_ua']:.2f}|",
+        *runs.figure_lines(summary),
     ]
     if "ctc_ter" in summary:
-        lines.append(f"|CTC token error rate|{100 * summary['ctc_ter']:.2f}|||")
-    lines += ["", "### Per fold", "",
-              "|fold|test speakers|n|WA|UA|" + "|".join(f"recall {e}" for e in emotions) + "|CTC TER|best epoch|",
-              "|---|---|---|---|---|" + "---|" * len(emotions) + "---|---|"]
-    for f in summary["folds"]:
-        rec = "|".join("n/a" if f["recall"].get(e) is None else f"{100 * f['recall'][e]:.1f}" for e in emotions)
-        ter = "" if f.get("ctc_ter") is None else f"{100 * f['ctc_ter']:.1f}"
-        lines.append(f"|{f['fold']}|{' '.join(f['speakers'])}|{f['n']}|{100 * f['wa']:.2f}|{100 * f['ua']:.2f}|"
-                     f"{rec}|{ter}|{f.get('best_epoch', '')}|")
-    if any(r is None for f in summary["folds"] for r in f["recall"].values()):
-        lines += ["", "n/a: the class is absent from that fold's references (no recall; left out of the fold's UA)."]
-    lines += ["", "### Confusion matrix (summed over folds; rows = reference)", "",
+        lines.append(f"|CTC token error rate|{100 * summary['ctc_ter']:.2f}||||||")
+    lines += runs.off_fold_lines(summary, emotions)
+    if group:
+        lines += runs.seed_lines(summary)
+    else:
+        lines += _fold_lines(summary, emotions)
+    lines += ["", f"### Confusion matrix (summed over folds{' and seeds' if group else ''}; rows = reference)", "",
               "|ref \\ hyp|" + "|".join(emotions) + "|", "|---|" + "---|" * len(emotions)]
     for i, e in enumerate(emotions):
         lines.append(f"|{e}|" + "|".join(str(int(c)) for c in cm[i]) + "|")
@@ -206,3 +205,23 @@ def write_report(exp_dir: Path, summary: dict) -> None:
                   "|" + "|".join(f"{x:.3f}" for x in np.mean(weights, axis=0)) + "|",
                   "", "![fusion weights](fusion_weights.png)"]
     atomic_write_text(exp_dir / expdir.RESULTS_MD, "\n".join(lines) + "\n")
+
+
+def _fold_lines(summary: dict, emotions: list[str]) -> list[str]:
+    """One seed's per-fold table: figures, chance, recalls, CTC TER and the chosen epoch of each fold."""
+    from mtlser.score.stats import chance
+
+    lines = ["", "### Per fold", "",
+             "|fold|test speakers|n|WA|UA|" + "|".join(f"recall {e}" for e in emotions)
+             + "|CTC TER|best epoch|chance WA / UA|",
+             "|---|---|---|---|---|" + "---|" * len(emotions) + "---|---|---|"]
+    for f in summary["folds"]:
+        rec = "|".join("n/a" if f["recall"].get(e) is None else f"{100 * f['recall'][e]:.1f}" for e in emotions)
+        ter = "" if f.get("ctc_ter") is None else f"{100 * f['ctc_ter']:.1f}"
+        c = chance(f["confusion"]) if f.get("confusion") else {"wa": None, "ua": None}
+        ch = "" if c["wa"] is None else f"{100 * c['wa']:.2f} / {100 * c['ua']:.2f}"
+        lines.append(f"|{f['fold']}|{' '.join(f['speakers'])}|{f['n']}|{100 * f['wa']:.2f}|{100 * f['ua']:.2f}|"
+                     f"{rec}|{ter}|{f.get('best_epoch', '')}|{ch}|")
+    if any(r is None for f in summary["folds"] for r in f["recall"].values()):
+        lines += ["", "n/a: the class is absent from that fold's references (no recall; left out of the fold's UA)."]
+    return lines

@@ -1,0 +1,175 @@
+"""An experiment's figures over its (seed, fold) runs: one seed's folds, or several seeds' experiments.
+
+A run is one fold's scored test set (its result.json) with the seed the model was trained with. The
+summary keeps the figures RESULTS.md always gave (mean, sample std over folds, pooled) and adds how
+much of them is the seed and the speakers (mtlser.score.stats), chance per fold, and folds that are off.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mtlser import expdir
+from mtlser.score import stats
+from mtlser.score.metrics import unweighted_accuracy, weighted_accuracy
+from mtlser.utils import MtlserError
+
+# What each run keeps of its fold's result.json in results.json.
+RUN_KEYS = ("fold", "seed", "speakers", "n", "wa", "ua", "recall", "ctc_ter", "best_epoch", "not_scored",
+            "confusion")
+METRICS = ("wa", "ua")
+
+
+def seed_group_member(exp_dir: str | Path) -> Path:
+    """A seed group's first member experiment (where its setup is read), else ``exp_dir`` itself."""
+    exp_dir = Path(exp_dir)
+    try:
+        members = json.loads((exp_dir / expdir.RESULTS_JSON).read_text()).get("members")
+    except (OSError, ValueError):
+        return exp_dir
+    return Path(members[0]) if members else exp_dir
+
+
+def run_key(run: dict) -> tuple:
+    return run.get("seed"), run["fold"]
+
+
+def runs_of(results: dict) -> list[dict]:
+    """The (seed, fold) runs of a results.json: a seed group's ``runs``, else one seed's ``folds``."""
+    if "runs" in results:
+        return results["runs"]
+    return [{**f, "seed": f.get("seed", results.get("seed"))} for f in results["folds"]]
+
+
+def summarise_runs(runs: list[dict]) -> dict:
+    """results.json's figures over runs of one emotion inventory (checked by the caller)."""
+    if not runs:
+        raise MtlserError("no scored runs to summarise")
+    seeds = sorted({r.get("seed") for r in runs}, key=str)
+    cm = np.sum([np.array(r["confusion"]) for r in runs], axis=0)
+    summary: dict = {}
+    for m in METRICS:
+        s = stats.summarise({run_key(r): r[m] for r in runs})
+        summary[m] = s["mean"]
+        summary[f"{m}_std"] = s["fold_std"] if s["fold_std"] is not None else 0.0
+        summary[f"{m}_seed_std"] = s["seed_std"]
+        summary[f"{m}_ci"] = s["ci"]
+        summary["ci_rule"] = s["ci_rule"]
+    summary.update(pooled_wa=weighted_accuracy(cm), pooled_ua=unweighted_accuracy(cm))
+    first = [r for r in runs if r.get("seed") == seeds[0]]
+    # Test utterances of one seed's folds: every seed tests the same ones.
+    summary["n"] = int(sum(np.sum(r["confusion"]) for r in first))
+    summary.update(num_folds=len({r["fold"] for r in runs}), num_seeds=len(seeds), seeds=seeds,
+                   confusion=cm.tolist())
+    folds = fold_means(runs)
+    summary["chance"] = {m: float(np.mean([f["chance"][m] for f in folds])) for m in METRICS}
+    summary["off_folds"] = stats.off_folds({f["fold"]: f["ua"] for f in folds})
+    summary["fold_means"] = folds
+    summary["not_scored"] = int(sum(r.get("not_scored", 0) or 0 for r in first))
+    ters = [r["ctc_ter"] for r in runs if r.get("ctc_ter") is not None]
+    if ters:
+        summary["ctc_ter"] = float(np.mean(ters))
+    return summary
+
+
+def fold_means(runs: list[dict]) -> list[dict]:
+    """Per fold over its seeds: WA/UA means (and the seeds' std), summed confusion, class counts, chance."""
+    by_fold: dict[str, list[dict]] = {}
+    for r in runs:
+        by_fold.setdefault(r["fold"], []).append(r)
+    out = []
+    for fold in sorted(by_fold):
+        rs = by_fold[fold]
+        cm = np.sum([np.array(r["confusion"]) for r in rs], axis=0)
+        one = np.array(rs[0]["confusion"])  # the class counts of one seed's test set
+        f = {"fold": fold, "speakers": rs[0].get("speakers", []), "seeds": len(rs),
+             "class_counts": one.sum(axis=1).astype(int).tolist(), "confusion": cm.tolist(),
+             "chance": stats.chance(one)}
+        for m in METRICS:
+            v = np.array([r[m] for r in rs])
+            f[m] = float(v.mean())
+            f[f"{m}_seed_std"] = float(v.std(ddof=1)) if len(v) > 1 else None
+        out.append(f)
+    return out
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def _ci(ci) -> str:
+    return "—" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def figure_lines(summary: dict) -> list[str]:
+    """RESULTS.md's headline table: mean, the two std's, the CI and chance beside WA and UA."""
+    seeds = summary.get("num_seeds", 1)
+    over = f"{summary['num_folds']} folds × {seeds} seed{'s' if seeds != 1 else ''}"
+    seed_note = ("std over seeds = sample std of the per-seed means (how far a rerun with another seed moves "
+                 "the figure)" if seeds > 1 else
+                 f"std over seeds: — (one seed, {summary.get('seed')}: how far a rerun moves the figure is not "
+                 "measured; ser.sh --seeds \"0 1 2\" measures it)")
+    lines = [
+        f"WA = accuracy of a fold, UA = mean per-class recall of a fold (classes present in it); over {over}. "
+        "Mean over folds (over seeds, the mean of the per-seed means), the paper's protocol; std over folds = "
+        "sample std over folds" + (" within a seed (root mean of the seeds' variances)" if seeds > 1 else "")
+        + f"; {seed_note}; 95 % CI of the mean: {summary['ci_rule']}; pooled = over all test utterances at "
+        "once; chance = mean over folds of each fold's chance level (UA 1/K of the K classes in its test set, "
+        "WA its majority class's share).",
+        "",
+        "|metric|mean over folds|std over folds|pooled|std over seeds|95 % CI|chance|",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in METRICS:
+        lines.append(f"|{m.upper()}|{_pct(summary[m])}|{_pct(summary[f'{m}_std'])}|{_pct(summary[f'pooled_{m}'])}|"
+                     f"{_pct(summary.get(f'{m}_seed_std'))}|{_ci(summary.get(f'{m}_ci'))}|"
+                     f"{_pct((summary.get('chance') or {}).get(m))}|")
+    return lines
+
+
+def seed_lines(summary: dict) -> list[str]:
+    """A seed group's per-seed and per-fold tables (a one-seed experiment's per-fold table is the report's)."""
+    runs = summary["runs"]
+    lines = ["", "### Per seed (mean over its folds)", "", "|seed|experiment|folds|WA|UA|", "|---|---|---|---|---|"]
+    for seed in summary["seeds"]:
+        rs = [r for r in runs if r.get("seed") == seed]
+        lines.append(f"|{seed}|{rs[0].get('experiment', '')}|{len(rs)}|{_pct(np.mean([r['wa'] for r in rs]))}|"
+                     f"{_pct(np.mean([r['ua'] for r in rs]))}|")
+    lines += ["", "### Per fold (over seeds: mean ± std)", "",
+              "|fold|test speakers|n|WA|UA|chance WA / UA|" + "|".join(f"UA seed {s}" for s in summary["seeds"]) + "|",
+              "|---|---|---|---|---|---|" + "---|" * len(summary["seeds"])]
+    for f in summary["folds"]:
+        per_seed = {r.get("seed"): r["ua"] for r in runs if r["fold"] == f["fold"]}
+        lines.append(
+            f"|{f['fold']}|{' '.join(f['speakers'])}|{sum(f['class_counts'])}|"
+            f"{_pct(f['wa'])} ± {_pct(f['wa_seed_std'])}|{_pct(f['ua'])} ± {_pct(f['ua_seed_std'])}|"
+            f"{_pct(f['chance']['wa'])} / {_pct(f['chance']['ua'])}|"
+            + "|".join(_pct(per_seed.get(s)) for s in summary["seeds"]) + "|")
+    return lines
+
+
+def off_fold_lines(summary: dict, emotions: list[str]) -> list[str]:
+    """A section per fold whose UA is off (mtlser.score.stats.off_folds): speakers, class counts, confusion."""
+    off = summary.get("off_folds") or []
+    if not off:
+        return []
+    folds = {f["fold"]: f for f in fold_means(runs_of(summary))}
+    lines = ["", "### Folds that are off",
+             "", f"UA more than 2 std below the mean of the other folds (each fold against the rest; "
+             f"{'mean over seeds' if summary.get('num_seeds', 1) > 1 else 'one seed'}). Few utterances of a class, "
+             "or one class taking every hypothesis, point at the data; a spread over seeds at the run."]
+    for name in off:
+        f = folds[name]
+        counts = ", ".join(f"{e} {n}" for e, n in zip(emotions, f["class_counts"]))
+        lines += ["", f"**{name}** (test speakers {' '.join(f['speakers'])}): UA {_pct(f['ua'])}"
+                  + (f" ± {_pct(f['ua_seed_std'])} over seeds" if f.get("ua_seed_std") is not None else "")
+                  + f", WA {_pct(f['wa'])}; chance UA {_pct(f['chance']['ua'])}, WA {_pct(f['chance']['wa'])}; "
+                  f"class counts: {counts}"
+                  + (f"; confusion summed over its {f['seeds']} seeds" if f["seeds"] > 1 else ""),
+                  "", "|ref \\ hyp|" + "|".join(emotions) + "|", "|---|" + "---|" * len(emotions)]
+        for e, row in zip(emotions, f["confusion"]):
+            lines.append(f"|{e}|" + "|".join(str(int(c)) for c in row) + "|")
+    return lines
