@@ -1,36 +1,49 @@
 #!/usr/bin/env python3
-"""Inference throughput: mtlser's batched labelling vs Hugging Face ``Wav2Vec2Model`` forward, same files.
+"""CPU inference throughput: mtlser (torch fp32/bf16, onnx fp32/int8) vs what a transformers user runs (issue 22).
 
 Usage:
-    python bench/infer_throughput.py --device cpu --json bench/results/infer_cpu.json           # base size, 2 threads
-    python bench/infer_throughput.py --device cuda --precision bf16 --json bench/results/infer_cuda_bf16.json
+    python bench/infer_throughput.py --json bench/results/infer_cpu.json              # base size, 2 threads
+    python bench/infer_throughput.py --size scaled --files 20 --long 2 --long-s 30 --json /tmp/quick.json
 
-One run writes --files WAV files with IEMOCAP-like durations (log-normal, mean ~4.5 s, cut at 20 s;
-bench/train_throughput.py's distribution) and times, on those same files, with random weights
-(speed does not depend on them), at wav2vec2-base size by default:
+One run writes --files WAV files of 1-20 s (IEMOCAP-like log-normal durations, mean ~4.5 s) and
+--long recordings of --long-s seconds, builds one model with random weights (speed does not
+depend on them; fusion and emotion head drawn far from uniform so that labels differ between
+files) at wav2vec2-base size, exports it to transformers (mtlser.export.hf's mapping; one input
+per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times on the same files:
 
-    hf_file_order  transformers.Wav2Vec2Model forward (hidden states of every layer, its default attention,
-                   attention mask), batches of --batch-size in file order padded to their longest: what a
-                   plain transformers script does. Audio preloaded (reading not timed).
-    hf_sorted      the same forward on mtlser's batches (sorted by duration): the network alone, same padding.
-    mtlser         mtlser's labelling path (mtlser.infer.runner.label): reading the files, batching by duration,
-                   the backbone, fusion, emotion and CTC heads, probabilities and tokens. Reading is timed.
+    pipeline_default     transformers pipeline("audio-classification", top_k=None), one file per call
+    pipeline_bs<N>       the same pipeline given every file at once with batch_size=N (--pipeline-batch-sizes)
+    transformers_direct  AutoFeatureExtractor + AutoModelForAudioClassification on batches of --batch-size
+                         sorted by duration (padded, attention mask), softmax: a hand-written transformers loop
+    mtlser_torch_fp32    mtlser.infer.runner.label with SERPredictor (mtlser-infer's path and defaults: windows
+                         of 20 s every 10 s for longer recordings, batches by duration)
+    mtlser_torch_bf16    the same under bf16 autocast (only on CPUs with native bf16: mtlser.infer.backends)
+    mtlser_onnx_fp32     the same path on onnxruntime (the exported graph)
+    mtlser_onnx_int8     the graph with onnxruntime's dynamic int8 quantisation
 
-The variants run interleaved (A B C, A B C, ...) for --repeats rounds after one untimed warm-up
-round, in one process, so that a shared machine's load drift reaches all of them alike: compare
-the variants of one run (a timing is a ratio, not an absolute figure). Reported per variant: the
-median and spread over rounds of audio-seconds per wall-second, and CPU seconds per round; the
-ratios of mtlser to each baseline are medians of per-round ratios.
+Every variant reads the files itself (soundfile; timed). Each variant lives in its own worker
+process (so its peak RSS is its own), and the rounds run interleaved (A B C, A B C, ...; one
+untimed warm-up pass over the first --warmup-files files first) so that a shared machine's load
+drift reaches all alike. Reported
+per variant: medians over rounds of audio-seconds per wall-second and per CPU-second (the
+worker's process CPU time, all threads), peak RSS, and the share of files whose label equals
+mtlser_torch_fp32's; ratios are medians of per-round time ratios. A long recording's label is
+mtlser's mean over its windows, while the transformers variants take it whole, so their labels
+of the long recordings may differ by definition (the short files' agreement is given apart).
 
---precision bf16/fp16 runs every variant under torch.autocast (GPUs): mtlser's is
-``SERPredictor(precision=...)``, the baselines the same autocast around transformers' forward.
+--hour S also labels one synthetic recording of S seconds with mtlser_onnx_int8 in a fresh
+worker and reports its peak RSS (windows are read from the file one batch at a time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-VARIANTS = ("hf_file_order", "hf_sorted", "mtlser")
-#: A smaller wav2vec2 shape for a quick look (--size scaled): bench/train_throughput.py's CPU model.
+#: A smaller wav2vec2 shape for a quick look and the test (--size scaled): bench/train_throughput.py's CPU model.
 SCALED = "scaled"
+EMOTIONS = ["ang", "hap", "sad", "neu"]
+TOKENS = ["<blank>"] + [f"{c}{e}" for c in ("S", "F", "N", "L", "V", "Vs") for e in range(4)]
+REFERENCE = "mtlser_torch_fp32"
+WINDOW_S, HOP_S = 20.0, 10.0
 
 
 def arch_kwargs(size: str) -> dict:
@@ -57,11 +73,9 @@ def arch_kwargs(size: str) -> dict:
     return architecture("wav2vec2", size)
 
 
-def build(size: str, device: str, precision: str):
-    """(mtlser predictor, transformers Wav2Vec2Model), random weights, eval mode, on ``device``."""
+def build_predictor(size: str, seed: int = 0):
+    """An mtlser SERPredictor with random weights (fusion logits ~ N(0, 1), emotion head ~ N(0, 0.5))."""
     import torch
-    from hf_baseline import hf_config
-    from transformers import Wav2Vec2Model
 
     from mtlser.config import load_config
     from mtlser.infer import SERPredictor
@@ -69,122 +83,338 @@ def build(size: str, device: str, precision: str):
     from mtlser.model.ser_model import build_model
 
     kw = arch_kwargs(size)
-    custom = conv_layers_as_lists(kw)
-    cfg = load_config(None, {"backbone": {"size": "custom", "custom": custom}})
-    tokens = ["<blank>"] + [f"{c}{e}" for c in ("S", "F", "N", "L", "V", "Vs") for e in range(4)]
-    emotions = ["ang", "hap", "sad", "neu"]
-    torch.manual_seed(0)
-    model = build_model(cfg, vocab_size=len(tokens), num_emotions=len(emotions)).to(device).eval()
-    meta = {"emotions": emotions, "tokens": tokens, "sample_rate": 16000, "location": size}
-    hf = Wav2Vec2Model(hf_config(custom)).to(device).eval()
-    return SERPredictor(model, meta, device, precision), hf
+    cfg = load_config(None, {"backbone": {"size": "custom", "custom": conv_layers_as_lists(kw)}})
+    torch.manual_seed(seed)
+    model = build_model(cfg, vocab_size=len(TOKENS), num_emotions=len(EMOTIONS)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.fusion.logits.copy_(torch.randn(model.fusion.logits.shape, generator=g))
+        model.emotion_head.weight.copy_(0.5 * torch.randn(model.emotion_head.weight.shape, generator=g))
+        model.emotion_head.bias.copy_(0.5 * torch.randn(model.emotion_head.bias.shape, generator=g))
+    arch = {"arch": "wav2vec2", "arch_kwargs": kw}
+    meta = {"emotions": EMOTIONS, "tokens": TOKENS, "sample_rate": 16000, "location": size, "info": arch,
+            "config": cfg}
+    return SERPredictor(model, meta)
 
 
-def write_files(root: Path, n: int, seed: int) -> list[Path]:
+def write_hf(predictor, out: Path) -> dict:
+    """The transformers export of the predictor's model (mtlser.export.hf's mapping), and its exactness check."""
+    import transformers
+
+    from mtlser.export.hf import _CLASSES, compare, hf_config, hf_state
+
+    model, meta = predictor.model, predictor.metas[0]
+    hf = getattr(transformers, _CLASSES["wav2vec2"][1])(hf_config(model, meta)).eval()
+    hf.load_state_dict(hf_state(model, hf, "wav2vec2"), strict=True)
+    hf.save_pretrained(str(out))
+    transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+                                          return_attention_mask=True).save_pretrained(str(out))
+    return compare(predictor, out)
+
+
+def write_files(root: Path, n: int, n_long: int, long_s: float, seed: int) -> list[Path]:
     import soundfile as sf
     from train_throughput import iemocap_like_durations
 
     rng = np.random.default_rng(seed)
+    durations = list(iemocap_like_durations(n, seed, lo=1.0, hi=20.0)) + [long_s + 7.0 * i for i in range(n_long)]
+    root.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, dur in enumerate(iemocap_like_durations(n, seed)):
+    for i, dur in enumerate(durations):
         t = np.arange(int(dur * 16000)) / 16000
-        x = 0.2 * np.sin(2 * np.pi * (100 + 80 * rng.random()) * t) + 0.02 * rng.standard_normal(len(t))
-        paths.append(root / f"utt{i:04d}.wav")
+        f0 = 100 + 80 * rng.random() + 30 * np.sin(2 * np.pi * t / (3 + 5 * rng.random()))
+        x = (0.1 + 0.2 * rng.random()) * np.sin(2 * np.pi * f0 * t) + (0.01 + 0.05 * rng.random()) * \
+            rng.standard_normal(len(t))
+        paths.append(root / f"{'long' if i >= n else 'utt'}{i:04d}.wav")
         sf.write(paths[-1], x.astype(np.float32), 16000, subtype="PCM_16")
     return paths
 
 
-def hf_forward(hf, wavs: list[np.ndarray], batches: list[list[int]], device: str, precision: str) -> None:
+def synth_hour(path: Path, seconds: float) -> None:
+    """A long recording written block by block (never whole in memory)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(7)
+    block = 16000 * 60
+    with sf.SoundFile(str(path), "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+        done = 0
+        while done < seconds * 16000:
+            n = int(min(block, seconds * 16000 - done))
+            t = (done + np.arange(n)) / 16000
+            f0 = 140 + 60 * np.sin(2 * np.pi * t / 97)
+            f.write((0.2 * np.sin(2 * np.pi * f0 * t) + 0.03 * rng.standard_normal(n)).astype(np.float32))
+            done += n
+
+
+# ---------------------------------------------------------------- the variants, each in its own worker process
+
+def make_runner(variant: str, spec: dict):
+    """A function labelling spec['paths'] -> list of labels (one per file), for ``variant``."""
+    import soundfile as sf
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.inference_mode(), torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
-        for b in batches:
-            lens = torch.tensor([len(wavs[i]) for i in b])
-            x = torch.zeros(len(b), int(lens.max()))
-            for j, i in enumerate(b):
-                x[j, : len(wavs[i])] = torch.from_numpy(wavs[i])
-            mask = (torch.arange(x.shape[1])[None, :] < lens[:, None]).long()
-            out = hf(x.to(device), attention_mask=mask.to(device), output_hidden_states=True)
-            out.hidden_states[-1].float().sum().item()  # wait for the device, as mtlser's .cpu() does
+    torch.set_num_threads(spec["threads"])
+    paths = spec["paths"]
+    if variant.startswith("pipeline") or variant == "transformers_direct":
+        import transformers
+
+        if variant == "transformers_direct":
+            fe = transformers.AutoFeatureExtractor.from_pretrained(spec["hf_dir"])
+            model = transformers.AutoModelForAudioClassification.from_pretrained(spec["hf_dir"]).eval()
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+            def run():
+                wavs = [sf.read(p, dtype="float32")[0] for p in paths]
+                order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
+                out = [None] * len(wavs)
+                with torch.inference_mode():
+                    for k in range(0, len(order), spec["batch_size"]):
+                        b = order[k:k + spec["batch_size"]]
+                        inputs = fe([wavs[i] for i in b], sampling_rate=16000, return_tensors="pt", padding=True)
+                        probs = model(**inputs).logits.softmax(-1)
+                        for i, row in zip(b, probs.argmax(-1).tolist()):
+                            out[i] = labels[row]
+                return out
+            return run
+        classify = transformers.pipeline("audio-classification", model=spec["hf_dir"], top_k=None, device="cpu")
+        bs = 1 if variant == "pipeline_default" else int(variant.split("bs")[1])
+
+        def best(result):
+            return max(result, key=lambda r: r["score"])["label"]
+
+        def run():
+            if bs == 1:
+                return [best(classify(sf.read(p, dtype="float32")[0])) for p in paths]
+            return [best(r) for r in classify([sf.read(p, dtype="float32")[0] for p in paths], batch_size=bs)]
+        return run
+
+    from mtlser.infer.audio import Recording
+    from mtlser.infer.backends import OnnxPredictor
+    from mtlser.infer.runner import label
+
+    _, backend, precision = variant.split("_")
+    if backend == "onnx":
+        predictor = OnnxPredictor(Path(spec["onnx"]).read_bytes(), spec["onnx"], precision, spec["threads"])
+    else:
+        from safetensors.torch import load_file
+
+        predictor = build_predictor(spec["size"])
+        predictor.model.load_state_dict(load_file(spec["weights"]))
+        predictor.precision = precision
+
+    def run():
+        recordings = [Recording(Path(p).name, p) for p in paths]
+        done = label(predictor, recordings, window=WINDOW_S, hop=HOP_S, batch_size=spec["batch_size"],
+                     progress=False)
+        bad = [d for d in done if d.error]
+        assert not bad, f"{bad[0].recording.id}: {bad[0].error}"
+        return [d.result["emotion"] for d in done]
+    return run
+
+
+def worker(variant: str, spec: dict, conn) -> None:
+    try:
+        run = make_runner(variant, spec)
+        conn.send("ready")
+        while True:
+            cmd = conn.recv()
+            if cmd == "stop":
+                conn.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                return
+            if cmd == "warmup":  # the first files only: allocators, kernels, onnxruntime's arenas
+                keep = list(spec["paths"])
+                spec["paths"][:] = keep[:spec["warmup_files"]]
+                try:
+                    run()
+                finally:
+                    spec["paths"][:] = keep
+                conn.send({})
+                continue
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            labels = run()
+            conn.send({"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "labels": labels})
+    except BaseException as e:  # the parent reports it and stops
+        conn.send({"error": f"{type(e).__name__}: {e}"})
+
+
+class Worker:
+    def __init__(self, ctx, variant: str, spec: dict):
+        self.variant = variant
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker, args=(variant, spec, child), daemon=True)
+        self.proc.start()
+        self._expect(self.conn.recv())
+
+    def _expect(self, msg):
+        if isinstance(msg, dict) and "error" in msg:
+            raise SystemExit(f"{self.variant}: {msg['error']}")
+        return msg
+
+    def run(self, cmd: str = "run") -> dict:
+        self.conn.send(cmd)
+        return self._expect(self.conn.recv())
+
+    def stop(self) -> dict:
+        self.conn.send("stop")
+        out = self._expect(self.conn.recv())
+        self.proc.join(timeout=60)
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--size", choices=["base", SCALED], default="base")
-    p.add_argument("--files", type=int, default=24, help="number of files (default 24, ~110 s of audio)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--files", type=int, default=100, help="files of 1-20 s (default 100)")
+    p.add_argument("--long", type=int, default=2, help="long recordings (default 2)")
+    p.add_argument("--long-s", type=float, default=120.0, help="seconds of the first long recording (default 120; "
+                   "each next one 7 s longer)")
+    p.add_argument("--batch-size", type=int, default=8, help="mtlser's and transformers_direct's batch size")
+    p.add_argument("--pipeline-batch-sizes", default="4,16", help="pipeline batch sizes to time (comma list)")
+    p.add_argument("--variants", help="comma list (default: all that run here)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (each runs every variant once)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--warmup-files", type=int, default=8, help="files of the untimed warm-up pass (default 8)")
+    p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime CPU threads")
+    p.add_argument("--hour", type=float, default=0.0, help="also label one recording of this many seconds "
+                   "(mtlser_onnx_int8) and report its peak RSS (default 0: not run)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", required=True, help="write the results here")
     args = p.parse_args(argv)
 
-    import soundfile as sf
     import torch
+    from safetensors.torch import save_file
 
-    from mtlser.expdir import environment
-    from mtlser.infer.audio import Recording
-    from mtlser.infer.runner import label, plan_batches
+    from mtlser.export.onnx import graph_bytes
+    from mtlser.infer.backends import native_bf16
 
     torch.set_num_threads(args.threads)
-    predictor, hf = build(args.size, args.device, args.precision)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_files(Path(tmp), args.files, args.seed)
-        wavs = [sf.read(p, dtype="float32")[0] for p in paths]
-        audio_s = sum(len(w) for w in wavs) / 16000
-        recordings = [Recording(p.name, str(p)) for p in paths]
-        in_order = [list(range(i, min(i + args.batch_size, len(wavs)))) for i in range(0, len(wavs), args.batch_size)]
-        sorted_batches = plan_batches([len(w) / 16000 for w in wavs], args.batch_size, float("inf"))
-        run = {
-            "hf_file_order": lambda: hf_forward(hf, wavs, in_order, args.device, args.precision),
-            "hf_sorted": lambda: hf_forward(hf, wavs, sorted_batches, args.device, args.precision),
-            "mtlser": lambda: label(predictor, recordings, batch_size=args.batch_size, batch_seconds=float("inf"),
-                                    progress=False),
-        }
+    bf16, bf16_how = native_bf16()
+    variants = (["pipeline_default"] + [f"pipeline_bs{b}" for b in args.pipeline_batch_sizes.split(",") if b]
+                + ["transformers_direct", REFERENCE] + (["mtlser_torch_bf16"] if bf16 else [])
+                + ["mtlser_onnx_fp32", "mtlser_onnx_int8"])
+    if args.variants:
+        variants = [v for v in args.variants.split(",") if v]
+        if REFERENCE not in variants:
+            variants.insert(0, REFERENCE)
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="mtlser-bench-") as tmp:
+        tmp = Path(tmp)
+        predictor = build_predictor(args.size)
+        hf_check = write_hf(predictor, tmp / "hf")
+        (tmp / "model.onnx").write_bytes(graph_bytes(predictor))
+        save_file(predictor.model.state_dict(), str(tmp / "weights.safetensors"))
+        paths = write_files(tmp / "wav", args.files, args.long, args.long_s, args.seed)
+        import soundfile as sf
+
+        durations = [sf.info(str(p)).duration for p in paths]
+        audio_s = sum(durations)
+        spec = {"paths": [str(x) for x in paths], "hf_dir": str(tmp / "hf"), "onnx": str(tmp / "model.onnx"),
+                "weights": str(tmp / "weights.safetensors"), "size": args.size, "threads": args.threads,
+                "batch_size": args.batch_size, "warmup_files": args.warmup_files}
+        workers = [Worker(ctx, v, spec) for v in variants]
         rounds: list[dict] = []
-        for r in range(args.repeats + 1):  # round 0 warms up (allocator, kernels), untimed
+        labels: dict[str, list[str]] = {}
+        for w in workers:  # untimed
+            w.run("warmup")
+        for r in range(1, args.repeats + 1):
             row = {}
-            for name in VARIANTS:
-                wall0, cpu0 = time.perf_counter(), time.process_time()
-                run[name]()
-                row[name] = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
-            if r > 0:
-                rounds.append(row)
-                print(f"round {r}: " + ", ".join(f"{n} {audio_s / row[n]['wall_s']:.1f} audio-s/s" for n in VARIANTS),
-                      file=sys.stderr)
+            for w in workers:
+                out = w.run()
+                labels[w.variant] = out.pop("labels")
+                row[w.variant] = out
+            rounds.append(row)
+            print(f"round {r}: " + ", ".join(f"{v} {audio_s / row[v]['wall_s']:.1f}" for v in variants)
+                  + " audio-s/s", file=sys.stderr, flush=True)
+        rss = {w.variant: w.stop()["peak_rss_mib"] for w in workers}
+        hour = None
+        if args.hour > 0:
+            synth_hour(tmp / "hour.wav", args.hour)
+            w = Worker(ctx, "mtlser_onnx_int8", dict(spec, paths=[str(tmp / "hour.wav")]))
+            out = w.run()
+            hour = {"seconds": args.hour, "variant": "mtlser_onnx_int8", "wall_s": round(out["wall_s"], 1),
+                    "cpu_s": round(out["cpu_s"], 1), **w.stop(), "file_mib": (tmp / "hour.wav").stat().st_size / 2**20}
+    n_short = args.files
+    ref = labels[REFERENCE]
     summary = {}
-    for name in VARIANTS:
-        speeds = [audio_s / row[name]["wall_s"] for row in rounds]
-        summary[name] = {"audio_s_per_s_median": statistics.median(speeds), "audio_s_per_s_min": min(speeds),
-                         "audio_s_per_s_max": max(speeds),
-                         "cpu_s_median": statistics.median(row[name]["cpu_s"] for row in rounds)}
+    for v in variants:
+        walls = [row[v]["wall_s"] for row in rounds]
+        cpus = [row[v]["cpu_s"] for row in rounds]
+        same = [a == b for a, b in zip(labels[v], ref)]
+        summary[v] = {"audio_s_per_wall_s": round(audio_s / statistics.median(walls), 2),
+                      "audio_s_per_cpu_s": round(audio_s / statistics.median(cpus), 2),
+                      "wall_s_median": round(statistics.median(walls), 2), "wall_s_min": round(min(walls), 2),
+                      "wall_s_max": round(max(walls), 2), "cpu_s_median": round(statistics.median(cpus), 2),
+                      "peak_rss_mib": round(rss[v], 1),
+                      "label_agreement_with_fp32": round(float(np.mean(same)), 4),
+                      "label_agreement_short_files": round(float(np.mean(same[:n_short])), 4)}
+    ratios = {}
+    for v in variants:
+        if v.startswith("mtlser"):
+            ratios[v] = {b: {"wall": round(statistics.median(row[b]["wall_s"] / row[v]["wall_s"] for row in rounds), 2),
+                             "cpu": round(statistics.median(row[b]["cpu_s"] / row[v]["cpu_s"] for row in rounds), 2)}
+                         for b in variants if not b.startswith("mtlser")}
+    pipelines = [v for v in variants if v.startswith("pipeline_bs")]
+    best_batch = min(pipelines, key=lambda v: summary[v]["wall_s_median"]) if pipelines else None
     result = {
-        "what": "inference throughput, mtlser labelling vs transformers Wav2Vec2Model forward, same files",
-        "device": args.device, "precision": args.precision, "size": args.size, "files": args.files,
-        "audio_s": round(audio_s, 2), "batch_size": args.batch_size, "threads": args.threads, "repeats": args.repeats,
-        "variants": summary,
-        "ratio_vs_hf_file_order": _ratio(rounds, "hf_file_order"),
-        "ratio_vs_hf_sorted": _ratio(rounds, "hf_sorted"),
-        # The same from process CPU time: less sensitive to other processes' load on a shared machine.
-        "cpu_ratio_vs_hf_file_order": _ratio(rounds, "hf_file_order", "cpu_s"),
-        "cpu_ratio_vs_hf_sorted": _ratio(rounds, "hf_sorted", "cpu_s"),
-        "rounds": rounds,
-        "machine": environment(torch.device(args.device)),  # versions, CPU, GPU, git commit, date
+        "what": "CPU inference throughput: mtlser backends vs transformers pipeline/direct, same files, interleaved",
+        "size": args.size, "files": args.files, "long": args.long, "durations_s": [round(d, 2) for d in durations],
+        "audio_s": round(audio_s, 2), "batch_size": args.batch_size, "threads": args.threads,
+        "repeats": args.repeats, "window_s": WINDOW_S, "hop_s": HOP_S,
+        "native_bf16": {"available": bf16, "how": bf16_how},
+        "reference_label_counts": {e: ref.count(e) for e in EMOTIONS},
+        "hf_export_check": hf_check, "variants": summary, "best_pipeline_batch": best_batch,
+        "ratios_time_baseline_over_mtlser": ratios, "hour_recording": hour, "rounds": rounds,
+        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": _cpus(),
+                    "torch": torch.__version__, "onnxruntime": _version("onnxruntime"),
+                    "transformers": _version("transformers"), "load_average_at_end": list(_loadavg())},
+        "git_commit": _git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"mtlser / HF forward (file order): {result['ratio_vs_hf_file_order']:.2f}x, "
-          f"(same sorted batches): {result['ratio_vs_hf_sorted']:.2f}x  -> {args.json}", file=sys.stderr)
+    for v in variants:
+        s = summary[v]
+        print(f"{v:22s} {s['audio_s_per_wall_s']:8.2f} audio-s/wall-s {s['audio_s_per_cpu_s']:8.2f} audio-s/cpu-s "
+              f"rss {s['peak_rss_mib']:7.0f} MiB  labels = fp32 {100 * s['label_agreement_with_fp32']:.1f} %",
+              file=sys.stderr)
+    print(f"-> {args.json}", file=sys.stderr)
     return 0
 
 
-def _ratio(rounds: list[dict], baseline: str, clock: str = "wall_s") -> float:
-    """Median over rounds of baseline time / mtlser time (> 1: mtlser is faster)."""
-    return statistics.median(r[baseline][clock] / r["mtlser"][clock] for r in rounds)
+def _version(name: str) -> str | None:
+    try:
+        return __import__(name).__version__
+    except ImportError:
+        return None
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _loadavg():
+    import os
+
+    return os.getloadavg() if hasattr(os, "getloadavg") else ()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # (tools/venv, or $MTLSER_VENV), as ESPnet keeps tools/venv.
 #
 # Usage: tools/install.sh [--with-test] [--force]
-#   --with-test   also install the test dependencies (pytest, transformers)
+#   --with-test   also install the test dependencies (pytest, transformers, onnxruntime, onnx)
 #   --force       reinstall even when the environment is up to date
 #
 # Idempotent: a stamp in the venv records a hash of the requirement files, this

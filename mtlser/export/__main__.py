@@ -6,10 +6,12 @@ Usage:
                                                                # final/ when present, the folds' ensemble
     python -m mtlser.export ensemble --exp-dir exp/<tag> [--out exp/<tag>/ensemble]
     python -m mtlser.export hf --model-dir exp/<tag>/fold01 --out hf/fold01      # a dir or a pack
+    python -m mtlser.export onnx --model-dir exp/<tag>/fold01 --out fold01.onnx  # a dir, pack or ensemble
 
 A pack or an ensemble dir is a model for ``mtlser-infer --model`` and ``SERPredictor.from_pretrained``.
 ``hf`` writes the model only when transformers gives mtlser's probabilities (mtlser.export.hf), and
-exits 1 with the reason otherwise.
+exits 1 with the reason otherwise; ``onnx`` likewise checks its graph in onnxruntime
+(mtlser.export.onnx) and writes OUT.onnx with OUT.json and OUT.md (what was measured).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     h = sub.add_parser("hf", help="export to a Hugging Face transformers model dir (exact, or refused)")
     h.add_argument("--model-dir", required=True, help="a training dir or a pack (not an ensemble)")
     h.add_argument("--out", required=True, help="the transformers model dir to write")
+    o = sub.add_parser("onnx", help="export to an ONNX graph, checked in onnxruntime (exact, or refused)")
+    o.add_argument("--model-dir", required=True, help="a training dir, an ensemble dir, or a pack")
+    o.add_argument("--out", required=True, help="the .onnx file to write (OUT.json, OUT.md beside it)")
+    o.add_argument("--check-data", help="check set: a data dir, wav.scp, folder or list (default: the fold's "
+                   "test files, through MODEL_DIR/decode_test/data_dir)")
+    o.add_argument("--tokens", action="store_true", help="also output the CTC class-token log-probabilities")
+    o.add_argument("--weights", help="weights file of the model dir (default model.safetensors, else best)")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -55,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from mtlser.export.pack import make_ensemble
 
         make_ensemble(args.exp_dir, args.out)
+    elif args.command == "onnx":
+        from mtlser.export.onnx import export_onnx
+
+        export_onnx(args.model_dir, args.out, args.check_data, args.tokens, weights=args.weights)
     else:
         from mtlser.export.hf import export_hf
 

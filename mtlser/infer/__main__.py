@@ -46,8 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file of the model dir (default model.safetensors, else "
                    "best.safetensors)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="bf16/fp16: autocast on GPUs (default fp32)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="torch, or onnx (onnxruntime; --model may then be an exported .onnx): "
+                   "mtlser.infer.backends (default torch)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
+                   help="fp32 (exact); bf16 (torch autocast: GPUs, or CPUs with native bf16); fp16 (GPUs); "
+                   "int8 (onnx: dynamic quantisation). Non-exact modes print their agreement with fp32")
+    p.add_argument("--check-set", help="where bf16/int8 are checked against fp32: a data dir, wav.scp, folder or "
+                   "list (default: the fold's test files when the model has them, else the first inputs)")
+    p.add_argument("--timeline", metavar="DIR", help="write DIR/<id>.csv and DIR/<id>.png for every recording "
+                   "longer than --window (mtlser.infer.timeline)")
     p.add_argument("--batch-size", type=int, default=16, help="most recordings (or windows) per batch")
     p.add_argument("--batch-seconds", type=float, default=60.0,
                    help="most padded audio per batch, in seconds (bounds memory)")
@@ -70,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     fmt = output_format(args.format, args.output)
     recordings = find_recordings(args.inputs) if args.inputs else []
     check_ids(recordings, fmt)
-    predictor = load_predictor(model, args.device, args.weights, args.precision, args.num_threads)
+    predictor = load_predictor(model, args.device, args.weights, args.precision, args.num_threads, args.backend)
+    if args.precision != "fp32" and args.device == "cpu":
+        from mtlser.infer.backends import report_agreement
+
+        report_agreement(predictor, model, args.check_set, recordings, args.window)
     if data_dir is None:
         return label_and_write(predictor, recordings, fmt, args.output, args.window, args.hop, args.batch_size,
-                               args.batch_seconds, not args.no_progress)
+                               args.batch_seconds, not args.no_progress, args.timeline)
     from mtlser.infer.decode import decode_data_dir
 
     out = Path(args.out) if args.out else model / f"{DECODE_PREFIX}{data_dir.name}"

@@ -70,7 +70,7 @@ def render(done: list[Labelled], fmt: str, emotions: list[str], attributes: list
 
 
 def load_predictor(model, device: str = "cpu", weights: str | None = None, precision: str = "fp32",
-                   num_threads: int = 0):
+                   num_threads: int = 0, backend: str = "torch"):
     """The model (a model dir, an ensemble dir or a pack) with torch's CPU threads set (0: torch's default)."""
     import torch
 
@@ -78,7 +78,7 @@ def load_predictor(model, device: str = "cpu", weights: str | None = None, preci
 
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-    return SERPredictor.from_pretrained(model, device, weights, precision)
+    return SERPredictor.from_pretrained(model, device, weights, precision, backend, num_threads)
 
 
 def check_ids(recordings: list[Recording], fmt: str) -> None:
@@ -91,12 +91,17 @@ def check_ids(recordings: list[Recording], fmt: str) -> None:
 
 def label_and_write(predictor, recordings: list[Recording], fmt: str, output: str | None, window: float = WINDOW_S,
                     hop: float = HOP_S, batch_size: int = 16, batch_seconds: float = 60.0,
-                    progress: bool = True) -> int:
-    """Label the recordings into ``output`` (stdout when None) in ``fmt``; the exit status (see EXIT_SOME_FAILED)."""
+                    progress: bool = True, timeline: str | None = None) -> int:
+    """Label the recordings into ``output`` (stdout when None) in ``fmt``; the exit status (see EXIT_SOME_FAILED).
+    With ``timeline`` (a dir): a CSV and a PNG per windowed recording (mtlser.infer.timeline)."""
     done = label(predictor, recordings, window=window, hop=hop, batch_size=batch_size,
                  batch_seconds=batch_seconds, progress=progress)
     attrs = [a.name for a in predictor.attributes] if getattr(predictor, "attributes", None) else None
     text = render(done, fmt, predictor.emotions, attrs)
+    if timeline:
+        from mtlser.infer.timeline import write_timelines
+
+        write_timelines(done, predictor.emotions, timeline)
     if output:
         atomic_write_text(output, text)
     else:

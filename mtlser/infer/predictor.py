@@ -145,8 +145,16 @@ class SERPredictor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
-                        precision: str = "fp32") -> "SERPredictor":
-        """A model dir, an ensemble dir, or a pack (.zip) of either; see :mod:`mtlser.infer.package`."""
+                        precision: str = "fp32", backend: str = "torch", threads: int = 0) -> "SERPredictor":
+        """A model dir, an ensemble dir, or a pack (.zip) of either; see :mod:`mtlser.infer.package`.
+
+        ``backend`` "onnx" also takes an exported ``.onnx`` graph; backends and precisions:
+        :mod:`mtlser.infer.backends` (``threads``: onnxruntime's, 0 = torch's thread count)."""
+        from mtlser.infer.backends import OnnxPredictor, check_mode
+
+        check_mode(backend, precision, str(device))
+        if backend == "onnx":
+            return OnnxPredictor.open(path, precision, weights, threads)
         files = ModelFiles.open(path)
         if files.is_ensemble:
             loaded = [read_model(member, weights, device) for _, member in files.members()]
@@ -242,6 +250,22 @@ class SERPredictor:
                 r["tokens"] = tokens[i]
             results.append(r)
         return results
+
+    def predict_array(self, waveform: np.ndarray, sample_rate: int) -> dict:
+        """Audio already in memory: (samples,) or (samples, channels) at any rate; mixed down and resampled."""
+        wav = np.asarray(waveform, dtype=np.float32)
+        if wav.ndim == 2:
+            wav = wav.mean(axis=1)
+        if wav.ndim != 1:
+            raise MtlserError(f"waveform of shape {wav.shape}: expected (samples,) or (samples, channels)")
+        if int(sample_rate) != self.sample_rate:
+            import torchaudio.functional as AF
+
+            wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(sample_rate), self.sample_rate).numpy()
+        if len(wav) < self.min_samples:
+            raise MtlserError(f"waveform of {len(wav)} samples at {self.sample_rate} Hz; this model needs at least "
+                              f"{self.min_samples}")
+        return self.predict_batch([wav])[0]
 
     def predict_file(self, path: str | Path, window: float = 0.0, hop: float = 0.0) -> dict:
         """One audio file of any rate and channel count. With ``window`` (seconds), a longer file is labelled

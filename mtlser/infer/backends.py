@@ -1,0 +1,288 @@
+"""Where and at what precision a model runs: torch fp32/bf16, or onnxruntime fp32/int8 (ONNX graph).
+
+    SERPredictor.from_pretrained("fold01.zip")                                    # torch, fp32 (exact)
+    SERPredictor.from_pretrained("fold01.zip", precision="bf16")                  # torch autocast, native bf16 only
+    SERPredictor.from_pretrained("fold01.onnx", backend="onnx")                   # an exported graph
+    SERPredictor.from_pretrained("fold01.zip", backend="onnx", precision="int8")  # exported in memory, then quantised
+
+- **torch bf16** (CPU): autocast to bfloat16, only where the CPU computes bf16 natively (:func:`native_bf16`:
+  the ``avx512_bf16`` or ``amx_bf16`` flags of /proc/cpuinfo; elsewhere bf16 is emulated and slower
+  than fp32, so it is refused). On GPUs: autocast, as before.
+- **onnx fp32**: the graph of :mod:`mtlser.export.onnx` in onnxruntime (exact within its export check).
+- **onnx int8**: onnxruntime's dynamic quantisation of the graph's matrix products (MatMul/Gemm
+  weights int8 per channel, activations quantised per batch at run time); the CNN's convolutions stay fp32.
+
+bf16 and int8 are not exact. :func:`agreement` measures a mode against fp32 on a check set (how
+often its label equals fp32's, the largest probability difference); ``mtlser-infer`` prints it,
+and a mode that changes more than :data:`MAX_LABEL_CHANGE` of the labels is flagged as not fit
+to be a default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mtlser.infer.predictor import SERPredictor, ctc_greedy
+from mtlser.utils import MtlserError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")
+PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnx": ("fp32", "int8")}
+#: A non-exact mode that changes more than this share of fp32's labels on its check is never a default.
+MAX_LABEL_CHANGE = 0.01
+#: CPU flags that mean bf16 arithmetic in hardware (AVX512-BF16 dot products, AMX tiles).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool, str]:
+    """(whether this CPU computes bf16 natively, how that was decided)."""
+    import torch
+
+    try:
+        flags = set()
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return False, f"{cpuinfo} unreadable: bf16 support unknown (torch CPU capability " \
+                      f"{torch.backends.cpu.get_cpu_capability()})"
+    found = [f for f in BF16_FLAGS if f in flags]
+    if found:
+        return True, f"{cpuinfo} flags {' '.join(found)}"
+    return False, f"{cpuinfo} has none of the flags {' '.join(BF16_FLAGS)}"
+
+
+def check_mode(backend: str, precision: str, device: str = "cpu") -> None:
+    """Refuse, in one line, a backend/precision pair that cannot run here."""
+    if backend not in BACKENDS:
+        raise MtlserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS[backend]:
+        hint = {"int8": " (int8 is onnxruntime's: --backend onnx)",
+                "bf16": " (bf16 is torch's: --backend torch)"}.get(precision, "")
+        raise MtlserError(f"--backend {backend} --precision {precision}: the {backend} backend runs "
+                          f"{', '.join(PRECISIONS[backend])}{hint}")
+    if backend == "onnx" and device != "cpu":
+        raise MtlserError(f"--backend onnx runs on the CPU (onnxruntime's CPU provider), not {device}")
+    if backend == "torch" and precision == "bf16" and device == "cpu":
+        ok, how = native_bf16()
+        if not ok:
+            raise MtlserError(f"--precision bf16: this CPU has no native bf16 ({how}); emulated bf16 is slower "
+                              "than fp32. Use fp32, or --backend onnx --precision int8")
+
+
+# ---------------------------------------------------------------- onnxruntime
+
+def session_from_bytes(data: bytes, threads: int = 0):
+    """An onnxruntime CPU session of a serialised graph (``threads`` 0: torch's thread count)."""
+    from mtlser.export.onnx import require_onnxruntime
+
+    ort = require_onnxruntime()
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, wavs: list[np.ndarray]) -> list[np.ndarray]:
+    """The graph's outputs for waveforms, zero-padded into one batch: [emo_probs (B, E), frame_lens (B,), ...]."""
+    lens = np.array([len(w) for w in wavs], dtype=np.int64)
+    batch = np.zeros((len(wavs), int(lens.max())), dtype=np.float32)
+    for i, w in enumerate(wavs):
+        batch[i, : len(w)] = w
+    return session.run(None, {"wavs": batch, "lengths": lens})
+
+
+def quantize_int8(data: bytes) -> bytes:
+    """onnxruntime's dynamic int8 quantisation of a graph's MatMul/Gemm weights (per channel)."""
+    from mtlser.export.onnx import require_onnxruntime
+
+    require_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory(prefix="mtlser-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(data)
+        root.setLevel(logging.ERROR)  # the quantiser logs a line per tensor on the root logger
+        try:
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                             weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        return dst.read_bytes()
+
+
+def graph_meta(data: bytes, where: str) -> dict:
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    for entry in proto.metadata_props:
+        if entry.key == "mtlser":
+            return json.loads(entry.value)
+    raise MtlserError(f"{where}: an ONNX graph without mtlser's metadata; export it with "
+                      "`python -m mtlser.export onnx`")
+
+
+class OnnxPredictor(SERPredictor):
+    """:class:`SERPredictor`'s interface on an onnxruntime session of an exported graph."""
+
+    def __init__(self, data: bytes, location: str, precision: str = "fp32", threads: int = 0):
+        check_mode("onnx", precision)
+        meta = graph_meta(data, location)
+        self.location = location
+        self.fp32_bytes = data
+        self.models, self.metas = [], [meta]
+        self.emotions = list(meta["emotions"])
+        self.sample_rate = int(meta["sample_rate"])
+        self.min_samples = int(meta["min_samples"])
+        self.tokens = list(meta["tokens"]) if meta.get("tokens") else None
+        self.members = int(meta.get("members", 1))
+        self.export_check = meta.get("export_check")
+        import torch
+
+        self.device = torch.device("cpu")
+        self.precision = precision
+        self.threads = threads
+        self.session = session_from_bytes(quantize_int8(data) if precision == "int8" else data, threads)
+
+    @classmethod
+    def open(cls, path: str | Path, precision: str = "fp32", weights: str | None = None,
+             threads: int = 0) -> "OnnxPredictor":
+        """A ``.onnx`` file, or a model dir/ensemble/pack exported in memory (and checked on probe signals)."""
+        path = Path(path)
+        if path.suffix == ".onnx":
+            if not path.is_file():
+                raise MtlserError(f"{path}: not found")
+            return cls(path.read_bytes(), str(path), precision, threads)
+        from mtlser.export.hf import probe_signals
+        from mtlser.export.onnx import TOLERANCE, compare, graph_bytes
+
+        torch_predictor = SERPredictor.from_pretrained(path, weights=weights)
+        data = graph_bytes(torch_predictor, tokens=torch_predictor.tokens is not None)
+        check = compare(torch_predictor, session_from_bytes(data, threads),
+                        probe_signals(torch_predictor.sample_rate, torch_predictor.min_samples))
+        worst = max(check["max_abs_diff_single"], check["max_abs_diff_padded_batch"])
+        if not worst <= TOLERANCE:
+            raise MtlserError(f"{path}: its ONNX graph answers up to {worst:.2e} away from mtlser (tolerance "
+                              f"{TOLERANCE:g}); use --backend torch")
+        return cls(data, str(path), precision, threads)
+
+    def reference(self) -> "OnnxPredictor":
+        """The same graph at fp32 (what :func:`agreement` compares int8 with)."""
+        return self if self.precision == "fp32" else OnnxPredictor(self.fp32_bytes, self.location, "fp32",
+                                                                   self.threads)
+
+    def predict_arrays(self, wavs: list[np.ndarray]) -> tuple[np.ndarray, list[list[str]] | None]:
+        if not wavs:
+            return np.zeros((0, len(self.emotions)), dtype=np.float32), ([] if self.tokens is not None else None)
+        short = [i for i, w in enumerate(wavs) if len(w) < self.min_samples]
+        if short:
+            raise MtlserError(f"input {short[0]} has {len(wavs[short[0]])} samples; this model needs at least "
+                              f"{self.min_samples}")
+        out = run_session(self.session, [np.asarray(w, dtype=np.float32) for w in wavs])
+        tokens = None
+        if self.tokens is not None:
+            import torch
+
+            log_probs, frame_lens = torch.from_numpy(out[2]), out[1]
+            tokens = [[self.tokens[t] for t in ctc_greedy(log_probs[i], int(frame_lens[i]))] for i in range(len(wavs))]
+        return out[0].astype(np.float32), tokens
+
+
+def agreement(candidate: SERPredictor, reference: SERPredictor, wavs: list[np.ndarray], batch: int = 8) -> dict:
+    """How ``candidate`` (bf16, int8) answers against ``reference`` (fp32) on ``wavs``: label agreement, max |Δp|."""
+    if not wavs:
+        return {"n": 0}
+    ours = np.concatenate([candidate.predict_arrays(wavs[i:i + batch])[0] for i in range(0, len(wavs), batch)])
+    ref = np.concatenate([reference.predict_arrays(wavs[i:i + batch])[0] for i in range(0, len(wavs), batch)])
+    same = float(np.mean(ours.argmax(1) == ref.argmax(1)))
+    return {"n": len(wavs), "label_agreement": same, "max_abs_diff": float(np.abs(ours - ref).max()),
+            "fit_for_default": 1.0 - same <= MAX_LABEL_CHANGE}
+
+
+def fp32_reference(predictor: SERPredictor) -> SERPredictor:
+    """The same model at fp32 on the same backend."""
+    if isinstance(predictor, OnnxPredictor):
+        return predictor.reference()
+    return SERPredictor(predictor.models, predictor.metas, predictor.device, "fp32")
+
+
+#: Most recordings of the inputs taken as the check set when no other is found (first window of each).
+CHECK_FROM_INPUTS = 32
+
+
+def check_recordings(model: str | Path, check_set: str | None, inputs: list) -> tuple[list, str]:
+    """The recordings a non-exact mode is checked on, and where they come from.
+
+    ``check_set`` when given (a data dir, wav.scp, folder or list); else the fold's test files (a model
+    dir's ``decode_test/data_dir``, an ensemble's first member's, or the check set an ``.onnx`` was
+    exported with, from its JSON); else the first :data:`CHECK_FROM_INPUTS` of the inputs being labelled.
+    """
+    from mtlser.infer.audio import find_recordings
+
+    source = check_set
+    model = Path(model)
+    if source is None and model.suffix == ".onnx" and model.with_suffix(".json").is_file():
+        found = json.loads(model.with_suffix(".json").read_text()).get("check_set", {}).get("source", "")
+        source = found if found and Path(found).exists() else None
+    if source is None and model.is_dir():
+        first = model
+        if (model / "ensemble.yaml").is_file():
+            from mtlser.infer.package import ModelFiles
+
+            first = ModelFiles.open(model).members()[0][1].base
+        pointer = first / "decode_test" / "data_dir"
+        if pointer.is_file() and Path(pointer.read_text().strip()).is_dir():
+            source = pointer.read_text().strip()
+    if source is None:
+        usable = [r for r in inputs if r.error is None][:CHECK_FROM_INPUTS]
+        return usable, f"the first {len(usable)} inputs (no fold test files found; --check-set names a set)"
+    path = Path(source)
+    recordings = find_recordings([str(path / "wav.scp")] if (path / "wav.scp").is_file() else [source])
+    if not recordings:
+        raise MtlserError(f"--check-set {source}: no audio in it")
+    return recordings, source
+
+
+def report_agreement(predictor: SERPredictor, model: str | Path, check_set: str | None, inputs: list,
+                     window: float = 20.0) -> dict | None:
+    """For a non-exact mode: measure it against fp32 on the check set and log the figures (None for fp32)."""
+    from mtlser.infer.audio import load
+
+    if predictor.precision == "fp32":
+        return None
+    recordings, source = check_recordings(model, check_set, inputs)
+    wavs = []
+    for rec in recordings:
+        try:
+            wav = load(rec, predictor.sample_rate, 0.0, window if window > 0 else None)
+        except MtlserError as e:
+            logger.warning("check set: %s: %s (left out)", rec.id, e)
+            continue
+        if len(wav) >= predictor.min_samples:
+            wavs.append(wav)
+    backend = "onnx" if isinstance(predictor, OnnxPredictor) else "torch"
+    result = {"backend": backend, "precision": predictor.precision, "check_set": source,
+              **agreement(predictor, fp32_reference(predictor), wavs)}
+    if not wavs:
+        logger.warning("%s %s: not checked against fp32 (no usable audio in the check set %s)", backend,
+                       predictor.precision, source)
+        return result
+    logger.info("%s %s vs fp32 on %d files of %s: labels equal on %.1f %%, max |dp| %.2e", backend,
+                predictor.precision, result["n"], source, 100 * result["label_agreement"], result["max_abs_diff"])
+    if not result["fit_for_default"]:
+        logger.warning("%s %s changed %.1f %% of fp32's labels on its check (more than %g %%): not fit to be a "
+                       "default; use fp32 where the labels matter", backend, predictor.precision,
+                       100 * (1 - result["label_agreement"]), 100 * MAX_LABEL_CHANGE)
+    return result

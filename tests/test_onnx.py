@@ -1,0 +1,172 @@
+"""ONNX export, the onnx/int8 and bf16 backends, predict_array, and timelines of long recordings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mtlser.export.__main__ import main as export_main
+from mtlser.export.hf import probe_signals
+from mtlser.export.onnx import TOLERANCE, OnnxGraph, export_onnx
+from mtlser.export.pack import make_ensemble, pack
+from mtlser.infer import SERPredictor
+from mtlser.infer.__main__ import main as infer_main
+from mtlser.infer.backends import OnnxPredictor, agreement, native_bf16
+from mtlser.infer.timeline import label_spans
+from mtlser.utils import MtlserError, run_main
+from tests.conftest import write_wav
+from tests.shipping import BASE_SHAPED_BACKBONE, random_model_dir
+from tests.test_export import fold_test_audio
+
+pytest.importorskip("onnxruntime")
+
+
+def _probs(predictor, wavs):
+    return np.concatenate([predictor.predict_arrays([w])[0] for w in wavs])
+
+
+def test_export_onnx_of_a_fold_passes_its_check_and_answers_as_mtlser(tiny_experiment, tmp_path):
+    fold = tiny_experiment / "fold01"
+    out = tmp_path / "fold01.onnx"
+    assert run_main(export_main, ["onnx", "--model-dir", str(fold), "--out", str(out), "--tokens"]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    wavs = fold_test_audio(fold)
+    # The check ran on the fold's test files (found through decode_test/data_dir) and on the probes.
+    assert report["check_set"]["n"] == len(wavs) > 0 and report["probes"]["n"] == 4
+    assert report["max_abs_diff"] <= TOLERANCE and report["check_set"]["label_agreement"] == 1.0
+    assert "max |dp|" in out.with_suffix(".md").read_text()
+    torch_pred = SERPredictor.from_pretrained(fold)
+    onnx_pred = SERPredictor.from_pretrained(out, backend="onnx")
+    assert onnx_pred.emotions == torch_pred.emotions and onnx_pred.tokens == torch_pred.tokens
+    # A padded batch (dynamic batch and time axes) answers as each input alone in mtlser.
+    batch_p, batch_t = onnx_pred.predict_arrays(wavs + probe_signals(16000, onnx_pred.min_samples))
+    ref = _probs(torch_pred, wavs + probe_signals(16000, torch_pred.min_samples))
+    np.testing.assert_allclose(batch_p, ref, atol=TOLERANCE)
+    assert batch_t[: len(wavs)] == torch_pred.predict_arrays(wavs)[1]
+
+
+def test_onnx_ensemble_and_a_pack_are_one_graph_each(tiny_experiment, tmp_path):
+    ens = make_ensemble(tiny_experiment, tmp_path / "ensemble")
+    packed = pack(ens, tmp_path / "ensemble.zip")
+    wavs = fold_test_audio(tiny_experiment / "fold02")
+    ref = _probs(SERPredictor.from_pretrained(ens), wavs)
+    result = export_onnx(packed, tmp_path / "ens.onnx", check_data=str(tiny_experiment.parents[1] / "wav"))
+    assert result["members"] == 3 and result["check_set"]["n"] > 0
+    np.testing.assert_allclose(SERPredictor.from_pretrained(tmp_path / "ens.onnx", backend="onnx")
+                               .predict_arrays(wavs)[0], ref, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("invariant,normalize", [(False, False), (True, True)])
+def test_base_shaped_model_exports_exactly_whatever_its_cnn_padding_switch(tmp_path, invariant, normalize):
+    """wav2vec2-base's 7-layer group-norm CNN, post-LN: each row's statistics are its own in the graph."""
+    model = random_model_dir(tmp_path, {**BASE_SHAPED_BACKBONE, "padding_invariant_cnn": invariant,
+                                        "normalize_waveform": normalize})
+    result = export_onnx(model, tmp_path / "m.onnx")
+    assert result["max_abs_diff"] <= TOLERANCE and result["check_set"]["n"] == 0  # a bare dir: probes only
+    assert "none" in result["check_set"]["source"]
+
+
+def test_export_refuses_a_graph_that_drifts_with_padding(tiny_experiment, tmp_path, monkeypatch, capsys):
+    """The check is real: with the batch's statistics in the CNN norm (transformers' way) the padded
+    batches drift, and nothing is written."""
+    monkeypatch.setattr(OnnxGraph, "masked_group_norm", staticmethod(lambda x, lens, norm: norm(x)))
+    out = tmp_path / "x.onnx"
+    assert run_main(export_main, ["onnx", "--model-dir", str(tiny_experiment / "fold01"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "onnxruntime's probabilities are up to" in err and "nothing was written" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_without_onnxruntime_the_error_says_what_to_install(tiny_experiment, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert run_main(export_main, ["onnx", "--model-dir", str(tiny_experiment / "fold01"),
+                                  "--out", str(tmp_path / "x.onnx")]) == 1
+    assert "pip install 'mtlser[onnx]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_onnx_int8_labels_a_folder_and_prints_its_agreement_with_fp32(tiny_experiment, tmp_path, capsys):
+    fold = tiny_experiment / "fold01"
+    audio = tiny_experiment.parents[1] / "wav"
+    out = tmp_path / "labels.jsonl"
+    assert infer_main(["--model", str(fold), "--backend", "onnx", "--precision", "int8", str(audio),
+                       "-o", str(out), "--no-progress"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "vs fp32" in line]
+    assert len(said) == 1 and "onnx int8 vs fp32 on" in said[0] and "labels equal on" in said[0]
+    assert str(Path((fold / "decode_test" / "data_dir").read_text().strip())) in said[0]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(list(audio.glob("*.wav"))) and all("emotion" in r for r in rows)
+    # int8 is close to fp32 but not the same computation.
+    wavs = fold_test_audio(fold)
+    int8 = SERPredictor.from_pretrained(fold, backend="onnx", precision="int8")
+    check = agreement(int8, SERPredictor.from_pretrained(fold), wavs)
+    assert 0 < check["max_abs_diff"] < 0.05 and check["n"] == len(wavs)
+
+
+def test_modes_that_cannot_run_are_refused_in_one_line(tiny_experiment, tmp_path, monkeypatch, capsys):
+    fold, wav = str(tiny_experiment / "fold01"), str(write_wav(tmp_path / "a.wav", 0.5))
+    assert run_main(infer_main, ["--model", fold, "--precision", "int8", wav]) == 1
+    assert "int8 is onnxruntime's: --backend onnx" in capsys.readouterr().err
+    monkeypatch.setattr("mtlser.infer.backends.native_bf16", lambda: (False, "no avx512_bf16/amx_bf16 here"))
+    assert run_main(infer_main, ["--model", fold, "--precision", "bf16", wav]) == 1
+    assert "no native bf16 (no avx512_bf16/amx_bf16 here)" in capsys.readouterr().err
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    with_amx = tmp_path / "a"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n")
+    without = tmp_path / "b"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert native_bf16(str(with_amx)) == (True, f"{with_amx} flags amx_bf16")
+    assert native_bf16(str(without))[0] is False and native_bf16(str(tmp_path / "none"))[0] is False
+
+
+def test_predict_array_takes_any_rate_and_channels_as_predict_file(tiny_experiment, tmp_path):
+    fold = tiny_experiment / "fold01"
+    rng = np.random.default_rng(3)
+    stereo = (0.2 * rng.standard_normal((int(1.3 * 22050), 2))).astype(np.float32)
+    path = tmp_path / "s.wav"
+    sf.write(path, stereo, 22050, subtype="FLOAT")
+    for predictor in (SERPredictor.from_pretrained(fold), OnnxPredictor.open(fold)):
+        a, b = predictor.predict_array(stereo, 22050), predictor.predict_file(path)
+        assert a["emotion"] == b["emotion"] and a.get("tokens") == b.get("tokens")
+        np.testing.assert_allclose([a["probs"][e] for e in predictor.emotions],
+                                   [b["probs"][e] for e in predictor.emotions], atol=1e-6)
+    with pytest.raises(MtlserError, match="needs at least"):
+        predictor.predict_array(np.zeros(10, np.float32), 16000)
+
+
+def test_timeline_of_a_long_recording_reads_windows_only(tiny_experiment, tmp_path, monkeypatch):
+    """--timeline writes CSV + PNG per windowed recording; a long file is read window by window, never whole."""
+    fold = tiny_experiment / "fold01"
+    long_wav = write_wav(tmp_path / "long.wav", 7.3, seed=5)
+    short_wav = write_wav(tmp_path / "short.wav", 0.9, seed=6)
+    reads = []
+    real_read = sf.read
+
+    def spy(path, *args, **kw):
+        reads.append((Path(path).name, kw.get("start", 0), kw.get("stop")))
+        return real_read(path, *args, **kw)
+
+    monkeypatch.setattr(sf, "read", spy)
+    out, tl = tmp_path / "labels.jsonl", tmp_path / "timeline"
+    assert infer_main(["--model", str(fold), str(long_wav), str(short_wav), "--window", "2", "--hop", "1",
+                       "--timeline", str(tl), "-o", str(out), "--no-progress"]) == 0
+    long_reads = [(a, b) for name, a, b in reads if name == "long.wav"]
+    assert long_reads and all(b is not None and b - a <= 2 * 16000 for a, b in long_reads)
+    record = json.loads(out.read_text().splitlines()[0])
+    rows = list(csv.DictReader((tl / "long.wav.csv").open()))
+    assert len(rows) == len(record["windows"]) == 7 and rows[-1]["end"] == "7.300"
+    assert [r["emotion"] for r in rows] == [w["emotion"] for w in record["windows"]]
+    assert float(rows[0]["p_ang"]) == pytest.approx(record["windows"][0]["probs"]["ang"], abs=1e-6)
+    assert (tl / "long.wav.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tl.iterdir()) == ["long.wav.csv", "long.wav.png"]  # the short one has no windows
+    spans = label_spans(record["windows"], record["duration"])
+    assert spans[0][0] == 0 and spans[-1][1] == record["duration"]
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
