@@ -36,7 +36,7 @@ import subprocess
 from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
-from mtlser.data.fold_names import FOLD_GLOB, PROTOCOL_TABLE, fold_dirs
+from mtlser.data.fold_names import FOLD_GLOB, PROTOCOL_TABLE, TEST_SET, fold_dirs
 from mtlser.utils.fileio import atomic_write_text
 
 # A model dir.
@@ -50,7 +50,8 @@ HISTORY_TSV = "history.tsv"
 ENV_JSON = "env.json"
 
 # A decode dir.
-DECODE_TEST = "decode_test"
+DECODE_PREFIX = "decode_"
+DECODE_TEST = DECODE_PREFIX + TEST_SET  # a fold's main test set; decode_test<name> for the fixed protocol's others
 UTT2EMO_HYP = "utt2emo_hyp"
 EMO_PROBS = "emo_probs"
 TEXT_HYP = "text_hyp"

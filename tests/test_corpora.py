@@ -77,8 +77,8 @@ def test_a_fourth_corpus_is_one_description(toy, tmp_path, caplog):
 
 
 def test_the_command_line_takes_the_described_corpora_only(tmp_path, capsys, caplog):
-    assert described() == ["crema_d", "iemocap", "ravdess"]
+    assert described() == ["crema_d", "iemocap", "msp_podcast", "ravdess"]
     assert run_main(corpora_main, []) == 2
-    assert "{crema_d|iemocap|ravdess}" in capsys.readouterr().err
+    assert "{crema_d|iemocap|msp_podcast|ravdess}" in capsys.readouterr().err
     assert run_main(corpora_main, ["mini_corpus", "--db-root", str(tmp_path), "--out", str(tmp_path / "all")]) == 1
-    assert "'mini_corpus' is not a described corpus; known: crema_d iemocap ravdess" in caplog.text
+    assert "'mini_corpus' is not a described corpus; known: crema_d iemocap msp_podcast ravdess" in caplog.text

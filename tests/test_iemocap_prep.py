@@ -246,12 +246,27 @@ def test_cli_exit_status_and_options(release, tmp_path):
                                                           r"belongs to dialog Ses01F_impro02"),
     ("[9.0 - 9.5]\tSes01F_impro01_F000\tang\t[1, 2, 3]\n", r"Ses01F_impro01\.txt:\d+: turn Ses01F_impro01_F000 "
                                                           r"is listed twice"),
+    ("[9.0 - 9.5]\tSes01F_impro01_F009\tang\t[1, 2, 5.5]\n", r"Ses01F_impro01\.txt:\d+: \[V, A, D\] '\[1, 2, 5.5\]' "
+                                                            r"is not three values of the scale 1-5"),
+    ("[9.0 - 9.5]\tSes01F_impro01_F009\tang\t[1, 2]\n", r"Ses01F_impro01\.txt:\d+: \[V, A, D\] '\[1, 2\]' is not"),
 ])
 def test_bad_summary_lines_are_errors_with_file_and_line(release, tmp_path, bad_line, message):
     path = release / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
     path.write_text(path.read_text() + bad_line)
     with pytest.raises(MtlserError, match=message):
         prepare(iemocap.CORPUS, release, tmp_path / "all", skip_missing_audio=True)
+
+
+def test_attributes_of_the_summary_line(release, tmp_path):
+    """[V, A, D] of each kept turn -> utt2attr as arousal valence dominance, declared on IEMOCAP's scale 1-5."""
+    out = tmp_path / "all"
+    prepare(iemocap.CORPUS, release, out, skip_missing_audio=True)
+    attrs = read_table(out / "utt2attr")
+    assert set(attrs) == set(read_table(out / "utt2emo"))
+    # block() writes [V, A, D] = [2.5, 3, 2.5]: arousal first.
+    assert set(attrs.values()) == {"3 2.5 2.5"}
+    assert (out / "attributes").read_text() == "arousal 1 5\nvalence 1 5\ndominance 1 5\n"
+    assert iemocap.parse_vad("1.5, 4.0, 2.25", "x:1") == (4.0, 1.5, 2.25)
 
 
 def test_parse_turn_name():

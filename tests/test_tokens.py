@@ -57,6 +57,19 @@ def test_phncls_default_is_the_papers_targets(text_dir, tmp_path):
     assert read_table(text_dir / "text_phn", allow_empty_value=True)["u1"] == "HH AH0 L OW1 W ER1 L D"
 
 
+def test_an_utterance_without_class_has_no_tagged_targets(text_dir, tmp_path):
+    """utt2emo '-' (kept for its attributes): tagged targets need the class, so none; untagged ones stay."""
+    (text_dir / "utt2emo").write_text("u1 -\nu2 hap\nu3 neu\n")
+    tokenize_data_dir(text_dir, tmp_path / "token_list", g2p=fake_g2p)
+    text = read_table(text_dir / "text_phncls", allow_empty_value=True)
+    assert text["u1"] == "" and text["u2"].split()[:3] == ["L1", "Vs1", "F1"]
+    tokenize_data_dir(text_dir, tmp_path / "token_list", emo_tag=False, g2p=fake_g2p)
+    assert read_table(text_dir / "text_phncls_notag", allow_empty_value=True)["u1"] == "F V L Vs L Vs L S"
+    (text_dir / "utt2emo").write_text("u1 xyz\nu2 hap\nu3 neu\n")
+    with pytest.raises(MtlserError, match=r"utt2emo:1: 'u1' has label 'xyz'"):
+        tokenize_data_dir(text_dir, tmp_path / "token_list", g2p=fake_g2p)
+
+
 def test_untagged_and_phone_and_char_sets(text_dir, tmp_path):
     tl = tmp_path / "token_list"
     tokenize_data_dir(text_dir, tl, "phncls", emo_tag=False, g2p=fake_g2p)

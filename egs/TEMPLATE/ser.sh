@@ -22,6 +22,7 @@ slurm_conf=conf/slurm.conf  # Slurm settings of stages 3-4 (MTLSER_CMD_BACKEND=s
 db_root=""           # the corpus copy, passed to local/data.sh as --db-root when given (licensed corpora)
 local_data_opts=""   # options passed to local/data.sh
 protocol=loso        # loso (10 folds: one speaker held out) | loso-session (5 folds) | kfold<K> (K folds of whole speakers)
+                     # | fixed (the corpus's sets, data/all/utt2set: one fold, valid = dev, each test set scored)
 partition=""         # published partition files (EmoBox format: fold_N/*_{train,test}_fold_N.jsonl): folds from them (protocol partition)
 test_corpus=""       # protocol cross-corpus: the corpus of data/all/utt2corpus tested on, whole (mtlser.data.combine)
 train_corpora=""     # protocol cross-corpus: the corpora trained and selected on, e.g. "crema_d ravdess" (default: every other)
@@ -62,7 +63,8 @@ Usage: egs/$(basename "${PWD}")/run.sh [options]   (recipe egs/$(basename "${PWD
   --slurm-conf FILE          Slurm settings with MTLSER_CMD_BACKEND=slurm (default ${slurm_conf})
   --db-root DIR              the corpus copy (local/data.sh --db-root), for recipes of corpora you hold
   --local-data-opts "..."    passed to local/data.sh
-  --protocol loso|loso-session|kfold<K>, --valid share|session-mate|none, --valid-share X, --split-seed N
+  --protocol loso|loso-session|kfold<K>|fixed, --valid share|session-mate|none, --valid-share X, --split-seed N
+                             (fixed: the corpus's train/dev/test sets from data/all/utt2set, one fold)
                              (--valid none: the paper's protocol, every training utterance trains, last epoch reported)
   --partition DIR            test folds from published partition files (EmoBox's format); protocol "partition"
   --protocol cross-corpus --test-corpus NAME [--train-corpora "A B"]   on a combined data/all (utt2corpus):
@@ -137,7 +139,8 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     fi
 fi
 
-# Stages 3-5 run the folds stage 2 wrote (or --folds): fold_args, num_folds, fold_names.
+# Stages 3-5 run the folds stage 2 wrote (or --folds): fold_args, num_folds, fold_names, and each fold's test
+# sets with their decode dirs (test_sets, decode_names: test, and the fixed protocol's test<name>).
 if [ "${stop_stage}" -ge 3 ] && [ "${stage}" -le 5 ]; then
     fold_vars=$(python -m mtlser.recipe folds --folds-dir "${folds_dir}" --folds "${folds}")
     eval "${fold_vars}"
@@ -177,12 +180,15 @@ fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     for expdir in "${exp_dirs[@]}"; do
-        log "Stage 4: inference on each fold's test set -> ${expdir}/foldNN/${decode_name}"
-        # shellcheck disable=SC2086
-        ${decode_cmd} --max-jobs-run "${nj}" JOB=1:${num_folds} "${expdir}/logs/decode.JOB.log" \
-            python -m mtlser.launch.nth_fold "${fold_args}" JOB \
-            python -m mtlser.infer --model-dir "${expdir}" --folds-dir "${folds_dir}" --fold FOLD \
-                --num-threads 1 ${infer_opts}
+        for j in "${!test_sets[@]}"; do  # test only, except with the fixed protocol's further test sets
+            log "Stage 4: inference on each fold's ${test_sets[j]} set -> ${expdir}/foldNN/${decode_names[j]}"
+            log_name=decode; [ "${j}" -eq 0 ] || log_name=${decode_names[j]}
+            # shellcheck disable=SC2086
+            ${decode_cmd} --max-jobs-run "${nj}" JOB=1:${num_folds} "${expdir}/logs/${log_name}.JOB.log" \
+                python -m mtlser.launch.nth_fold "${fold_args}" JOB \
+                python -m mtlser.infer --model-dir "${expdir}" --folds-dir "${folds_dir}" --fold FOLD \
+                    --test-set "${test_sets[j]}" --num-threads 1 ${infer_opts}
+        done
     done
 fi
 
@@ -190,9 +196,14 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     for expdir in "${exp_dirs[@]}"; do
         log "Stage 5: scoring -> ${expdir}/foldNN/${decode_name}/result.{txt,json}, ${expdir}/RESULTS.md"
         for f in "${fold_names[@]}"; do
-            "${score_sh}" "${expdir}/${f}/${decode_name}"
+            for d in "${decode_names[@]}"; do
+                "${score_sh}" "${expdir}/${f}/${d}"
+            done
         done
-        python -m mtlser.score aggregate "${expdir}"  # logs WA and UA
+        python -m mtlser.score aggregate "${expdir}"  # logs WA and UA of the test set (RESULTS.md)
+        if [ "${#decode_names[@]}" -gt 1 ]; then
+            log "Stage 5: the further test sets' figures: ${expdir}/foldNN/{${decode_names[*]:1}}/result.txt"
+        fi
     done
     for group in "${seed_groups[@]}"; do
         members=()

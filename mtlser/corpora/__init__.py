@@ -1,6 +1,7 @@
 """Corpora: each release described once, prepared by one shared stage 0 (``data/all``).
 
-    python -m mtlser.corpora <corpus> --db-root DIR --out data/all [options]   # <corpus>: iemocap crema_d ravdess
+    python -m mtlser.corpora <corpus> --db-root DIR --out data/all [options]
+        # <corpus>: iemocap crema_d ravdess msp_podcast
     python -m mtlser.corpora <corpus> --help                                  # its options
 
 A corpus is one short module here that declares ``CORPUS = Corpus(...)``
@@ -18,6 +19,8 @@ command line). A fourth corpus declares:
   line);
 - ``release_problems(report, emotion_map)``: its release totals, a line per count
   of a copy that differs (the helpers ``compare_counts``/``compare_totals`` write them);
+- ``attributes`` and ``keep_unclassed`` for a corpus with dimensional labels (MSP-Podcast): the
+  attribute declaration, and whether an utterance without a kept class stays for its attributes;
 - ``db_root_help``, ``release_total``, and where needed ``items``, ``group_by``
   (a per-utterance table counted per value, e.g. IEMOCAP's utt2session),
   ``options`` (more command-line options, passed to ``scan``).

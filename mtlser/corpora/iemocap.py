@@ -3,7 +3,9 @@
 The release, as laid out on disk (IEMOCAP_full_release)::
 
     SessionN/dialog/EmoEvaluation/<dialog>.txt      one block per evaluated turn:
-        [START - END]<TAB>TURN_NAME<TAB>EMOTION<TAB>[V, A, D]     the summary line (used)
+        [START - END]<TAB>TURN_NAME<TAB>EMOTION<TAB>[V, A, D]     the summary line (used; V A D:
+                                                                  the evaluators' mean valence,
+                                                                  activation, dominance, scale 1-5)
         C-E2:<TAB>Neutral state;<TAB>()                            evaluator lines (skipped)
         A-E3:<TAB>val 3; act 2; dom  2;<TAB>()
       The sub-folders Categorical/, Attribute/, Self-evaluation/ hold per-evaluator
@@ -38,8 +40,10 @@ A turn without a transcript line, or with only non-verbal tags, is kept: it has
 an emotion label, and stage 1 gives it an empty token sequence (no CTC term).
 
 Writes the stage-0 data dir (wav.scp text utt2spk spk2utt utt2emo utt2dur, plus
-utt2session for the leave-one-session-out protocol, and the inventory ``emotions``
-from the label map), keys = TURN_NAME, and a report next to it (:mod:`mtlser.corpora.prep`):
+utt2session for the leave-one-session-out protocol, the inventory ``emotions``
+from the label map, and the attributes of the summary line's ``[V, A, D]`` as
+``utt2attr`` in the order arousal valence dominance with their declaration
+``attributes``, scale 1-5), keys = TURN_NAME, and a report next to it (:mod:`mtlser.corpora.prep`):
 REPORT_DIR/counts.json (counts per session, speaker, label) and REPORT_DIR/dropped
 (``TURN reason`` per dropped turn).
 
@@ -58,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtlser.corpora.prep import Corpus, Found, Utterance
+from mtlser.data.attributes import Attribute
 from mtlser.data.emotions import EmotionMap
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import path_in
@@ -74,7 +79,10 @@ EXPECTED_TOTAL = 5531
 EXPECTED_SESSION_COUNTS = {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241}
 
 # Tabs in the release; any whitespace accepted so that a re-saved copy still parses.
-_SUMMARY = re.compile(r"^\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]\s+(\S+)\s+(\S+)\s+\[[^\]]*\]\s*$")
+_SUMMARY = re.compile(r"^\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]\s*$")
+#: The summary's [V, A, D] -> utt2attr's columns: (name, index in the triple); IEMOCAP's scale.
+ATTRIBUTE_ORDER = (("arousal", 1), ("valence", 0), ("dominance", 2))
+SCALE = (1.0, 5.0)
 _TRANSCRIPT = re.compile(r"^(\S+)\s+\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]:\s*(.*)$")
 #: Ses01F_impro01_M003: session 01, dialog Ses01F_impro01, spoken by the M actor, turn 003.
 _TURN = re.compile(r"^(Ses(\d\d)[FM]_\S+)_([FM])(\d{3})$")
@@ -90,6 +98,7 @@ class Turn:
     start: float
     end: float
     where: str  # file:line of the summary line, for messages
+    attributes: tuple[float, ...] = ()  # arousal valence dominance (ATTRIBUTE_ORDER)
 
 
 def parse_turn_name(turn: str) -> tuple[str, int, str]:
@@ -126,7 +135,7 @@ def parse_emo_evaluation(path: Path) -> list[Turn]:
                     f"'[START - END]<TAB>TURN<TAB>LABEL<TAB>[V, A, D]': {line.strip()!r}; "
                     "is the file complete? compare it with the release"
                 )
-            start, end, turn, label = m.groups()
+            start, end, turn, label, vad = m.groups()
             if label not in ALL_LABELS:
                 raise MtlserError(f"{where}: unknown emotion code '{label}' for {turn}; "
                                   f"expected one of {' '.join(ALL_LABELS)}")
@@ -137,8 +146,21 @@ def parse_emo_evaluation(path: Path) -> list[Turn]:
             if turn_dialog != dialog:
                 raise MtlserError(f"{where}: turn {turn} belongs to dialog {turn_dialog}, but is listed in "
                                   f"{path.name}; its audio would be looked up in the wrong folder")
-            turns.append(Turn(turn, dialog, session, speaker, label, float(start), float(end), where))
+            turns.append(Turn(turn, dialog, session, speaker, label, float(start), float(end), where,
+                              parse_vad(vad, where)))
     return turns
+
+
+def parse_vad(text: str, where: str) -> tuple[float, ...]:
+    """The summary line's ``V, A, D`` -> (arousal, valence, dominance), each on the scale 1-5."""
+    try:
+        vad = [float(v) for v in text.split(",")]
+    except ValueError:
+        vad = []
+    if len(vad) != 3 or not all(SCALE[0] <= v <= SCALE[1] for v in vad):
+        raise MtlserError(f"{where}: [V, A, D] '[{text}]' is not three values of the scale {SCALE[0]:g}-{SCALE[1]:g}; "
+                          "compare the line with the release")
+    return tuple(vad[i] for _, i in ATTRIBUTE_ORDER)
 
 
 def parse_transcriptions(path: Path) -> tuple[dict[str, str], list[str]]:
@@ -213,7 +235,7 @@ def scan(db_root: Path, sessions: list[int] | None = None) -> Found:
                 raw_counts[(s, t.label)] += 1
                 wav = path_in(path_in(sess_dir / "sentences" / "wav", t.dialog), t.turn, ".wav")  # ids stay inside
                 utterances.append(Utterance(t.turn, wav, transcripts.get(t.turn), t.speaker, t.label, t.where,
-                                            {"utt2session": f"Ses{t.session:02d}"}))
+                                            {"utt2session": f"Ses{t.session:02d}"}, attributes=t.attributes))
     if odd_lines:
         logger.warning("%d transcript lines are not 'TURN [START-END]: words' and were skipped, e.g. %s",
                        len(odd_lines), odd_lines[0])
@@ -253,5 +275,5 @@ CORPUS = Corpus(
     db_root_help="IEMOCAP_full_release (holds Session1..Session5)", release_total="5531 utterances",
     items="evaluated turns", labels_called="emotion codes", group_by="utt2session",
     options={"--sessions": dict(type=int, nargs="+", default=None, help="sessions to use (default: all found)")},
-    module="iemocap",
+    module="iemocap", attributes=tuple(Attribute(name, *SCALE) for name, _ in ATTRIBUTE_ORDER),
 )

@@ -32,9 +32,15 @@ The layout, with the irregularities the IEMOCAP prep must handle::
 - the other speaker's turns inside a dialog named after one speaker
   (``Ses01F_impro01_M003`` is spoken by Ses01M).
 
+Dimensional labels (``--with-attributes``, egs/mini_avd): the summary lines' ``[V, A, D]`` are
+then what the prosody says instead of uniform noise (PROSODY_VAD): arousal grows with the
+rate and loudness of EMOTION_PROSODY, dominance with its loudness, valence follows the class
+(as annotators rate it), each with a per-turn jitter of at most +-0.375. The same random draws
+are made either way, so the audio, transcripts and classes are the same corpus's, byte for byte.
+
 Usage:
     python -m mtlser.corpora.mini_corpus --out downloads/mini_iemocap [--seed 0] \\
-        [--sessions 5] [--utts-per-speaker 40]
+        [--sessions 5] [--utts-per-speaker 40] [--with-attributes]
 """
 
 from __future__ import annotations
@@ -65,6 +71,21 @@ EMOTION_PROSODY = {
     "sad": (-35, "x-low", 65, 50),
     "neu": (0, "medium", 100, 100),
 }
+def _scaled(x: float, lo: float, hi: float) -> float:
+    """x in [lo, hi] -> IEMOCAP's scale, kept off its ends (1.5-4.5)."""
+    return 1.5 + 3.0 * (x - lo) / (hi - lo)
+
+
+_LOUD = [(rate + volume) / 2 for _, _, rate, volume in EMOTION_PROSODY.values()]
+_VOLUME = [volume for *_, volume in EMOTION_PROSODY.values()]
+#: The valence annotators give each class (IEMOCAP's scale: 1 negative .. 5 positive).
+CLASS_VALENCE = {"ang": 1.8, "hap": 4.3, "sad": 1.9, "neu": 3.0}
+#: [V, A, D] of a turn that sounds like the emotion, before jitter: arousal from rate and loudness,
+#: dominance from loudness (both scaled over EMOTION_PROSODY's range), valence from the class.
+PROSODY_VAD = {e: (CLASS_VALENCE[e], _scaled((rate + volume) / 2, min(_LOUD), max(_LOUD)),
+                   _scaled(volume, min(_VOLUME), max(_VOLUME)))
+               for e, (_, _, rate, volume) in EMOTION_PROSODY.items()}
+
 #: How often each label is drawn (IEMOCAP-like proportions, plus labels prep drops).
 LABEL_WEIGHTS = {"ang": 0.19, "hap": 0.11, "exc": 0.17, "sad": 0.19, "neu": 0.28, "fru": 0.03, "sur": 0.015, "xxx": 0.015}
 #: What a dropped label sounds like (its audio exists, prep must skip it).
@@ -161,10 +182,15 @@ def postprocess(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def emo_eval_block(start: float, end: float, turn: str, label: str, rng: np.random.Generator) -> str:
+def emo_eval_block(start: float, end: float, turn: str, label: str, rng: np.random.Generator,
+                   sounds_like: str | None = None) -> str:
+    """The turn's summary and evaluator lines; ``sounds_like``: [V, A, D] from its prosody (PROSODY_VAD)."""
     names = {"ang": "Anger", "hap": "Happiness", "exc": "Excited", "sad": "Sadness", "neu": "Neutral state",
              "fru": "Frustration", "sur": "Surprise", "xxx": "Other"}
-    vad = ", ".join(f"{v:.4f}" for v in rng.uniform(1.5, 4.5, size=3))
+    draws = rng.uniform(1.5, 4.5, size=3)  # drawn either way: the rest of the corpus stays the same
+    if sounds_like is not None:
+        draws = np.array(PROSODY_VAD[sounds_like]) + 0.25 * (draws - 3.0)
+    vad = ", ".join(f"{v:.4f}" for v in draws)
     lines = [f"[{start:.4f} - {end:.4f}]\t{turn}\t{label}\t[{vad}]"]
     for ev in ("C-E1", "C-E2", "C-E4"):
         lines.append(f"{ev}:\t{names[label]};\t()")
@@ -172,8 +198,11 @@ def emo_eval_block(start: float, end: float, turn: str, label: str, rng: np.rand
     return "\n".join(lines) + "\n\n"
 
 
-def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speaker: int = 40) -> dict:
+def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speaker: int = 40,
+             attributes: bool = False) -> dict:
     """Write the corpus under ``out`` (atomically); returns a summary dict.
+
+    ``attributes``: the summary lines' [V, A, D] follow the prosody (module doc), not uniform noise.
 
     Idempotent: when ``out`` already holds a corpus made with the same settings, nothing is done.
     """
@@ -183,7 +212,8 @@ def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speak
     marker = out / "README.mtlser.json"
     if marker.is_file():
         old = json.loads(marker.read_text())
-        if (old.get("seed"), old.get("sessions"), old.get("utts_per_speaker")) == (seed, n_sessions, utts_per_speaker):
+        if (old.get("seed"), old.get("sessions"), old.get("utts_per_speaker"), old.get("attributes", False)) == \
+                (seed, n_sessions, utts_per_speaker, attributes):
             logger.info("mini corpus already in %s (seed %d); not regenerated", out, seed)
             return old
         logger.info("mini corpus in %s was made with other settings; regenerating", out)
@@ -245,7 +275,7 @@ def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speak
                     sf.write(wav_dir / f"{turn}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
                     dur = len(audio) / SAMPLE_RATE
                     total_dur += dur
-                    emo_lines.append(emo_eval_block(t, t + dur, turn, label, rng))
+                    emo_lines.append(emo_eval_block(t, t + dur, turn, label, rng, emotion if attributes else None))
                     trans_lines.append(f"{turn} [{t:08.4f}-{t + dur:08.4f}]: {words}\n")
                     t += dur + float(rng.uniform(0.3, 2.0))
                 # A line of no evaluated turn, as IEMOCAP has.
@@ -259,6 +289,7 @@ def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speak
             "speakers": [asdict(sp) for sp in speakers],
             "label_counts": counts,
             "hours": round(total_dur / 3600, 4),
+            **({"attributes": True} if attributes else {}),  # absent by default: the default corpus's file as before
         }
         (tmp / "README.mtlser.json").write_text(json.dumps(summary, indent=1) + "\n")
     logger.info("mini corpus in %s: %d utterances, %.1f min, labels %s",
@@ -272,9 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sessions", type=int, default=5, help="2 speakers per session (default 5: 10 speakers)")
     parser.add_argument("--utts-per-speaker", type=int, default=40)
+    parser.add_argument("--with-attributes", action="store_true",
+                        help="[V, A, D] of the summary lines from the prosody (default: uniform noise)")
     args = parser.parse_args(argv)
     setup_logging()
-    generate(args.out, args.seed, args.sessions, args.utts_per_speaker)
+    generate(args.out, args.seed, args.sessions, args.utts_per_speaker, args.with_attributes)
     return 0
 
 

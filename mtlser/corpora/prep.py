@@ -5,7 +5,8 @@ A corpus module (:mod:`mtlser.corpora.iemocap`, ``crema_d``, ``ravdess``) declar
 that reads the release's layout into :class:`Utterance` s, and its release totals.
 What is the same for every corpus is here, once: the label map (load, check, apply),
 audio that is missing or unreadable, durations and sample rates, the data dir with its
-emotion inventory (and spk2gender) written in one piece and validated, the report
+emotion inventory (and spk2gender, and for a corpus with dimensional labels the attributes
+``utt2attr`` with their declaration ``attributes``) written in one piece and validated, the report
 (REPORT_DIR/counts.json and the list of what was left out), the summary on the log,
 and the loud warning when a copy does not give the release's counts.
 """
@@ -24,8 +25,9 @@ from typing import Callable
 
 import soundfile as sf
 
+from mtlser.data.attributes import UTT2ATTR, Attribute, write_declaration
 from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
-from mtlser.data.emotions import EmotionMap, check_labels, load_emotion_map, write_inventory
+from mtlser.data.emotions import NO_CLASS, EmotionMap, check_labels, load_emotion_map, write_inventory
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_dir, atomic_write_text
 
@@ -51,6 +53,7 @@ class Utterance:
     label: str  # a raw label, one of Corpus.labels
     where: str  # for the report of a file-listing corpus: the file, relative to the root
     tables: dict[str, str] = field(default_factory=dict)  # more per-utterance files, e.g. {"utt2session": "Ses01"}
+    attributes: tuple[float, ...] | None = None  # values in Corpus.attributes' order, already checked against it
 
 
 @dataclass
@@ -88,6 +91,11 @@ class Corpus:
     #: <speaker>-<clip> (kaldi_utt_id), Kaldi's speaker-prefix rule
     clips_start_with_speaker: bool = False
     module: str = ""  # its module's short name: conf/emotions/<module>.yaml, data/local/<module>_prep
+    #: Its dimensional labels, in utt2attr's column order (mtlser.data.attributes); () for a corpus without.
+    attributes: tuple[Attribute, ...] = ()
+    #: True: an utterance whose raw label the map does not keep stays, with attributes and no class
+    #: (utt2emo NO_CLASS); False: it is dropped, as every utterance without a kept class.
+    keep_unclassed: bool = False
 
 
 def load(name: str) -> Corpus:
@@ -204,8 +212,11 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
     missing_audio: list[str] = []
     no_transcript: list[str] = []
     nonverbal_only: list[str] = []
+    unclassed = 0
     for u in found.utterances:
         label = emotion_map.apply(u.label)
+        if label is None and corpus.keep_unclassed and u.attributes is not None:
+            label, unclassed = NO_CLASS, unclassed + 1
         if label is None:
             if skipped is None:
                 dropped[u.utt] = f"label:{u.label}"
@@ -227,6 +238,8 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
                             ("utt2emo", label), ("utt2origid", u.utt), ("utt2dur", f"{seconds:.4f}"),
                             *u.tables.items()):
             tables.setdefault(name, {})[utt] = value
+        if u.attributes is not None:
+            tables.setdefault(UTT2ATTR, {})[utt] = " ".join(f"{v:g}" for v in u.attributes)
 
     if missing_audio:
         msg = (f"{len(missing_audio)} {corpus.items} of the {len(emotion_map.emotions)} classes have no audio, "
@@ -241,9 +254,16 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
     if not tables["utt2spk"]:
         raise MtlserError(f"{found.root}: no {corpus.name} {corpus.items} with a label of {emotion_map.source} "
                           f"(found {len(found.utterances)} {corpus.items})")
+    if UTT2ATTR in tables and len(tables[UTT2ATTR]) != len(tables["utt2spk"]):
+        lack = sorted(set(tables["utt2spk"]) - set(tables[UTT2ATTR]), key=sort_key)
+        raise MtlserError(f"{found.root}: {len(lack)} {corpus.items} have no attribute values, e.g. {lack[0]}; "
+                          f"{corpus.name}'s prep gives every utterance its {' '.join(a.name for a in corpus.attributes)}")
+    if unclassed:
+        logger.info("%d %s have no class of %s (raw labels the map does not keep): kept for their attributes, "
+                    "utt2emo '%s'", unclassed, corpus.items, emotion_map.source, NO_CLASS)
     spk2gender = _genders(found, set(tables["utt2spk"].values()))
 
-    write_data_dir(out, tables, emotion_map, spk2gender)
+    write_data_dir(out, tables, emotion_map, spk2gender, corpus.attributes if UTT2ATTR in tables else ())
     report = count_report(corpus, found, tables, emotion_map, db_root)
     left_out = "dropped" if skipped is None else "skipped"
     report[left_out] = dict(sorted(Counter(dropped.values() if skipped is None
@@ -287,8 +307,10 @@ def _describe(emotion_map: EmotionMap) -> str:
 
 
 def write_data_dir(out: Path, tables: dict[str, dict[str, str]], emotion_map: EmotionMap,
-                   spk2gender: dict[str, str] | None = None) -> None:
-    """The data dir, its ``emotions`` inventory and spk2gender, appearing in one piece; then validated."""
+                   spk2gender: dict[str, str] | None = None,
+                   attributes: tuple[Attribute, ...] = ()) -> None:
+    """The data dir, its ``emotions`` inventory, spk2gender and the ``attributes`` declaration, appearing in one
+    piece; then validated."""
     emotions = check_labels(list(emotion_map.emotions), emotion_map.source)
     with atomic_dir(out) as tmp:
         for name, table in tables.items():
@@ -297,14 +319,16 @@ def write_data_dir(out: Path, tables: dict[str, dict[str, str]], emotion_map: Em
         write_inventory(tmp, emotions)
         if spk2gender:
             write_table(tmp / "spk2gender", spk2gender)
+        if attributes:
+            write_declaration(tmp, list(attributes))
     validate_data_dir(out)  # labels against the inventory just written; warns of classes without utterances
 
 
 def count_report(corpus: Corpus, found: Found, tables: dict[str, dict[str, str]], emotion_map: EmotionMap,
                  db_root: Path) -> dict:
     """Kept utterances per emotion (inventory order), per group (e.g. session) and per speaker; the corpus's facts."""
-    emotions = list(emotion_map.emotions)
     kept = Counter(tables["utt2emo"].values())
+    emotions = list(emotion_map.emotions) + ([NO_CLASS] if kept[NO_CLASS] else [])  # NO_CLASS: kept unclassed
     report: dict = {"total": len(tables["utt2emo"]), "counts": {e: kept[e] for e in emotions}}
     if corpus.group_by:
         groups = found.groups if found.groups is not None else sorted(set(tables[corpus.group_by].values()))

@@ -6,8 +6,11 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
     text         utt  words of the transcript      (required; may be empty)
     utt2spk      utt  speaker                       (required; primary)
     spk2utt      spk  utt1 utt2 ...                 (derived from utt2spk)
-    utt2emo      utt  emotion label                 (required; a label of ``emotions``)
+    utt2emo      utt  emotion label                 (required; a label of ``emotions``, or ``-``:
+                 no class, kept for its attributes; mtlser.data.emotions.NO_CLASS)
     utt2dur      utt  seconds                       (optional)
+    utt2set      utt  train|dev|test|test<name>     (optional: the corpus's own sets, for the fixed
+                 protocol; mtlser.data.fixed_split)
     text_<set>   utt  CTC targets: text_phncls, text_phn, text_norm, ... (optional, stage 1
                  output, see mtlser.text.tokenize; may be empty)
     emotions     the emotion inventory: one label a line, in class-index order (required;
@@ -63,7 +66,7 @@ from typing import Iterable, Mapping
 from mtlser.data.tables import DataDirError, read_table, sort_key, write_table  # noqa: F401 (this module's API)
 from mtlser.data.attributes import UTT2ATTR, Attribute, has_attributes, read_declaration, write_declaration
 from mtlser.data.attributes import validate as validate_attributes
-from mtlser.data.emotions import INVENTORY, read_inventory, write_inventory
+from mtlser.data.emotions import INVENTORY, NO_CLASS, read_inventory, write_inventory
 from mtlser.utils import run_main, setup_logging
 from mtlser.utils.fileio import SAFE_NAME_CHARS, atomic_dir, is_safe_name
 
@@ -201,7 +204,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
         read_inventory(path)  # raises: the message says what the file holds and who writes it
     allowed = set(dd.emotions)
     for lineno, (utt, emo) in enumerate(dd.tables["utt2emo"].items(), 1):
-        if emo not in allowed:
+        if emo not in allowed and emo != NO_CLASS:
             raise DataDirError(
                 f"{path / 'utt2emo'}:{lineno}: utterance '{utt}' has label '{emo}', which is not in the emotion "
                 f"inventory {path / INVENTORY} ({' '.join(dd.emotions)}); add it there (its line is its class "

@@ -38,6 +38,11 @@ from mtlser.utils import MtlserError
 #: The inventory file of a data dir.
 INVENTORY = "emotions"
 
+#: utt2emo's value for an utterance that has no class of the inventory but stays in the data dir for its
+#: attributes (utt2attr; MSP-Podcast's "other" and "no agreement" segments): the class task leaves it out.
+#: Not a label (a label starts with a letter or digit), so it never collides with one.
+NO_CLASS = "-"
+
 #: A label is a token of a Kaldi table and a tag of CTC tokens: letters, digits, '_' and '-'.
 _LABEL = re.compile(r"^[^\W][\w\-]*$")
 

@@ -26,7 +26,12 @@ PROTOCOL_TABLE = "protocol"
 #: the final model itself (``exp/<tag>/final``).
 FINAL = "final"
 
+#: A fold's main test set (``foldNN/test``, decoded into ``decode_test``). The fixed protocol may add more,
+#: ``test<name>`` (mtlser.data.fixed_split); the other protocols have this one.
+TEST_SET = "test"
+
 _FOLD_NAME = re.compile(r"^fold\d+$")
+_TEST_SET_DIR = re.compile(rf"^{TEST_SET}[A-Za-z0-9]*$")
 
 
 def fold_name(n: int) -> str:
@@ -42,3 +47,14 @@ def fold_dirs(parent: str | Path) -> list[Path]:
     """The fold dirs inside ``parent``, in fold order: foldNN only (the glob alone would take a copy such as
     fold01.bak or fold01_old for a fold)."""
     return sorted(p for p in Path(parent).glob(FOLD_GLOB) if p.is_dir() and is_fold_name(p.name))
+
+
+def is_test_set_name(name: str) -> bool:
+    """``test`` or ``test<name>`` (letters and digits after "test")."""
+    return bool(_TEST_SET_DIR.match(name))
+
+
+def test_sets(fold_dir: str | Path) -> list[str]:
+    """The test sets of a fold data dir: ``test`` first, then each ``test<name>`` in C order."""
+    return sorted((p.name for p in Path(fold_dir).iterdir() if p.is_dir() and is_test_set_name(p.name)),
+                  key=lambda n: (n != TEST_SET, n.encode("utf-8")))

@@ -6,6 +6,8 @@ Protocols:
   kfold<K>      K folds of whole speakers, e.g. kfold5 (see mtlser.data.speaker_folds).
   partition     the test folds (and their training sides) of published partition
                 files, --partition DIR (see mtlser.data.partition).
+  fixed         the corpus's own sets (``utt2set``: train, dev, test, test<name>) as one
+                fold whose valid set is the development set (see mtlser.data.fixed_split).
   cross-corpus  one fold of a combined data dir (mtlser.data.combine, its utt2corpus):
                 test on the whole --test-corpus, train and select (valid) on
                 --train-corpora (default: every other corpus of the dir).
@@ -19,6 +21,8 @@ comes from the training side only:
                 remaining 8 speakers train)
   none          no valid set (the paper's protocol: every training-side utterance
                 trains and the last epoch's model is reported; train.model_selection last)
+With the fixed protocol the valid set is the corpus's development set (--valid share, the
+default, stands for it; the other choices are refused).
 
 Writes ``OUT/foldNN/{train,valid,test}/`` (full data dirs: every per-utterance
 file of the source, spk2utt rebuilt, its emotion inventory ``emotions`` and, when
@@ -55,7 +59,9 @@ import soundfile as sf
 from mtlser.data.audio_check import check_audio
 from mtlser.data.combine import UTT2CORPUS
 from mtlser.data.datadir import DataDir, sort_key, validate_data_dir, write_table
-from mtlser.data.fold_names import FINAL, PROTOCOL_TABLE, fold_name
+from mtlser.data.fixed_split import PROTOCOL as FIXED
+from mtlser.data.fixed_split import UTT2SET, fixed_sets, read_utt2set
+from mtlser.data.fold_names import FINAL, PROTOCOL_TABLE, TEST_SET, fold_name
 from mtlser.data.partition import partition_folds
 from mtlser.data.speaker_folds import kfold_k, speaker_kfold
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -137,7 +143,7 @@ def make_folds(dd: DataDir, protocol: str) -> list[tuple[str, list[str]]]:
     if kfold_k(protocol) is not None:
         return speaker_kfold(dd, kfold_k(protocol))
     raise MtlserError(f"unknown protocol '{protocol}'; expected loso, loso-session, kfold<K> (e.g. kfold5), "
-                      "partition or cross-corpus")
+                      f"partition, cross-corpus or {FIXED}")
 
 
 def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how: str, share: float,
@@ -222,6 +228,12 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
           sample_rate: int = 16000, partition: str | Path | None = None, test_corpus: str | None = None,
           train_corpora: list[str] | None = None) -> list[dict]:
     data_dir, out = Path(data_dir), Path(out)
+    if protocol == FIXED:
+        if valid != "share" or partition is not None:
+            raise MtlserError(f"--protocol {FIXED}: the valid set is the corpus's development set (utt2set dev); "
+                              f"drop --valid {valid}" + (" and --partition" if partition is not None else ""))
+        # Read before the generic checks, so that an utterance in two sets is named as such (file:line).
+        sets = read_utt2set(data_dir / UTT2SET)
     dd = validate_data_dir(data_dir)
     if protocol == "loso-session" and valid == "session-mate":
         raise MtlserError("--valid session-mate holds out the test session's other speaker; with loso-session "
@@ -238,6 +250,8 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
     if n_conv:
         logger.info("%d utterances are not %d Hz mono: read from converted copies in %s (made once per source)",
                     n_conv, sample_rate, audio_dir)
+    if protocol == FIXED:
+        return write_fixed(dd, out, sets, data_dir)
     rng = np.random.default_rng(seed)
     # Per fold: (description, test utterances, the training side that train and valid come from).
     folds = published or [
@@ -283,12 +297,37 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
     return rows
 
 
+def write_fixed(dd: DataDir, out: Path, sets: dict[str, str], data_dir: Path) -> list[dict]:
+    """The fixed protocol's one fold (train, valid = dev, every test set), final/train (train + dev), the tables."""
+    train, dev, tests = fixed_sets(sets, dd.utts, data_dir / UTT2SET)
+    fold_dir = out / fold_name(1)
+    for name, utts in (("train", train), ("valid", dev), *tests.items()):
+        dd.subset(utts).write(fold_dir / name)
+    for stale in fold_dir.iterdir():  # a test set of an earlier split that this utt2set no longer has
+        if stale.name not in tests and stale.name not in ("train", "valid") and stale.is_dir():
+            remove_dir(stale)
+    spk = {name: sorted({dd["utt2spk"][u] for u in utts}, key=sort_key) for name, utts in tests.items()}
+    row = {"fold": fold_name(1), "test": ",".join(spk[TEST_SET]),
+           "valid_speakers": ",".join(sorted({dd["utt2spk"][u] for u in dev}, key=sort_key)),
+           "train": len(train), "valid": len(dev), "test_utts": len(tests[TEST_SET])}
+    atomic_write_text(out / "folds.tsv", "fold\ttest_speakers\tvalid_speakers\tn_train\tn_valid\tn_test\n"
+                      f"{row['fold']}\t{row['test']}\t{row['valid_speakers']}\t{row['train']}\t{row['valid']}\t"
+                      f"{row['test_utts']}\n")
+    # The final model trains on train and dev: a test set is never trained on.
+    dd.subset(train + dev).write(out / FINAL / "train")
+    write_table(out / PROTOCOL_TABLE, {"protocol": FIXED, "valid": "dev", "test_sets": ",".join(tests),
+                                       "source": str(data_dir.resolve())})
+    logger.info("%s: the corpus's sets as one fold (%s) written to %s: train %d, valid (dev) %d, %s", data_dir,
+                FIXED, fold_dir, len(train), len(dev), ", ".join(f"{n} {len(u)}" for n, u in tests.items()))
+    return [row]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stage 2: audio normalisation and fold splits.")
     parser.add_argument("--data-dir", required=True, help="the whole corpus (data/all)")
     parser.add_argument("--out", required=True, help="folds dir to write (e.g. data/loso)")
     parser.add_argument("--protocol", default="loso",
-                        help="loso | loso-session | kfold<K> | partition | cross-corpus")
+                        help=f"loso | loso-session | kfold<K> | partition | cross-corpus | {FIXED}")
     parser.add_argument("--test-corpus", default=None,
                         help="with --protocol cross-corpus: the corpus (of utt2corpus) tested on, whole")
     parser.add_argument("--train-corpora", default=None,

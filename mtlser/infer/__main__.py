@@ -5,6 +5,7 @@ Usage:
     python -m mtlser.infer --model exp/<tag>/ensemble wav.scp --output labels.csv
     python -m mtlser.infer --model exp/<tag>/fold01 --data-dir data/loso/fold01/test   # -> fold01/decode_test
     python -m mtlser.infer --model exp/<tag> --folds-dir data/loso --fold 1             # the same
+    python -m mtlser.infer --model exp/<tag> --folds-dir data/fixed --fold 1 --test-set test2  # -> decode_test2
 
 Inputs and formats: mtlser.infer.output; a decode dir: mtlser.infer.decode.
 """
@@ -15,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtlser.data.fold_names import fold_name
+from mtlser.data.fold_names import TEST_SET, fold_name
+from mtlser.expdir import DECODE_PREFIX
 from mtlser.infer.audio import find_recordings
 from mtlser.infer.output import HOP_S, WINDOW_S, check_ids, label_and_write, load_predictor, output_format
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="decode dir to write (default MODEL/decode_<data dir name>)")
     p.add_argument("--folds-dir", help="dir of fold data dirs; with --fold decodes foldNN/test")
     p.add_argument("--fold", type=int)
+    p.add_argument("--test-set", default=TEST_SET,
+                   help=f"with --fold: the fold's test set to decode (default {TEST_SET}; the fixed protocol may "
+                   f"have more, {TEST_SET}<name>: mtlser.data.fixed_split)")
     p.add_argument("--weights", help="weights file of the model dir (default model.safetensors, else "
                    "best.safetensors)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fold is not None:
         if not args.folds_dir:
             raise MtlserError("--fold needs --folds-dir (the dir of the fold data dirs)")
-        model, data_dir = model / fold_name(args.fold), Path(args.folds_dir) / fold_name(args.fold) / "test"
+        model, data_dir = model / fold_name(args.fold), Path(args.folds_dir) / fold_name(args.fold) / args.test_set
     if (data_dir is None) != bool(args.inputs):
         raise MtlserError("give either inputs (audio files, folders, list files, wav.scp) or --data-dir "
                           "(or --folds-dir with --fold): one of them")
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                args.batch_seconds, not args.no_progress, args.timeline)
     from mtlser.infer.decode import decode_data_dir
 
-    out = Path(args.out) if args.out else model / f"decode_{data_dir.name}"
+    out = Path(args.out) if args.out else model / f"{DECODE_PREFIX}{data_dir.name}"
     decode_data_dir(predictor, data_dir, out, args.batch_size, args.batch_seconds, not args.no_progress)
     return 0
 

@@ -6,7 +6,8 @@
     -> folds_dir=... token_set=... token_list_dir=... token_list=... final_token_list=... valid_opts=... tag=...
        exp_dirs=(...) exp_opts=(...) exp_groups=(...) seed_groups=(...) sweep_table=... sweep_dirs=(...)
     python -m mtlser.recipe folds --folds-dir data/loso [--folds "1 2"]
-    -> fold_args=1,2 num_folds=2 fold_names=(fold01 fold02)
+    -> fold_args=1,2 num_folds=2 fold_names=(fold01 fold02) test_sets=(test) decode_names=(decode_test)
+       (the fixed protocol's further test sets: test_sets=(test test2) decode_names=(decode_test decode_test2))
 
 The rules: mtlser.recipe.names.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mtlser.recipe.names import fold_assignments, fold_numbers, run_assignments, run_names
+from mtlser.recipe.names import fold_assignments, fold_numbers, fold_test_sets, run_assignments, run_names
 from mtlser.text.tokenize import str2bool
 from mtlser.utils import run_main
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             args.protocol, args.valid, args.token_type, args.train_config, args.emo_tag, args.nbpe, args.tag,
             args.lambdas, args.ctc_reduction, args.data, args.exp, args.seeds)))
     else:
-        sys.stdout.write(fold_assignments(fold_numbers(args.folds_dir, args.folds)))
+        numbers = fold_numbers(args.folds_dir, args.folds)
+        sys.stdout.write(fold_assignments(numbers, fold_test_sets(args.folds_dir, numbers)))
     return 0
 
 

@@ -22,8 +22,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlser.data.fold_names import FINAL, FOLD_PLACEHOLDER, fold_dirs, fold_name
-from mtlser.expdir import DECODE_TEST
+from mtlser.data.fixed_split import PROTOCOL as FIXED
+from mtlser.data.fold_names import FINAL, FOLD_PLACEHOLDER, TEST_SET, fold_dirs, fold_name, test_sets
+from mtlser.expdir import DECODE_PREFIX, DECODE_TEST
 from mtlser.text.tokenize import FOLD_TOKEN_LIST_DIR, token_list_path, token_set_name
 from mtlser.utils import MtlserError
 
@@ -113,6 +114,9 @@ def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo
               data: str = "data", exp: str = "exp", seeds: str = "") -> RunNames:
     if valid not in VALID_SUFFIXES:
         raise MtlserError(f"--valid {valid}: expected {', '.join(VALID_SUFFIXES)}")
+    if protocol == FIXED and valid != "share":
+        raise MtlserError(f"--protocol {FIXED} --valid {valid}: the fixed protocol's valid set is the corpus's "
+                          "development set (utt2set dev); leave --valid at its default")
     folds_dir = f"{data}/{protocol}{VALID_SUFFIXES[valid]}"
     token_set = token_set_name(token_type, emo_tag, nbpe)
     token_list_dir = f"{data}/token_list"
@@ -187,9 +191,18 @@ def run_assignments(names: RunNames) -> str:
     })
 
 
-def fold_assignments(numbers: list[int]) -> str:
+def fold_test_sets(folds_dir: str | Path, numbers: list[int]) -> list[str]:
+    """The test sets of the folds (their first fold's): ``test``, and with the fixed protocol each ``test<name>``."""
+    first = Path(folds_dir) / fold_name(numbers[0])
+    return test_sets(first) if first.is_dir() else [TEST_SET]
+
+
+def fold_assignments(numbers: list[int], sets: list[str] | None = None) -> str:
+    sets = sets or [TEST_SET]
     return shell_assignments({
         "fold_args": ",".join(str(n) for n in numbers),  # mtlser.launch.nth_fold's list
         "num_folds": str(len(numbers)),
         "fold_names": [fold_name(n) for n in numbers],
+        "test_sets": sets,  # each fold's test sets (stage 4 decodes each, stage 5 scores each)
+        "decode_names": [DECODE_PREFIX + s for s in sets],  # their decode dirs; decode_names[0] is decode_name
     })

@@ -102,7 +102,9 @@ def bpe_fold(fold_dir: Path, nbpe: int = 100, emo_tag: bool = True, mode: str = 
         emo_index = emotion_indices(fold_dir / split, read_table(fold_dir / split / "utt2emo"))[1] if emo_tag else {}
         seqs = encode(model, t)
         n_unk += sum(s.count(UNK) for s in seqs.values()) if split != "train" else 0
-        write_table(fold_dir / split / f"text_{name}", {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in t})
+        # An utterance with no class (not in emo_index) has no tagged targets: it trains without the CTC term.
+        write_table(fold_dir / split / f"text_{name}", {u: "" if emo_tag and u not in emo_index
+                                                         else tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in t})
     logger.info("%s: %d pieces trained on %d training transcripts; valid+test hold %d <unk>", fold_dir,
                 len(pieces), len(texts["train"]), n_unk)
     return {"fold": fold_dir.name, "pieces": len(pieces), "unk": n_unk, "token_list": str(token_list)}

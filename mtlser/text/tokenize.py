@@ -59,7 +59,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mtlser.data.datadir import DataDir, read_table, write_table
-from mtlser.data.emotions import read_inventory, write_inventory
+from mtlser.data.emotions import NO_CLASS, read_inventory, write_inventory
 from mtlser.text.g2p import G2P, check_english, clean_transcript
 from mtlser.text.phone_classes import ARPABET, ARPABET_VOWELS, BLANK, PhoneClassMap, emotion_tagged
 from mtlser.utils import MtlserError, run_main, setup_logging
@@ -113,15 +113,18 @@ def tag(tokens: list[str], emotion_index: int | None, emo_tag: bool, sep: str) -
 
 
 def emotion_indices(data_dir: Path, utt2emo: dict[str, str]) -> tuple[list[str], dict[str, int]]:
-    """The data dir's inventory and each utterance's index in it (the tag); an unknown label names file and line."""
+    """The data dir's inventory and each utterance's index in it (the tag); an unknown label names file and line.
+
+    An utterance with no class (NO_CLASS: kept for its attributes) has no index, hence no tagged targets.
+    """
     emotions = read_inventory(data_dir)
     index = {e: i for i, e in enumerate(emotions)}
     for lineno, (utt, emo) in enumerate(utt2emo.items(), 1):
-        if emo not in index:
+        if emo not in index and emo != NO_CLASS:
             raise MtlserError(f"{data_dir / 'utt2emo'}:{lineno}: '{utt}' has label '{emo}', which is not in "
                               f"{data_dir / 'emotions'} ({' '.join(emotions)}); "
                               "rerun the data preparation (it validates)")
-    return emotions, {u: index[e] for u, e in utt2emo.items()}
+    return emotions, {u: index[e] for u, e in utt2emo.items() if e != NO_CLASS}
 
 
 def read_token_list(path: str | Path) -> list[str]:
@@ -252,7 +255,12 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
         logger.info("%s: wrote text_norm for %d utterances; bpe units are trained per fold on the training "
                     "split after stage 2 (python -m mtlser.text.bpe)", data_dir, len(texts))
         return stats
-    text_out = {u: tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in texts}
+    # Tagged targets need the class: an utterance without one (NO_CLASS) trains without the CTC term.
+    unclassed = {u for u in texts if emo_tag and u not in emo_index}
+    if unclassed:
+        logger.info("%d utterances have no class (utt2emo %s): no emotion-tagged targets, they train without the "
+                    "CTC term", len(unclassed), NO_CLASS)
+    text_out = {u: "" if u in unclassed else tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in texts}
     write_table(data_dir / f"text_{name}", text_out)
     token_list = token_list_path(token_list_dir, name)
     tokens = tagged_token_list(units, emo_tag, sep, len(emotions or []))

@@ -1,0 +1,1 @@
+../../TEMPLATE/local/score.sh
