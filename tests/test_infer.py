@@ -138,6 +138,28 @@ def test_unreadable_missing_and_short_files_get_an_error_each_and_the_rest_compl
     assert all("emotion" in records[n] for n in ("a.wav", "b.flac", "c.wav", "d.flac"))
 
 
+def test_nan_or_inf_audio_gets_an_error_record_never_a_label(fold01, tmp_path, capsys):
+    d = tmp_path / "rec"
+    d.mkdir()
+    sf.write(d / "good.wav", signal(1.0, 16000, 5), 16000)
+    for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        wav = signal(1.0, 16000, 6)
+        wav[100] = bad
+        sf.write(d / name, wav, 16000, subtype="FLOAT")
+    out_file = tmp_path / "labels.jsonl"
+    code, _ = run_cli(capsys, "--model", str(fold01), str(d), "--output", str(out_file), "--no-progress")
+    assert code == EXIT_SOME_FAILED
+    text = out_file.read_text()
+
+    def strict(line):  # bare NaN/Infinity are not JSON
+        return json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON lines: {line}"))
+
+    records = {Path(r["file"]).name: r for r in map(strict, text.splitlines())}
+    for name in ("nan.wav", "inf.wav"):
+        assert records[name]["error"] == "audio holds NaN or infinite samples" and "emotion" not in records[name]
+    assert "emotion" in records["good.wav"]
+
+
 def test_long_recordings_are_labelled_in_windows(fold01, predictor, tmp_path, capsys):
     assert windows(45.0, 20.0, 10.0) == [(0.0, 20.0), (10.0, 30.0), (20.0, 40.0), (25.0, 45.0)]
     assert windows(12.0, 20.0, 10.0) == [(0.0, 12.0)] and windows(45.0, 0.0, 0.0) == [(0.0, 45.0)]

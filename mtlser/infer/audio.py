@@ -140,7 +140,10 @@ def load(rec: Recording, sample_rate: int, start: float = 0.0, end: float | None
 
         wav = read_audio(rec.source, sample_rate)  # Kaldi pipes are converted to the model's rate at stage 2
         a = int(round(start * sample_rate))
-        return wav[a: None if end is None else int(round(end * sample_rate))]
+        wav = wav[a: None if end is None else int(round(end * sample_rate))]
+        if not np.isfinite(wav).all():
+            raise MtlserError("audio holds NaN or infinite samples")
+        return wav
     rate = native_rate or int(sf.info(rec.source).samplerate)
     a = int(round(start * rate))
     b = None if end is None else int(round(end * rate))
@@ -154,6 +157,8 @@ def load(rec: Recording, sample_rate: int, start: float = 0.0, end: float | None
         import torchaudio.functional as AF
 
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), rate, sample_rate).numpy()
+    if not np.isfinite(wav).all():  # checked once here, where audio is first read: a NaN sample is no label
+        raise MtlserError("audio holds NaN or infinite samples")
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
