@@ -160,6 +160,16 @@ def test_nan_or_inf_audio_gets_an_error_record_never_a_label(fold01, tmp_path, c
     assert "emotion" in records["good.wav"]
 
 
+def test_device_cuda_without_a_gpu_is_one_line(fold01, mixed_folder, monkeypatch, capsys):
+    from mtlser.utils import run_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    assert run_main(main, ["--model", str(fold01), str(mixed_folder), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--device asks for cuda but no GPU is visible; use --device cpu" in err
+
+
 def test_long_recordings_are_labelled_in_windows(fold01, predictor, tmp_path, capsys):
     assert windows(45.0, 20.0, 10.0) == [(0.0, 20.0), (10.0, 30.0), (20.0, 40.0), (25.0, 45.0)]
     assert windows(12.0, 20.0, 10.0) == [(0.0, 12.0)] and windows(45.0, 0.0, 0.0) == [(0.0, 45.0)]

@@ -22,7 +22,7 @@ import torch
 from mtlser.infer.package import CONFIG_YAML, MODEL_YAML, TOKEN_LIST, ModelFiles
 from mtlser.model.checkpoints import load_safetensors, safetensors_error
 from mtlser.model.ser_model import SERModel, build_model
-from mtlser.utils import MtlserError
+from mtlser.utils import MtlserError, require_gpu_for
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class SERPredictor:
     def from_pretrained(cls, path: str | Path, device: str = "cpu", weights: str | None = None,
                         precision: str = "fp32") -> "SERPredictor":
         """A model dir, an ensemble dir, or a pack (.zip) of either; see :mod:`mtlser.infer.package`."""
+        require_gpu_for(device, "--device")
         files = ModelFiles.open(path)
         if files.is_ensemble:
             loaded = [read_model(member, weights, device) for _, member in files.members()]
