@@ -203,6 +203,23 @@ def test_list_files_and_a_wav_scp_alone(fold01, mixed_folder, tmp_path, capsys):
     assert [r.id for r in find_recordings([str(scp)])] == ["utt_b", "utt_c"]  # no utt2emo needed
 
 
+def test_wav_scp_pipes_run_only_with_allow_pipes(fold01, mixed_folder, tmp_path, capsys):
+    from mtlser.utils import run_main
+
+    marker = tmp_path / "ran"
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"utt_a {mixed_folder / 'a.wav'}\nutt_p touch {marker}; cat {mixed_folder / 'a.wav'} |\n")
+    assert run_main(main, ["--model", str(fold01), str(scp), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{scp}:2: 'utt_p' is a command" in err and "--allow-pipes" in err
+    assert not marker.exists()  # nothing was run
+    code, out = run_cli(capsys, "--model", str(fold01), str(scp), "--allow-pipes", "--no-progress")
+    a, p = map(json.loads, out.splitlines())
+    assert code == 0 and marker.exists() and (a["id"], p["id"]) == ("utt_a", "utt_p")
+    assert p["probs"] == pytest.approx(a["probs"], abs=1e-6)  # the pipe gave the same audio
+
+
 def test_csv_output_and_utt2emo_refuses_ids_with_spaces(fold01, predictor, mixed_folder, tmp_path, capsys):
     out_csv = tmp_path / "labels.csv"
     code, _ = run_cli(capsys, "--model", str(fold01), str(mixed_folder), str(tmp_path / "gone.flac"),
