@@ -68,6 +68,36 @@ def _umask() -> int:
     return current_umask()
 
 
+def test_safetensors_files_get_the_umask_mode_not_0600(tiny_experiment, tmp_path):
+    import torch
+
+    from mtlser.utils.fileio import atomic_save_safetensors
+
+    # Training wrote best.safetensors through the same helper.
+    assert stat.S_IMODE((tiny_experiment / "fold01" / "best.safetensors").stat().st_mode) == 0o666 & ~_umask()
+    old = os.umask(0o027)
+    try:
+        atomic_save_safetensors(tmp_path / "w.safetensors", {"a": torch.arange(3.0)}, {"epoch": "1"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o640
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        assert f.metadata() == {"epoch": "1"} and f.get_tensor("a").tolist() == [0.0, 1.0, 2.0]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_pack_out_naming_a_directory_is_one_line(tiny_experiment, tmp_path, capsys):
+    (tmp_path / "packs").mkdir()
+    args = ["pack", "--model-dir", str(tiny_experiment / "fold01"), "--out", str(tmp_path / "packs")]
+    assert run_main(export_main, args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{tmp_path / 'packs'}: a directory; --out names the .zip file to write" in err
+    assert os.listdir(tmp_path / "packs") == []
+
+
 def test_pack_refuses_a_model_that_does_not_load(tiny_experiment, tmp_path):
     broken = tmp_path / "fold09"
     shutil.copytree(tiny_experiment / "fold01", broken)
@@ -164,6 +194,9 @@ def test_hf_pipeline_gives_mtlser_probabilities_on_the_fold_test_files(tiny_expe
     assert ("`classify('clip.wav')` (a file name) works only where ffmpeg is installed: the pipeline decodes files "
             "with it.") in readme
     assert "mtlser-infer labels recordings longer than 20 s in windows (20 s, hop " in readme
+    # save_pretrained's safetensors (0600 from the library) get the umask's mode like every other file.
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "hf").iterdir()} == {
+        p.name: oct(0o666 & ~_umask()) for p in (tmp_path / "hf").iterdir()}
 
 
 @pytest.mark.parametrize("arch,normalize", [("wav2vec2", False), ("wav2vec2", True), ("hubert", False),

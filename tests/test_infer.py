@@ -138,6 +138,38 @@ def test_unreadable_missing_and_short_files_get_an_error_each_and_the_rest_compl
     assert all("emotion" in records[n] for n in ("a.wav", "b.flac", "c.wav", "d.flac"))
 
 
+def test_nan_or_inf_audio_gets_an_error_record_never_a_label(fold01, tmp_path, capsys):
+    d = tmp_path / "rec"
+    d.mkdir()
+    sf.write(d / "good.wav", signal(1.0, 16000, 5), 16000)
+    for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        wav = signal(1.0, 16000, 6)
+        wav[100] = bad
+        sf.write(d / name, wav, 16000, subtype="FLOAT")
+    out_file = tmp_path / "labels.jsonl"
+    code, _ = run_cli(capsys, "--model", str(fold01), str(d), "--output", str(out_file), "--no-progress")
+    assert code == EXIT_SOME_FAILED
+    text = out_file.read_text()
+
+    def strict(line):  # bare NaN/Infinity are not JSON
+        return json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON lines: {line}"))
+
+    records = {Path(r["file"]).name: r for r in map(strict, text.splitlines())}
+    for name in ("nan.wav", "inf.wav"):
+        assert records[name]["error"] == "audio holds NaN or infinite samples" and "emotion" not in records[name]
+    assert "emotion" in records["good.wav"]
+
+
+def test_device_cuda_without_a_gpu_is_one_line(fold01, mixed_folder, monkeypatch, capsys):
+    from mtlser.utils import run_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    assert run_main(main, ["--model", str(fold01), str(mixed_folder), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--device asks for cuda but no GPU is visible; use --device cpu" in err
+
+
 def test_long_recordings_are_labelled_in_windows(fold01, predictor, tmp_path, capsys):
     assert windows(45.0, 20.0, 10.0) == [(0.0, 20.0), (10.0, 30.0), (20.0, 40.0), (25.0, 45.0)]
     assert windows(12.0, 20.0, 10.0) == [(0.0, 12.0)] and windows(45.0, 0.0, 0.0) == [(0.0, 45.0)]
@@ -169,6 +201,23 @@ def test_list_files_and_a_wav_scp_alone(fold01, mixed_folder, tmp_path, capsys):
     assert [r[0] for r in rows] == [str(lst.parent / "../recordings/a.wav"), str(mixed_folder / "b.flac"),
                                     "utt_b", "utt_c"]
     assert [r.id for r in find_recordings([str(scp)])] == ["utt_b", "utt_c"]  # no utt2emo needed
+
+
+def test_wav_scp_pipes_run_only_with_allow_pipes(fold01, mixed_folder, tmp_path, capsys):
+    from mtlser.utils import run_main
+
+    marker = tmp_path / "ran"
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"utt_a {mixed_folder / 'a.wav'}\nutt_p touch {marker}; cat {mixed_folder / 'a.wav'} |\n")
+    assert run_main(main, ["--model", str(fold01), str(scp), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{scp}:2: 'utt_p' is a command" in err and "--allow-pipes" in err
+    assert not marker.exists()  # nothing was run
+    code, out = run_cli(capsys, "--model", str(fold01), str(scp), "--allow-pipes", "--no-progress")
+    a, p = map(json.loads, out.splitlines())
+    assert code == 0 and marker.exists() and (a["id"], p["id"]) == ("utt_a", "utt_p")
+    assert p["probs"] == pytest.approx(a["probs"], abs=1e-6)  # the pipe gave the same audio
 
 
 def test_csv_output_and_utt2emo_refuses_ids_with_spaces(fold01, predictor, mixed_folder, tmp_path, capsys):

@@ -361,6 +361,23 @@ def test_stage_2_detects_truncated_audio_and_audio_shorter_than_utt2dur(tmp_path
     assert "truncated or corrupt" in (check_file(str(flac))[1] or "")
 
 
+def test_stage_2_refuses_audio_with_nan_or_inf_samples(tmp_path):
+    data = corpus(tmp_path, n_spk=3, n_utt=2)
+    scp = read_table(data / "wav.scp")
+    nan_utt, inf_utt = sorted(scp)[1], sorted(scp)[4]
+    for utt, bad in ((nan_utt, np.nan), (inf_utt, -np.inf)):
+        wav, rate = sf.read(scp[utt], dtype="float32")
+        wav[len(wav) // 2] = bad
+        sf.write(scp[utt], wav, rate, subtype="FLOAT")
+    r = subprocess.run([sys.executable, "-m", "mtlser.data.split", "--data-dir", str(data), "--out",
+                        str(tmp_path / "loso")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if "ERROR" in x]
+    assert "2 audio files" in line and "NaN or infinite samples" in line
+    assert f"wav.scp:2: '{nan_utt}'" in line and f"wav.scp:5: '{inf_utt}'" in line
+    assert not (tmp_path / "loso").exists()
+
+
 def test_training_names_every_utterance_it_skips_as_too_short(folds, config, tmp_path):
     from mtlser.config import load_config
     from mtlser.text.tokenize import read_token_list

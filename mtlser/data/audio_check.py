@@ -10,6 +10,7 @@ samples) without decoding the audio:
   streaming headers whose size was never filled in (0, 0xFFFFFFFF, ~2 GiB placeholders)
   state nothing and are not judged;
 - other formats (FLAC, OGG, ...): the last samples the header announces can be read;
+- float WAV/other float files: every sample is finite (NaN or inf would become a NaN loss or label);
 - with utt2dur: the file holds at least its utt2dur (to :data:`DURATION_TOLERANCE`).
 
 Kaldi pipes (``cmd |``) are not run here. Problems are collected and reported
@@ -22,6 +23,7 @@ import logging
 import struct
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from mtlser.data.datadir import DataDir
@@ -80,6 +82,14 @@ def check_file(path: str) -> tuple[float, str | None]:
         except Exception as e:
             return info.duration, (f"truncated or corrupt: its header declares {info.duration:.3f} s but the end "
                                    f"cannot be read ({str(e).splitlines()[0][:100]})")
+    if info.subtype in ("FLOAT", "DOUBLE"):  # only float samples can hold NaN/inf; integer PCM cannot
+        try:
+            for block in sf.blocks(path, blocksize=1 << 16, dtype="float64"):
+                if not np.isfinite(block).all():
+                    return info.duration, ("holds NaN or infinite samples (a broken float conversion): it would "
+                                           "train as a non-finite loss and decode as a meaningless label")
+        except Exception as e:
+            return info.duration, f"cannot read its samples ({str(e).splitlines()[0][:150]})"
     return info.duration, None
 
 
@@ -105,7 +115,7 @@ def check_audio(dd: DataDir, path: Path) -> None:
             problems.append(f"{path / 'wav.scp'}:{lineno}: '{utt}' {rx}: {problem}")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise MtlserError(f"{len(problems)} audio files are incomplete: " + "; ".join(problems[:3]) + more
+        raise MtlserError(f"{len(problems)} audio files are incomplete or unusable: " + "; ".join(problems[:3]) + more
                           + "; restore them from the corpus, or drop those utterances in local/data.sh")
     logger.info("%s: %d audio files complete%s", path / "wav.scp", len(dd["wav.scp"]),
                 " and as long as utt2dur says" if utt2dur else "")

@@ -74,6 +74,9 @@ def _card_entries(facts: dict) -> list[tuple[str, bytes]]:
 def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weights: str | None = None) -> Path:
     """Pack a training dir (foldNN, final) or an ensemble dir into ``out`` (.zip)."""
     model_dir, out = Path(model_dir), Path(out)
+    if out.is_dir():  # checked before the work: os.replace onto a directory is a traceback at the very end
+        raise MtlserError(f"{out}: a directory; --out names the .zip file to write, e.g. "
+                          f"{out / (model_dir.name + '.zip')}")
     if not model_dir.is_dir():
         raise MtlserError(f"{model_dir}: not a directory; pack a training dir (exp/<tag>/foldNN or final) or an "
                           "ensemble dir (python -m mtlser.export ensemble)")

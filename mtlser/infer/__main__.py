@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most padded audio per batch, in seconds (bounds memory)")
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-pipes", action="store_true",
+                   help="run the commands of wav.scp pipe entries ('cmd |'); refused without it")
     return p
 
 
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         raise MtlserError("give either inputs (audio files, folders, list files, wav.scp) or --data-dir "
                           "(or --folds-dir with --fold): one of them")
     fmt = output_format(args.format, args.output)
-    recordings = find_recordings(args.inputs) if args.inputs else []
+    recordings = find_recordings(args.inputs, args.allow_pipes) if args.inputs else []
     check_ids(recordings, fmt)
     predictor = load_predictor(model, args.device, args.weights, args.precision, args.num_threads, args.backend)
     if args.precision != "fp32" and args.device == "cpu":

@@ -4,7 +4,8 @@ Inputs, as the command line takes them:
 
 - an audio file (by extension: :data:`AUDIO_EXTENSIONS`, whatever soundfile decodes);
 - a folder: every audio file under it, recursively, in sorted order;
-- a Kaldi ``wav.scp`` (a file named ``wav.scp`` or ``*.scp``): ``id path`` or ``id command |`` lines,
+- a Kaldi ``wav.scp`` (a file named ``wav.scp`` or ``*.scp``): ``id path`` or ``id command |`` lines (the
+  commands run only with ``allow_pipes``, the command line's ``--allow-pipes``),
   relative paths taken from the working dir (Kaldi's convention);
 - any other file: a list, one path a line (``#`` comments), relative paths taken from the list's dir.
 
@@ -48,8 +49,12 @@ def is_audio_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
-def read_scp(path: Path) -> list[Recording]:
-    """A Kaldi wav.scp: ``id rxfile`` lines (a path, or a command ending in ``|``)."""
+def read_scp(path: Path, allow_pipes: bool = False) -> list[Recording]:
+    """A Kaldi wav.scp: ``id rxfile`` lines (a path, or, with ``allow_pipes``, a command ending in ``|``).
+
+    A pipe is a shell command: someone labelling a wav.scp they were handed does not expect it to run
+    anything, so commands are refused unless asked for (the recipe's stage 4 reads its own data dirs).
+    """
     out = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -57,7 +62,11 @@ def read_scp(path: Path) -> list[Recording]:
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
             raise MtlserError(f"{path}:{lineno}: expected 'id path' (or 'id command |'), got {line!r}")
-        out.append(Recording(parts[0], parts[1].strip()))
+        rec = Recording(parts[0], parts[1].strip())
+        if rec.is_pipe and not allow_pipes:
+            raise MtlserError(f"{path}:{lineno}: '{rec.id}' is a command ({rec.source[:80]!r}); mtlser-infer runs "
+                              "the commands of a wav.scp only with --allow-pipes (check them first)")
+        out.append(rec)
     return out
 
 
@@ -74,7 +83,7 @@ def _folder(path: Path, shown: str) -> list[Recording]:
     return found
 
 
-def _list_file(path: Path) -> list[Recording]:
+def _list_file(path: Path, allow_pipes: bool) -> list[Recording]:
     out = []
     first = None
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -83,7 +92,7 @@ def _list_file(path: Path) -> list[Recording]:
             continue
         listed = Path(line) if os.path.isabs(line) else path.parent / line
         first = first or (lineno, line)
-        out.extend(find_recordings([str(listed)], _from_list=True))
+        out.extend(find_recordings([str(listed)], allow_pipes, _from_list=True))
     # A text file none of whose lines names a file is not a list (a transcript, notes): one error, not
     # "not found" per line.
     if first is not None and all(r.error == "not found" for r in out):
@@ -93,8 +102,9 @@ def _list_file(path: Path) -> list[Recording]:
     return out
 
 
-def find_recordings(inputs: list[str], _from_list: bool = False) -> list[Recording]:
-    """The recordings behind command-line inputs (see the module doc), in the order given.
+def find_recordings(inputs: list[str], allow_pipes: bool = False, _from_list: bool = False) -> list[Recording]:
+    """The recordings behind command-line inputs (see the module doc), in the order given; a wav.scp's pipe
+    entries are refused unless ``allow_pipes`` (:func:`read_scp`).
 
     An input that does not exist becomes a Recording with an error (reported per input, the rest still
     labelled); a file that is not readable text where a list is expected is an error of the whole call.
@@ -109,12 +119,12 @@ def find_recordings(inputs: list[str], _from_list: bool = False) -> list[Recordi
         elif is_audio_file(path):
             out.append(Recording(item, item))
         elif path.name == "wav.scp" or path.suffix == ".scp":
-            out.extend(read_scp(path))
+            out.extend(read_scp(path, allow_pipes))
         elif _from_list:
             out.append(Recording(item, item, error="not an audio file (by its extension) inside a list file"))
         else:
             try:
-                out.extend(_list_file(path))
+                out.extend(_list_file(path, allow_pipes))
             except UnicodeDecodeError:
                 raise MtlserError(f"{path}: neither audio (by its extension: {' '.join(AUDIO_EXTENSIONS)}) nor a "
                                   "text list of paths") from None
@@ -148,7 +158,10 @@ def load(rec: Recording, sample_rate: int, start: float = 0.0, end: float | None
 
         wav = read_audio(rec.source, sample_rate)  # Kaldi pipes are converted to the model's rate at stage 2
         a = int(round(start * sample_rate))
-        return wav[a: None if end is None else int(round(end * sample_rate))]
+        wav = wav[a: None if end is None else int(round(end * sample_rate))]
+        if not np.isfinite(wav).all():
+            raise MtlserError("audio holds NaN or infinite samples")
+        return wav
     rate = native_rate or int(sf.info(rec.source).samplerate)
     a = int(round(start * rate))
     b = None if end is None else int(round(end * rate))
@@ -162,6 +175,8 @@ def load(rec: Recording, sample_rate: int, start: float = 0.0, end: float | None
         import torchaudio.functional as AF
 
         wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), rate, sample_rate).numpy()
+    if not np.isfinite(wav).all():  # checked once here, where audio is first read: a NaN sample is no label
+        raise MtlserError("audio holds NaN or infinite samples")
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 

@@ -23,7 +23,7 @@ from mtlser.infer.modes import check_mode
 from mtlser.infer.package import CONFIG_YAML, MODEL_YAML, TOKEN_LIST, ModelFiles
 from mtlser.model.checkpoints import load_safetensors, safetensors_error
 from mtlser.model.ser_model import SERModel, build_model
-from mtlser.utils import MtlserError
+from mtlser.utils import MtlserError, require_gpu_for
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ class SERPredictor:
 
         ``backend`` "onnx" also takes an exported ``.onnx`` graph; backends and precisions:
         :mod:`mtlser.infer.backends` (``threads``: onnxruntime's, 0 = torch's thread count)."""
+        require_gpu_for(device, "--device")
         check_mode(backend, precision, str(device))
         if backend != "torch":
             return OPENERS[backend](path, precision, weights, threads)

@@ -27,7 +27,7 @@ from mtlser.config import Config
 from mtlser.data.dataset import BatchSampler, SERDataset
 from mtlser.model.ser_model import SERModel, build_model
 from mtlser.train import distributed
-from mtlser.utils import MtlserError
+from mtlser.utils import MtlserError, require_gpu_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ def select_device(name: str, dist: DistInfo) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MtlserError("train.device asks for cuda but no GPU is visible; use --train.device cpu")
+        require_gpu_for(name, "--train.device")
         if name == "cuda":
             name = f"cuda:{dist.local_rank}"
     return torch.device(name)

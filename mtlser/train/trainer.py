@@ -32,7 +32,6 @@ import functools
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -54,8 +53,8 @@ from mtlser.train.build import (build_data, build_optimisation, build_samplers, 
                                 wrap_ddp)
 from mtlser.train.curves import TensorBoardLog, plot_curves
 from mtlser.train.host_sync import LossCheck, accumulate
-from mtlser.utils import MtlserError, write_failure
-from mtlser.utils.fileio import atomic_save, atomic_write_text
+from mtlser.utils import MtlserError
+from mtlser.utils.fileio import atomic_save, atomic_save_safetensors, atomic_write_text
 from mtlser.utils.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -460,22 +459,7 @@ class Trainer:
 
     def _save_weights(self, name: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = self.exp_dir / f".{name}.tmp"
-        self._write_safetensors(state, tmp, self.exp_dir / name)
-        os.replace(tmp, self.exp_dir / name)
-
-    def _write_safetensors(self, state: dict, path: Path, name: Path) -> None:
-        """save_file, whose failure (disk full, ulimit -f) is one line naming ``name`` and leaves no partial file."""
-        from safetensors.torch import save_file
-
-        try:
-            save_file(state, str(path), metadata={"epoch": str(self.epoch)})
-        except Exception as e:
-            path.unlink(missing_ok=True)
-            failure = write_failure(name, e, self._intact(best=True))
-            if failure is None:
-                raise
-            raise failure from None
+        atomic_save_safetensors(self.exp_dir / name, state, {"epoch": str(self.epoch)}, self._intact(best=True))
 
     def save_best(self) -> None:
         """best.safetensors and best.json, together, whenever the reported epoch changes."""

@@ -49,6 +49,16 @@ def write_failure(path: str | os.PathLike, exc: BaseException, intact: str = "")
     return MtlserError(msg + (f"; {intact}" if intact else ""))
 
 
+def require_gpu_for(device: str, option: str) -> None:
+    """Refuse a cuda device when no GPU is visible, naming the option that asked (torch's own error is a
+    traceback from deep inside the first tensor moved)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MtlserError(f"{option} asks for cuda but no GPU is visible; use {option} cpu")
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
     """Log to stderr (and to ``log_file`` when given), Kaldi/ESPnet style."""
     fmt = "%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s"

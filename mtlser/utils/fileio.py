@@ -117,6 +117,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None,
+                            intact: str = "") -> None:
+    """Every safetensors file mtlser writes: serialised in memory, then :func:`atomic_save` (umask's mode,
+    one-line failure, no partial file). safetensors' own ``save_file`` creates its files 0600."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with atomic_save(path, intact) as f:
+        f.write(data)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp directory; on success it replaces ``path`` as a whole.
@@ -130,6 +141,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         os.chmod(tmp, created_mode(is_dir=True))  # mkdtemp's 0700 would hide it from lab-mates
         yield tmp
+        for f in tmp.rglob("*"):  # libraries writing into it (save_pretrained's safetensors) leave 0600 files
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, created_mode(is_dir=False) | (f.stat().st_mode & 0o111 & ~current_umask()))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
