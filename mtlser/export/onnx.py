@@ -3,21 +3,8 @@
     python -m mtlser.export onnx --model-dir exp/<tag>/fold01 --out fold01.onnx   # a dir, a pack, an ensemble
     mtlser-infer --model fold01.onnx --backend onnx [--precision int8] recordings/
 
-The graph (opset :data:`OPSET`) takes a zero-padded batch and each row's length::
-
-    inputs   wavs (batch, samples) float32 at the model's rate; lengths (batch,) int64 valid samples
-    outputs  emo_probs (batch, emotions) float32, in the model's emotion order
-             frame_lens (batch,) int64
-             ctc_log_probs (batch, frames, tokens) float32   (with --tokens, models with a CTC head)
-
-Batch and time axes are dynamic. An ensemble is one graph that averages its members' probabilities
-(and, with tokens, their per-frame token posteriors, as :class:`mtlser.infer.SERPredictor` does).
-
-**Per-utterance CNN normalisation.** The first CNN layer of group-norm backbones (wav2vec2-base,
-the mini recipe's) normalises each channel over time. In the graph its statistics are taken over
-each row's own ``lengths`` frames (masked sums), so a row's answer does not depend on what else is
-in its batch: the same maths as mtlser on that utterance alone, whatever the model's
-``backbone.padding_invariant_cnn`` (the reference here is mtlser one utterance at a time).
+The graph itself (inputs, outputs, dynamic axes, the per-utterance CNN normalisation that makes padding
+change nothing) is :mod:`mtlser.infer.onnx_graph`'s; this module checks it and writes it.
 
 **The check.** Before anything is written, the graph runs in onnxruntime on probe signals (the
 shortest input the model takes up to a few seconds) and on a check set (``--check-data``: a data

@@ -19,14 +19,9 @@ each row's own ``lengths`` frames (masked sums), so a row's answer does not depe
 in its batch: the same maths as mtlser on that utterance alone, whatever the model's
 ``backbone.padding_invariant_cnn`` (the reference here is mtlser one utterance at a time).
 
-**The check.** Before anything is written, the graph runs in onnxruntime on probe signals (the
-shortest input the model takes up to a few seconds) and on a check set (``--check-data``: a data
-dir, ``wav.scp``, folder or list; default the fold's test files, found through the model dir's
-``decode_test/data_dir``), each input alone and in padded batches, and is compared with mtlser.
-Any emotion probability more than :data:`TOLERANCE` away is a refusal (exit 1, nothing written).
-What was measured goes into ``OUT.json`` and the model card ``OUT.md`` beside the graph, and the
-graph's own metadata carries what a runtime needs (emotions, sample rate, minimum length, tokens).
-onnxruntime is an optional extra: ``pip install 'mtlser[onnx]'``.
+The check that compares it with mtlser before an export writes anything (:func:`compare`, on
+:func:`probe_signals` and a check set) and the files it writes: :mod:`mtlser.export.onnx`. onnxruntime is an
+optional extra: ``pip install 'mtlser[onnx]'``.
 """
 
 from __future__ import annotations
