@@ -48,7 +48,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from mtlser.corpora.prep import Corpus, Found, Utterance, compare_counts, compare_totals, is_hidden, relpath
+from mtlser.corpora.prep import (Corpus, Found, Utterance, compare_counts, compare_totals, is_hidden, relpath,
+                                 require_code)
 from mtlser.data.emotions import EmotionMap
 from mtlser.utils import MtlserError
 
@@ -136,15 +137,9 @@ def scan(db_root: Path) -> Found:
             skipped.append(("not_a_clip", relpath(path, db_root)))
             continue
         actor, sentence, emotion, level = (g.upper() for g in m.groups())
-        if sentence not in SENTENCES:
-            raise MtlserError(f"{path}: unknown sentence code '{sentence}'; CREMA-D has {' '.join(SENTENCES)}. "
-                              "Rename or remove the file")
-        if emotion not in EMOTION_CODES:
-            raise MtlserError(f"{path}: unknown emotion code '{emotion}'; CREMA-D has {' '.join(EMOTION_CODES)}. "
-                              "Rename or remove the file")
-        if level not in LEVELS:
-            raise MtlserError(f"{path}: unknown level '{level}'; CREMA-D has {' '.join(LEVELS)}. "
-                              "Rename or remove the file")
+        require_code(path, "sentence code", sentence, SENTENCES, "CREMA-D")
+        require_code(path, "emotion code", emotion, EMOTION_CODES, "CREMA-D")
+        require_code(path, "level", level, LEVELS, "CREMA-D")
         raw_emotions[emotion] += 1
         sentences[sentence] += 1
         levels[level] += 1

@@ -126,6 +126,14 @@ def relpath(path: Path, root: Path) -> str:
         return str(path)
 
 
+def require_code(path: Path, what: str, code: str, known, corpus: str, shown: str | None = None) -> None:
+    """Refuse a clip whose file name carries a code its corpus does not define (``shown``: how to list the
+    known codes, default space-separated)."""
+    if code not in known:
+        raise MtlserError(f"{path}: unknown {what} '{code}'; {corpus} has {shown or ' '.join(known)}. "
+                          "Rename or remove the file")
+
+
 def compare_counts(name: str, found: dict[str, int], expected: dict[str, int]) -> list[str]:
     """Lines naming each count that differs from the release's (missing keys count 0)."""
     keys = list(expected) + [k for k in found if k not in expected]

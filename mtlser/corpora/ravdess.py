@@ -50,7 +50,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from mtlser.corpora.prep import Corpus, Found, Utterance, compare_totals, is_hidden, relpath
+from mtlser.corpora.prep import Corpus, Found, Utterance, compare_totals, is_hidden, relpath, require_code
 from mtlser.data.emotions import EmotionMap
 from mtlser.utils import MtlserError
 
@@ -130,12 +130,8 @@ def scan(db_root: Path) -> Found:
     per_actor: Counter[str] = Counter()
     for name, path in sorted(clips.items()):
         _, _, emotion, intensity, statement, repetition, actor, _ = _NAME.match(name).groups()
-        if emotion not in EMOTION_CODES:
-            raise MtlserError(f"{path}: unknown emotion code '{emotion}'; RAVDESS has {' '.join(EMOTION_CODES)}. "
-                              "Rename or remove the file")
-        if statement not in STATEMENTS:
-            raise MtlserError(f"{path}: unknown statement code '{statement}'; RAVDESS has 01 and 02. "
-                              "Rename or remove the file")
+        require_code(path, "emotion code", emotion, EMOTION_CODES, "RAVDESS")
+        require_code(path, "statement code", statement, STATEMENTS, "RAVDESS", shown="01 and 02")
         raw[EMOTION_CODES[emotion]] += 1
         per_actor[actor] += 1
         utterances.append(Utterance(f"{speaker_of(actor)}_{name[:-4]}", path, STATEMENTS[statement],
