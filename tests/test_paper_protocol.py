@@ -26,13 +26,18 @@ def corpus(make_data_dir, tmp_path):
     """A 4-speaker corpus with phone-class targets; returns (data dir, token list)."""
     data = make_data_dir(n_spk=4, n_utt=6, seconds=0.8)
     write_token_list(tmp_path / "token_list", phncls_token_list(PhoneClassMap.load().classes, 4))
+    write_random_phncls(data)
+    return data, tmp_path / "token_list"
+
+
+def write_random_phncls(data):
+    """Eight random emotion-tagged phone-class tokens per utterance as ``text_phncls`` (seeded, so fixed)."""
     emo = read_table(data / "utt2emo")
     idx = {"ang": 0, "hap": 1, "sad": 2, "neu": 3}
     g = torch.Generator().manual_seed(0)
     classes = ["S", "F", "N", "L", "V", "Vs"]
     write_table(data / "text_phncls", {u: " ".join(f"{classes[int(i)]}{idx[emo[u]]}"
                                                    for i in torch.randint(0, 6, (8,), generator=g)) for u in emo})
-    return data, tmp_path / "token_list"
 
 
 def test_valid_none_split_and_final_data(corpus, tmp_path):

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from mtlser.data.datadir import read_table, write_table
 from mtlser.text.phone_classes import PhoneClassMap, phncls_token_list
 from mtlser.text.tokenize import write_token_list
+from tests.test_paper_protocol import write_random_phncls
 
 
 @pytest.fixture
@@ -23,12 +23,7 @@ def recipe(make_data_dir, tmp_path):
     from tests.test_recipe import make_recipe
 
     data = make_data_dir(n_spk=4, n_utt=6, seconds=0.8)
-    emo = read_table(data / "utt2emo")
-    idx = {"ang": 0, "hap": 1, "sad": 2, "neu": 3}
-    g = torch.Generator().manual_seed(0)
-    classes = ["S", "F", "N", "L", "V", "Vs"]
-    write_table(data / "text_phncls", {u: " ".join(f"{classes[int(i)]}{idx[emo[u]]}"
-                                                   for i in torch.randint(0, 6, (8,), generator=g)) for u in emo})
+    write_random_phncls(data)
     recipe = make_recipe(tmp_path / "egs" / "x")
     (recipe / "data").mkdir()
     os.symlink(data, recipe / "data" / "all")
