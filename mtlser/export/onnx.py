@@ -24,11 +24,9 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 import torch
 
-from mtlser.expdir import DATA_DIR_POINTER, DECODE_TEST, decoded_data_dir
+from mtlser.expdir import DATA_DIR_POINTER, DECODE_TEST
 # TOLERANCE and OnnxGraph are this export's API too (the graph and its check live in mtlser.infer).
 from mtlser.infer.onnx_graph import (CHECK_BATCH, OPSET, TOLERANCE, OnnxGraph, compare,  # noqa: F401
                                      graph_bytes, probe_signals, require_onnxruntime)
@@ -47,23 +45,17 @@ def _require_onnx():
         raise MtlserError("exporting to ONNX needs the onnx package: pip install 'mtlser[onnx]'") from None
 
 
-def check_set_of(files: ModelFiles, check_data: str | None) -> tuple[list[np.ndarray], str]:
-    """The check set's audio at the model's rate, and where it came from (the fold's test files by default)."""
-    from mtlser.infer.audio import find_recordings
+def check_set_of(files: ModelFiles, check_data: str | None) -> tuple[list, str]:
+    """The check set's recordings, and where they came from (the fold's test files by default)."""
+    from mtlser.infer.backends import fold_test_data, recordings_of
 
     if check_data is None:
-        first = files.members()[0][1] if files.is_ensemble else files
-        decoded = decoded_data_dir(first.base / DECODE_TEST) if first.base is not None else None
+        decoded = fold_test_data(files)
         if decoded is None:
             return [], (f"none (no --check-data, and the model has no {DECODE_TEST}/{DATA_DIR_POINTER}: a pack or "
                         "a bare dir)")
         check_data = str(decoded)
-    path = Path(check_data)
-    sources = [str(path / "wav.scp")] if (path / "wav.scp").is_file() else [check_data]
-    recordings = find_recordings(sources)
-    if not recordings:
-        raise MtlserError(f"--check-data {check_data}: no audio in it")
-    return recordings, check_data
+    return recordings_of(check_data, "--check-data"), check_data
 
 
 def export_onnx(model_path: str | Path, out: str | Path, check_data: str | None = None, tokens: bool = False,

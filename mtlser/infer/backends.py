@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlser.expdir import DECODE_TEST, decoded_data_dir
 # The modes (what runs here) and the onnxruntime session live below this module; re-exported as its API.
 from mtlser.infer.modes import (BACKENDS, BF16_FLAGS, MAX_LABEL_CHANGE, PRECISIONS, check_mode,  # noqa: F401
                                 native_bf16)
 from mtlser.infer.onnx_graph import run_session, session_from_bytes  # noqa: F401
+from mtlser.infer.package import ModelFiles
 from mtlser.infer.predictor import OPENERS, SERPredictor, ctc_greedy
 from mtlser.utils import MtlserError
 
@@ -160,6 +162,24 @@ def fp32_reference(predictor: SERPredictor) -> SERPredictor:
 CHECK_FROM_INPUTS = 32
 
 
+def fold_test_data(files) -> Path | None:
+    """The data dir a model's fold test set was decoded from (an ensemble: its first member's, by its
+    ``decode_test/data_dir`` pointer); None for a pack or a dir without one. ``files``: a ModelFiles."""
+    first = files.members()[0][1] if files.is_ensemble else files
+    return decoded_data_dir(first.base / DECODE_TEST) if first.base is not None else None
+
+
+def recordings_of(source: str, option: str) -> list:
+    """The recordings of a check set: a data dir (its wav.scp), a wav.scp, a folder or a list."""
+    from mtlser.infer.audio import find_recordings
+
+    path = Path(source)
+    recordings = find_recordings([str(path / "wav.scp")] if (path / "wav.scp").is_file() else [source])
+    if not recordings:
+        raise MtlserError(f"{option} {source}: no audio in it")
+    return recordings
+
+
 def check_recordings(model: str | Path, check_set: str | None, inputs: list) -> tuple[list, str]:
     """The recordings a non-exact mode is checked on, and where they come from.
 
@@ -167,32 +187,19 @@ def check_recordings(model: str | Path, check_set: str | None, inputs: list) -> 
     dir's ``decode_test/data_dir``, an ensemble's first member's, or the check set an ``.onnx`` was
     exported with, from its JSON); else the first :data:`CHECK_FROM_INPUTS` of the inputs being labelled.
     """
-    from mtlser.infer.audio import find_recordings
-
     source = check_set
     model = Path(model)
     if source is None and model.suffix == ".onnx" and model.with_suffix(".json").is_file():
         found = json.loads(model.with_suffix(".json").read_text()).get("check_set", {}).get("source", "")
         source = found if found and Path(found).exists() else None
     if source is None and model.is_dir():
-        first = model
-        if (model / "ensemble.yaml").is_file():
-            from mtlser.infer.package import ModelFiles
-
-            first = ModelFiles.open(model).members()[0][1].base
-        from mtlser.expdir import DECODE_TEST, decoded_data_dir
-
-        decoded = decoded_data_dir(first / DECODE_TEST)
+        decoded = fold_test_data(ModelFiles.open(model))
         if decoded is not None and decoded.is_dir():
             source = str(decoded)
     if source is None:
         usable = [r for r in inputs if r.error is None][:CHECK_FROM_INPUTS]
         return usable, f"the first {len(usable)} inputs (no fold test files found; --check-set names a set)"
-    path = Path(source)
-    recordings = find_recordings([str(path / "wav.scp")] if (path / "wav.scp").is_file() else [source])
-    if not recordings:
-        raise MtlserError(f"--check-set {source}: no audio in it")
-    return recordings, source
+    return recordings_of(source, "--check-set"), source
 
 
 def report_agreement(predictor: SERPredictor, model: str | Path, check_set: str | None, inputs: list,
