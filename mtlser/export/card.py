@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from mtlser import expdir
+from mtlser.data.fold_names import FINAL, is_fold_name
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ def _version() -> str:
     import mtlser
 
     return getattr(mtlser, "__version__", "unknown")
+
+
+def model_kind(model_dir: Path) -> str:
+    """What a model dir is to its card: a fold model, the final model (every speaker), or another model."""
+    if is_fold_name(model_dir.name):
+        return "fold"
+    return "final" if model_dir.name == FINAL else "model"
 
 
 def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:

@@ -46,7 +46,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlser.data.fold_names import FINAL, is_fold_name
 from mtlser.expdir import ENV_JSON, MODEL_YAML
 from mtlser.infer.output import HOP_S, WINDOW_S
 from mtlser.infer.package import CARD_JSON, ModelFiles
@@ -267,10 +266,9 @@ def _card(files: ModelFiles, meta: dict, check: dict) -> str:
     if files.has(CARD_JSON):
         facts = json.loads(files.read_text(CARD_JSON))
     elif files.base is not None and (files.base / ENV_JSON).is_file():
-        from mtlser.export.card import model_facts
+        from mtlser.export.card import model_facts, model_kind
 
-        kind = ("fold" if is_fold_name(files.base.name) else "final" if files.base.name == FINAL else "model")
-        facts = model_facts(files.base, kind)
+        facts = model_facts(files.base, model_kind(files.base))
     emotions = meta["emotions"]
     lines = ["---", "library_name: transformers", "pipeline_tag: audio-classification",
              "tags: [speech-emotion-recognition, mtlser]", "---", "",

@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 
 from mtlser import expdir
-from mtlser.data.fold_names import FINAL, is_fold_name
-from mtlser.export.card import card_text, experiment_facts, model_facts
+from mtlser.data.fold_names import FINAL
+from mtlser.export.card import card_text, experiment_facts, model_facts, model_kind
 from mtlser.infer.package import (
     CARD_JSON,
     CARD_MD,
@@ -40,12 +40,6 @@ logger = logging.getLogger(__name__)
 #: The weights' name inside a pack.
 PACKED_WEIGHTS = "model.safetensors"
 ENSEMBLE_DIR = "ensemble"
-
-
-def _kind(model_dir: Path) -> str:
-    if is_fold_name(model_dir.name):
-        return "fold"
-    return "final" if model_dir.name == FINAL else "model"
 
 
 def _model_entries(model_dir: Path, prefix: str = "", weights: str | None = None) -> list[tuple[str, bytes]]:
@@ -101,7 +95,7 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
         entries = [(ENSEMBLE_YAML, text.encode("utf-8"))] + entries
     else:
         entries = _model_entries(model_dir, "", weights)
-        facts = model_facts(model_dir, _kind(model_dir), corpus)
+        facts = model_facts(model_dir, model_kind(model_dir), corpus)
     if cv is not None:
         facts["cross_validation"] = cv
     write_zip(out, entries + _card_entries(facts))
