@@ -52,7 +52,7 @@ def test_stages_4_to_6_alone_find_the_char_experiment_stage_3_made(tmp_path):
             "--token-type char --train-config conf/train_mini.yaml --folds 1") in r.stderr
     assert (exp / "fold01" / "decode_test" / "result.json").is_file() and not (exp / "fold02").exists()
     assert json.loads((exp / "results.json").read_text())["num_folds"] == 1
-    assert sorted(p.name for p in (exp / "packed").iterdir()) == ["ensemble.zip", "fold01.zip"]
+    assert sorted(p.name for p in (exp / "packed").iterdir()) == ["fold01.zip"]  # one fold: no ensemble
     assert not (recipe / "exp" / "train_mini_loso").exists()
 
     # An option given that the only experiment was not trained with is named, not silently replaced.
@@ -131,3 +131,12 @@ def test_an_experiment_of_the_options_without_a_record_still_counts(tmp_path):
         "ERROR: stage 6: 2 experiments in exp/ fit the options given; select one with --tag NAME (or the options "
         "shown): train_mini_loso_char_emo (--token-type char --folds 1), train_mini_loso (not recorded: trained before "
         "recipe_options.json was kept)")
+
+
+def test_a_broken_record_names_the_file_and_the_way_out(tmp_path):
+    recipe = make_recipe(tmp_path / "egs" / "x")
+    (recipe / "exp" / "t").mkdir(parents=True)
+    (recipe / "exp" / "t" / "recipe_options.json").write_text('{"options": ')
+    r = ser(recipe, "--stage", "6")
+    assert error_line(r) == ("ERROR: exp/t/recipe_options.json: not JSON (Expecting value: line 1 column 13 (char "
+                             "12)); delete it and rerun stage 3 (training resumes, nothing is lost)")

@@ -36,7 +36,8 @@ nbpe=100             # pieces per fold, with token_type=bpe
 # Training and inference
 train_config=conf/train_mtl.yaml  # experiment config (stage 3)
 train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50" (shell-quoted: "--backbone.init '/a b'"; --force retrains)
-tag=""               # experiment name (default: <config name>_<protocol>)
+tag=""               # experiment name (default: <config name>_<protocol>); stages 4-6 run alone take the
+                     # experiment stage 3 recorded that fits the options given (exp/<tag>/recipe_options.json)
 folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
 lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
 seeds=""             # model seeds, e.g. "0 1 2": each experiment once per seed (<name>_seedN, --train.seed N,
@@ -84,7 +85,7 @@ Usage: egs/$(basename "${PWD}")/run.sh [options]   (recipe egs/$(basename "${PWD
   --token-type phncls|phn|char|bpe, --emo-tag true|false, --nbpe N   CTC targets (default phncls, tagged)
   --train-config FILE        experiment YAML (default ${train_config})
   --train-opts "..."         config overrides, e.g. "--loss.lambda 0"
-  --tag NAME                 experiment dir name under exp/
+  --tag NAME                 experiment dir name under exp/ (stages 4-6 alone: selects one stage 3 recorded)
   --folds "1 2"              only these folds in stages 3-5
   --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
   --seeds "0 1 2"            each experiment once per model seed (one split), figures over seeds x folds
