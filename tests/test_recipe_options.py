@@ -20,9 +20,9 @@ RECORD = ["--protocol", "loso", "--valid", "share", "--emo-tag", "true", "--nbpe
           "--train-config", "conf/train_mini.yaml", "--lambdas", "", "--ctc-reduction", "", "--seeds", ""]
 
 
-def record(recipe: Path, exp_dir: str, *opts: str) -> None:
+def record(recipe: Path, exp_dir: str, *opts: str, base: list[str] = RECORD) -> None:
     """What stage 3 writes into an experiment dir before training it."""
-    r = subprocess.run([sys.executable, "-m", "mtlser.recipe", "record", "--exp-dir", exp_dir, *RECORD, *opts],
+    r = subprocess.run([sys.executable, "-m", "mtlser.recipe", "record", "--exp-dir", exp_dir, *base, *opts],
                        cwd=recipe, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -140,3 +140,18 @@ def test_a_broken_record_names_the_file_and_the_way_out(tmp_path):
     r = ser(recipe, "--stage", "6")
     assert error_line(r) == ("ERROR: exp/t/recipe_options.json: not JSON (Expecting value: line 1 column 13 (char "
                              "12)); delete it and rerun stage 3 (training resumes, nothing is lost)")
+
+
+def test_a_sweeps_experiments_are_one_run(tmp_path):
+    """The experiment dirs of one stage 3 call (one per lambda) are one experiment to select, not several."""
+    recipe = make_recipe(tmp_path / "egs" / "x")
+    sweep = list(RECORD)
+    sweep[sweep.index("--lambdas") + 1] = "0 0.1"
+    for lam in ("0", "0.1"):
+        record(recipe, f"exp/s_lambda{lam}", "--token-type", "phncls", "--tag", "s", "--folds", "1",
+               "--exp-opts", f"--loss.lambda {lam}", base=sweep)
+    record(recipe, "exp/other", "--token-type", "phncls", "--tag", "other", "--folds", "1")
+    r = ser(recipe, "--stage", "5", "--lambdas", "0 0.1")
+    assert "stage 5 runs exp/s_lambda0 exp/s_lambda0.1 with the options stage 3 recorded" in r.stderr
+    assert error_line(r) == ("ERROR: stage 5: exp/s_lambda0/fold01/decode_test is not decoded (no utt2emo_hyp); "
+                             "run stage 4 first")
