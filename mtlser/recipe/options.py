@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,9 +166,15 @@ def find(current: dict, given: set[str], exp: str = "exp", stage: int = 4,
 
 
 def names_of(options: dict, data: str = "data", exp: str = "exp") -> RunNames:
+    """mtlser.recipe.names.run_names of options as ser.sh holds them (strings)."""
+    try:
+        emo_tag, nbpe = str2bool(options["emo_tag"]), int(options["nbpe"])
+    except (ValueError, ArgumentTypeError) as e:
+        raise MtlserError(f"--emo-tag {options['emo_tag']} --nbpe {options['nbpe']}: expected true or false and a "
+                          f"number ({e})") from None
     return run_names(options["protocol"], options["valid"], options["token_type"], options["train_config"],
-                     str2bool(options["emo_tag"]), int(options["nbpe"]), options["tag"], options["lambdas"],
-                     options["ctc_reduction"], data, exp, options["seeds"])
+                     emo_tag, nbpe, options["tag"], options["lambdas"], options["ctc_reduction"], data, exp,
+                     options["seeds"])
 
 
 def check_stage(names: RunNames, folds: str, stage: int) -> None:
