@@ -10,7 +10,7 @@
        (the fixed protocol's further test sets: test_sets=(test test2) decode_names=(decode_test decode_test2))
     python -m mtlser.recipe record --exp-dir exp/T NAMES-OPTIONS --folds 1,2 [--train-opts ...] [--exp-opts ...]
     -> exp/T/recipe_options.json (stage 3)
-    python -m mtlser.recipe find NAMES-OPTIONS --folds "" --given "stage token_type" --stage 4
+    python -m mtlser.recipe find NAMES-OPTIONS --folds "" --given="stage token-type" --stage 4
     -> protocol=... token_type=... (the recorded run's options) folds=..., then what `names` prints for them
 
 The rules: mtlser.recipe.names, mtlser.recipe.options.
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("find", help="stages 4-6 alone: the recorded run that fits the options given")
     add_run_options(d, str, str)
     d.add_argument("--folds", default="")
-    d.add_argument("--given", default="", help="the options named on the command line (ser.sh's variable names)")
+    d.add_argument("--given", default="", help="the options named on the command line, e.g. \"stage token-type\"")
     d.add_argument("--stage", type=int, required=True, help="the first stage of this call")
     args = parser.parse_args(argv)
     if args.cmd == "names":
