@@ -3,11 +3,20 @@ header, the card's protocol / valid / selection lines, mtlser-infer's --per-wind
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import ROOT
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mtlser.infer.audio import windows
+from tests.conftest import ROOT, TINY_BACKBONE
 from tests.test_score_reports import make_exp
 
 
@@ -34,3 +43,60 @@ def test_stage5_console_table_has_its_header(tmp_path):
     # The console shows RESULTS.md's own cells (pooled UA = mean of 15/18, 15/18, 12/18, 15/21).
     md = (exp / "RESULTS.md").read_text()
     assert "|WA|80.00|10.00|76.00|—|[55.16, 104.84]|28.00|" in md
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from tests.shipping import random_model_dir
+
+    return random_model_dir(tmp_path_factory.mktemp("model"), TINY_BACKBONE)
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    d = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(3)
+    sf.write(d / "short_call.wav", 0.1 * rng.standard_normal(16000).astype(np.float32), 16000)  # 1 s: one window
+    sf.write(d / "meeting.wav", 0.1 * rng.standard_normal(56000).astype(np.float32), 16000)  # 3.5 s: windows
+    sf.write(d / "blip.wav", np.zeros(20, np.float32), 16000)  # shorter than the CNN's receptive field
+    return d
+
+
+def infer(model, *args: str) -> subprocess.CompletedProcess:
+    return cli("-m", "mtlser.infer", "--model", str(model), "--no-progress", *args)
+
+
+def test_per_window_csv_has_a_row_per_window_and_each_failure_is_reported_once(model, audio, tmp_path):
+    inputs = [str(audio / n) for n in ("short_call.wav", "meeting.wav", "blip.wav")] + [str(tmp_path / "gone.wav")]
+    r = infer(model, *inputs, "--window", "2", "--hop", "1", "--per-window", "--output", str(tmp_path / "w.csv"))
+    assert r.returncode == 3, r.stderr
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "w.csv").read_text())))
+    emotions = [k[2:] for k in rows[0] if k.startswith("p_")]
+    assert list(rows[0]) == ["id", "file", "start", "end", "emotion", *[f"p_{e}" for e in emotions], "error"]
+    spans = windows(3.5, 2.0, 1.0)
+    assert len(spans) == 3
+    assert [(Path(r_["id"]).name, r_["start"], r_["end"]) for r_ in rows] == [
+        ("short_call.wav", "0.0000", "1.0000"),
+        *[("meeting.wav", f"{a:.4f}", f"{b:.4f}") for a, b in spans],
+        ("blip.wav", "", ""), ("gone.wav", "", "")]
+    assert rows[-1]["error"] == "not found" and rows[-2]["error"].startswith("too short: 20 samples")
+    # The windows are the ones jsonl lists for the same run.
+    j = infer(model, *inputs[:2], "--window", "2", "--hop", "1")
+    call, meeting = map(json.loads, j.stdout.splitlines())
+    for row, w in zip(rows[1:4], meeting["windows"]):
+        assert row["emotion"] == w["emotion"]
+        assert [float(row[f"p_{e}"]) for e in emotions] == pytest.approx([w["probs"][e] for e in emotions], abs=1e-6)
+    assert float(rows[0][f"p_{emotions[0]}"]) == pytest.approx(call["probs"][emotions[0]], abs=1e-6)
+    # Each failure once on stderr (the error records are in the CSV), then the count.
+    lines = [line for line in r.stderr.splitlines() if "blip.wav" in line or "gone.wav" in line]
+    assert [line.split(") ", 1)[1] for line in lines] == [
+        f"ERROR: {audio / 'blip.wav'}: {rows[-2]['error']}", f"ERROR: {tmp_path / 'gone.wav'}: not found"]
+    assert r.stderr.rstrip().endswith(f"INFO: labelled 2 of 4 recordings into {tmp_path / 'w.csv'}")
+
+
+def test_per_window_needs_csv(model, audio):
+    r = infer(model, str(audio / "meeting.wav"), "--per-window")
+    assert r.returncode == 1
+    assert r.stderr.strip().split(" ERROR: ", 1)[1] == (
+        "--per-window gives CSV rows, but the output format is jsonl; use --format csv (or an --output ending in "
+        ".csv); jsonl already lists each recording's windows")
