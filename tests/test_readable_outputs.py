@@ -100,3 +100,46 @@ def test_per_window_needs_csv(model, audio):
     assert r.stderr.strip().split(" ERROR: ", 1)[1] == (
         "--per-window gives CSV rows, but the output format is jsonl; use --format csv (or an --output ending in "
         ".csv); jsonl already lists each recording's windows")
+
+
+def fold_model(root: Path, selection: dict, protocol: dict[str, str]) -> Path:
+    """exp/t/fold01 as stages 2-4 leave it, with the valid split and the epoch rule given."""
+    from mtlser import expdir
+    from mtlser.data.datadir import write_table
+    from tests.shipping import random_model_dir
+
+    fold = random_model_dir(root / "exp" / "t", TINY_BACKBONE, name="fold01")
+    folds_dir = root / "data" / protocol["protocol"]
+    (folds_dir / "fold01" / "test").mkdir(parents=True)
+    write_table(folds_dir / expdir.PROTOCOL, protocol)
+    (fold / expdir.DECODE_TEST).mkdir()
+    (fold / expdir.DECODE_TEST / expdir.DATA_DIR_POINTER).write_text(f"{folds_dir / 'fold01' / 'test'}\n")
+    (fold / expdir.BEST_JSON).write_text(json.dumps({"epoch": 4, **selection}))
+    (fold / expdir.HISTORY_TSV).write_text("epoch\ttrain_time_s\n" + "".join(f"{i}\t2.0\n" for i in range(1, 7)))
+    return fold
+
+
+@pytest.mark.parametrize("selection, protocol, rows", [
+    ({"selection": "valid", "metric": "ua"}, {"protocol": "loso", "valid": "share", "valid_share": "0.1", "seed": "3"},
+     ["| fold protocol (stage 2) | loso |",
+      "| valid split (stage 2) | share (10% of each training speaker, seed 3) |",
+      "| epoch selection (stage 3) | the best epoch by valid UA (the valid split: training speakers only): epoch 4 "
+      "of 6 |"]),
+    ({"selection": "last"}, {"protocol": "kfold5", "valid": "none", "valid_share": "0.1", "seed": "0"},
+     ["| fold protocol (stage 2) | kfold5 |",
+      "| valid split (stage 2) | none |",
+      "| epoch selection (stage 3) | the last epoch (train.model_selection last: nothing selected; a valid split is "
+      "trained on): epoch 4 of 6 |"]),
+])
+def test_card_separates_protocol_valid_split_and_epoch_selection(tmp_path, selection, protocol, rows):
+    import zipfile
+
+    fold = fold_model(tmp_path, selection, protocol)
+    r = cli("-m", "mtlser.export", "pack", "--model-dir", str(fold), "--out", str(tmp_path / "fold01.zip"))
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(tmp_path / "fold01.zip") as z:
+        readme = z.read("README.md").decode().splitlines()
+        card = json.loads(z.read("card.json"))
+    start = readme.index(f"| corpus | {tmp_path.name} |") + 1  # the recipe dir holding data/
+    assert readme[start:start + 3] == rows
+    assert card["protocol"] == protocol["protocol"] and card["epoch_selection"] == selection

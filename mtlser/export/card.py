@@ -91,7 +91,9 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
         "kind": kind,
         "corpus": corpus or recipe,
         "protocol": protocol.get("protocol"),
-        "model_selection": protocol.get("valid"),
+        "valid_split": (expdir.valid_split_text(protocol) if kind != "final" else
+                        "none (every utterance trained on, for the folds' median epoch: final_epochs.json)"),
+        "epoch_selection": {k: best.get(k) for k in ("selection", "metric") if best.get(k)} or None,
         "emotions": list(info["emotions"]),
         "backbone": {"arch": info["arch"], "layers": info.get("num_hidden_states", 1) - 1,
                      "width": info["arch_kwargs"].get("encoder_embed_dim"),
@@ -171,6 +173,22 @@ def uncertainty_lines(cv: dict) -> list[str]:
     return lines
 
 
+def epoch_selection_text(facts: dict) -> str:
+    """How the reported epoch was chosen (best.json's rule), and which epoch of how many (one model)."""
+    sel = facts.get("epoch_selection") or {}
+    if sel.get("selection") == "last":
+        rule = "the last epoch (train.model_selection last: nothing selected; a valid split is trained on)"
+    elif sel.get("selection") == "valid":
+        rule = f"the best epoch by valid {str(sel.get('metric')).upper()} (the valid split: training speakers only)"
+    else:
+        return "not recorded"
+    if facts.get("members"):
+        return rule + "; each member's epoch under Training"
+    if facts.get("selected_epoch") is None:
+        return rule
+    return rule + f": epoch {facts['selected_epoch']} of {facts.get('epochs_run') or '?'}"
+
+
 def card_text(facts: dict) -> str:
     """README.md of a pack (the facts in words; card.json holds them as data)."""
     name, kind = facts["name"], facts["kind"]
@@ -184,8 +202,9 @@ def card_text(facts: dict) -> str:
     lines += [f"Speech emotion recognition (Li et al., multi-task: CE + λ·CTC) — {what}.", ""]
     lines += ["| | |", "|---|---|",
               f"| corpus | {facts.get('corpus') or 'not recorded'} |",
-              f"| protocol | {facts.get('protocol') or 'not recorded'}"
-              + (f" (model selection: {facts['model_selection']})" if facts.get("model_selection") else "") + " |",
+              f"| fold protocol (stage 2) | {facts.get('protocol') or 'not recorded'} |",
+              f"| valid split (stage 2) | {facts.get('valid_split') or 'not recorded'} |",
+              f"| epoch selection (stage 3) | {epoch_selection_text(facts)} |",
               f"| emotions (class order) | {' '.join(facts['emotions'])} |"]
     if facts.get("attributes"):
         lines.append("| attributes (output order, scale) | "

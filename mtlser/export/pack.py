@@ -88,8 +88,9 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
             names.append(f"members/{name}")
         first = member_facts[0]
         facts = {"name": model_dir.name, "kind": "ensemble", "combine": "mean of the members' emotion probabilities",
-                 **{k: first.get(k) for k in ("corpus", "protocol", "model_selection", "emotions", "backbone",
-                                               "fusion", "lambda", "ctc_targets", "git_commit", "mtlser_version")},
+                 **{k: first.get(k) for k in ("corpus", "protocol", "valid_split", "epoch_selection", "emotions",
+                                               "backbone", "fusion", "lambda", "ctc_targets", "git_commit",
+                                               "mtlser_version")},
                  "members": member_facts}
         text = ensemble_text(names, first["emotions"], f"{len(names)} fold models of {model_dir.parent.name}")
         entries = [(ENSEMBLE_YAML, text.encode("utf-8"))] + entries
