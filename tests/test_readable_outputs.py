@@ -143,3 +143,41 @@ def test_card_separates_protocol_valid_split_and_epoch_selection(tmp_path, selec
     start = readme.index(f"| corpus | {tmp_path.name} |") + 1  # the recipe dir holding data/
     assert readme[start:start + 3] == rows
     assert card["protocol"] == protocol["protocol"] and card["epoch_selection"] == selection
+
+
+def test_stage1_counts_utterances_without_ctc_tokens_per_reason_and_names_the_first(make_data_dir, tmp_path):
+    """Issue 19.3: utterances left with no CTC tokens are counted per reason, the first few named."""
+    from mtlser.data.datadir import read_table
+
+    data = make_data_dir(n_spk=1, n_utt=16, text="hello world this is a test")
+    text = read_table(data / "text")
+    u = sorted(text)
+    text[u[0]] = ""
+    text[u[1]], text[u[2]] = "[LAUGHTER]", "[BREATHING] <noise>"
+    for i in range(3, 10):
+        text[u[i]] = "?!" if i % 2 else "--"
+    text[u[10]] = "Привет"  # another script: G2P reads a-z only
+    text[u[11]] = "123"  # a number: G2P says it, char has no unit for it
+    (data / "text").write_text("".join(f"{k} {v}\n" for k, v in sorted(text.items())))
+
+    r = cli("-m", "mtlser.text.tokenize", "--data-dir", str(data), "--token-list-dir", str(tmp_path / "tl"))
+    assert r.returncode == 0, r.stderr
+    messages = log_messages(r.stderr)
+    summary = next(i for i, m in enumerate(messages) if "text_phncls for 16 utterances" in m)
+    assert messages[summary].endswith("; 11 with no tokens keep their emotion label and train without the CTC term, "
+                                      "by reason:")
+    assert messages[summary + 1:] == [
+        f"  1 with an empty transcript: {u[0]}",
+        f"  2 with only non-verbal tags ([LAUGHTER] ...): {u[1]} {u[2]}",
+        f"  7 with only punctuation: {' '.join(u[3:8])} ... (2 more in text_phncls, empty lines)",
+        f"  1 with no letters a-z for G2P (another script? --token-type char or bpe reads any): {u[10]}",
+    ]
+    empty = {k for k, v in read_table(data / "text_phncls", allow_empty_value=True).items() if not v}
+    assert empty == set(u[:11])
+
+    r = cli("-m", "mtlser.text.tokenize", "--data-dir", str(data), "--token-list-dir", str(tmp_path / "tl"),
+            "--token-type", "char")
+    assert r.returncode == 0, r.stderr
+    lines = [m for m in log_messages(r.stderr) if m.startswith("  ")]
+    assert lines[-1] == f"  1 with no letters (digits only: char units are letters): {u[11]}"
+    assert len(lines) == 4  # Привет is letters to char
