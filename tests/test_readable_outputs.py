@@ -181,3 +181,56 @@ def test_stage1_counts_utterances_without_ctc_tokens_per_reason_and_names_the_fi
     lines = [m for m in log_messages(r.stderr) if m.startswith("  ")]
     assert lines[-1] == f"  1 with no letters (digits only: char units are letters): {u[11]}"
     assert len(lines) == 4  # Привет is letters to char
+
+
+def test_stage6_puts_the_wheel_of_the_training_mtlser_beside_the_packs_and_it_installs_alone(tmp_path):
+    """Issue 19.5: packed/mtlser-<version>-py3-none-any.whl, named by the cards, installs with --no-deps into a
+    fresh venv, where ``import mtlser`` is the wheel's."""
+    import zipfile
+
+    import mtlser
+    from mtlser import expdir
+    from mtlser.export.card import CPU_TORCH_INSTALL, KNOWN_TORCH_PAIRS
+    from tests.shipping import random_model_dir
+
+    exp = tmp_path / "exp" / "t"
+    fold = random_model_dir(exp, TINY_BACKBONE, name="fold01")
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else None
+    env = json.loads((fold / expdir.ENV_JSON).read_text())
+    if commit:  # trained at a clean commit git has: the wheel is that commit's mtlser, whatever the tree holds now
+        env.update(git_commit=commit, git_dirty=False)
+        (fold / expdir.ENV_JSON).write_text(json.dumps(env))
+    r = cli("-m", "mtlser.export", "pack", "--exp-dir", str(exp), "--out-dir", str(exp / "packed"))
+    assert r.returncode == 0, r.stderr
+    whl = exp / "packed" / f"mtlser-{mtlser.__version__}-py3-none-any.whl"
+    assert sorted(p.name for p in (exp / "packed").iterdir()) == ["fold01.zip", whl.name]
+    if commit:
+        assert f"built {whl} from the mtlser at the training commit {commit}" in r.stderr
+        shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:mtlser/infer/output.py"],
+                               capture_output=True, text=True).stdout
+        with zipfile.ZipFile(whl) as z:
+            assert z.read("mtlser/infer/output.py").decode() == shown
+    with zipfile.ZipFile(exp / "packed" / "fold01.zip") as z:
+        readme = z.read("README.md").decode()
+        card = json.loads(z.read("card.json"))
+    assert f"    {CPU_TORCH_INSTALL}   # no GPU: torch's CPU wheels, not the CUDA libraries\n" in readme
+    assert f"\n    pip install {whl.name}\n" in readme and card["wheel"]["file"] == whl.name
+    assert "torch / torchaudio pairs known to work: " + ", ".join(f"{t} / {a}" for t, a in KNOWN_TORCH_PAIRS) in readme
+    # The README states the same pairs (the card's constant is their one owner in code).
+    assert all(f"{t}/{a}" in (ROOT / "README.md").read_text() for t, a in KNOWN_TORCH_PAIRS)
+
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                        "--no-deps", "--no-index", "--disable-pip-version-check", "--quiet", str(whl)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run([str(venv / "bin" / "python"), "-c",
+                        "import mtlser; print(mtlser.__version__, mtlser.__file__)"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    version, where = r.stdout.split()
+    assert version == mtlser.__version__ and Path(where).is_relative_to(venv)
+    assert (venv / "bin" / "mtlser-infer").is_file()

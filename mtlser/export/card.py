@@ -259,8 +259,33 @@ def card_text(facts: dict) -> str:
     lines += ["", f"Trained at mtlser commit `{commit or 'unknown'}`"
               + (" (with uncommitted changes)" if facts.get("git_dirty") else "")
               + f"; packed by mtlser {facts.get('mtlser_version')}.", ""]
-    lines += ["## Use", "", "    pip install 'mtlser @ <path or URL of the mtlser source>'",
+    lines += ["## Use", "", *install_lines(facts), "",
               f"    mtlser-infer --model {name}.zip recordings/ --output labels.jsonl", "",
               "    from mtlser.infer import SERPredictor",
               f"    SERPredictor.from_pretrained('{name}.zip').predict_file('a.wav')", ""]
     return "\n".join(lines)
+
+
+#: torch / torchaudio pairs mtlser's inference was checked with (README "Using a trained model" says where and
+#: when); the cards list them. Other pairs are untested.
+KNOWN_TORCH_PAIRS = (("2.11.0", "2.11.0"), ("2.14.1", "2.11.1"))
+#: torch's CPU-only wheels: a few hundred MB instead of PyPI's default build with the CUDA libraries (GBs).
+CPU_TORCH_INSTALL = "pip install torch torchaudio --index-url https://download.pytorch.org/whl/cpu"
+
+
+def install_lines(facts: dict) -> list[str]:
+    """The card's install commands: CPU-only torch first, then the mtlser wheel stage 6 put beside the pack."""
+    members = facts.get("members") or [facts]
+    trained = members[0].get("versions") or {}
+    wheel = facts.get("wheel")
+    lines = [f"    {CPU_TORCH_INSTALL}   # no GPU: torch's CPU wheels, not the CUDA libraries",
+             f"    pip install {wheel['file']}" if wheel else
+             "    pip install 'mtlser @ <path or URL of the mtlser source>'", ""]
+    lines.append((f"`{wheel['file']}` lies beside this pack (stage 6 built it from the {wheel['source']}); "
+                  if wheel else "Stage 6 puts the wheel of the mtlser that trained a model beside its packs "
+                  "(packed/mtlser-<version>-py3-none-any.whl); ")
+                 + "installing torch first keeps pip from fetching the CUDA build. torch / torchaudio pairs known to "
+                 "work: " + ", ".join(f"{t} / {a}" for t, a in KNOWN_TORCH_PAIRS)
+                 + (f"; this model was trained with {trained['torch']} / {trained.get('torchaudio', '?')}"
+                    if trained.get("torch") else "") + ". Other pairs are untested.")
+    return lines
