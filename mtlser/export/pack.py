@@ -1,7 +1,7 @@
 """Packs (ESPnet's pack stage): one .zip per model that loads anywhere mtlser is installed.
 
     python -m mtlser.export pack --model-dir exp/<tag>/fold01 --out fold01.zip
-    python -m mtlser.export pack --exp-dir exp/<tag> --out-dir exp/<tag>/packed     # stage 6
+    python -m mtlser.export pack --exp-dir exp/<tag> --out-dir exp/<tag>/packed     # stage 6, + mtlser's wheel
 
 A pack holds the model's ``model.yaml`` (architecture, emotions), ``config.yaml``, ``token_list``,
 its weights as ``model.safetensors``, and its model card (``card.json``, ``README.md``: see
