@@ -179,7 +179,8 @@ def epoch_selection_text(facts: dict) -> str:
     """How the reported epoch was chosen (best.json's rule), and which epoch of how many (one model)."""
     sel = facts.get("epoch_selection") or {}
     if sel.get("selection") == "last":
-        rule = "the last epoch (train.model_selection last: nothing selected; a valid split is trained on)"
+        rule = ("the last epoch (train.model_selection last: nothing selected"
+                + ("" if facts.get("kind") == "final" else "; a valid split is trained on") + ")")
     elif sel.get("selection") == "valid":
         rule = f"the best epoch by valid {str(sel.get('metric')).upper()} (the valid split: training speakers only)"
     else:
