@@ -138,6 +138,15 @@ def read_protocol(folds_dir: str | Path) -> dict[str, str]:
     return read_table(path) if path.is_file() else {}
 
 
+def valid_split_text(protocol: dict[str, str]) -> str | None:
+    """Stage 2's valid split in words (RESULTS.md, model cards), from its protocol table; None without one."""
+    valid = protocol.get("valid")
+    if valid == "share":
+        valid += (f" ({float(protocol.get('valid_share', 'nan')):.0%} of each training speaker, "
+                  f"seed {protocol.get('seed')})")
+    return valid
+
+
 def experiment_folds_dir(exp_dir: str | Path) -> Path | None:
     """The folds dir an experiment's folds were decoded from (data/<protocol>), None before any decode."""
     pointers = fold_files(exp_dir, f"{DECODE_TEST}/{DATA_DIR_POINTER}")

@@ -224,7 +224,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
                 "${score_sh}" "${expdir}/${f}/${d}"
             done
         done
-        python -m mtlser.score aggregate "${expdir}"  # logs WA and UA of the test set (RESULTS.md)
+        python -m mtlser.score aggregate "${expdir}"  # logs the headline table (WA, UA) with its header
         if [ "${#decode_names[@]}" -gt 1 ]; then
             log "Stage 5: the further test sets' figures: ${expdir}/foldNN/{${decode_names[*]:1}}/result.txt"
         fi
@@ -233,7 +233,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         members=()
         for i in "${!exp_dirs[@]}"; do [ "${exp_groups[i]}" != "${group}" ] || members+=("${exp_dirs[i]}"); done
         log "Stage 5: seeds ${seeds} over seeds x folds -> ${group}/RESULTS.md"
-        python -m mtlser.score aggregate --seeds-out "${group}" "${members[@]}"  # logs WA and UA
+        python -m mtlser.score aggregate --seeds-out "${group}" "${members[@]}"  # logs the table with its header
     done
     if [ -n "${sweep_table}" ]; then
         log "Stage 5: lambda sweep comparison -> ${sweep_table}"
@@ -244,7 +244,7 @@ fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
     for expdir in "${exp_dirs[@]}"; do
-        log "Stage 6: packing every fold, final/ when present, and the folds' ensemble -> ${expdir}/packed/*.zip"
+        log "Stage 6: packing every fold, final/ when present, and the folds' ensemble, mtlser wheel -> ${expdir}/packed"
         # shellcheck disable=SC2086
         python -m mtlser.export pack --exp-dir "${expdir}" --out-dir "${expdir}/packed" \
             --corpus "$(basename "$(pwd)")" ${pack_opts}

@@ -141,8 +141,5 @@ def label(predictor, recordings: list[Recording], window: float = 0.0, hop: floa
         elif d.error is None:
             d.error = "no audio"
         d._pieces = {}
-    failed = [d for d in done if d.error is not None]
-    if failed:
-        logger.warning("%d of %d recordings could not be labelled, e.g. %s: %s", len(failed), len(done),
-                       failed[0].recording.id, failed[0].error)
+    # Failures are reported by the caller, once each: mtlser-infer's error lines, the decode's utt2error.
     return done

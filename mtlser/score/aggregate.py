@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mtlser import expdir
 from mtlser.data.fold_names import fold_dirs
-from mtlser.score.runs import RUN_KEYS, run_key, runs_of, summarise_runs
+from mtlser.score.runs import RUN_KEYS, console_lines, run_key, runs_of, summarise_runs
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_write_text
 
@@ -54,9 +54,8 @@ def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST) -> dic
     summary["seed"] = results[0]["seed"]
     atomic_write_text(exp_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(exp_dir, summary)
-    logger.info("%s: WA %.4f +- %.4f, UA %.4f +- %.4f over %d folds (pooled WA %.4f UA %.4f, %d utterances)",
-                exp_dir, summary["wa"], summary["wa_std"], summary["ua"], summary["ua_std"], len(results),
-                summary["pooled_wa"], summary["pooled_ua"], summary["n"])
+    _log_table(f"{exp_dir}: WA and UA in % over {_n(len(results), 'fold')} ({summary['n']} test utterances), "
+               f"from {exp_dir / expdir.RESULTS_MD}:", summary)
     return summary
 
 
@@ -96,10 +95,20 @@ def aggregate_seeds(exp_dirs: list[str | Path], out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(out_dir, summary, setup_dir=d0)
-    logger.info("%s: WA %.4f, UA %.4f over %d folds x %d seeds (std over seeds WA %.4f UA %.4f)", out_dir,
-                summary["wa"], summary["ua"], summary["num_folds"], summary["num_seeds"],
-                summary["wa_seed_std"] or 0.0, summary["ua_seed_std"] or 0.0)
+    _log_table(f"{out_dir}: WA and UA in % over {_n(summary['num_folds'], 'fold')} x "
+               f"{_n(summary['num_seeds'], 'seed')}, from {out_dir / expdir.RESULTS_MD}:", summary)
     return summary
+
+
+def _log_table(title: str, summary: dict) -> None:
+    """Stage 5's figures at the terminal: a title line, then the headline table with its header."""
+    logger.info("%s", title)
+    for line in console_lines(summary):
+        logger.info("  %s", line)
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}{'' if k == 1 else 's'}"
 
 
 def _seed_of(fold_dir: Path):

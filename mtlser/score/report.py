@@ -21,9 +21,7 @@ def experiment_setup(exp_dir: Path) -> list[str]:
     if folds_dir is not None:
         p = expdir.read_protocol(folds_dir)
         if p:
-            valid = p.get("valid", "?")
-            if valid == "share":
-                valid += f" ({float(p.get('valid_share', 'nan')):.0%} of each training speaker, seed {p.get('seed')})"
+            valid = expdir.valid_split_text(p) or "?"
             lines.append(f"- protocol: `{p.get('protocol')}` ({folds_dir}); valid set (stage 2) = {valid}")
             if p.get("test_corpus"):
                 lines.append(f"- cross-corpus: trained and selected on `{p.get('train_corpora')}`, tested on the "

@@ -120,14 +120,29 @@ def figure_lines(summary: dict) -> list[str]:
         "once; chance = mean over folds of each fold's chance level (UA 1/K of the K classes in its test set, "
         "WA its majority class's share).",
         "",
-        "|metric|mean over folds|std over folds|pooled|std over seeds|95 % CI|chance|",
-        "|---|---|---|---|---|---|---|",
+        "|" + "|".join(FIGURE_HEAD) + "|",
+        "|" + "---|" * len(FIGURE_HEAD),
     ]
-    for m in METRICS:
-        lines.append(f"|{m.upper()}|{_pct(summary[m])}|{_pct(summary[f'{m}_std'])}|{_pct(summary[f'pooled_{m}'])}|"
-                     f"{_pct(summary.get(f'{m}_seed_std'))}|{_ci(summary.get(f'{m}_ci'))}|"
-                     f"{_pct((summary.get('chance') or {}).get(m))}|")
+    lines += ["|" + "|".join(row) + "|" for row in figure_rows(summary)]
     return lines
+
+
+FIGURE_HEAD = ("metric", "mean over folds", "std over folds", "pooled", "std over seeds", "95 % CI", "chance")
+
+
+def figure_rows(summary: dict) -> list[list[str]]:
+    """The headline table's rows (WA, UA), in percent; RESULTS.md and the console show the same cells."""
+    return [[m.upper(), _pct(summary[m]), _pct(summary[f"{m}_std"]), _pct(summary[f"pooled_{m}"]),
+             _pct(summary.get(f"{m}_seed_std")), _ci(summary.get(f"{m}_ci")),
+             _pct((summary.get("chance") or {}).get(m))] for m in METRICS]
+
+
+def console_lines(summary: dict) -> list[str]:
+    """The headline table for the terminal (stage 5): its header, then WA and UA, columns aligned."""
+    rows = [list(FIGURE_HEAD), *figure_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(FIGURE_HEAD))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
 
 
 def seed_lines(summary: dict) -> list[str]:
