@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import mtlser
+
 from tests.test_recipe import make_recipe, ser
 
 RECORD = ["--protocol", "loso", "--valid", "share", "--emo-tag", "true", "--nbpe", "100",
@@ -52,7 +54,9 @@ def test_stages_4_to_6_alone_find_the_char_experiment_stage_3_made(tmp_path):
             "--token-type char --train-config conf/train_mini.yaml --folds 1") in r.stderr
     assert (exp / "fold01" / "decode_test" / "result.json").is_file() and not (exp / "fold02").exists()
     assert json.loads((exp / "results.json").read_text())["num_folds"] == 1
-    assert sorted(p.name for p in (exp / "packed").iterdir()) == ["fold01.zip"]  # one fold: no ensemble
+    # One fold: no ensemble; the wheel of this mtlser beside the pack (issue 19.5).
+    assert sorted(p.name for p in (exp / "packed").iterdir()) == [
+        "fold01.zip", f"mtlser-{mtlser.__version__}-py3-none-any.whl"]
     assert not (recipe / "exp" / "train_mini_loso").exists()
 
     # An option given that the only experiment was not trained with is named, not silently replaced.
