@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import typing
 from pathlib import Path
 
@@ -153,3 +154,25 @@ def test_mini_corpus_prep_refuses_a_bad_count_before_replacing_the_cached_corpus
     assert r.stderr.splitlines()[-1].endswith(message), r.stderr
     assert "Traceback" not in r.stderr
     assert (db / "Session1").is_dir() and json.loads((db / "README.mtlser.json").read_text()) == marker
+
+
+def test_parse_options_never_takes_the_next_option_as_a_value(tmp_path):
+    script = tmp_path / "s.sh"
+    script.write_text("stage=0\nname=x\nextra_opts=\"\"\n"
+                      f". {ROOT}/egs/TEMPLATE/utils/parse_options.sh\n"
+                      'echo "$stage|$name|$extra_opts|$#"\n')
+
+    def run(*args):
+        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+
+    r = run("--name", "--stage", "3")
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        f"{script}: option --name needs a value, got the option --stage (give --name its value first)"]
+    r = run("--name", "--unknown")  # a value that looks like an option is not a name either
+    assert r.returncode == 1 and "option --name needs a value, got the option --unknown" in r.stderr
+    r = run("--extra-opts", "--stage")  # options of another command: refused only when it is one of ours
+    assert r.returncode == 1 and "option --extra-opts needs a value, got the option --stage" in r.stderr
+    # What they are for: options of another command, one (not ours) or several.
+    assert run("--extra-opts", "--force", "--stage", "2").stdout == "2|x|--force|0\n"
+    assert run("--extra-opts", "--stage 3 --x y", "--name", "n").stdout == "0|n|--stage 3 --x y|0\n"
+    assert run("--extra-opts=--force").stdout == "0|x|--force|0\n"
