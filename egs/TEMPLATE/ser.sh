@@ -93,7 +93,7 @@ if [ $# -ne 0 ]; then
 fi
 . ./path.sh
 . ./cmd.sh
-# The options that are numbers, before anything is written: one line naming a bad one (mtlser.recipe.options).
+# The options that are numbers, before anything is written: one line naming a bad one (mtlser.recipe.checks).
 python -m mtlser.recipe check-options --stage="${stage}" --stop-stage="${stop_stage}" --nj="${nj}" --ngpu="${ngpu}" \
     --valid-share="${valid_share}" --split-seed="${split_seed}" --nbpe="${nbpe}"
 

@@ -12,7 +12,7 @@
     -> fold_args=1,2 num_folds=2 fold_names=(fold01 fold02) test_sets=(test) decode_names=(decode_test)
        (the fixed protocol's further test sets: test_sets=(test test2) decode_names=(decode_test decode_test2))
 
-The rules: mtlser.recipe.names, mtlser.recipe.options.
+The rules: mtlser.recipe.names, mtlser.recipe.checks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from mtlser.recipe.names import fold_assignments, fold_numbers, fold_test_sets, run_assignments, run_names
-from mtlser.recipe.options import check_options
+from mtlser.recipe.checks import check_options
 from mtlser.text.tokenize import str2bool
 from mtlser.utils import run_main
 
