@@ -22,7 +22,8 @@ Decoding a data dir writes a decode dir (``MODEL_DIR/decode_test`` for a fold's 
     data_dir      the decoded data dir (scoring reads its references there)
 
 and scoring adds ``result.txt`` and ``result.json`` to it. An experiment dir (``exp/<tag>``) holds the
-fold model dirs (mtlser.data.fold_names), and scoring writes ``results.json`` and ``RESULTS.md`` there.
+fold model dirs (mtlser.data.fold_names) and ``recipe_options.json`` (the recipe options stage 3 ran it
+with, for the later stages: mtlser.recipe.options), and scoring writes ``results.json`` and ``RESULTS.md`` there.
 Stage 2's folds dir (``data/<protocol>``) holds the fold data dirs and the ``protocol`` table.
 """
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
 from mtlser.data.fold_names import FOLD_GLOB, PROTOCOL_TABLE, TEST_SET, fold_dirs
+from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_write_text
 
 # A model dir.
@@ -64,6 +66,7 @@ RESULT_JSON = "result.json"
 # An experiment dir.
 RESULTS_JSON = "results.json"
 RESULTS_MD = "RESULTS.md"
+RECIPE_OPTIONS = "recipe_options.json"
 
 # A folds dir (stage 2): its protocol table is named by mtlser.data.fold_names, which stage 2 (in data) writes.
 PROTOCOL = PROTOCOL_TABLE
@@ -141,6 +144,27 @@ def experiment_folds_dir(exp_dir: str | Path) -> Path | None:
     if not pointers:
         return None
     return decoded_data_dir(pointers[0].parent).parent.parent  # data/<protocol>/foldNN/test
+
+
+def write_recipe_options(exp_dir: str | Path, record: dict) -> None:
+    """recipe_options.json: the recipe options an experiment was trained with (mtlser.recipe.options)."""
+    Path(exp_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(exp_dir) / RECIPE_OPTIONS, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def read_recipe_options(exp_dir: str | Path) -> dict | None:
+    """An experiment's recipe_options.json, None when it has none."""
+    path = Path(exp_dir) / RECIPE_OPTIONS
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise MtlserError(f"{path}: not JSON ({e}); delete it and rerun stage 3 (training resumes, nothing is lost)") \
+            from None
+    if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
+        raise MtlserError(f"{path}: no 'options' object; delete it and rerun stage 3 (training resumes)")
+    return record
 
 
 def environment(device=None) -> dict:

@@ -57,6 +57,7 @@ class RunNames:
     valid_opts: str        # config overrides the valid choice implies
     tag: str
     experiments: list[Experiment] = field(default_factory=list)
+    base_tag: str = ""     # the --tag that gives these names (tag before the suffixes the options add)
     sweep_table: str = ""  # the lambda sweep's comparison, "" without a sweep
     seed_groups: list[str] = field(default_factory=list)  # --seeds: one dir per experiment of the options
     sweep_dirs: list[str] = field(default_factory=list)  # what the sweep table compares: experiments or groups
@@ -132,7 +133,7 @@ def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo
         reduction_opts = f"--loss.ctc_reduction {ctc_reduction}"
     names = RunNames(folds_dir=folds_dir, token_set=token_set, token_list_dir=token_list_dir, token_list=token_list,
                      final_token_list=token_list.replace(FOLD_PLACEHOLDER, FINAL),
-                     valid_opts=NO_VALID_OPTS if valid == "none" else "", tag=tag)
+                     valid_opts=NO_VALID_OPTS if valid == "none" else "", tag=tag, base_tag=untagged)
     if lambdas.split():
         for lam in lambdas.split():
             if is_zero(lam):

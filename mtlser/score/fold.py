@@ -80,12 +80,16 @@ def absent_classes(cm: np.ndarray, emotions: list[str]) -> list[str]:
 
 def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None) -> dict:
     decode_dir = Path(decode_dir)
+    if not (decode_dir / expdir.UTT2EMO_HYP).is_file():
+        raise MtlserError(f"{decode_dir}: not decoded (no {expdir.UTT2EMO_HYP}); decode it first (python -m "
+                          "mtlser.infer, the recipe's stage 4)")
     token_type = token_type or _token_type_of(decode_dir)
     if ref_dir is None:
         ref_dir = expdir.decoded_data_dir(decode_dir)
         if ref_dir is None:
-            raise MtlserError(f"{decode_dir}: no {expdir.DATA_DIR_POINTER} file; pass --ref-dir (the data dir that "
-                              "was decoded)")
+            raise MtlserError(f"{decode_dir}: no {expdir.DATA_DIR_POINTER} file (a decode cut short, or one of an "
+                              "older mtlser); decode it again (the recipe's stage 4), or give the data dir that was "
+                              "decoded (--ref-dir; local/score.sh's second argument)")
     ref_dir = Path(ref_dir)
     emotions = _emotions_of(decode_dir, ref_dir)
     ref = read_table(ref_dir / "utt2emo")
