@@ -8,6 +8,7 @@ Usage:
     python -m mtlser.train --config conf/train_mtl.yaml --folds-dir data/loso --fold 3 \\
         --token-list data/loso/foldNN/token_list/bpe100/tokens.txt --exp-dir exp/train_mtl_bpe100 \\
         --data.token_type bpe100
+    python -m mtlser.train --check-config --config conf/train_mini.yaml --train-opts "--train.epochs 2"
 
 With --fold N the data dir is FOLDS_DIR/foldNN and the experiment dir EXP_DIR/foldNN
 (what the recipe's parallel jobs pass as JOB); a literal ``foldNN`` in --token-list
@@ -17,7 +18,9 @@ as one shell-quoted string (what the recipe passes: a value with spaces stays on
 value). Rerunning resumes from ``checkpoint.pt`` when the settings that shape the
 model match the checkpoint's (mtlser.train.resume), and refuses otherwise;
 with ``--force`` a fold that cannot resume is retrained from scratch instead (one
-that can is left alone). A finished fold returns at once. One
+that can is left alone). A finished fold returns at once. ``--check-config`` only
+resolves and checks the config, naming the source of a bad field (the YAML file,
+``--train-opts``, the command line): the recipe runs it before stage 3's jobs. One
 run per fold dir at a time (a lock, mtlser.utils.lock). Under torchrun
 (``torchrun --standalone --nproc_per_node N -m mtlser.train ...``) the ranks split every
 batch and rank 0 writes: mtlser/train/distributed.py. What the command does once parsed:
@@ -89,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.error("give --data-dir, or --folds-dir with --fold")
 
-    from mtlser.train.run import train_fold
+    from mtlser.train.run import train_fold  # here: --check-config needs no torch (it runs before each stage 3)
 
     return train_fold(args.config, layers, token_list, data_dir, exp_dir, args.force, argv)
+
 
 if __name__ == "__main__":
     sys.exit(run_main(main))
