@@ -390,28 +390,49 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict, where: str, prefix: str = "") -> Any:
+def from_dict(cls: type, data: dict, where: str, prefix: str = "",
+              errors: list[tuple[str, str]] | None = None) -> Any:
     """``cls`` from a mapping of ``where`` (a YAML file, ``--train-opts``): every key known, every value of
-    its field's type and range (the ``check`` beside its doc); errors name ``where`` and the dotted key."""
+    its field's type and range (the ``check`` beside its doc); errors name ``where`` and the dotted key.
+
+    Every bad field is named, not only the first: into ``errors`` as (dotted key, message) when given (the
+    caller raises), else raised here as one line.
+    """
+    found: list[tuple[str, str]] = [] if errors is None else errors
+    kwargs = {}
     if not isinstance(data, dict):
-        raise MtlserError(f"{where}: {prefix.rstrip('.') or 'the config'} = {data!r}; expected a mapping")
+        found.append((prefix.rstrip("."), f"{where}: {prefix.rstrip('.') or 'the config'} = {data!r}; expected a "
+                                          "mapping"))
+        data = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    kwargs = {}
     for key, value in data.items():
         attr = _YAML_TO_ATTR.get(key, key)
         if attr not in fields:
-            raise MtlserError(f"{where}: {unknown_key(cls, prefix, key)}")
+            found.append((f"{prefix}{key}", f"{where}: {unknown_key(cls, prefix, key)}"))
+            continue
         tp = hints[attr]
         if dataclasses.is_dataclass(tp):
-            kwargs[attr] = from_dict(tp, value or {}, where, f"{prefix}{key}.")
+            kwargs[attr] = from_dict(tp, value or {}, where, f"{prefix}{key}.", found)
             continue
-        kwargs[attr] = _coerce(value, tp, f"{where}: {prefix}{key}")
+        try:
+            kwargs[attr] = _coerce(value, tp, f"{where}: {prefix}{key}")
+        except MtlserError as e:
+            found.append((f"{prefix}{key}", str(e)))
+            continue
         check = fields[attr].metadata.get("check")
         expected = check(kwargs[attr]) if check is not None and kwargs[attr] is not None else None
         if expected:
-            raise MtlserError(f"{where}: {prefix}{key} = {kwargs[attr]!r}; expected {expected}")
+            found.append((f"{prefix}{key}", f"{where}: {prefix}{key} = {kwargs[attr]!r}; expected {expected}"))
+    if errors is None:
+        raise_all(found)
     return cls(**kwargs)
+
+
+def raise_all(errors: list[tuple[str, str]]) -> None:
+    """The bad fields found, (dotted key, message), as one line."""
+    if errors:
+        raise MtlserError(" | ".join(message for _, message in errors))
 
 
 def check_value(key: str, value: Any, where: str) -> Any:
@@ -513,14 +534,21 @@ def resolve_config(path: str | Path | None, layers: list[tuple[str, list[str] | 
         if not isinstance(data, dict):
             raise MtlserError(f"{path}: expected a mapping of sections (backbone:, loss:, train:, ...) at the top, "
                               f"got a {type(data).__name__}")
-        from_dict(Config, data, where)
+    # Every bad field of the file and of each layer, each with its source; a value that a later layer
+    # replaces is not one (the config is what the layers make together).
+    errors: list[tuple[str, str]] = []
+    from_dict(Config, data, where, errors=errors)
     for source, overrides in layers:
         if not overrides:
             continue
         over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides), source)
-        from_dict(Config, over, source)
+        replaced = {f"{section}.{name}" for section, fields in over.items() if isinstance(fields, dict)
+                    for name in fields}
+        errors = [(key, message) for key, message in errors if key not in replaced]
+        from_dict(Config, over, source, errors=errors)
         data = _merge(data, over)
         where += f"{' +' if ' with ' in where else ' with'} {source}"
+    raise_all(errors)
     cfg = from_dict(Config, data, where)
     check_config(cfg, where)
     return cfg

@@ -176,3 +176,18 @@ def test_parse_options_never_takes_the_next_option_as_a_value(tmp_path):
     assert run("--extra-opts", "--force", "--stage", "2").stdout == "2|x|--force|0\n"
     assert run("--extra-opts", "--stage 3 --x y", "--name", "n").stdout == "0|n|--stage 3 --x y|0\n"
     assert run("--extra-opts=--force").stdout == "0|x|--force|0\n"
+
+
+def test_every_bad_field_is_named_with_its_source_and_a_replaced_value_is_not_one(tmp_path):
+    from mtlser.config import resolve_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: -1\n  weight_decay: .nan\ntrain:\n  epoch: 3\n")
+    with pytest.raises(MtlserError) as e:
+        resolve_config(bad, [("--train-opts", ["--optim.lr", "1e-4", "--loss.lambda", "nan"])])
+    # optim.lr of the file is replaced by --train-opts: not an error; the others each with their source.
+    assert str(e.value) == (f"{bad}: optim.weight_decay = nan; expected a finite number >= 0 | "
+                            f"{bad}: unknown key 'train.epoch' (did you mean 'train.epochs'?) | "
+                            "--train-opts: loss.lambda = nan; expected a finite number >= 0")
+    bad.write_text("optim:\n  lr: -1\n")
+    assert resolve_config(bad, [("--train-opts", ["--optim.lr", "1e-4"])]).optim.lr == 1e-4
