@@ -105,13 +105,15 @@ if [ $# -ne 0 ]; then
 fi
 . ./path.sh
 . ./cmd.sh
+# The options that are numbers, before anything is written: one line naming a bad one (mtlser.recipe.checks).
+python -m mtlser.recipe check-options --stage="${stage}" --stop-stage="${stop_stage}" --nj="${nj}" --ngpu="${ngpu}" \
+    --valid-share="${valid_share}" --split-seed="${split_seed}" --nbpe="${nbpe}"
 
 [ -x local/data.sh ] || { log "local/data.sh not found or not executable in $(pwd): a recipe needs one"; exit 1; }
 [ -f "${train_config}" ] || { log "config ${train_config} not found"; exit 1; }
 if [ -n "${partition}" ] && [ "${protocol}" != partition ]; then
     log "--partition ${partition}: the folds come from its files (protocol partition, not ${protocol})"; protocol=partition
 fi
-[[ "${ngpu}" =~ ^[0-9]+$ ]] || { log "--ngpu ${ngpu}: expected a number of GPUs (0, 1, 2, ...)"; exit 2; }
 
 data=data
 exp=exp
@@ -130,6 +132,14 @@ else
 fi
 eval "${names}"
 train_opts="${train_opts} ${valid_opts}"
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    # Each experiment's resolved config, checked before stage 0 writes and any job of stage 3 starts: a bad
+    # field is named here with its source (the YAML file or --train-opts), not in a job's log.
+    for i in "${!exp_dirs[@]}"; do
+        python -m mtlser.train --check-config --config "${train_config}" \
+            --train-opts "${train_opts} ${exp_opts[i]}" --data.token_type "${token_set}"
+    done
+fi
 score_sh=local/score.sh
 [ -x "${score_sh}" ] || score_sh=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/local/score.sh
 

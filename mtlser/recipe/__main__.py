@@ -5,6 +5,9 @@
         [--seeds "0 1"]
     -> folds_dir=... token_set=... token_list_dir=... token_list=... final_token_list=... valid_opts=... tag=...
        exp_dirs=(...) exp_opts=(...) exp_groups=(...) seed_groups=(...) sweep_table=... sweep_dirs=(...)
+    python -m mtlser.recipe check-options --stage 0 --stop-stage 6 --nj 2 --ngpu 0 --valid-share 0.1 \\
+        --split-seed 0 --nbpe 100
+    -> nothing, or one line naming the bad option (exit 1); ser.sh runs it before any stage
     python -m mtlser.recipe folds --folds-dir data/loso [--folds "1 2"]
     -> fold_args=1,2 num_folds=2 fold_names=(fold01 fold02) test_sets=(test) decode_names=(decode_test)
        (the fixed protocol's further test sets: test_sets=(test test2) decode_names=(decode_test decode_test2))
@@ -13,7 +16,7 @@
     python -m mtlser.recipe find NAMES-OPTIONS --folds "" --given="stage token-type" --stage 4
     -> protocol=... token_type=... (the recorded run's options) folds=..., then what `names` prints for them
 
-The rules: mtlser.recipe.names, mtlser.recipe.options.
+The rules: mtlser.recipe.names, mtlser.recipe.options, mtlser.recipe.checks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mtlser.recipe.checks import check_options
 from mtlser.recipe.names import fold_assignments, fold_numbers, fold_test_sets, run_assignments, run_names
 from mtlser.recipe.names import shell_assignments
 from mtlser.recipe.options import check_stage, find, names_of, record
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("folds", help="the folds to run: --folds, or every fold of --folds-dir")
     f.add_argument("--folds-dir", required=True)
     f.add_argument("--folds", default="")
+    c = sub.add_parser("check-options", help="the shell options that are numbers (values as written)")
+    for option in ("--stage", "--stop-stage", "--nj", "--ngpu", "--valid-share", "--split-seed", "--nbpe"):
+        c.add_argument(option, required=True)
     r = sub.add_parser("record", help="stage 3: write an experiment dir's recipe_options.json")
     add_run_options(r, str, str)
     r.add_argument("--exp-dir", required=True, help="the experiment dir (one of the run's)")
@@ -65,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--given", default="", help="the options named on the command line, e.g. \"stage token-type\"")
     d.add_argument("--stage", type=int, required=True, help="the first stage of this call")
     args = parser.parse_args(argv)
-    if args.cmd == "names":
+    if args.cmd == "check-options":
+        check_options(args.stage, args.stop_stage, args.nj, args.ngpu, args.valid_share, args.split_seed, args.nbpe)
+    elif args.cmd == "names":
         sys.stdout.write(run_assignments(run_names(
             args.protocol, args.valid, args.token_type, args.train_config, args.emo_tag, args.nbpe, args.tag,
             args.lambdas, args.ctc_reduction, args.data, args.exp, args.seeds)))

@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtlser.config import check_value
 from mtlser.data.fixed_split import PROTOCOL as FIXED
 from mtlser.data.fold_names import FINAL, FOLD_PLACEHOLDER, TEST_SET, fold_dirs, fold_name, test_sets
 from mtlser.expdir import DECODE_PREFIX, DECODE_TEST
@@ -63,10 +64,8 @@ class RunNames:
 
 
 def is_zero(value: str) -> bool:
-    try:
-        return float(value) == 0
-    except ValueError:
-        raise MtlserError(f"--lambdas: '{value}' is not a number") from None
+    """A lambda of --lambdas, checked as the config's loss.lambda is (a finite number >= 0): is it 0?"""
+    return check_value("loss.lambda", value, "--lambdas") == 0
 
 
 def seed_dir(exp_dir: str, seed: str) -> str:
@@ -102,10 +101,7 @@ def with_seeds(experiments: list[Experiment], seeds: str) -> tuple[list[Experime
         group = seed_group_dir(e.dir)
         groups.append(group)
         for seed in seeds.split():
-            try:
-                int(seed)
-            except ValueError:
-                raise MtlserError(f"--seeds: '{seed}' is not an integer seed") from None
+            check_value("train.seed", seed, "--seeds")  # as the config's train.seed: an integer >= 0
             out.append(Experiment(seed_dir(e.dir, seed), f"{e.opts} --train.seed {seed}".strip(), group))
     return out, groups
 
