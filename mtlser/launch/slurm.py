@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mtlser.launch.jobs import failure
 from mtlser.utils import MtlserError
 
 #: The job kinds cmd.sh submits: stage 3 (training) and stage 4 (inference).
@@ -232,5 +233,5 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
         code = exit_code(j)
         why = f"exit {code}" if code is not None else "no exit code in its log: killed or never started"
         extra = f" and {out}" if out.is_file() and out.stat().st_size else ""
-        print(f"launch: Slurm job {job_id}_{j} failed ({why}); see {log}{extra}", file=sys.stderr)
+        print(f"launch: Slurm job {job_id}_{j} failed {failure(log, why)}{extra}", file=sys.stderr)
     return failed
