@@ -304,6 +304,60 @@ def test_a_second_stage_3_on_the_same_tag_stops_naming_the_running_launch(tmp_pa
     assert winner.returncode == 0 and "started 1\ndone\n# Accounting" in text and "# Ended (code 0)" in text
 
 
+# A failed job's own error line reaches the terminal beside its log (the resume refusals above included).
+def test_a_refused_resume_reaches_the_terminal_of_stage_3(folds, config, tmp_path):
+    from tests.test_recipe import make_recipe, ser
+
+    recipe = make_recipe(tmp_path / "egs" / "x")
+    (recipe / "data").mkdir()
+    (recipe / "data" / "loso").symlink_to(folds[0])
+    (recipe / "data" / "token_list" / "phncls").mkdir(parents=True)
+    shutil.copy(folds[1], recipe / "data" / "token_list" / "phncls" / "tokens.txt")
+    stage_3 = ["--stage", "3", "--stop-stage", "3", "--train-config", str(config()), "--folds", "1", "--tag", "t"]
+    r = ser(recipe, *stage_3)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = ser(recipe, *stage_3, "--train-opts", "--loss.lambda 5")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-2:] == [
+        "launch: job JOB=1 failed (exit 1): exp/t/fold01: trained for 1 epochs with other settings than this run's "
+        "(recorded -> now: loss.lambda: 0.1 -> 5.0); its model stays as it is. Run these settings as a new experiment "
+        "(./run.sh --tag NEW_NAME, or another --exp-dir), or retrain this fold from scratch with --force "
+        "(./run.sh --train-opts \"... --force\"); see exp/t/logs/train.1.log",
+        "launch: 1 of 1 jobs failed: exp/t/logs/train.1.log"]
+
+
+def test_the_error_line_of_a_job_log(tmp_path):
+    """What the launchers (local and Slurm) show of a failed job: its last error line, not its whole log."""
+    from mtlser.launch.jobs import MAX_ERROR_LINE, error_line
+
+    def line(*body: str) -> str | None:
+        log = tmp_path / "job.log"
+        log.write_text("# python -m mtlser.train --fold 1\n# Started at now\n#\n" + "".join(b + "\n" for b in body)
+                       + "# Accounting: time=1 threads=1\n# Ended (code 1) at now, elapsed time 1 seconds\n")
+        return error_line(log)
+
+    # mtlser's message in the logging format (a trainer) or bare (run_main without logging); the last one counts.
+    assert line("2026-12-05 17:00:00,001 (lock:60) ERROR: fold dir exp/t/fold01 is in use by PID 7",
+                "2026-12-05 17:00:01,002 (__init__:95) ERROR: data/x/wav.scp:3: not found; fix it") == \
+        "data/x/wav.scp:3: not found; fix it"
+    assert line("epoch 1/2", "ERROR: conf/a.yaml.train: unknown key 'epoch'") == "conf/a.yaml.train: unknown key 'epoch'"
+    # argparse's error, and an uncaught exception's last line (its message, not the stack).
+    assert line("usage: train.py [-h]", "train.py: error: unrecognized arguments: --bad") == \
+        "train.py: error: unrecognized arguments: --bad"
+    assert line("Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "    1 / 0",
+                "ZeroDivisionError: division by zero") == "ZeroDivisionError: division by zero"
+    # mtlser's own line wins over a traceback printed after it (e.g. by torchrun about its failed rank).
+    assert line("2026-12-05 17:00:00,001 (run:50) ERROR: exp/t/fold01: trained with other settings",
+                "Traceback (most recent call last):", "  File ...",
+                "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ") == \
+        "exp/t/fold01: trained with other settings"
+    # The last state of a progress bar's line; framing lines and plain output are not errors.
+    assert line("ERROR: half\rERROR: whole line") == "whole line"
+    assert line("epoch 1/2", "Killed") is None
+    assert len(line("ERROR: " + "x" * (MAX_ERROR_LINE + 50))) == MAX_ERROR_LINE + 2
+    assert error_line(tmp_path / "no such.log") is None
+
+
 # ----------------------------------------------------------------------------- 3. keyed by content
 def _rewrite(path: Path, seconds: float, sr: int, seed: int) -> None:
     old = path.stat().st_mtime_ns
