@@ -278,6 +278,12 @@ def test_a_second_launch_of_the_same_jobs_starts_none_and_leaves_their_logs_whol
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert "again 1" in logs[0].read_text() and "started" not in logs[0].read_text()
+    # Nor do the jobs of one launch share a log (run.pl refuses that too).
+    one = subprocess.run([sys.executable, "-m", "mtlser.launch", "JOB=1:2", "logs/all.log", sys.executable, "-c", "1"],
+                         env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 1 and one.stderr == ("launch: JOB=1:2 would write every job's output into one log, "
+                                                  "logs/all.log; put JOB in its name (e.g. train.JOB.log)\n")
+    assert not (tmp_path / "logs" / "all.log").exists()
 
 
 def test_a_second_stage_3_on_the_same_tag_stops_naming_the_running_launch(tmp_path):
@@ -328,7 +334,7 @@ def test_a_refused_resume_reaches_the_terminal_of_stage_3(folds, config, tmp_pat
 
 def test_the_error_line_of_a_job_log(tmp_path):
     """What the launchers (local and Slurm) show of a failed job: its last error line, not its whole log."""
-    from mtlser.launch.jobs import MAX_ERROR_LINE, error_line
+    from mtlser.launch.joblog import MAX_ERROR_LINE, error_line
 
     def line(*body: str) -> str | None:
         log = tmp_path / "job.log"

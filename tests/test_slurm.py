@@ -107,7 +107,7 @@ def test_launcher_waits_for_a_requeued_task_that_sbatch_wait_missed(tmp_path):
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert "# Ended (code 0)" in (tmp_path / "log" / "j.1.log").read_text()
     assert r.returncode == 1, r.stderr
-    # The job's own error line beside its log, as the local launcher shows it (mtlser.launch.jobs.error_line).
+    # The job's own error line beside its log, as the local launcher shows it (mtlser.launch.joblog.error_line).
     assert f"launch: Slurm job 99_2 failed (exit 3): data/x: broken; fix it; see {tmp_path}/log/j.2.log" \
         in r.stderr.splitlines(), r.stderr
 

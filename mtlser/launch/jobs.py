@@ -25,10 +25,10 @@ settings of --slurm-conf for --slurm-stage, then any --sbatch-opt
 (:mod:`mtlser.launch.slurm`: job script, requeue, failure report).
 Exit status: 0 when every job succeeded; otherwise 1, naming the failed logs.
 A failed job is reported on one line with the job's own error line beside its log
-(:func:`error_line`): ``launch: job JOB=1 failed (exit 1): <its error>; see LOG``.
+(:func:`mtlser.launch.joblog.error_line`): ``launch: job JOB=1 failed (exit 1): <its error>; see LOG``.
 
 One writer per log: before any job starts, the launcher locks every job's log
-(``.LOGNAME.lock`` beside it, :mod:`mtlser.utils.lock`) for as long as it runs
+(``.LOGNAME.lock`` beside it, :mod:`mtlser.launch.joblog`) for as long as it runs
 the jobs (on Slurm: until the array ends). A second launch of the same jobs (a
 second ``./run.sh --stage 3`` on the same tag) therefore starts none of them and
 writes nothing: it stops at once with one line naming the log, the launcher that
@@ -53,8 +53,8 @@ import sys
 import time
 from pathlib import Path
 
+from mtlser.launch.joblog import failure, lock_logs
 from mtlser.utils import MtlserError
-from mtlser.utils.lock import hold_lock
 
 
 def parse_range(spec: str) -> tuple[str, int, int]:
@@ -73,66 +73,6 @@ def substitute(args: list[str], name: str, value: int) -> list[str]:
 
 def _header(cmd: list[str]) -> str:
     return f"# {' '.join(shlex.quote(c) for c in cmd)}\n# Started at {time.strftime('%a %b %d %H:%M:%S %Z %Y')}\n#\n"
-
-
-#: Lines of a job's output that are its one-line error: what ``mtlser.utils.run_main`` prints for an
-#: MtlserError (bare, or in the logging format "DATE TIME (module:line) ERROR: message"), and argparse's
-#: "prog: error: message".
-_ERROR_LINE = re.compile(r"^(?:\S+ \S+ \([^)]*\) )?(?:ERROR|CRITICAL): (?P<msg>.+)$|^(?P<usage>\S+: error: .+)$")
-#: The longest error line shown on the terminal (the log has all of it).
-MAX_ERROR_LINE = 2000
-
-
-def error_line(log: str | os.PathLike) -> str | None:
-    """The one-line message by which the job of ``log`` said why it failed; None when it printed none.
-
-    The last error line of the job's output (:data:`_ERROR_LINE`: mtlser's own message, without the
-    logging prefix, or argparse's), else the exception line of its last Python traceback. The
-    launchers' framing lines ("# ...") are not the job's.
-    """
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 256 * 1024))  # the end of the log says how the job ended
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    lines = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.split("\n")]
-    lines = [ln for ln in lines if not ln.startswith("#")]
-    found = None
-    for ln in lines:
-        m = _ERROR_LINE.match(ln)
-        if m:
-            found = m.group("msg") or m.group("usage")
-    if found is None:
-        for i, ln in enumerate(lines):
-            if ln.startswith("Traceback (most recent call last):"):
-                found = next((x for x in lines[i + 1:] if x and not x[0].isspace()), found)
-    if found is not None and len(found) > MAX_ERROR_LINE:
-        found = found[:MAX_ERROR_LINE] + " …"
-    return found
-
-
-def failure(log: str | os.PathLike, why: str) -> str:
-    """How a failed job is reported: "(why): its error line; see LOG" (without the line when it printed none)."""
-    line = error_line(log)
-    return f"({why}){': ' + line if line else ''}; see {log}"
-
-
-def log_lock(log: str | os.PathLike) -> Path:
-    """The lock file that the launcher running the job of ``log`` holds."""
-    log = Path(log)
-    return log.parent / f".{log.name}.lock"
-
-
-def lock_logs(logs: dict[str, Path], stack: contextlib.ExitStack) -> None:
-    """Lock the log of every job in ``logs`` (job, e.g. "JOB=1" -> its log) for the life of ``stack``; raise
-    MtlserError naming the first log that another launch holds (nothing has been written then)."""
-    for job, log in logs.items():
-        try:
-            stack.enter_context(hold_lock(log_lock(log), f"the log of job {job}, {log},"))
-        except MtlserError as e:
-            raise MtlserError(f"{e}; no job of this launch was started") from None
 
 
 def job_env(slot: int, max_jobs: int, gpus: list[str], base: dict | None = None, per_job: int = 1) -> dict:
@@ -324,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.error("no command given")
     name, lo, hi = parse_range(args.range)
+    if hi > lo and substitute([args.log], name, lo) == [args.log]:  # as run.pl refuses it
+        print(f"launch: {args.range} would write every job's output into one log, {args.log}; put {name} in its "
+              f"name (e.g. train.{name}.log)", file=sys.stderr)
+        return 1
     with contextlib.ExitStack() as locks:
         try:
             lock_logs({f"{name}={j}": Path(substitute([args.log], name, j)[0]) for j in range(lo, hi + 1)}, locks)
