@@ -362,6 +362,14 @@ def test_the_error_line_of_a_job_log(tmp_path):
     assert line("epoch 1/2", "Killed") is None
     assert len(line("ERROR: " + "x" * (MAX_ERROR_LINE + 50))) == MAX_ERROR_LINE + 2
     assert error_line(tmp_path / "no such.log") is None
+    # A command of several lines in the header is not the job's output; on Slurm, only the last run counts.
+    log = tmp_path / "job.log"
+    log.write_text("# python -c 'import sys\nERROR: x'\n# Started at now\n#\nfine\n# Ended (code 1) at now\n")
+    assert error_line(log) is None
+    log.write_text("# python -m mtlser.train\n# Started at now\n# Slurm job 7_1 on n1\nERROR: first run\n"
+                   "# Requeued (restart 1) at now: runs again, training resumes\n# Slurm job 7_1 on n2\n"
+                   "ERROR: second run\n# Ended (code 1) at now\n")
+    assert error_line(log) == "second run"
 
 
 # ----------------------------------------------------------------------------- 3. keyed by content

@@ -29,7 +29,8 @@ def error_line(log: str | os.PathLike) -> str | None:
 
     The last error line of the job's output (:data:`_ERROR_LINE`: mtlser's own message, without the
     logging prefix, or argparse's), else the exception line of its last Python traceback. The
-    launchers' framing lines ("# ...") are not the job's.
+    launchers' framing lines ("# ...", a header's command of several lines included) are not the job's,
+    nor is the output of a Slurm job's runs before its last requeue.
     """
     try:
         with open(log, "rb") as f:
@@ -39,7 +40,9 @@ def error_line(log: str | os.PathLike) -> str | None:
     except OSError:
         return None
     lines = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.split("\n")]
-    lines = [ln for ln in lines if not ln.startswith("#")]
+    # The job's output: after the header (whose command may span lines) and, on Slurm, after its last requeue.
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(("# Started at ", "# Requeued "))]
+    lines = [ln for ln in lines[starts[-1] + 1 if starts else 0:] if not ln.startswith("#")]
     found = None
     for ln in lines:
         m = _ERROR_LINE.match(ln)
