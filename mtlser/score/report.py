@@ -188,6 +188,7 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
     ]
     if "ctc_ter" in summary:
         lines.append(f"|CTC token error rate|{100 * summary['ctc_ter']:.2f}||||||")
+    lines += runs.attribute_lines(summary)
     lines += runs.off_fold_lines(summary, emotions)
     if group:
         lines += runs.seed_lines(summary)
@@ -211,17 +212,23 @@ def _fold_lines(summary: dict, emotions: list[str]) -> list[str]:
     """One seed's per-fold table: figures, chance, recalls, CTC TER and the chosen epoch of each fold."""
     from mtlser.score.stats import chance
 
+    # Macro-F1 and mean CCC where the folds were scored with them (new columns; older results have none).
+    extra = [(m, name) for m, name in (("macro_f1", "macro-F1"), ("ccc", "mean CCC"))
+             if all(runs.run_value(f, m) is not None for f in summary["folds"])]
     lines = ["", "### Per fold", "",
-             "|fold|test speakers|n|WA|UA|" + "|".join(f"recall {e}" for e in emotions)
-             + "|CTC TER|best epoch|chance WA / UA|",
-             "|---|---|---|---|---|" + "---|" * len(emotions) + "---|---|---|"]
+             "|fold|test speakers|n|WA|UA|" + "".join(f"{name}|" for _, name in extra)
+             + "|".join(f"recall {e}" for e in emotions) + "|CTC TER|best epoch|chance WA / UA|",
+             "|---|---|---|---|---|" + "---|" * (len(extra) + len(emotions)) + "---|---|---|"]
     for f in summary["folds"]:
         rec = "|".join("n/a" if f["recall"].get(e) is None else f"{100 * f['recall'][e]:.1f}" for e in emotions)
         ter = "" if f.get("ctc_ter") is None else f"{100 * f['ctc_ter']:.1f}"
         c = chance(f["confusion"]) if f.get("confusion") else {"wa": None, "ua": None}
         ch = "" if c["wa"] is None else f"{100 * c['wa']:.2f} / {100 * c['ua']:.2f}"
+        ext = "".join((f"{100 * runs.run_value(f, m):.2f}|" if m == "macro_f1" else f"{runs.run_value(f, m):.4f}|")
+                      for m, _ in extra)
         lines.append(f"|{f['fold']}|{' '.join(f['speakers'])}|{f['n']}|{100 * f['wa']:.2f}|{100 * f['ua']:.2f}|"
-                     f"{rec}|{ter}|{f.get('best_epoch', '')}|{ch}|")
+                     f"{ext}{rec}|{ter}|{f.get('best_epoch', '')}|{ch}|")
     if any(r is None for f in summary["folds"] for r in f["recall"].values()):
         lines += ["", "n/a: the class is absent from that fold's references (no recall; left out of the fold's UA)."]
     return lines
+
