@@ -133,6 +133,10 @@ class LossConfig:
     class_weights: list | None = doc(
         "Per-class weights for the cross entropy, in the emotion inventory's order (IEMOCAP: ang hap sad neu); "
         "null = unweighted (the paper).", None)
+    class_weighting: str = doc(
+        "none (CE weights are loss.class_weights, or none) | balanced (weights n / (K n_k) from the class counts "
+        "n_k of the fold's training set, computed when training starts and recorded as loss.class_weights in "
+        "the fold's config.yaml and checkpoint; for unbalanced corpora such as MSP-Podcast).", "none")
     ce_weight: float = doc(
         "Weight w_ce of the cross entropy, L = w_ce * L_CE + attr_weight * L_attr + lambda * L_CTC; 1 in the paper. "
         "0 trains no class task (a dimensional-only model; the emotion head is still built).", 1.0)
@@ -442,6 +446,7 @@ def check_config(cfg: Config, where: str = "config") -> None:
         "train.select_metric": (cfg.train.select_metric, ("ua", "wa", "loss")),
         "train.model_selection": (cfg.train.model_selection, ("valid", "last")),
         "loss.attr_loss": (cfg.loss.attr_loss, ("ccc", "mse")),
+        "loss.class_weighting": (cfg.loss.class_weighting, ("none", "balanced")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -122,7 +122,30 @@ def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERD
                     data_dir / "valid", len(valid_set))
         train_set.extend(valid_set)
         valid_set = None
+    if cfg.loss.class_weighting == "balanced":
+        cfg.loss.class_weights = balanced_weights(cfg, train_set, data_dir / "train")
     return train_set, valid_set
+
+
+def balanced_weights(cfg: Config, train_set: SERDataset, where: Path) -> list[float]:
+    """loss.class_weighting balanced: CE weights from the training set's class counts (what trains, the valid
+    share included under model_selection last). Weights already in the config must be these (a fold's saved
+    config.yaml records them), so that no two weightings are silently mixed."""
+    from mtlser.model.heads import balanced_class_weights
+
+    counts = [0] * len(cfg.data.emotions)
+    for e in train_set.emotions:
+        if e >= 0:  # an utterance with no class (utt2emo '-') is not in the CE
+            counts[e] += 1
+    weights = balanced_class_weights(counts)
+    given = cfg.loss.class_weights
+    if given is not None and (len(given) != len(weights)
+                              or any(abs(float(g) - w) > 1e-6 * max(1.0, w) for g, w in zip(given, weights))):
+        raise MtlserError(f"loss.class_weights {given} and loss.class_weighting balanced ({weights} from the class "
+                          f"counts of {where}) are both set; give one of them")
+    logger.info("loss.class_weighting balanced: class counts %s of %s -> CE weights %s",
+                dict(zip(cfg.data.emotions, counts)), where, [round(w, 4) for w in weights])
+    return weights
 
 
 def build_seeded_model(cfg: Config, vocab_size: int, device: torch.device, dist: DistInfo,
