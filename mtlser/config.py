@@ -139,7 +139,8 @@ class LossConfig:
         "the fold's config.yaml and checkpoint; for unbalanced corpora such as MSP-Podcast).", "none")
     ce_weight: float = doc(
         "Weight w_ce of the cross entropy, L = w_ce * L_CE + attr_weight * L_attr + lambda * L_CTC; 1 in the paper. "
-        "0 trains no class task (a dimensional-only model; the emotion head is still built).", 1.0)
+        "0 trains no class task (the emotion head is still built); data with no classes (an empty inventory) "
+        "builds no emotion head and no CE term whatever this weight.", 1.0)
     attributes: bool = doc(
         "Train a regression head for the data's dimensional attributes (utt2attr + its declaration `attributes`, "
         "mtlser.data.attributes) on the same pooled fusion as the emotion head. false = no attribute head (the paper).",
@@ -466,7 +467,7 @@ def check_config(cfg: Config, where: str = "config") -> None:
         raise MtlserError(f"{where}: data.pad_ladder = {cfg.data.pad_ladder}; expected >= 1 (1 = no ladder)")
     if cfg.data.batch_size < 1:
         raise MtlserError(f"{where}: data.batch_size = {cfg.data.batch_size}; expected >= 1")
-    if cfg.data.emotions is not None:
+    if cfg.data.emotions:  # [] is a dimensional-only model's (no classes; mtlser.train.build)
         from mtlser.data.emotions import check_labels
 
         cfg.data.emotions = check_labels(cfg.data.emotions, f"{where}: data.emotions")

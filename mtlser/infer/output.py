@@ -53,17 +53,21 @@ def render(done: list[Labelled], fmt: str, emotions: list[str], attributes: list
     if fmt == "jsonl":
         return "".join(json.dumps(d.as_json(), ensure_ascii=False) + "\n" for d in done)
     if fmt == "utt2emo":
+        if not emotions:
+            raise MtlserError("--format utt2emo: this model has no classes (attributes only); write jsonl or csv")
         return "".join(f"{d.recording.id} {d.result['emotion']}\n" for d in done if d.error is None)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     attributes = attributes or []
-    writer.writerow(["id", "file", "duration", "emotion", *[f"p_{e}" for e in emotions], *attributes, "error"])
+    emotion = ["emotion"] if emotions else []  # a dimensional-only model has attributes only
+    writer.writerow(["id", "file", "duration", *emotion, *[f"p_{e}" for e in emotions], *attributes, "error"])
     for d in done:
         if d.error is not None:
-            writer.writerow([d.recording.id, d.recording.source, "", "", *[""] * (len(emotions) + len(attributes)),
-                             d.error])
+            writer.writerow([d.recording.id, d.recording.source, "", *[""] * len(emotion),
+                             *[""] * (len(emotions) + len(attributes)), d.error])
         else:
-            writer.writerow([d.recording.id, d.recording.source, f"{d.duration:.4f}", d.result["emotion"],
+            writer.writerow([d.recording.id, d.recording.source, f"{d.duration:.4f}",
+                             *[d.result["emotion"] for _ in emotion],
                              *[f"{d.result['probs'][e]:.6f}" for e in emotions],
                              *[f"{d.result['attributes'][a]:.4f}" for a in attributes], ""])
     return buf.getvalue()

@@ -54,6 +54,11 @@ def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST) -> dic
     summary["seed"] = results[0]["seed"]
     atomic_write_text(exp_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(exp_dir, summary)
+    if "wa" not in summary:  # a model with no classes
+        logger.info("%s: mean CCC %.4f +- %.4f over %d folds (%d utterances)", exp_dir,
+                    summary["attributes"]["mean_ccc"]["mean"], summary["attributes"]["mean_ccc"]["std"],
+                    len(results), summary["n"])
+        return summary
     logger.info("%s: WA %.4f +- %.4f, UA %.4f +- %.4f over %d folds (pooled WA %.4f UA %.4f, %d utterances)",
                 exp_dir, summary["wa"], summary["wa_std"], summary["ua"], summary["ua_std"], len(results),
                 summary["pooled_wa"], summary["pooled_ua"], summary["n"])
@@ -96,6 +101,10 @@ def aggregate_seeds(exp_dirs: list[str | Path], out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(out_dir, summary, setup_dir=d0)
+    if "wa" not in summary:  # a model with no classes
+        logger.info("%s: mean CCC %.4f over %d folds x %d seeds", out_dir, summary["attributes"]["mean_ccc"]["mean"],
+                    summary["num_folds"], summary["num_seeds"])
+        return summary
     logger.info("%s: WA %.4f, UA %.4f over %d folds x %d seeds (std over seeds WA %.4f UA %.4f)", out_dir,
                 summary["wa"], summary["ua"], summary["num_folds"], summary["num_seeds"],
                 summary["wa_seed_std"] or 0.0, summary["ua_seed_std"] or 0.0)

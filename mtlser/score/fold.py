@@ -88,6 +88,8 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
                               "was decoded)")
     ref_dir = Path(ref_dir)
     emotions = _emotions_of(decode_dir, ref_dir)
+    if not emotions:
+        return score_attributes_only(decode_dir, ref_dir)
     ref = read_table(ref_dir / "utt2emo")
     hyp = read_table(decode_dir / expdir.UTT2EMO_HYP)
     errors = not_scored.read_utt2error(decode_dir, hyp)  # utterances the decode could not decode
@@ -162,6 +164,34 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         logger.warning("%s: %d of %d test utterances were not scored (the decode could not decode them): %s",
                        decode_dir, len(errors), len(ref),
                        " ".join(sorted(errors)[:10]) + (" ..." if len(errors) > 10 else ""))
+    return result
+
+
+def score_attributes_only(decode_dir: Path, ref_dir: Path) -> dict:
+    """A model with no classes (a dimensional-only corpus): CCC, Pearson r and MAE per attribute, no WA/UA."""
+    from mtlser.data.attributes import UTT2ATTR
+
+    ref = read_table(ref_dir / "utt2spk")
+    hyp_path = decode_dir / expdir.UTT2ATTR_HYP
+    if not hyp_path.is_file():
+        raise MtlserError(f"{hyp_path}: missing; the model has no classes, so its decode writes attribute values "
+                          "there: decode again")
+    errors = not_scored.read_utt2error(decode_dir, read_table(hyp_path))
+    check_hypotheses(ref, {**read_table(hyp_path), **errors}, ref_dir / UTT2ATTR, hyp_path)
+    utts = sorted(u for u in ref if u not in errors)
+    if not utts:
+        raise MtlserError(f"{decode_dir}: none of the {len(ref)} test utterances could be decoded (see "
+                          f"{decode_dir / not_scored.UTT2ERROR}); nothing to score")
+    result = {"n": len(utts), "emotions": [], "speakers": sorted(set(ref.values())), "not_scored": len(errors),
+              "not_scored_utts": errors, "attributes": score_attributes(decode_dir, ref_dir, utts)}
+    lines = [f"decode dir: {decode_dir}",
+             f"references: {ref_dir} ({len(utts)} utterances, speakers {' '.join(result['speakers'])}); "
+             "attributes only (the model has no classes)",
+             *not_scored.header_line(errors, len(ref)), *attr_result_lines(result["attributes"]),
+             *not_scored.listing(errors)]
+    atomic_write_text(decode_dir / expdir.RESULT_TXT, "\n".join(lines) + "\n")
+    atomic_write_text(decode_dir / expdir.RESULT_JSON, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    logger.info("%s: mean CCC %.4f (%d utterances)", decode_dir, result["attributes"]["mean_ccc"], len(utts))
     return result
 
 

@@ -32,10 +32,18 @@ def experiment_setup(exp_dir: Path) -> list[str]:
         cfg = expdir.read_config(configs[0].parent)
         loss, data, bb, tr = (cfg.get(k) or {} for k in ("loss", "data", "backbone", "train"))
         lam = loss.get("lambda")
+        ce_w = loss.get("ce_weight", 1.0)
+        # The paper's objective reads as it always did; an attribute head and a class-free model name their terms.
+        ce = "" if data.get("emotions") == [] or ce_w == 0 else "CE" if ce_w == 1 else f"{ce_w:g} · CE"
+        if ce and loss.get("class_weighting") == "balanced":
+            ce += " (class-balanced)"
+        attr = (f"{loss.get('attr_weight', 1.0):g} · L_attr ({loss.get('attr_loss')})" if loss.get("attributes")
+                else "")
+        head = " + ".join(t for t in (ce, attr) if t)
         if lam == 0:
-            lines.append("- objective: L = CE (single task, λ = 0: no CTC head)")
+            lines.append(f"- objective: L = {head} ({'single task, ' if not attr else ''}λ = 0: no CTC head)")
         else:
-            lines.append(f"- objective: L = CE + {lam:g} · CTC (CTC {loss.get('ctc_reduction')}), CTC targets "
+            lines.append(f"- objective: L = {head} + {lam:g} · CTC (CTC {loss.get('ctc_reduction')}), CTC targets "
                          f"`{data.get('token_type')}` (text_{data.get('token_type')})")
         init = bb.get("init") or "random init (no pretrained weights)"
         lines.append(f"- backbone: {bb.get('arch')} {bb.get('size')} from `{init}`; feature encoder "
@@ -138,11 +146,12 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
     group = "runs" in summary
     env = environment()
     emotions = summary["emotions"]
-    cm = np.array(summary["confusion"])
     name = exp_dir.name
-    plot_confusion(cm, emotions, exp_dir / "confusion.png",
-                   f"{name}: summed over {summary['num_folds']} folds"
-                   + (f" × {summary['num_seeds']} seeds" if group else "") + " (row-normalised)")
+    if emotions:
+        cm = np.array(summary["confusion"])
+        plot_confusion(cm, emotions, exp_dir / "confusion.png",
+                       f"{name}: summed over {summary['num_folds']} folds"
+                       + (f" × {summary['num_seeds']} seeds" if group else "") + " (row-normalised)")
     weights = fusion_weights(exp_dir)
     if weights:
         plot_fusion(weights, exp_dir / "fusion_weights.png", f"{name}: learned layer-fusion weights")
@@ -183,9 +192,13 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
         f"- folds: {summary['num_folds']}, test utterances: {summary['n']}"
         + (f" scored; **{summary['not_scored']} more could not be decoded and are not in any figure** (each fold's "
            f"decode_test/utt2error)" if summary.get("not_scored") else ""),
-        "",
-        *runs.figure_lines(summary),
     ]
+    if not emotions:  # a model with no classes: the attribute scores are its figures
+        lines += runs.attribute_lines(summary) + _attribute_fold_lines(summary)
+        lines += _fusion_lines(weights)
+        atomic_write_text(exp_dir / expdir.RESULTS_MD, "\n".join(lines) + "\n")
+        return
+    lines += ["", *runs.figure_lines(summary)]
     if "ctc_ter" in summary:
         lines.append(f"|CTC token error rate|{100 * summary['ctc_ter']:.2f}||||||")
     lines += runs.attribute_lines(summary)
@@ -199,13 +212,26 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
     for i, e in enumerate(emotions):
         lines.append(f"|{e}|" + "|".join(str(int(c)) for c in cm[i]) + "|")
     lines += ["", "![confusion](confusion.png)"]
-    if weights:
-        lines += ["", "### Layer fusion weights (mean over folds)", "",
-                  "|" + "|".join(str(i) for i in range(len(weights[0]))) + "|",
-                  "|" + "---|" * len(weights[0]),
-                  "|" + "|".join(f"{x:.3f}" for x in np.mean(weights, axis=0)) + "|",
-                  "", "![fusion weights](fusion_weights.png)"]
+    lines += _fusion_lines(weights)
     atomic_write_text(exp_dir / expdir.RESULTS_MD, "\n".join(lines) + "\n")
+
+
+def _fusion_lines(weights: list[list[float]]) -> list[str]:
+    if not weights:
+        return []
+    return ["", "### Layer fusion weights (mean over folds)", "",
+            "|" + "|".join(str(i) for i in range(len(weights[0]))) + "|",
+            "|" + "---|" * len(weights[0]),
+            "|" + "|".join(f"{x:.3f}" for x in np.mean(weights, axis=0)) + "|",
+            "", "![fusion weights](fusion_weights.png)"]
+
+
+def _attribute_fold_lines(summary: dict) -> list[str]:
+    """A class-free model's per-fold table: test speakers, utterances and the mean CCC of each fold."""
+    # One seed's folds are its runs; a seed group's are the means over its seeds (runs.fold_means's "ccc").
+    return ["", "### Per fold", "", "|fold|test speakers|n|mean CCC|", "|---|---|---|---|",
+            *(f"|{f['fold']}|{' '.join(f['speakers'])}|{f.get('n', '')}|"
+              f"{f['ccc'] if 'ccc' in f else runs.run_value(f, 'ccc'):.4f}|" for f in summary["folds"])]
 
 
 def _fold_lines(summary: dict, emotions: list[str]) -> list[str]:

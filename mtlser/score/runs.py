@@ -63,6 +63,8 @@ def summarise_runs(runs: list[dict]) -> dict:
     if not runs:
         raise MtlserError("no scored runs to summarise")
     seeds = sorted({r.get("seed") for r in runs}, key=str)
+    if not runs[0].get("emotions", True) or any(r.get("confusion") is None for r in runs):
+        return _attributes_only(runs, seeds)
     cm = np.sum([np.array(r["confusion"]) for r in runs], axis=0)
     summary: dict = {}
     f1s = [m for m in F1_METRICS if all(r.get(m) is not None for r in runs)]
@@ -93,6 +95,25 @@ def summarise_runs(runs: list[dict]) -> dict:
     if ters:
         summary["ctc_ter"] = float(np.mean(ters))
     return summary
+
+
+def _attributes_only(runs: list[dict], seeds: list) -> dict:
+    """results.json's figures of a model with no classes: the attribute scores over the runs, no WA/UA."""
+    attrs = summarise_attributes(runs)
+    if attrs is None:
+        raise MtlserError("runs with neither a confusion matrix (classes) nor attribute scores: score the folds "
+                          "again (python -m mtlser.score fold)")
+    first = [r for r in runs if r.get("seed") == seeds[0]]
+    folds = []
+    for fold in sorted({r["fold"] for r in runs}):
+        rs = [r for r in runs if r["fold"] == fold]
+        v = np.array([run_value(r, "ccc") for r in rs])
+        folds.append({"fold": fold, "speakers": rs[0].get("speakers", []), "seeds": len(rs), "n": rs[0].get("n"),
+                      "ccc": float(v.mean()), "ccc_seed_std": float(v.std(ddof=1)) if len(v) > 1 else None})
+    return {"ci_rule": stats.interval_rule(len(seeds), len({r["fold"] for r in runs})),
+            "n": int(sum(r.get("n") or 0 for r in first)), "num_folds": len({r["fold"] for r in runs}),
+            "num_seeds": len(seeds), "seeds": seeds, "attributes": attrs, "off_folds": [], "fold_means": folds,
+            "not_scored": int(sum(r.get("not_scored", 0) or 0 for r in first))}
 
 
 def summarise_attributes(runs: list[dict]) -> dict | None:

@@ -95,6 +95,22 @@ def resolve_emotions(cfg: Config, data_dirs: list[Path]) -> list[str]:
     return emotions
 
 
+def check_dimensional_only(cfg: Config, data_dir: Path, token_list: list[str]) -> None:
+    """A fold with no classes (an empty inventory: every utt2emo is '-') trains attributes only: no emotion head,
+    no CE term; CTC off or on untagged targets; the epoch chosen on the valid loss."""
+    where = data_dir / "train" / "emotions"
+    if not cfg.loss.attributes:
+        raise MtlserError(f"{where}: no classes, so the model has attributes only: train with --loss.attributes true "
+                          "(the data's utt2attr)")
+    if cfg.loss.lambda_ > 0 and len(token_list) <= 1:
+        raise MtlserError(f"{where}: no classes, so the emotion-tagged CTC targets are empty (token list of "
+                          f"{len(token_list)} token): train with untagged targets (--emo-tag false: text_phncls_notag) "
+                          "or without CTC (--loss.lambda 0)")
+    if cfg.train.model_selection == "valid" and cfg.train.select_metric in ("ua", "wa"):
+        raise MtlserError(f"{where}: no classes, so no valid {cfg.train.select_metric.upper()} to select the epoch "
+                          "on: use --train.select_metric loss (or --train.model_selection last)")
+
+
 def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERDataset, SERDataset | None]:
     """The fold's training set and its valid set (None without one, or merged into training for
     ``train.model_selection last``). Sets ``cfg.data.emotions`` to the data's inventory."""
@@ -107,6 +123,8 @@ def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERD
                           "does with train.model_selection last")
     # The classes come from the data (stage 0's inventory); data.emotions may only restate them.
     cfg.data.emotions = resolve_emotions(cfg, [data_dir / "train", data_dir / "valid"])
+    if not cfg.data.emotions:
+        check_dimensional_only(cfg, data_dir, token_list)
     use_ctc = cfg.loss.lambda_ > 0
     ds_kw = dict(token_list=token_list if use_ctc else None, token_type=cfg.data.token_type,
                  emotions=cfg.data.emotions, sample_rate=cfg.data.sample_rate, cache_audio=cfg.data.cache_audio)
