@@ -157,3 +157,16 @@ def test_a_mixed_corpus_trains_with_the_unclassed_masked(make_data_dir, tmp_path
     history = t.history[-1]
     assert all(v == v for k, v in history.items() if isinstance(v, float))  # no NaN
     assert "valid_ua" in history
+    # Decoded and scored: WA/UA over the classed test utterances, the attributes over all of them.
+    from mtlser.infer.__main__ import main as infer_main
+    from mtlser.score.fold import score_fold
+    test = tmp_path / "loso" / "fold01" / "test"
+    assert infer_main(["--model", str(tmp_path / "exp"), "--data-dir", str(test), "--out",
+                       str(tmp_path / "exp" / "decode_test"), "--no-progress"]) == 0
+    ref = read_table(test / "utt2emo")
+    res = score_fold(tmp_path / "exp" / "decode_test")
+    classed = sum(1 for e in ref.values() if e != NO_CLASS)
+    assert 0 < classed < len(ref) and res["n"] == classed and res["unclassed"] == len(ref) - classed
+    assert sum(map(sum, res["confusion"])) == classed and set(res["attributes"]["ccc"]) == {"arousal", "valence"}
+    text = (tmp_path / "exp" / "decode_test" / "result.txt").read_text()
+    assert f"{len(ref) - classed} more with no class ('-')" in text

@@ -11,6 +11,7 @@ import numpy as np
 
 from mtlser import expdir
 from mtlser.data.datadir import read_table
+from mtlser.data.emotions import NO_CLASS
 from mtlser.score import not_scored
 from mtlser.score.attributes import f1_scores, score_attributes
 from mtlser.score.attributes import result_lines as attr_result_lines
@@ -90,12 +91,14 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
     emotions = _emotions_of(decode_dir, ref_dir)
     if not emotions:
         return score_attributes_only(decode_dir, ref_dir)
-    ref = read_table(ref_dir / "utt2emo")
+    ref_all = read_table(ref_dir / "utt2emo")
+    # An utterance with no class ('-', kept for its attributes) is in the attribute figures only.
+    ref = {u: e for u, e in ref_all.items() if e != NO_CLASS}
     hyp = read_table(decode_dir / expdir.UTT2EMO_HYP)
     errors = not_scored.read_utt2error(decode_dir, hyp)  # utterances the decode could not decode
     check_references(ref, emotions, ref_dir / "utt2emo")
     # An utterance the decode listed in utt2error counts as answered: it is reported, not scored.
-    check_hypotheses(ref, {**hyp, **errors}, ref_dir / "utt2emo", decode_dir / expdir.UTT2EMO_HYP)
+    check_hypotheses(ref_all, {**hyp, **errors}, ref_dir / "utt2emo", decode_dir / expdir.UTT2EMO_HYP)
     index = {e: i for i, e in enumerate(emotions)}
     utts = sorted(u for u in ref if u not in errors)
     if not utts:
@@ -121,6 +124,9 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         "not_scored": len(errors),
         "not_scored_utts": errors,
     }
+    unclassed = sorted(u for u in ref_all if u not in ref and u not in errors)
+    if unclassed:
+        result["unclassed"] = len(unclassed)
     text_hyp, text_ref = decode_dir / expdir.TEXT_HYP, ref_dir / f"text_{token_type}"
     if text_hyp.is_file() and text_ref.is_file():
         hyp_t = read_table(text_hyp, allow_empty_value=True)
@@ -141,8 +147,10 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         f"WA {result['wa']:.4f}  UA {result['ua']:.4f}"
         + (f"  CTC TER {result['ctc_ter']:.4f} ({token_type})" if result.get("ctc_ter") is not None else ""),
         f"macro-F1 {result['macro_f1']:.4f}  weighted F1 {result['weighted_f1']:.4f}",
-        *not_scored.header_line(errors, len(ref)),
+        *not_scored.header_line({u: e for u, e in errors.items() if u in ref}, len(ref)),
     ]
+    if unclassed:
+        lines.append(f"{len(unclassed)} more with no class ('{NO_CLASS}'): in the attribute figures only")
     if result["absent_classes"]:
         lines.append(f"UA over {len(emotions) - len(result['absent_classes'])} of {len(emotions)} classes: "
                      f"{' '.join(result['absent_classes'])} absent from this fold's references (no recall)")
@@ -152,7 +160,7 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         lines.append(f"{e:{w}s}  {_fmt(result['recall'][e])}   {_fmt(result['precision'][e])}    {int(cm[i].sum())}"
                      + ("   absent from the references" if e in result["absent_classes"] else ""))
     lines += ["", "confusion (rows = reference, columns = hypothesis):", *confusion_lines(cm, emotions)]
-    attr_result = score_attributes(decode_dir, ref_dir, utts)
+    attr_result = score_attributes(decode_dir, ref_dir, sorted(utts + unclassed))
     if attr_result is not None:
         result["attributes"] = attr_result
         lines += attr_result_lines(attr_result)
