@@ -52,6 +52,10 @@ def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST) -> dic
     summary.pop("fold_means")
     summary.update(emotions=emotions, folds=[{k: r.get(k) for k in RUN_KEYS} for r in results])
     summary["seed"] = results[0]["seed"]
+    if decode_name == expdir.DECODE_TEST:
+        further = further_test_sets(folds, emotions)
+        if further:
+            summary["test_sets"] = further
     atomic_write_text(exp_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(exp_dir, summary)
     if "wa" not in summary:  # a model with no classes
@@ -109,6 +113,37 @@ def aggregate_seeds(exp_dirs: list[str | Path], out_dir: str | Path) -> dict:
                 summary["wa"], summary["ua"], summary["num_folds"], summary["num_seeds"],
                 summary["wa_seed_std"] or 0.0, summary["ua_seed_std"] or 0.0)
     return summary
+
+
+def further_test_sets(folds: list[Path], emotions: list[str]) -> dict[str, dict]:
+    """The fixed protocol's further test sets (test2, ...: each fold's data dir's test<name>), each summarised
+    over the folds as the main one is (mtlser.score.runs); {} when the folds have the test set alone."""
+    from mtlser.data.fold_names import TEST_SET, test_sets
+
+    data = expdir.decoded_data_dir(folds[0] / expdir.DECODE_TEST)
+    if data is None or not data.parent.is_dir():
+        return {}
+    out = {}
+    for name in test_sets(data.parent):
+        if name == TEST_SET:
+            continue
+        decode = expdir.DECODE_PREFIX + name
+        runs = []
+        for fold in folds:
+            path = fold / decode / expdir.RESULT_JSON
+            if not path.is_file():
+                raise MtlserError(f"{path}: missing, but {data.parent} has the test set {name}; decode and score it "
+                                  f"(stages 4-5 do each test set: python -m mtlser.infer --test-set {name}, then "
+                                  f"python -m mtlser.score fold {fold / decode})")
+            r = json.loads(path.read_text())
+            if r["emotions"] != emotions:
+                raise MtlserError(f"{path}: scores emotions {r['emotions']} but {expdir.DECODE_TEST} {emotions}; "
+                                  "decode and score it again")
+            runs.append({**{k: r.get(k) for k in RUN_KEYS}, "fold": fold.name, "seed": _seed_of(fold)})
+        s = summarise_runs(runs)
+        s.pop("fold_means")
+        out[name] = {"decode_name": decode, **s, "folds": runs}
+    return out
 
 
 def _seed_of(fold_dir: Path):

@@ -194,7 +194,7 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
            f"decode_test/utt2error)" if summary.get("not_scored") else ""),
     ]
     if not emotions:  # a model with no classes: the attribute scores are its figures
-        lines += runs.attribute_lines(summary) + _attribute_fold_lines(summary)
+        lines += runs.attribute_lines(summary) + runs.test_set_lines(summary) + _attribute_fold_lines(summary)
         lines += _fusion_lines(weights)
         atomic_write_text(exp_dir / expdir.RESULTS_MD, "\n".join(lines) + "\n")
         return
@@ -202,6 +202,7 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
     if "ctc_ter" in summary:
         lines.append(f"|CTC token error rate|{100 * summary['ctc_ter']:.2f}||||||")
     lines += runs.attribute_lines(summary)
+    lines += runs.test_set_lines(summary)
     lines += runs.off_fold_lines(summary, emotions)
     if group:
         lines += runs.seed_lines(summary)

@@ -274,3 +274,21 @@ def off_fold_lines(summary: dict, emotions: list[str]) -> list[str]:
         for e, row in zip(emotions, f["confusion"]):
             lines.append(f"|{e}|" + "|".join(str(int(c)) for c in row) + "|")
     return lines
+
+
+def test_set_lines(summary: dict) -> list[str]:
+    """RESULTS.md's table of the fixed protocol's test sets (test, test2, ...), each scored on its own."""
+    further = summary.get("test_sets") or {}
+    if not further:
+        return []
+    lines = ["", "### Test sets", "",
+             f"Each test set of the fixed protocol scored on its own, mean over {summary['num_folds']} "
+             f"fold{'s' if summary['num_folds'] != 1 else ''}; the figures above are `test`'s. Per fold: "
+             "foldNN/<decode dir>/result.txt.", "",
+             "|test set|decode dir|n|WA|UA|macro-F1|weighted F1|mean CCC|", "|---|---|---|---|---|---|---|---|"]
+    for name, s in [("test", {**summary, "decode_name": "decode_test"}), *further.items()]:
+        ccc = (s.get("attributes") or {}).get("mean_ccc")
+        lines.append(f"|{name}|{s['decode_name']}|{s['n']}|{_pct(s.get('wa'))}|{_pct(s.get('ua'))}|"
+                     f"{_pct(s.get('macro_f1'))}|{_pct(s.get('weighted_f1'))}|"
+                     f"{'—' if ccc is None else format(ccc['mean'], '.4f')}|")
+    return lines
