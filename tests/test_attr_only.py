@@ -89,6 +89,8 @@ def test_attributes_only_runs_stages_2_to_5_and_infer_prints_attributes(make_dat
     assert infer_main(["--model", str(exp), wav[sorted(wav)[0]], "--format", "csv", "--no-progress"]) == 0
     header = capsys.readouterr().out.splitlines()[0].split(",")
     assert "arousal" in header and "emotion" not in header
+    with pytest.raises(MtlserError, match="--format utt2emo: this model has no classes"):
+        infer_main(["--model", str(exp), wav[sorted(wav)[0]], "--format", "utt2emo", "--no-progress"])
 
 
 def test_no_classes_needs_the_attribute_head_and_untagged_ctc(make_data_dir, tmp_path):
