@@ -156,3 +156,19 @@ def test_each_test_set_is_scored_and_listed_in_results(make_data_dir, tiny_confi
     with pytest.raises(MtlserError, match=r"decode_test2/result.json: missing, but .*fold01 has the test set "
                                           r"test2; decode and score it"):
         score_main(["aggregate", str(exp)])
+    # A seed group of two such experiments lists test2 over both seeds.
+    import shutil
+
+    import yaml
+    assert score_main(["fold", str(exp / "fold01" / "decode_test2")]) == 0
+    assert score_main(["aggregate", str(exp)]) == 0
+    other = tmp_path / "exp_seed9"
+    shutil.copytree(exp, other)
+    cfg = yaml.safe_load((other / "fold01" / "config.yaml").read_text())
+    cfg["train"]["seed"] = 9
+    (other / "fold01" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert score_main(["aggregate", str(other)]) == 0
+    assert score_main(["aggregate", str(exp), str(other), "--seeds-out", str(tmp_path / "group")]) == 0
+    g = json.loads((tmp_path / "group" / "results.json").read_text())
+    assert g["test_sets"]["test2"]["num_seeds"] == 2 and g["test_sets"]["test2"]["ua"] == pytest.approx(t2["ua"])
+    assert "|test2|decode_test2|" in (tmp_path / "group" / "RESULTS.md").read_text()

@@ -102,6 +102,9 @@ def aggregate_seeds(exp_dirs: list[str | Path], out_dir: str | Path) -> dict:
     summary = {**summarise_runs(runs), "emotions": r0["emotions"], "runs": runs,
                "members": [str(d) for d, _ in members]}
     summary["folds"] = summary.pop("fold_means")
+    further = _group_test_sets(members)
+    if further:
+        summary["test_sets"] = further
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(out_dir, summary, setup_dir=d0)
@@ -143,6 +146,23 @@ def further_test_sets(folds: list[Path], emotions: list[str]) -> dict[str, dict]
         s = summarise_runs(runs)
         s.pop("fold_means")
         out[name] = {"decode_name": decode, **s, "folds": runs}
+    return out
+
+
+def _group_test_sets(members: list[tuple[Path, dict]]) -> dict[str, dict]:
+    """A seed group's further test sets: each set's runs of every seed, summarised as the main test set's."""
+    names = [list(r.get("test_sets") or {}) for _, r in members]
+    if any(n != names[0] for n in names):
+        raise MtlserError(f"{members[0][0]}: the seeds' experiments score the test sets "
+                          f"{sorted({' '.join(['test', *n]) for n in names})}; aggregate each after stage 5 scored "
+                          "all of its test sets")
+    out = {}
+    for name in names[0]:
+        runs = [run for _, r in members for run in runs_of({"folds": r["test_sets"][name]["folds"],
+                                                            "seed": r.get("seed")})]
+        s = summarise_runs(runs)
+        s.pop("fold_means")
+        out[name] = {"decode_name": members[0][1]["test_sets"][name]["decode_name"], **s}
     return out
 
 
