@@ -201,6 +201,7 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
     lines += ["", *runs.figure_lines(summary)]
     if "ctc_ter" in summary:
         lines.append(f"|CTC token error rate|{100 * summary['ctc_ter']:.2f}||||||")
+    lines += runs.f1_note(summary)
     lines += runs.attribute_lines(summary)
     lines += runs.test_set_lines(summary)
     lines += runs.off_fold_lines(summary, emotions)

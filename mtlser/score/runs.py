@@ -197,6 +197,14 @@ def figure_lines(summary: dict) -> list[str]:
     return lines
 
 
+def f1_note(summary: dict) -> list[str]:
+    """What macro-F1 and weighted F1 are, under the headline table (when it has them)."""
+    if not any(m in summary for m in F1_METRICS):
+        return []
+    return ["", "macro-F1 = mean F1 over the classes present in a fold's references (the challenges' class metric), "
+            "weighted F1 = F1 weighted by their reference counts; pooled from the summed confusion."]
+
+
 METRIC_NAMES = {"macro_f1": "macro-F1", "weighted_f1": "weighted F1"}
 
 
