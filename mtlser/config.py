@@ -183,9 +183,15 @@ class LossConfig:
     class_weights: list | None = doc(
         "Per-class weights for the cross entropy, in the emotion inventory's order (IEMOCAP: ang hap sad neu); "
         "null = unweighted (the paper).", None, check=each(NON_NEGATIVE))
+    class_weighting: str = doc(
+        "none (CE weights are loss.class_weights, or none) | balanced (weights n / (K n_k) from the class counts "
+        "n_k of the fold's training set, computed when training starts and recorded as loss.class_weights in "
+        "the fold's config.yaml and checkpoint; for unbalanced corpora such as MSP-Podcast).", "none",
+        check=one_of("none", "balanced"))
     ce_weight: float = doc(
         "Weight w_ce of the cross entropy, L = w_ce * L_CE + attr_weight * L_attr + lambda * L_CTC; 1 in the paper. "
-        "0 trains no class task (a dimensional-only model; the emotion head is still built).", 1.0, check=NON_NEGATIVE)
+        "0 trains no class task (the emotion head is still built); data with no classes (an empty inventory) "
+        "builds no emotion head and no CE term whatever this weight.", 1.0, check=NON_NEGATIVE)
     attributes: bool = doc(
         "Train a regression head for the data's dimensional attributes (utt2attr + its declaration `attributes`, "
         "mtlser.data.attributes) on the same pooled fusion as the emotion head. false = no attribute head (the paper).",
@@ -562,7 +568,7 @@ def check_config(cfg: Config, where: str = "config") -> None:
     if cfg.loss.ce_weight == 0 and not cfg.loss.attributes:
         raise MtlserError(f"{where}: loss.ce_weight = 0 and loss.attributes = false leave no utterance-level task; "
                           "set loss.attributes: true (data with utt2attr) or ce_weight > 0")
-    if cfg.data.emotions is not None:
+    if cfg.data.emotions:  # [] is a dimensional-only model's (no classes; mtlser.train.build)
         from mtlser.data.emotions import check_labels
 
         cfg.data.emotions = check_labels(cfg.data.emotions, f"{where}: data.emotions")

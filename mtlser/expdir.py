@@ -106,13 +106,15 @@ def fold_files(exp_dir: str | Path, name: str) -> list[Path]:
     return sorted(Path(exp_dir).glob(f"{FOLD_GLOB}/{name}"))
 
 
-def write_decode(out: Path, data_dir: Path, hyp: dict[str, str], probs: dict[str, str],
+def write_decode(out: Path, data_dir: Path, hyp: dict[str, str] | None, probs: dict[str, str],
                  text: dict[str, str] | None, errors: dict[str, str],
                  attributes: dict[str, list[float]] | None = None) -> None:
-    """A decode dir's files (see the module doc); utt2error only when an utterance failed."""
+    """A decode dir's files (see the module doc); utt2error only when an utterance failed; no utt2emo_hyp and
+    emo_probs (``hyp`` None) from a model with no classes."""
     out.mkdir(parents=True, exist_ok=True)
-    write_table(out / UTT2EMO_HYP, hyp)
-    write_table(out / EMO_PROBS, probs)
+    if hyp is not None:
+        write_table(out / UTT2EMO_HYP, hyp)
+        write_table(out / EMO_PROBS, probs)
     if attributes is not None:
         from mtlser.data.attributes import write_values
         write_values(out / UTT2ATTR_HYP, attributes)

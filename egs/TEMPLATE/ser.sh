@@ -236,7 +236,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         done
         python -m mtlser.score aggregate "${expdir}"  # logs the headline table (WA, UA) with its header
         if [ "${#decode_names[@]}" -gt 1 ]; then
-            log "Stage 5: the further test sets' figures: ${expdir}/foldNN/{${decode_names[*]:1}}/result.txt"
+            log "Stage 5: each test set's figures (${decode_names[*]}) in ${expdir}/RESULTS.md (Test sets), per fold in ${expdir}/foldNN/<decode dir>/result.txt"
         fi
     done
     for group in "${seed_groups[@]}"; do

@@ -56,20 +56,24 @@ def render(done: list[Labelled], fmt: str, emotions: list[str], attributes: list
     if fmt == "jsonl":
         return "".join(json.dumps(d.as_json(), ensure_ascii=False) + "\n" for d in done)
     if fmt == "utt2emo":
+        if not emotions:
+            raise MtlserError("--format utt2emo: this model has no classes (attributes only); write jsonl or csv")
         return "".join(f"{d.recording.id} {d.result['emotion']}\n" for d in done if d.error is None)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     attributes = attributes or []
+    emotion = ["emotion"] if emotions else []  # a dimensional-only model has attributes only
     if per_window:
         _window_rows(writer, done, emotions, attributes)
         return buf.getvalue()
-    writer.writerow(["id", "file", "duration", "emotion", *[f"p_{e}" for e in emotions], *attributes, "error"])
+    writer.writerow(["id", "file", "duration", *emotion, *[f"p_{e}" for e in emotions], *attributes, "error"])
     for d in done:
         if d.error is not None:
-            writer.writerow([d.recording.id, d.recording.source, "", "", *[""] * (len(emotions) + len(attributes)),
-                             d.error])
+            writer.writerow([d.recording.id, d.recording.source, "", *[""] * len(emotion),
+                             *[""] * (len(emotions) + len(attributes)), d.error])
         else:
-            writer.writerow([d.recording.id, d.recording.source, f"{d.duration:.4f}", d.result["emotion"],
+            writer.writerow([d.recording.id, d.recording.source, f"{d.duration:.4f}",
+                             *[d.result["emotion"] for _ in emotion],
                              *[f"{d.result['probs'][e]:.6f}" for e in emotions],
                              *[f"{d.result['attributes'][a]:.4f}" for a in attributes], ""])
     return buf.getvalue()
@@ -77,16 +81,17 @@ def render(done: list[Labelled], fmt: str, emotions: list[str], attributes: list
 
 def _window_rows(writer, done: list[Labelled], emotions: list[str], attributes: list[str]) -> None:
     """--per-window: a row per window (a recording within one window is one window, 0 to its duration)."""
-    writer.writerow(["id", "file", "start", "end", "emotion", *[f"p_{e}" for e in emotions], *attributes, "error"])
+    emotion = ["emotion"] if emotions else []  # a dimensional-only model has attributes only
+    writer.writerow(["id", "file", "start", "end", *emotion, *[f"p_{e}" for e in emotions], *attributes, "error"])
     for d in done:
         if d.error is not None:
-            writer.writerow([d.recording.id, d.recording.source, "", "", "",
+            writer.writerow([d.recording.id, d.recording.source, "", "", *[""] * len(emotion),
                              *[""] * (len(emotions) + len(attributes)), d.error])
             continue
         spans = d.result.get("windows") or [{"start": 0.0, "end": d.duration, **d.result}]
         for w in spans:
-            writer.writerow([d.recording.id, d.recording.source, f"{w['start']:.4f}", f"{w['end']:.4f}", w["emotion"],
-                             *[f"{w['probs'][e]:.6f}" for e in emotions],
+            writer.writerow([d.recording.id, d.recording.source, f"{w['start']:.4f}", f"{w['end']:.4f}",
+                             *[w["emotion"] for _ in emotion], *[f"{w['probs'][e]:.6f}" for e in emotions],
                              *[f"{w['attributes'][a]:.4f}" for a in attributes], ""])
 
 

@@ -72,11 +72,11 @@ def _combine(pieces: list[tuple[float, float, dict]], emotions: list[str]) -> di
     if len(pieces) == 1:
         return pieces[0][2]
     pieces = sorted(pieces, key=lambda p: p[0])
-    mean = np.mean([[r["probs"][e] for e in emotions] for _, _, r in pieces], axis=0)
-    out = {
-        "emotion": emotions[int(np.argmax(mean))],
-        "probs": {e: float(p) for e, p in zip(emotions, mean.tolist())},
-    }
+    out = {}
+    if emotions:  # a dimensional-only model: attributes only
+        mean = np.mean([[r["probs"][e] for e in emotions] for _, _, r in pieces], axis=0)
+        out = {"emotion": emotions[int(np.argmax(mean))],
+               "probs": {e: float(p) for e, p in zip(emotions, mean.tolist())}}
     if "attributes" in pieces[0][2]:
         names = list(pieces[0][2]["attributes"])
         out["attributes"] = {a: float(np.mean([r["attributes"][a] for _, _, r in pieces])) for a in names}

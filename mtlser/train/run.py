@@ -40,8 +40,11 @@ def train_fold(config: str, overrides: list[tuple[str, list[str]]], token_list: 
         with distributed.process_group(cfg.train.device):
             best = fit_or_retrain(cfg, data_dir, tokens, exp_dir, force)
     if best:
-        logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
-                    best.get("ua", float("nan")))
+        if "ua" in best or "loss" not in best:
+            logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
+                        best.get("ua", float("nan")))
+        else:  # a dimensional-only model (no classes)
+            logger.info("best epoch %s: valid loss %.4f", best.get("epoch"), best["loss"])
     distributed.exit_now(0)  # a torchrun rank ends here (gloo's threads outlive its group); a plain run returns
     return 0
 
