@@ -128,6 +128,15 @@ def write_decode(out: Path, data_dir: Path, hyp: dict[str, str] | None, probs: d
     atomic_write_text(out / DATA_DIR_POINTER, str(data_dir.resolve()) + "\n")
 
 
+def hypothesis_file(decode_dir: str | Path) -> str | None:
+    """The hypotheses a decode dir holds: utt2emo_hyp, or utt2attr_hyp for a model with no classes; None when
+    it was not decoded."""
+    for name in (UTT2EMO_HYP, UTT2ATTR_HYP):
+        if (Path(decode_dir) / name).is_file():
+            return name
+    return None
+
+
 def decoded_data_dir(decode_dir: str | Path) -> Path | None:
     """The data dir a decode dir was decoded from (its data_dir pointer), None without one."""
     pointer = Path(decode_dir) / DATA_DIR_POINTER

@@ -198,5 +198,7 @@ def check_stage(names: RunNames, folds: str, stage: int) -> None:
                                   f"run stage 3 first (folds: {' '.join(map(str, numbers))})")
             for d in decode_names if stage == 5 else []:
                 for f in (expdir.UTT2EMO_HYP, expdir.DATA_DIR_POINTER):
-                    if not (model_dir / d / f).is_file():
+                    found = (expdir.hypothesis_file(model_dir / d) is not None if f == expdir.UTT2EMO_HYP
+                             else (model_dir / d / f).is_file())
+                    if not found:
                         raise MtlserError(f"{where}: {model_dir / d} is not decoded (no {f}); run stage 4 first")

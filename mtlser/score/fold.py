@@ -81,7 +81,7 @@ def absent_classes(cm: np.ndarray, emotions: list[str]) -> list[str]:
 
 def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None) -> dict:
     decode_dir = Path(decode_dir)
-    if not (decode_dir / expdir.UTT2EMO_HYP).is_file():
+    if expdir.hypothesis_file(decode_dir) is None:
         raise MtlserError(f"{decode_dir}: not decoded (no {expdir.UTT2EMO_HYP}); decode it first (python -m "
                           "mtlser.infer, the recipe's stage 4)")
     token_type = token_type or _token_type_of(decode_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mtlser import expdir
+from mtlser.data.fold_names import TEST_SET
 from mtlser.score import stats
 from mtlser.score.attributes import f1_scores
 from mtlser.score.metrics import unweighted_accuracy, weighted_accuracy
@@ -311,7 +312,7 @@ def test_set_lines(summary: dict) -> list[str]:
              f"fold{'s' if summary['num_folds'] != 1 else ''}; the figures above are `test`'s. Per fold: "
              "foldNN/<decode dir>/result.txt.", "",
              "|test set|decode dir|n|WA|UA|macro-F1|weighted F1|mean CCC|", "|---|---|---|---|---|---|---|---|"]
-    for name, s in [("test", {**summary, "decode_name": "decode_test"}), *further.items()]:
+    for name, s in [(TEST_SET, {**summary, "decode_name": expdir.DECODE_TEST}), *further.items()]:
         ccc = (s.get("attributes") or {}).get("mean_ccc")
         lines.append(f"|{name}|{s['decode_name']}|{s['n']}|{_pct(s.get('wa'))}|{_pct(s.get('ua'))}|"
                      f"{_pct(s.get('macro_f1'))}|{_pct(s.get('weighted_f1'))}|"
