@@ -109,6 +109,9 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
         "git_dirty": env.get("git_dirty"),
         "mtlser_version": _version(),
     }
+    training = expdir.read_training(model_dir)
+    if training is not None and not training.finished:  # only then: a finished model's card keeps its facts
+        facts["unfinished"] = training.describe()
     if result is not None and kind == "fold":
         facts["test"] = {k: result.get(k) for k in ("speakers", "n", "wa", "ua", "ctc_ter")}
     if info.get("attributes"):  # only then: the paper's cards keep their facts
@@ -182,6 +185,9 @@ def card_text(facts: dict) -> str:
             "ensemble": f"an ensemble of {len(facts.get('members', []))} fold models; its emotion probabilities are "
                         "the mean of theirs"}[kind]
     lines += [f"Speech emotion recognition (Li et al., multi-task: CE + λ·CTC) — {what}.", ""]
+    if facts.get("unfinished"):
+        lines += [f"**Training did not finish** ({facts['unfinished']}): packed with --allow-unfinished; its "
+                  "figures are those of a model stopped early, not of the configured training.", ""]
     lines += ["| | |", "|---|---|",
               f"| corpus | {facts.get('corpus') or 'not recorded'} |",
               f"| protocol | {facts.get('protocol') or 'not recorded'}"
@@ -235,7 +241,8 @@ def card_text(facts: dict) -> str:
                      + (f", {_duration(t)}" if t is not None else "")
                      + f" on {device}" + (f" ({hw['cpu']})" if hw.get("cpu") else "")
                      + (f", {hw.get('platform')}" if hw.get("platform") else "")
-                     + (f"; {m.get('training_date')}" if m.get("training_date") else ""))
+                     + (f"; {m.get('training_date')}" if m.get("training_date") else "")
+                     + (f"; **{m['unfinished']}**" if m.get("unfinished") else ""))
     commit = facts.get("git_commit") or (members[0].get("git_commit") if members else None)
     lines += ["", f"Trained at mtlser commit `{commit or 'unknown'}`"
               + (" (with uncommitted changes)" if facts.get("git_dirty") else "")

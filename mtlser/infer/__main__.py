@@ -20,6 +20,7 @@ from mtlser.data.fold_names import TEST_SET, fold_name
 from mtlser.expdir import DECODE_PREFIX
 from mtlser.infer.audio import find_recordings
 from mtlser.infer.output import HOP_S, WINDOW_S, check_ids, label_and_write, load_predictor, output_format
+from mtlser.infer.package import check_trained
 from mtlser.utils import MtlserError, run_main, setup_logging
 
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-pipes", action="store_true",
                    help="run the commands of wav.scp pipe entries ('cmd |'); refused without it")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="decode a training dir whose training did not finish (killed, stopped): refused without it "
+                   "(mtlser.expdir.check_finished); its scores are then marked unfinished")
     return p
 
 
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt = output_format(args.format, args.output)
     recordings = find_recordings(args.inputs, args.allow_pipes) if args.inputs else []
     check_ids(recordings, fmt)
+    check_trained(model, args.allow_unfinished)
     predictor = load_predictor(model, args.device, args.weights, args.precision, args.num_threads, args.backend)
     if args.precision != "fp32" and args.device == "cpu":
         from mtlser.infer.backends import report_agreement

@@ -78,8 +78,12 @@ def absent_classes(cm: np.ndarray, emotions: list[str]) -> list[str]:
     return [e for e, n in zip(emotions, cm.sum(axis=1)) if n == 0]
 
 
-def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None) -> dict:
+def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None,
+               allow_unfinished: bool = False) -> dict:
+    """A fold's decode dir (inside its model dir) is scored only when the fold's training finished
+    (mtlser.expdir.check_finished), unless ``allow_unfinished``."""
     decode_dir = Path(decode_dir)
+    expdir.check_finished(decode_dir.parent, allow_unfinished)
     token_type = token_type or _token_type_of(decode_dir)
     if ref_dir is None:
         ref_dir = expdir.decoded_data_dir(decode_dir)
