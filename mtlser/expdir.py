@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
@@ -94,6 +95,7 @@ def read_best(model_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+@dataclass(frozen=True)
 class Training:
     """How far a model dir's training got, from what the trainer wrote: history.tsv (one row per epoch
     trained, written after each epoch's checkpoint), config.yaml (train.epochs, train.patience) and best.json
@@ -102,10 +104,9 @@ class Training:
     rule (mtlser.train.trainer.Trainer.end_epoch). Anything else (killed, preempted, train.stop_after_epoch)
     is unfinished."""
 
-    def __init__(self, epochs_run: int, epochs: int, early_stopped: bool):
-        self.epochs_run = epochs_run
-        self.epochs = epochs
-        self.early_stopped = early_stopped
+    epochs_run: int  # history.tsv's rows
+    epochs: int  # train.epochs of config.yaml
+    early_stopped: bool  # no improvement for train.patience epochs since best.json's epoch
 
     @property
     def finished(self) -> bool:

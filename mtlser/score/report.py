@@ -58,9 +58,9 @@ def _epochs_text(exp_dir: Path, configured) -> str:
     trainings = {name: t for name, t in trainings.items() if t is not None}
     if all(t.epochs_run == t.epochs == configured for t in trainings.values()):
         return f"{configured} epochs"
-    return (f"{configured} epochs configured (train.epochs); trained: "
+    return (f"{configured} epochs configured (train.epochs; trained: "
             + ", ".join(f"{name} **{t.describe()}**" if not t.finished else f"{name} {t.describe()}"
-                        for name, t in trainings.items()))
+                        for name, t in trainings.items()) + ")")
 
 
 def training_environment(exp_dir: Path) -> dict | None:
