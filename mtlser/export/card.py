@@ -7,7 +7,9 @@ Every figure on a card is read from a file of the experiment (nothing is measure
   the 95 % CI), and its seed group's ``exp/<name>_seeds/results.json`` when it is one seed of a group;
 - protocol and corpus: the folds dir the decode points at (``decode_test/data_dir``, ``protocol``);
 - training time and hardware: ``history.tsv`` (seconds per epoch) and ``env.json`` (versions, git
-  commit, GPU, platform of the training run); the selected epoch: ``best.json``.
+  commit, GPU, platform of the training run); the selected epoch: ``best.json``; a model whose training did
+  not finish (packed with --allow-unfinished): ``unfinished``, "unfinished, N of M epochs"
+  (mtlser.expdir.read_training), said at the top of its README.md.
 
 A final model (trained on every speaker) and an ensemble of the fold models have no held-out
 figure: every speaker was seen in training. Their cards say so and give the fold models'
