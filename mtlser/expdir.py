@@ -113,11 +113,12 @@ class Training:
         return self.epochs_run >= self.epochs or self.early_stopped
 
     def describe(self) -> str:
-        """How RESULTS.md and a model card say it: "unfinished, 2 of 5 epochs", "stopped early, ..."."""
+        """How RESULTS.md and a model card say it: "unfinished, 2 of 5 epochs", "stopped early after 3 of 5
+        epochs (train.patience)", "5 epochs"."""
         if not self.finished:
             return f"unfinished, {self.epochs_run} of {self.epochs} epochs"
         if self.epochs_run < self.epochs:
-            return f"stopped early (train.patience), {self.epochs_run} of {self.epochs} epochs"
+            return f"stopped early after {self.epochs_run} of {self.epochs} epochs (train.patience)"
         return f"{self.epochs_run} epochs"
 
 

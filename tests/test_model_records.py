@@ -83,7 +83,7 @@ def test_finished_comes_from_the_trainers_record_and_early_stopping_is_finished(
     d = tmp_path / "fold01"
     d.mkdir()
     (d / "env.json").write_text("{}\n")
-    (d / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 5, "patience": 2}}))
+    (d / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 5, "patience": 2}, "loss": {"lambda": 0}}))
     t = expdir.read_training(d)  # killed in epoch 1: no history, no weights
     assert (t.epochs_run, t.epochs, t.finished) == (0, 5, False)
     history = "epoch\tstep\n" + "".join(f"{e}\t{10 * e}\n" for e in range(1, 4))
@@ -98,7 +98,11 @@ def test_finished_comes_from_the_trainers_record_and_early_stopping_is_finished(
     assert (allowed.epochs_run, allowed.finished) == (3, False)
     (d / "best.json").write_text(json.dumps({"epoch": 1}))  # no improvement for 2 epochs: early stopping
     t = expdir.check_finished(d)
-    assert t.finished and t.describe() == "stopped early (train.patience), 3 of 5 epochs"
+    assert t.finished and t.describe() == "stopped early after 3 of 5 epochs (train.patience)"
+    from mtlser.score.report import experiment_setup
+
+    assert ("- training: 5 epochs configured (train.epochs; trained: fold01 stopped early after 3 of 5 epochs "
+            "(train.patience)), precision") in "\n".join(experiment_setup(tmp_path))
     # The final model's epoch count is never chosen by an unfinished fold.
     from mtlser.train.final import final_epochs
 

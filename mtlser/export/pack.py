@@ -153,8 +153,9 @@ def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None
     if not folds:
         raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); train the folds first")
     final = exp_dir / FINAL
-    for d in folds + ([final] if (final / expdir.MODEL_YAML).is_file() else []):
-        expdir.check_finished(d, allow_unfinished)
+    if not allow_unfinished:  # refused before any pack is written (allowed: each pack logs it)
+        for d in folds + ([final] if (final / expdir.MODEL_YAML).is_file() else []):
+            expdir.check_finished(d)
     packs = [pack(d, out_dir / f"{d.name}.zip", corpus, allow_unfinished=allow_unfinished) for d in folds]
     if (final / expdir.MODEL_YAML).is_file():
         packs.append(pack(final, out_dir / f"{FINAL}.zip", corpus, allow_unfinished=allow_unfinished))

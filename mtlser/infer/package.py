@@ -230,7 +230,7 @@ def check_trained(path: str | Path, allow_unfinished: bool = False) -> None:
     path = Path(path)
     if not path.is_dir():
         return
-    files = ModelFiles.open(path)
+    files = ModelFiles(str(path), base=path)  # its card, if any, is read (and warned about) by the loader
     for member in ([m for _, m in files.members()] if files.is_ensemble else [files]):
         check_finished(member.base, allow_unfinished)
 
