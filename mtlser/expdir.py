@@ -107,6 +107,7 @@ class Training:
     epochs_run: int  # history.tsv's rows
     epochs: int  # train.epochs of config.yaml
     early_stopped: bool  # no improvement for train.patience epochs since best.json's epoch
+    stop_after_epoch: int = 0  # train.stop_after_epoch of config.yaml (0: off)
 
     @property
     def finished(self) -> bool:
@@ -145,7 +146,7 @@ def read_training(model_dir: str | Path) -> Training | None:
     run = epochs_run(model_dir)
     best = read_best(model_dir) or {}
     early = patience > 0 and "epoch" in best and run - int(best["epoch"]) >= patience
-    return Training(run, epochs, early)
+    return Training(run, epochs, early, int(train.get("stop_after_epoch", 0) or 0))
 
 
 #: How every stage that reports a model (4 decode, 5 score, 6 pack) says it may report an unfinished one.
@@ -162,7 +163,8 @@ def check_finished(model_dir: str | Path, allow_unfinished: bool = False, can_al
         return training
     if not allow_unfinished:
         raise MtlserError(f"{model_dir}: training did not finish (epoch {training.epochs_run} of "
-                          f"{training.epochs}); resume it with stage 3 (./run.sh --stage 3 with the same options)"
+                          f"{training.epochs}); resume it with stage 3 (./run.sh --stage 3 with the same options"
+                          + (", without train.stop_after_epoch)" if training.stop_after_epoch else ")")
                           + (f", or pass {ALLOW_UNFINISHED} (ser.sh: --allow-unfinished true) to report it as "
                              "unfinished" if can_allow else ""))
     import logging

@@ -44,9 +44,9 @@ def test_stages_4_to_6_refuse_an_unfinished_fold_or_report_the_epochs_it_ran(tmp
 
     r = ser(recipe, "--stage", "4", "--stop-stage", "6", *common)
     assert r.returncode != 0 and "Successfully finished" not in r.stderr
-    refusal = ("exp/train_mini_loso/fold01: training did not finish (epoch 1 of 2); resume it with stage 3 (./run.sh --stage 3 with "
-               "the same options), or pass --allow-unfinished (ser.sh: --allow-unfinished true) to report it as "
-               "unfinished")
+    refusal = ("exp/train_mini_loso/fold01: training did not finish (epoch 1 of 2); resume it with stage 3 "
+               "(./run.sh --stage 3 with the same options, without train.stop_after_epoch), or pass "
+               "--allow-unfinished (ser.sh: --allow-unfinished true) to report it as unfinished")
     log = (exp / "logs" / "decode.1.log").read_text()
     assert refusal in log and "Traceback" not in log
     assert not (fold / "decode_test").exists()
