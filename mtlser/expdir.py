@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
@@ -94,6 +95,85 @@ def read_best(model_dir: str | Path) -> dict | None:
     """best.json of a model dir (the reported epoch), None when it has none."""
     path = Path(model_dir) / BEST_JSON
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Training:
+    """How far a model dir's training got, from what the trainer wrote: history.tsv (one row per epoch
+    trained, written after each epoch's checkpoint), config.yaml (train.epochs, train.patience) and best.json
+    (the reported epoch). Training is finished when every configured epoch was trained, or when early
+    stopping ended it (no improvement for train.patience epochs since the reported one): the trainer's own
+    rule (mtlser.train.trainer.Trainer.end_epoch). Anything else (killed, preempted, train.stop_after_epoch)
+    is unfinished."""
+
+    epochs_run: int  # history.tsv's rows
+    epochs: int  # train.epochs of config.yaml
+    early_stopped: bool  # no improvement for train.patience epochs since best.json's epoch
+    stop_after_epoch: int = 0  # train.stop_after_epoch of config.yaml (0: off)
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_run >= self.epochs or self.early_stopped
+
+    def describe(self) -> str:
+        """How RESULTS.md and a model card say it: "unfinished, 2 of 5 epochs", "stopped early after 3 of 5
+        epochs (train.patience)", "5 epochs"."""
+        if not self.finished:
+            return f"unfinished, {self.epochs_run} of {self.epochs} epochs"
+        if self.epochs_run < self.epochs:
+            return f"stopped early after {self.epochs_run} of {self.epochs} epochs (train.patience)"
+        return f"{self.epochs_run} epochs"
+
+
+def epochs_run(model_dir: str | Path) -> int:
+    """Epochs the trainer finished in a model dir: history.tsv's rows (0 without one)."""
+    path = Path(model_dir) / HISTORY_TSV
+    if not path.is_file():
+        return 0
+    return max(0, sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) - 1)
+
+
+def read_training(model_dir: str | Path) -> Training | None:
+    """How far the training of a model dir got; None for a dir the trainer did not leave behind (no
+    config.yaml; or no history.tsv and weights or no env.json: made by hand, an unzipped pack)."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    if config is None:
+        return None
+    if not (model_dir / HISTORY_TSV).is_file() and ((model_dir / BEST_WEIGHTS).is_file()
+                                                    or not (model_dir / ENV_JSON).is_file()):
+        return None  # not left by a trainer (which writes env.json first, history.tsv after each epoch)
+    train = config.get("train") or {}
+    epochs, patience = int(train.get("epochs", 0) or 0), int(train.get("patience", 0) or 0)
+    run = epochs_run(model_dir)
+    best = read_best(model_dir) or {}
+    early = patience > 0 and "epoch" in best and run - int(best["epoch"]) >= patience
+    return Training(run, epochs, early, int(train.get("stop_after_epoch", 0) or 0))
+
+
+#: How every stage that reports a model (4 decode, 5 score, 6 pack) says it may report an unfinished one.
+ALLOW_UNFINISHED = "--allow-unfinished"
+
+
+def check_finished(model_dir: str | Path, allow_unfinished: bool = False, can_allow: bool = True
+                   ) -> Training | None:
+    """Refuse a model dir whose training did not finish (see Training), unless ``allow_unfinished``: then
+    it is logged, and the caller marks what it reports. Returns the dir's Training (None: not a training dir).
+    ``can_allow``: the caller offers --allow-unfinished (the message names it)."""
+    training = read_training(model_dir)
+    if training is None or training.finished:
+        return training
+    if not allow_unfinished:
+        raise MtlserError(f"{model_dir}: training did not finish (epoch {training.epochs_run} of "
+                          f"{training.epochs}); resume it with stage 3 (./run.sh --stage 3 with the same options"
+                          + (", without train.stop_after_epoch)" if training.stop_after_epoch else ")")
+                          + (f", or pass {ALLOW_UNFINISHED} (ser.sh: --allow-unfinished true) to report it as "
+                             "unfinished" if can_allow else ""))
+    import logging
+
+    logging.getLogger("mtlser").warning("%s: training did not finish (epoch %d of %d); reported as unfinished (%s)",
+                                        model_dir, training.epochs_run, training.epochs, ALLOW_UNFINISHED)
+    return training
 
 
 def model_dirs(exp_dir: str | Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -113,7 +114,11 @@ def test_pack_refuses_a_model_that_does_not_load(tiny_experiment, tmp_path):
     from mtlser.export.pack import write_zip
 
     for name, weights in (("half.zip", data[: len(data) // 2]), ("pickle.zip", b"\x80\x04K\x01.")):
-        write_zip(tmp_path / name, [(n, weights if n == "model.safetensors" else b) for n, b in entries.items()])
+        # The card's digest agrees (as a pack written from such weights would have): the weights' own check speaks.
+        card = json.loads(entries["card.json"])
+        card["files_sha256"]["model.safetensors"] = hashlib.sha256(weights).hexdigest()
+        changed = {**entries, "model.safetensors": weights, "card.json": json.dumps(card).encode()}
+        write_zip(tmp_path / name, list(changed.items()))
         with pytest.raises(MtlserError, match=rf"{name}:model.safetensors: (truncated or corrupt|a pickle)"):
             SERPredictor.from_pretrained(tmp_path / name)
 

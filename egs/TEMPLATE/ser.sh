@@ -47,6 +47,8 @@ train_final=false    # stage 3: after the folds, train once on all speakers for 
 infer_opts=""        # extra options of python -m mtlser.infer (stage 4)
 compare_opts=""      # extra options of python -m mtlser.score compare (the sweep's table), e.g. "--reference FILE"
 pack_opts=""         # extra options of python -m mtlser.export pack (stage 6), e.g. "--corpus NAME"
+allow_unfinished=false  # stages 4-6: decode, score and pack folds whose training did not finish (killed,
+                     # stopped), marked "unfinished, N of M epochs" in RESULTS.md and the cards; false: refused
 
 # --help is answered after the options are parsed, so that it shows the calling recipe's defaults (its
 # run.sh passes them before "$@") and names the recipe, not this template.
@@ -93,6 +95,7 @@ Usage: egs/$(basename "${PWD}")/run.sh [options]   (recipe egs/$(basename "${PWD
   --train-final true         after the folds, a final model on all speakers (exp/<tag>/final)
   --compare-opts "..."       options of the comparison table, e.g. "--reference local/paper_table3.yaml"
   --pack-opts "..."          options of python -m mtlser.export pack (stage 6)
+  --allow-unfinished true    stages 4-6 report folds whose training did not finish, marked unfinished (default: refused)
 EOF
 }
 
@@ -114,6 +117,10 @@ python -m mtlser.recipe check-options --stage="${stage}" --stop-stage="${stop_st
 if [ -n "${partition}" ] && [ "${protocol}" != partition ]; then
     log "--partition ${partition}: the folds come from its files (protocol partition, not ${protocol})"; protocol=partition
 fi
+case "${allow_unfinished}" in
+    true) unfinished_opt=--allow-unfinished ;; false) unfinished_opt="" ;;
+    *) log "--allow-unfinished ${allow_unfinished}: expected true or false"; exit 2 ;;
+esac
 
 data=data
 exp=exp
@@ -221,7 +228,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
             ${decode_cmd} --max-jobs-run "${nj}" JOB=1:${num_folds} "${expdir}/logs/${log_name}.JOB.log" \
                 python -m mtlser.launch.nth_fold "${fold_args}" JOB \
                 python -m mtlser.infer --model-dir "${expdir}" --folds-dir "${folds_dir}" --fold FOLD \
-                    --test-set "${test_sets[j]}" --num-threads 1 ${infer_opts}
+                    --test-set "${test_sets[j]}" --num-threads 1 ${unfinished_opt} ${infer_opts}
         done
     done
 fi
@@ -231,10 +238,11 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         log "Stage 5: scoring -> ${expdir}/foldNN/${decode_name}/result.{txt,json}, ${expdir}/RESULTS.md"
         for f in "${fold_names[@]}"; do
             for d in "${decode_names[@]}"; do
-                "${score_sh}" "${expdir}/${f}/${d}"
+                "${score_sh}" --allow-unfinished "${allow_unfinished}" "${expdir}/${f}/${d}"
             done
         done
-        python -m mtlser.score aggregate "${expdir}"  # logs the headline table (WA, UA) with its header
+        # shellcheck disable=SC2086
+        python -m mtlser.score aggregate ${unfinished_opt} "${expdir}"  # logs the headline table (WA, UA) with its header
         if [ "${#decode_names[@]}" -gt 1 ]; then
             log "Stage 5: each test set's figures (${decode_names[*]}) in ${expdir}/RESULTS.md (Test sets), per fold in ${expdir}/foldNN/<decode dir>/result.txt"
         fi
@@ -257,7 +265,7 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         log "Stage 6: packing every fold, final/ when present, and the folds' ensemble, mtlser wheel -> ${expdir}/packed"
         # shellcheck disable=SC2086
         python -m mtlser.export pack --exp-dir "${expdir}" --out-dir "${expdir}/packed" \
-            --corpus "$(basename "$(pwd)")" ${pack_opts}
+            --corpus "$(basename "$(pwd)")" ${unfinished_opt} ${pack_opts}
     done
 fi
 

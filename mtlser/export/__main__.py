@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", help="where the .zip files go (with --exp-dir; default EXP_DIR/packed)")
     p.add_argument("--corpus", help="corpus name for the model card (default: the recipe dir's name)")
     p.add_argument("--weights", help="weights file of the model dir (default best.safetensors)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="pack a model whose training did not finish (refused without it); its card says "
+                   "\"unfinished, N of M epochs\"")
     e = sub.add_parser("ensemble", help="an ensemble dir over the fold models of an experiment")
     e.add_argument("--exp-dir", required=True)
     e.add_argument("--out", help="ensemble dir to write (default EXP_DIR/ensemble)")
@@ -58,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_dir:
             if not args.out:
                 raise MtlserError("pack --model-dir needs --out FILE.zip")
-            pack(args.model_dir, args.out, args.corpus, args.weights)
+            pack(args.model_dir, args.out, args.corpus, args.weights, args.allow_unfinished)
         else:
-            pack_experiment(args.exp_dir, args.out_dir or f"{args.exp_dir}/packed", args.corpus)
+            pack_experiment(args.exp_dir, args.out_dir or f"{args.exp_dir}/packed", args.corpus,
+                            args.allow_unfinished)
     elif args.command == "ensemble":
         from mtlser.export.pack import make_ensemble
 

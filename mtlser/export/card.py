@@ -7,7 +7,9 @@ Every figure on a card is read from a file of the experiment (nothing is measure
   the 95 % CI), and its seed group's ``exp/<name>_seeds/results.json`` when it is one seed of a group;
 - protocol and corpus: the folds dir the decode points at (``decode_test/data_dir``, ``protocol``);
 - training time and hardware: ``history.tsv`` (seconds per epoch) and ``env.json`` (versions, git
-  commit, GPU, platform of the training run); the selected epoch and its rule: ``best.json``;
+  commit, GPU, platform of the training run); the selected epoch and its rule: ``best.json``; a model whose
+  training did not finish (packed with --allow-unfinished): ``unfinished``, "unfinished, N of M epochs"
+  (mtlser.expdir.read_training), said at the top of its README.md;
 - the install lines: torch's CPU-only index, and the wheel stage 6 put beside the packs
   (:mod:`mtlser.export.wheel`), with the torch/torchaudio pairs known to work (KNOWN_TORCH_PAIRS).
 
@@ -113,6 +115,9 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
         "git_dirty": env.get("git_dirty"),
         "mtlser_version": _version(),
     }
+    training = expdir.read_training(model_dir)
+    if training is not None and not training.finished:  # only then: a finished model's card keeps its facts
+        facts["unfinished"] = training.describe()
     if result is not None and kind == "fold":
         facts["test"] = {k: result.get(k) for k in ("speakers", "n", "wa", "ua", "ctc_ter")}
     if info.get("attributes"):  # only then: the paper's cards keep their facts
@@ -203,6 +208,9 @@ def card_text(facts: dict) -> str:
             "ensemble": f"an ensemble of {len(facts.get('members', []))} fold models; its emotion probabilities are "
                         "the mean of theirs"}[kind]
     lines += [f"Speech emotion recognition (Li et al., multi-task: CE + λ·CTC) — {what}.", ""]
+    if facts.get("unfinished"):
+        lines += [f"**Training did not finish** ({facts['unfinished']}): packed with --allow-unfinished; its "
+                  "figures are those of a model stopped early, not of the configured training.", ""]
     lines += ["| | |", "|---|---|",
               f"| corpus | {facts.get('corpus') or 'not recorded'} |",
               f"| fold protocol (stage 2) | {facts.get('protocol') or 'not recorded'} |",
@@ -257,7 +265,8 @@ def card_text(facts: dict) -> str:
                      + (f", {_duration(t)}" if t is not None else "")
                      + f" on {device}" + (f" ({hw['cpu']})" if hw.get("cpu") else "")
                      + (f", {hw.get('platform')}" if hw.get("platform") else "")
-                     + (f"; {m.get('training_date')}" if m.get("training_date") else ""))
+                     + (f"; {m.get('training_date')}" if m.get("training_date") else "")
+                     + (f"; **{m['unfinished']}**" if m.get("unfinished") else ""))
     commit = facts.get("git_commit") or (members[0].get("git_commit") if members else None)
     lines += ["", f"Trained at mtlser commit `{commit or 'unknown'}`"
               + (" (with uncommitted changes)" if facts.get("git_dirty") else "")

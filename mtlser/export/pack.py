@@ -9,10 +9,17 @@ its weights as ``model.safetensors``, and its model card (``card.json``, ``READM
 ``members/<name>/``. Layout and names: :mod:`mtlser.infer.package`. A model is loaded once before
 it is packed, so a pack that loads is the only kind written. Packing is deterministic: the same
 model dir gives the same bytes (fixed timestamps and modes in the zip).
+
+The card records the sha256 of every other file of the pack (``card.json``'s ``files_sha256``), and a
+loader checks each file it reads against it (:mod:`mtlser.infer.package`): a pack whose model.yaml,
+config or weights were edited after packing is refused, naming the file. A training dir whose training did
+not finish (:func:`mtlser.expdir.check_finished`) is refused, or with ``allow_unfinished`` packed with its
+card saying "unfinished, N of M epochs".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +32,7 @@ from mtlser.export.card import card_text, experiment_facts, model_facts, model_k
 from mtlser.infer.package import (
     CARD_JSON,
     CARD_MD,
+    DIGESTS,
     ENSEMBLE_YAML,
     MODEL_FILES,
     ModelFiles,
@@ -60,15 +68,17 @@ def write_zip(out: Path, entries: list[tuple[str, bytes]]) -> None:
             zf.writestr(info, data)
 
 
-def _card_entries(facts: dict) -> list[tuple[str, bytes]]:
+def _card_entries(facts: dict, entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    facts[DIGESTS] = {name: hashlib.sha256(data).hexdigest() for name, data in entries}
     return [(CARD_JSON, (json.dumps(facts, indent=1, ensure_ascii=False) + "\n").encode("utf-8")),
             (CARD_MD, card_text(facts).encode("utf-8"))]
 
 
 def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weights: str | None = None,
-         wheel: dict | None = None) -> Path:
+         wheel: dict | None = None, allow_unfinished: bool = False) -> Path:
     """Pack a training dir (foldNN, final) or an ensemble dir into ``out`` (.zip); ``wheel`` (file, source):
-    the mtlser wheel stage 6 put beside it, for the card's install lines."""
+    the mtlser wheel stage 6 put beside it, for the card's install lines; a model whose training did not
+    finish is refused unless ``allow_unfinished`` (then its card says so)."""
     model_dir, out = Path(model_dir), Path(out)
     if out.is_dir():  # checked before the work: os.replace onto a directory is a traceback at the very end
         raise MtlserError(f"{out}: a directory; --out names the .zip file to write, e.g. "
@@ -85,6 +95,7 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
                               "member under members/<its dir name>/")
         member_facts, entries, names = [], [], []
         for name, files in members:
+            expdir.check_finished(files.base, allow_unfinished)
             entries += _model_entries(files.base, f"members/{name}/", weights)
             member_facts.append(model_facts(files.base, "fold", corpus))
             names.append(f"members/{name}")
@@ -96,14 +107,18 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
                  "members": member_facts}
         text = ensemble_text(names, first["emotions"], f"{len(names)} fold models of {model_dir.parent.name}")
         entries = [(ENSEMBLE_YAML, text.encode("utf-8"))] + entries
+        unfinished = [m["name"] for m in member_facts if m.get("unfinished")]
+        if unfinished:
+            facts["unfinished"] = f"members {' '.join(unfinished)} did not finish training"
     else:
+        expdir.check_finished(model_dir, allow_unfinished)
         entries = _model_entries(model_dir, "", weights)
         facts = model_facts(model_dir, model_kind(model_dir), corpus)
     if cv is not None:
         facts["cross_validation"] = cv
     if wheel is not None:
         facts["wheel"] = wheel
-    write_zip(out, entries + _card_entries(facts))
+    write_zip(out, entries + _card_entries(facts, entries))
     logger.info("packed %s into %s (%.1f MB)", model_dir, out, out.stat().st_size / 1e6)
     return out
 
@@ -133,26 +148,33 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None = None) -> list[Path]:
+def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None = None,
+                    allow_unfinished: bool = False) -> list[Path]:
     """Stage 6: the wheel of the mtlser that trained them (mtlser.export.wheel), every fold model, the final
-    model when there is one, and the ensemble of the folds."""
+    model when there is one, and the ensemble of the folds; any of them unfinished refuses the stage before a
+    pack (or the wheel) is written, unless ``allow_unfinished``."""
     from mtlser.export.wheel import build_wheel
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     folds = expdir.model_dirs(exp_dir)
     if not folds:
         raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); train the folds first")
+    final = exp_dir / FINAL
+    if not allow_unfinished:  # refused before any pack is written (allowed: each pack logs it)
+        for d in folds + ([final] if (final / expdir.MODEL_YAML).is_file() else []):
+            expdir.check_finished(d)
     env = expdir.read_environment(folds[0]) or {}
     path, source = build_wheel(out_dir, env.get("git_commit"), env.get("git_dirty"))
     wheel = {"file": path.name, "source": source}
-    packs = [pack(d, out_dir / f"{d.name}.zip", corpus, wheel=wheel) for d in folds]
-    final = exp_dir / FINAL
+    packs = [pack(d, out_dir / f"{d.name}.zip", corpus, wheel=wheel, allow_unfinished=allow_unfinished)
+             for d in folds]
     if (final / expdir.MODEL_YAML).is_file():
-        packs.append(pack(final, out_dir / f"{FINAL}.zip", corpus, wheel=wheel))
+        packs.append(pack(final, out_dir / f"{FINAL}.zip", corpus, wheel=wheel, allow_unfinished=allow_unfinished))
     else:
         logger.info("%s: no final model (trained on every speaker); packing the folds and their ensemble", final)
     if len(folds) >= 2:
-        packs.append(pack(make_ensemble(exp_dir), out_dir / f"{ENSEMBLE_DIR}.zip", corpus, wheel=wheel))
+        packs.append(pack(make_ensemble(exp_dir), out_dir / f"{ENSEMBLE_DIR}.zip", corpus, wheel=wheel,
+                          allow_unfinished=allow_unfinished))
     else:
         logger.info("%s: one fold model, no ensemble", exp_dir)
     return packs

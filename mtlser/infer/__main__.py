@@ -28,6 +28,7 @@ from mtlser.infer.output import (
     load_predictor,
     output_format,
 )
+from mtlser.infer.package import check_trained
 from mtlser.utils import MtlserError, run_main, setup_logging
 
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-pipes", action="store_true",
                    help="run the commands of wav.scp pipe entries ('cmd |'); refused without it")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="decode a training dir whose training did not finish (killed, stopped): refused without it "
+                   "(mtlser.expdir.check_finished); its scores are then marked unfinished")
     return p
 
 
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         raise MtlserError("--per-window shapes the CSV of labelled inputs; a data dir's decode (--data-dir, --fold) "
                           "labels whole utterances: leave --per-window out")
     check_per_window(args.per_window, fmt)
+    check_trained(model, args.allow_unfinished)
     predictor = load_predictor(model, args.device, args.weights, args.precision, args.num_threads, args.backend)
     if args.precision != "fp32" and args.device == "cpu":
         from mtlser.infer.backends import report_agreement

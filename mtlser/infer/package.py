@@ -16,13 +16,21 @@ relative to it, whose emotion probabilities are averaged::
     members: [members/fold01, ...]            # inside a pack
 
 A **pack** (``python -m mtlser.export pack``) is a zip of one of the two. It is read in place,
-member by member, never extracted, so no name inside it can write anywhere.
+member by member, never extracted, so no name inside it can write anywhere. Its ``card.json`` records the
+sha256 of each of its other files (``files_sha256``); every file read from a pack (or an unzipped one) is
+checked against it, and one that changed is refused, named. Packs written before these digests load as
+they did, unchecked, with a warning that says to re-pack them. The emotion list of model.yaml (what the
+labels follow), of config.yaml (data.emotions) and of the card must agree, or the model is refused with
+the three lists.
 
 This module is the one owner of these names; :mod:`mtlser.export` writes what it reads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import posixpath
 import zipfile
 from pathlib import Path
@@ -32,9 +40,13 @@ import yaml
 from mtlser.expdir import BEST_WEIGHTS, CONFIG_YAML, MODEL_YAML, TOKEN_LIST
 from mtlser.utils import MtlserError
 
+logger = logging.getLogger(__name__)
+
 ENSEMBLE_YAML = "ensemble.yaml"
 CARD_JSON = "card.json"
 CARD_MD = "README.md"
+#: card.json's record of every other file of a pack: name inside the pack -> sha256 (hex).
+DIGESTS = "files_sha256"
 #: The weights a loader takes when none is named: a pack's, then a training dir's selected model.
 WEIGHTS = ("model.safetensors", BEST_WEIGHTS)
 #: The files that make a single model (besides its weights).
@@ -45,18 +57,23 @@ class ModelFiles:
     """Files of a model dir, an ensemble dir, or a pack, read by name (see the module doc)."""
 
     def __init__(self, location: str, base: Path | None = None, archive: zipfile.ZipFile | None = None,
-                 prefix: str = ""):
+                 prefix: str = "", digests: dict[str, str] | None = None, card: dict | None = None):
         assert (base is None) != (archive is None), "a directory or a zip"
         self.location = location  # the path the user gave, for messages
         self.base = base
         self.archive = archive
         self.prefix = prefix
+        #: The pack's sha256 of each file, keyed relative to this model (a member's: relative to the member);
+        #: None: nothing to check (a training dir, or a pack written before digests).
+        self.digests = digests
+        #: The pack's card.json (an ensemble member: its pack's), None for a training dir.
+        self.card = card
 
     @classmethod
     def open(cls, path: str | Path) -> "ModelFiles":
         path = Path(path)
         if path.is_dir():
-            return cls(str(path), base=path)
+            return cls(str(path), base=path)._read_card()
         if path.is_file():
             if not zipfile.is_zipfile(path):
                 raise MtlserError(f"{path}: neither a model dir nor a zip written by `python -m mtlser.export pack`")
@@ -64,9 +81,53 @@ class ModelFiles:
                 archive = zipfile.ZipFile(path)
             except (zipfile.BadZipFile, OSError) as e:
                 raise MtlserError(f"{path}: cannot read the zip ({e})") from None
-            return cls(str(path), archive=archive)
+            return cls(str(path), archive=archive)._read_card()
         raise MtlserError(f"{path}: not found; give a model dir (exp/<tag>/foldNN or final), an ensemble dir, "
                           "or a .zip written by `python -m mtlser.export pack`")
+
+    def _read_card(self) -> "ModelFiles":
+        """A pack's card.json and its digests (see the module doc); a dir without a card is a training dir."""
+        if not self.has(CARD_JSON):
+            return self
+        try:
+            card = json.loads(self._read(CARD_JSON))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MtlserError(f"{self.where(CARD_JSON)}: not valid JSON ({e}); re-pack the model from its training "
+                              "dir (python -m mtlser.export pack)") from None
+        if not isinstance(card, dict):
+            raise MtlserError(f"{self.where(CARD_JSON)}: expected a JSON object; re-pack the model from its training "
+                              "dir (python -m mtlser.export pack)")
+        self.card = card
+        digests = card.get(DIGESTS)
+        if digests is None:
+            logger.warning("%s: packed without file digests (before they were recorded): its files are loaded "
+                           "unchecked; re-pack it from its training dir (python -m mtlser.export pack) to have "
+                           "them checked", self.location)
+        elif not isinstance(digests, dict):
+            raise MtlserError(f"{self.where(CARD_JSON)}: {DIGESTS} is not a mapping of file names to sha256; "
+                              "re-pack the model from its training dir (python -m mtlser.export pack)")
+        else:
+            self.digests = digests
+        return self
+
+    def check_digest(self, name: str, data: bytes | None = None) -> None:
+        """Refuse a file of a pack that differs from the sha256 its card records (``data``: its bytes, when
+        read already; else the file is hashed where it lies)."""
+        expected = (self.digests or {}).get(posixpath.normpath(name))
+        if expected is None:
+            return
+        if data is not None:
+            actual = hashlib.sha256(data).hexdigest()
+        else:
+            h = hashlib.sha256()
+            with open(self.base / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            actual = h.hexdigest()
+        if actual != expected:
+            raise MtlserError(f"{self.where(name)}: changed since it was packed (sha256 {actual[:12]}…, the pack's "
+                              f"{CARD_JSON} records {expected[:12]}…); re-pack the model from its training dir "
+                              "(python -m mtlser.export pack), or use an unchanged copy of the pack")
 
     @property
     def is_ensemble(self) -> bool:
@@ -97,6 +158,11 @@ class ModelFiles:
         if not self.has(name):
             raise MtlserError(f"{self.where(name)}: missing; a model needs {', '.join(MODEL_FILES)} and weights "
                               f"({' or '.join(WEIGHTS)}): is this a finished training dir (stage 3) or a pack?")
+        data = self._read(name)
+        self.check_digest(name, data)
+        return data
+
+    def _read(self, name: str) -> bytes:
         if self.base is not None:
             return (self.base / name).read_bytes()
         try:
@@ -120,10 +186,14 @@ class ModelFiles:
         return data
 
     def member(self, rel: str) -> "ModelFiles":
-        """An ensemble member, ``rel`` relative to this one."""
+        """An ensemble member, ``rel`` relative to this one (with the pack's digests of its files)."""
+        digests = None
+        if self.digests is not None:
+            under = posixpath.normpath(rel) + "/"
+            digests = {k[len(under):]: v for k, v in self.digests.items() if k.startswith(under)}
         if self.base is not None:
-            return ModelFiles(str(self.base / rel), base=(self.base / rel).resolve())
-        return ModelFiles(self.location, archive=self.archive, prefix=self._key(rel))
+            return ModelFiles(str(self.base / rel), base=(self.base / rel).resolve(), digests=digests, card=self.card)
+        return ModelFiles(self.location, archive=self.archive, prefix=self._key(rel), digests=digests, card=self.card)
 
     def weights_name(self, weights: str | None = None) -> str:
         """The weights file to load: ``weights`` when given, else the first of :data:`WEIGHTS` present."""
@@ -150,6 +220,19 @@ class ModelFiles:
                 raise MtlserError(f"{self.where(ENSEMBLE_YAML)}: member {rel} is an ensemble itself; list models")
             out.append((posixpath.basename(posixpath.normpath(rel)), files))
         return out
+
+
+def check_trained(path: str | Path, allow_unfinished: bool = False) -> None:
+    """Refuse a training dir, or an ensemble dir with a member, whose training did not finish
+    (mtlser.expdir.check_finished), unless ``allow_unfinished``. A pack says so on its card instead."""
+    from mtlser.expdir import check_finished
+
+    path = Path(path)
+    if not path.is_dir():
+        return
+    files = ModelFiles(str(path), base=path)  # its card, if any, is read (and warned about) by the loader
+    for member in ([m for _, m in files.members()] if files.is_ensemble else [files]):
+        check_finished(member.base, allow_unfinished)
 
 
 def ensemble_text(members: list[str], emotions: list[str], note: str = "") -> str:

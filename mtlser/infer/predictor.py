@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mtlser.infer.modes import check_mode
-from mtlser.infer.package import CONFIG_YAML, MODEL_YAML, TOKEN_LIST, ModelFiles
+from mtlser.infer.package import CARD_JSON, CONFIG_YAML, MODEL_YAML, TOKEN_LIST, ModelFiles
 from mtlser.model.checkpoints import load_safetensors, safetensors_error
 from mtlser.model.ser_model import SERModel, build_model
 from mtlser.utils import MtlserError, require_gpu_for
@@ -43,6 +43,20 @@ def ctc_greedy(log_probs: torch.Tensor, length: int, blank: int = 0) -> list[int
     return out
 
 
+def check_emotion_lists(files: ModelFiles, emotions: list[str], config_emotions: list | None) -> None:
+    """model.yaml's emotions (the class-index order the labels follow), config.yaml's data.emotions and the
+    pack card's must be one list: an edited file would otherwise relabel silently."""
+    card = files.card.get("emotions") if files.card is not None else None
+    if ((config_emotions is None or list(config_emotions) == emotions)
+            and (card is None or list(card) == emotions)):
+        return
+    raise MtlserError(f"{files.location}: the emotion lists disagree: {files.where(MODEL_YAML)} {emotions}, "
+                      f"{files.where(CONFIG_YAML)} data.emotions {config_emotions}, "
+                      + (f"{files.where(CARD_JSON)} {card}" if files.card is not None else "no card.json")
+                      + "; the labels would follow model.yaml: restore the edited file, or re-pack the model from "
+                      "its training dir (python -m mtlser.export pack)")
+
+
 def read_model(files: ModelFiles, weights: str | None = None, device: str | torch.device = "cpu"
                ) -> tuple[SERModel, dict]:
     """Rebuild one model (not an ensemble) and load its weights; returns (model in eval mode, meta)."""
@@ -63,6 +77,7 @@ def read_model(files: ModelFiles, weights: str | None = None, device: str | torc
     emotions = check_labels(info["emotions"], files.where(MODEL_YAML)) if info["emotions"] != [] else []
     cfg: Config = from_dict(Config, files.read_yaml(CONFIG_YAML), files.where(CONFIG_YAML))
     check_config(cfg, files.where(CONFIG_YAML))
+    check_emotion_lists(files, emotions, cfg.data.emotions)
     tokens = parse_token_list(files.read_text(TOKEN_LIST), files.where(TOKEN_LIST))
     if info.get("vocab_size") is not None and int(info["vocab_size"]) != len(tokens):
         raise MtlserError(f"{files.where(TOKEN_LIST)}: {len(tokens)} tokens, but {files.where(MODEL_YAML)} says "
@@ -75,6 +90,7 @@ def read_model(files: ModelFiles, weights: str | None = None, device: str | torc
                         attributes=[(a.name, a.low, a.high) for a in attributes] if attributes else None)
     name = files.weights_name(weights)
     if files.base is not None:
+        files.check_digest(name)  # read_bytes checks the other files as it reads them
         state = load_safetensors(files.base / name)  # a truncated file or a pickle: one clear line
     else:
         data = files.read_bytes(name)

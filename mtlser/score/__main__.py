@@ -30,10 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-dir", default=None, help="reference data dir (default: the decode dir's data_dir file)")
     p.add_argument("--token-type", default=None,
                    help="CTC target set of the references, text_<set> (default: the model's data.token_type)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="score the decode of a model whose training did not finish (refused without it)")
     p = sub.add_parser("aggregate", help="aggregate the folds of an experiment dir, or the seeds of a group")
     p.add_argument("exp_dirs", nargs="+",
                    help="an experiment dir; with --seeds-out, one per seed (each already aggregated)")
     p.add_argument("--decode-name", default=expdir.DECODE_TEST)
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="report folds whose training did not finish (refused without it), marked unfinished")
     p.add_argument("--seeds-out", default=None,
                    help="dir of the seed group: its results.json and RESULTS.md over the seeds × folds")
     p = sub.add_parser("compare", help="compare experiments (paired by seed and fold against the first)")
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "fold":
         from mtlser.score.fold import score_fold
 
-        score_fold(args.decode_dir, args.ref_dir, args.token_type)
+        score_fold(args.decode_dir, args.ref_dir, args.token_type, args.allow_unfinished)
     elif args.cmd == "aggregate":
         from mtlser.score.aggregate import aggregate, aggregate_seeds
 
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds_out:
             aggregate_seeds(args.exp_dirs, args.seeds_out)
         else:
-            aggregate(args.exp_dirs[0], args.decode_name)
+            aggregate(args.exp_dirs[0], args.decode_name, args.allow_unfinished)
     else:
         from mtlser.score.compare import compare
 

@@ -17,11 +17,14 @@ from mtlser.utils.fileio import atomic_write_text
 logger = logging.getLogger("mtlser.score")
 
 
-def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST) -> dict:
+def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST, allow_unfinished: bool = False) -> dict:
+    """A fold whose training did not finish refuses the aggregate (mtlser.expdir.check_finished), or with
+    ``allow_unfinished`` is reported marked "unfinished, N of M epochs" (results.json's folds, RESULTS.md)."""
     from mtlser.score.report import write_report
 
     exp_dir = Path(exp_dir)
     folds = fold_dirs(exp_dir)
+    trainings = {fold.name: expdir.check_finished(fold, allow_unfinished) for fold in folds}
     results = []
     for fold in folds:
         path = fold / decode_name / expdir.RESULT_JSON
@@ -51,6 +54,10 @@ def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST) -> dic
     summary = summarise_runs(results)
     summary.pop("fold_means")
     summary.update(emotions=emotions, folds=[{k: r.get(k) for k in RUN_KEYS} for r in results])
+    for f in summary["folds"]:  # only then: a finished experiment's results.json keeps its keys
+        training = trainings.get(f["fold"])
+        if training is not None and not training.finished:
+            f["unfinished"] = training.describe()
     summary["seed"] = results[0]["seed"]
     if decode_name == expdir.DECODE_TEST:
         further = further_test_sets(folds, emotions)

@@ -79,8 +79,12 @@ def absent_classes(cm: np.ndarray, emotions: list[str]) -> list[str]:
     return [e for e, n in zip(emotions, cm.sum(axis=1)) if n == 0]
 
 
-def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None) -> dict:
+def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None,
+               allow_unfinished: bool = False) -> dict:
+    """A fold's decode dir (inside its model dir) is scored only when the fold's training finished
+    (mtlser.expdir.check_finished), unless ``allow_unfinished``."""
     decode_dir = Path(decode_dir)
+    expdir.check_finished(decode_dir.parent, allow_unfinished)
     if expdir.hypothesis_file(decode_dir) is None:
         raise MtlserError(f"{decode_dir}: not decoded (no {expdir.UTT2EMO_HYP}); decode it first (python -m "
                           "mtlser.infer, the recipe's stage 4)")

@@ -52,8 +52,21 @@ def experiment_setup(exp_dir: Path) -> list[str]:
                      "if stage 2 made one, was trained on)"
         else:
             chosen = f"the best epoch by valid {tr.get('select_metric')} reported (model selection: ours)"
-        lines.append(f"- training: {tr.get('epochs')} epochs, precision {tr.get('precision')}; {chosen}")
+        lines.append(f"- training: {_epochs_text(exp_dir, tr.get('epochs'))}, precision {tr.get('precision')}; "
+                     f"{chosen}")
     return lines
+
+
+def _epochs_text(exp_dir: Path, configured) -> str:
+    """The epochs the folds really trained (mtlser.expdir.read_training): "N epochs" when each ran the
+    configured N, else each fold's count, early stops and unfinished folds named."""
+    trainings = {d.name: expdir.read_training(d) for d in fold_dirs(exp_dir)}
+    trainings = {name: t for name, t in trainings.items() if t is not None}
+    if all(t.epochs_run == t.epochs == configured for t in trainings.values()):
+        return f"{configured} epochs"
+    return (f"{configured} epochs configured (train.epochs; trained: "
+            + ", ".join(f"{name} **{t.describe()}**" if not t.finished else f"{name} {t.describe()}"
+                        for name, t in trainings.items()) + ")")
 
 
 def training_environment(exp_dir: Path) -> dict | None:
@@ -190,6 +203,7 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
         f"- folds: {summary['num_folds']}, test utterances: {summary['n']}"
         + (f" scored; **{summary['not_scored']} more could not be decoded and are not in any figure** (each fold's "
            f"decode_test/utt2error)" if summary.get("not_scored") else ""),
+        *_unfinished_lines(summary),
     ]
     if not emotions:  # a model with no classes: the attribute scores are its figures
         lines += runs.attribute_lines(summary) + runs.test_set_lines(summary) + _attribute_fold_lines(summary)
@@ -234,6 +248,16 @@ def _attribute_fold_lines(summary: dict) -> list[str]:
               f"{f['ccc'] if 'ccc' in f else runs.run_value(f, 'ccc'):.4f}|" for f in summary["folds"])]
 
 
+def _unfinished_lines(summary: dict) -> list[str]:
+    """The runs whose training did not finish (aggregated with --allow-unfinished); none: no line."""
+    unfinished = [r for r in summary.get("runs") or summary["folds"] if r.get("unfinished")]
+    if not unfinished:
+        return []
+    return ["- **training did not finish** for " + ", ".join(
+        (f"seed {r['seed']} " if "runs" in summary else "") + f"{r['fold']} ({r['unfinished']})" for r in unfinished)
+        + ": reported as they are (--allow-unfinished); these figures are not those of the configured training"]
+
+
 def _fold_lines(summary: dict, emotions: list[str]) -> list[str]:
     """One seed's per-fold table: figures, chance, recalls, CTC TER and the chosen epoch of each fold."""
     from mtlser.score.stats import chance
@@ -252,7 +276,8 @@ def _fold_lines(summary: dict, emotions: list[str]) -> list[str]:
         ch = "" if c["wa"] is None else f"{100 * c['wa']:.2f} / {100 * c['ua']:.2f}"
         ext = "".join((f"{100 * runs.run_value(f, m):.2f}|" if m == "macro_f1" else f"{runs.run_value(f, m):.4f}|")
                       for m, _ in extra)
-        lines.append(f"|{f['fold']}|{' '.join(f['speakers'])}|{f['n']}|{100 * f['wa']:.2f}|{100 * f['ua']:.2f}|"
+        fold = f["fold"] + (f" ({f['unfinished']})" if f.get("unfinished") else "")
+        lines.append(f"|{fold}|{' '.join(f['speakers'])}|{f['n']}|{100 * f['wa']:.2f}|{100 * f['ua']:.2f}|"
                      f"{ext}{rec}|{ter}|{f.get('best_epoch', '')}|{ch}|")
     if any(r is None for f in summary["folds"] for r in f["recall"].values()):
         lines += ["", "n/a: the class is absent from that fold's references (no recall; left out of the fold's UA)."]

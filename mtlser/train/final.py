@@ -45,6 +45,7 @@ def folds_reported_epochs(exp_dir: Path) -> dict[str, int]:
     """Each finished fold's reported epoch, from its best.json."""
     epochs = {}
     for fold in fold_dirs(exp_dir):
+        expdir.check_finished(fold, can_allow=False)  # a fold stopped before its end would choose too few epochs
         path = fold / expdir.BEST_JSON
         if not path.is_file():
             raise MtlserError(f"{path}: missing; the final model's epoch count comes from every fold: finish "

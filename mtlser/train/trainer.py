@@ -561,6 +561,9 @@ class Trainer:
         self.write_model_files()
         if self.finished or self.epoch >= cfg.train.epochs:
             logger.info("%s: training already finished (%d epochs); nothing to do", self.exp_dir, self.epoch)
+            # history.tsv is how later stages tell a finished fold (mtlser.expdir.read_training): a run killed
+            # between the last checkpoint and its history row leaves it one row short until rewritten here.
+            self.write_history()
             return self.best or {}
         if self.stop_requested():
             return self.best or {}
