@@ -201,4 +201,6 @@ def check_stage(names: RunNames, folds: str, stage: int) -> None:
                     found = (expdir.hypothesis_file(model_dir / d) is not None if f == expdir.UTT2EMO_HYP
                              else (model_dir / d / f).is_file())
                     if not found:
+                        # A fold stage 4 refused as unfinished has no decode: say the cause, not the effect.
+                        expdir.check_finished(model_dir)
                         raise MtlserError(f"{where}: {model_dir / d} is not decoded (no {f}); run stage 4 first")
