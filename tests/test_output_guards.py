@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mtlser.data.datadir import DataDir
+from mtlser.data.datadir import DataDir, write_table
 from mtlser.export.__main__ import main as export_main
+from mtlser.export.hf import HF_FILES
 from mtlser.infer.__main__ import main as infer_main
 from mtlser.utils import MtlserError, run_main
 from mtlser.utils.fileio import WRITTEN_BY_MTLSER, atomic_dir, remove_written_dir
@@ -94,7 +95,7 @@ def test_a_foreign_dir_is_replaced_only_with_overwrite(experiment, tmp_path, cap
     assert f"--out {out}: an existing directory that mtlser did not write" in line and "--overwrite" in line, line
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert run_main(export_main, args + ["--overwrite"]) == 0
-    assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(HF_FILES + (WRITTEN_BY_MTLSER,))  # notes.txt gone
     # Its own output is replaced without --overwrite; a file the user put there since is not deleted.
     assert run_main(export_main, args) == 0
     (out / "my_eval.txt").write_text("kept\n")
@@ -149,6 +150,7 @@ def test_a_stage_never_deletes_what_it_did_not_write(tmp_path):
     d = DataDir({"utt2spk": {"s1_a": "s1"}, "wav.scp": {"s1_a": "/x.wav"}, "text": {"s1_a": "A"}})
     out = tmp_path / "data" / "train"
     d.write(out)
+    write_table(out / "text_phn", {"s1_a": "AH"})  # a later stage's file (tokenisation): mtlser's too
     d.write(out)  # a rerun replaces its own output
     assert (out / WRITTEN_BY_MTLSER).is_file()
     (out / "notes").write_text("mine\n")

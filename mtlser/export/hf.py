@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest difference in any emotion's probability, mtlser vs the exported model, that counts as exact.
 TOLERANCE = 1e-5
+#: What an export dir holds (transformers' files and the export's own): a dir holding only these is replaced.
+HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "mtlser_export.json", "README.md")
 #: transformers' class names per backbone family, and the attribute of the base model in them.
 _CLASSES = {"wav2vec2": ("Wav2Vec2Config", "Wav2Vec2ForSequenceClassification", "wav2vec2"),
             "hubert": ("HubertConfig", "HubertForSequenceClassification", "hubert"),
@@ -204,7 +206,7 @@ def export_hf(model_path: str | Path, out: str | Path, tolerance: float = TOLERA
     """Write ``out`` (a transformers model dir) for a model dir or pack, or refuse (module doc). An ``out`` that
     is, contains or lies in the model, or a non-empty dir mtlser did not write (without ``overwrite``), is
     refused before any work."""
-    check_output(out, [model_path], "--out", is_dir=True, overwrite=overwrite)
+    check_output(out, [model_path], "--out", is_dir=True, overwrite=overwrite, expect=HF_FILES)
     transformers = _transformers()
     files = ModelFiles.open(model_path)
     if files.is_ensemble:

@@ -111,7 +111,7 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None, overwrite:
     exp_dir = Path(exp_dir)
     out = Path(out) if out else exp_dir / ENSEMBLE_DIR
     folds = expdir.model_dirs(exp_dir)
-    check_output(out, folds, "--out", is_dir=True, overwrite=overwrite)
+    check_output(out, folds, "--out", is_dir=True, overwrite=overwrite, expect=[ENSEMBLE_YAML])
     if len(folds) < 2:
         raise MtlserError(f"{exp_dir}: {len(folds)} fold model(s); an ensemble needs at least 2 (train more "
                           "folds)")

@@ -67,6 +67,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _record_written(path)
+
+
+def _record_written(path: Path) -> None:
+    """A file mtlser writes into a directory that :func:`atomic_dir` made (a later stage's ``text_phn`` in a
+    data dir) joins that directory's list, so that rewriting the directory may replace it."""
+    marker = path.parent / WRITTEN_BY_MTLSER
+    if path.name != WRITTEN_BY_MTLSER and marker.is_file() and path.name not in _written_by_mtlser(path.parent):
+        with open(marker, "a", encoding="utf-8") as f:
+            f.write(path.name + "\n")
 
 
 class RecordingWriter:
@@ -155,15 +165,16 @@ def _inside(inner: str, outer: str) -> bool:
 
 
 def check_output(out: str | os.PathLike, inputs=(), what: str = "--out", *, around=(), is_dir: bool = False,
-                 overwrite: bool | None = None) -> None:
+                 overwrite: bool | None = None, expect=()) -> None:
     """Refuse, before any work, an output that would destroy what the user did not name: the one check every
     writer of a user-named path makes.
 
     ``out`` must not be, contain or lie inside any of ``inputs`` (symlinks resolved), nor be or contain any of
     ``around`` (inputs that outputs may sit in, e.g. a model dir and its decode dirs). A directory written as a
-    whole (``is_dir``) must not be or contain the current or home directory, and must not be an existing
-    non-empty directory that mtlser did not write (:data:`WRITTEN_BY_MTLSER`) unless ``overwrite``; ``overwrite``
-    None means the command has no ``--overwrite`` to offer.
+    whole (``is_dir``) must not be or contain the current or home directory, and an existing one must hold
+    only files that mtlser wrote there (:data:`WRITTEN_BY_MTLSER`) or that the writer rewrites (``expect``),
+    unless ``overwrite``; ``overwrite`` None means the command has no ``--overwrite`` to offer. (The same rule
+    as :func:`atomic_dir`'s, checked before the work.)
     """
     o = _resolved(out)
     for inp in [i for i in inputs if i is not None]:
@@ -181,19 +192,26 @@ def check_output(out: str | os.PathLike, inputs=(), what: str = "--out", *, arou
             raise MtlserError(f"{what} {out}: {'is' if o == i else 'contains'} {name}, which writing it would "
                               "destroy; choose a path outside it")
     if is_dir:
-        refuse_foreign_dir(Path(out), what, overwrite)
+        refuse_foreign_dir(Path(out), what, overwrite, expect)
 
 
-def refuse_foreign_dir(path: Path, what: str = "--out", overwrite: bool | None = None) -> None:
-    """Refuse to write ``path`` as a whole when it is a file, or an existing non-empty dir mtlser did not write
-    (unless ``overwrite``: the user named it to be replaced)."""
+def refuse_foreign_dir(path: Path, what: str = "--out", overwrite: bool | None = None, expect=()) -> None:
+    """Refuse to write ``path`` as a whole when it is a file, or an existing dir holding files that mtlser did
+    not write there and will not rewrite (``expect``), unless ``overwrite``: the user named it to be replaced."""
     if path.exists() and not path.is_dir():
         raise MtlserError(f"{what} {path}: a file, not a directory; name a directory to write")
-    if overwrite or not path.is_dir() or _written_by_mtlser(path) is not None or not any(path.iterdir()):
+    if overwrite or not path.is_dir():
         return
-    raise MtlserError(f"{what} {path}: an existing directory that mtlser did not write, and not empty; "
-                      + ("choose another path, or add --overwrite to replace it and everything in it"
-                         if overwrite is not None else "choose another path, or move it away first"))
+    written = _written_by_mtlser(path)
+    foreign = sorted(_files_under(path) - (written or set()) - set(expect) - {WRITTEN_BY_MTLSER})
+    if not foreign:
+        return
+    named = f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+    raise MtlserError(f"{what} {path}: " + (f"an existing directory that mtlser did not write ({named})"
+                                            if written is None else
+                                            f"holds {len(foreign)} file(s) that mtlser did not write ({named})")
+                      + "; choose another path, " + ("or add --overwrite to replace it and everything in it"
+                                                     if overwrite is not None else "or move them away first"))
 
 
 @contextlib.contextmanager
@@ -234,7 +252,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, what: str | Non
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, MtlserError):
             raise
-        failure = write_failure(path, e, f"nothing was written to {path} (what was there is intact)")
+        failure = write_failure(what, e, f"nothing was written to {path} (what was there is intact)")
         if failure is None:
             raise
         raise failure from None
