@@ -169,3 +169,21 @@ def test_a_stage_never_deletes_what_it_did_not_write(tmp_path):
     with atomic_dir(foreign) as tmp:
         (tmp / "utt2spk").write_text("s1_b s1\n")
     assert (foreign / "utt2spk").read_text() == "s1_b s1\n"
+
+
+def test_export_ensemble_into_a_foreign_dir_needs_overwrite(experiment, tmp_path, capsys):
+    out = tmp_path / "ens"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    args = ["ensemble", "--exp-dir", str(experiment), "--out", str(out)]
+    assert run_main(export_main, args) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"--out {out}: an existing directory that mtlser did not write (notes.txt)" in line, line
+    assert run_main(export_main, args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [WRITTEN_BY_MTLSER, "ensemble.yaml"]
+    assert run_main(export_main, args) == 0  # its own output, replaced
+    # An ensemble dir written before the list existed (ensemble.yaml alone) is replaced as well: stage 6 reruns.
+    (experiment / "ensemble").mkdir(exist_ok=True)
+    (experiment / "ensemble" / "ensemble.yaml").write_text("old\n")
+    assert run_main(export_main, ["ensemble", "--exp-dir", str(experiment)]) == 0
+    assert (experiment / "ensemble" / "ensemble.yaml").read_text() != "old\n"
