@@ -22,7 +22,8 @@ Decoding a data dir writes a decode dir (``MODEL_DIR/decode_test`` for a fold's 
     data_dir      the decoded data dir (scoring reads its references there)
 
 and scoring adds ``result.txt`` and ``result.json`` to it. An experiment dir (``exp/<tag>``) holds the
-fold model dirs (mtlser.data.fold_names), and scoring writes ``results.json`` and ``RESULTS.md`` there.
+fold model dirs (mtlser.data.fold_names) and ``recipe_options.json`` (the recipe options stage 3 ran it
+with, for the later stages: mtlser.recipe.options), and scoring writes ``results.json`` and ``RESULTS.md`` there.
 Stage 2's folds dir (``data/<protocol>``) holds the fold data dirs and the ``protocol`` table.
 """
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from mtlser.data.datadir import read_table, write_table
 from mtlser.data.fold_names import FOLD_GLOB, PROTOCOL_TABLE, TEST_SET, fold_dirs
+from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_write_text
 
 # A model dir.
@@ -64,6 +66,7 @@ RESULT_JSON = "result.json"
 # An experiment dir.
 RESULTS_JSON = "results.json"
 RESULTS_MD = "RESULTS.md"
+RECIPE_OPTIONS = "recipe_options.json"
 
 # A folds dir (stage 2): its protocol table is named by mtlser.data.fold_names, which stage 2 (in data) writes.
 PROTOCOL = PROTOCOL_TABLE
@@ -103,13 +106,15 @@ def fold_files(exp_dir: str | Path, name: str) -> list[Path]:
     return sorted(Path(exp_dir).glob(f"{FOLD_GLOB}/{name}"))
 
 
-def write_decode(out: Path, data_dir: Path, hyp: dict[str, str], probs: dict[str, str],
+def write_decode(out: Path, data_dir: Path, hyp: dict[str, str] | None, probs: dict[str, str],
                  text: dict[str, str] | None, errors: dict[str, str],
                  attributes: dict[str, list[float]] | None = None) -> None:
-    """A decode dir's files (see the module doc); utt2error only when an utterance failed."""
+    """A decode dir's files (see the module doc); utt2error only when an utterance failed; no utt2emo_hyp and
+    emo_probs (``hyp`` None) from a model with no classes."""
     out.mkdir(parents=True, exist_ok=True)
-    write_table(out / UTT2EMO_HYP, hyp)
-    write_table(out / EMO_PROBS, probs)
+    if hyp is not None:
+        write_table(out / UTT2EMO_HYP, hyp)
+        write_table(out / EMO_PROBS, probs)
     if attributes is not None:
         from mtlser.data.attributes import write_values
         write_values(out / UTT2ATTR_HYP, attributes)
@@ -135,12 +140,42 @@ def read_protocol(folds_dir: str | Path) -> dict[str, str]:
     return read_table(path) if path.is_file() else {}
 
 
+def valid_split_text(protocol: dict[str, str]) -> str | None:
+    """Stage 2's valid split in words (RESULTS.md, model cards), from its protocol table; None without one."""
+    valid = protocol.get("valid")
+    if valid == "share":
+        valid += (f" ({float(protocol.get('valid_share', 'nan')):.0%} of each training speaker, "
+                  f"seed {protocol.get('seed')})")
+    return valid
+
+
 def experiment_folds_dir(exp_dir: str | Path) -> Path | None:
     """The folds dir an experiment's folds were decoded from (data/<protocol>), None before any decode."""
     pointers = fold_files(exp_dir, f"{DECODE_TEST}/{DATA_DIR_POINTER}")
     if not pointers:
         return None
     return decoded_data_dir(pointers[0].parent).parent.parent  # data/<protocol>/foldNN/test
+
+
+def write_recipe_options(exp_dir: str | Path, record: dict) -> None:
+    """recipe_options.json: the recipe options an experiment was trained with (mtlser.recipe.options)."""
+    Path(exp_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(exp_dir) / RECIPE_OPTIONS, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def read_recipe_options(exp_dir: str | Path) -> dict | None:
+    """An experiment's recipe_options.json, None when it has none."""
+    path = Path(exp_dir) / RECIPE_OPTIONS
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise MtlserError(f"{path}: not JSON ({e}); delete it and rerun stage 3 (training resumes, nothing is lost)") \
+            from None
+    if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
+        raise MtlserError(f"{path}: no 'options' object; delete it and rerun stage 3 (training resumes)")
+    return record
 
 
 def environment(device=None) -> dict:

@@ -96,7 +96,7 @@ def test_mask_embedding_exists_only_when_masking():
 
 
 def test_config_rejects_bad_masking_settings():
-    with pytest.raises(MtlserError, match=r"mask_time_prob = 1\.5 must be in \[0, 1\)"):
+    with pytest.raises(MtlserError, match=r"mask_time_prob = 1\.5; expected a probability in \[0, 1\)"):
         load_config(None, tiny_config_dict(backbone={"mask_time_prob": 1.5}))
     with pytest.raises(MtlserError, match=r"backbone\.freeze = true .*mask_time_prob = 0\.1 would never mask"):
         load_config(None, tiny_config_dict(backbone={"freeze": True, "mask_time_prob": 0.1}))

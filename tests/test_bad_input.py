@@ -151,7 +151,7 @@ def test_bad_config_and_corrupt_checkpoint(make_data_dir, tiny_config, tmp_path)
     bad.write_text("optim:\n  learning_rate: 0.1\n")
     r = cli("mtlser.train", "--config", str(bad), "--folds-dir", str(folds), "--fold", "1",
             "--token-list", str(tokens), "--exp-dir", str(tmp_path / "exp"), check_ok=False)
-    assert f"{bad}.optim: unknown key 'learning_rate'" in r.stderr
+    assert f"{bad}: unknown key 'optim.learning_rate'; expected one of ['optim.betas', " in r.stderr
 
     exp = tmp_path / "exp2"
     (exp / "fold01").mkdir(parents=True)

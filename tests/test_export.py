@@ -142,6 +142,7 @@ def test_ensemble_averages_the_fold_models_and_packs(tiny_experiment, tmp_path):
 
 
 def test_stage6_packs_every_fold_the_final_model_and_the_ensemble(tiny_experiment, tmp_path):
+    import mtlser
     from tests.test_recipe import make_recipe, ser
 
     recipe = make_recipe(tmp_path / "egs" / "mycorpus")
@@ -153,11 +154,15 @@ def test_stage6_packs_every_fold_the_final_model_and_the_ensemble(tiny_experimen
     r = ser(recipe, "--stage", "6", "--tag", "train_tiny_loso", "--train-config", "conf/train_mini.yaml")
     assert r.returncode == 0, r.stderr[-3000:]
     packed = sorted(p.name for p in (exp / "packed").iterdir())
-    assert packed == ["ensemble.zip", "final.zip", "fold01.zip", "fold02.zip", "fold03.zip"]
+    wheel = f"mtlser-{mtlser.__version__}-py3-none-any.whl"  # the mtlser that trained them (issue 19.5)
+    assert packed == ["ensemble.zip", "final.zip", "fold01.zip", "fold02.zip", "fold03.zip", wheel]
     with zipfile.ZipFile(exp / "packed" / "final.zip") as z:
-        card = json.loads(z.read("card.json"))
+        card, readme = json.loads(z.read("card.json")), z.read("README.md").decode()
     assert card["kind"] == "final" and card["corpus"] == "mycorpus" and "test" not in card
     assert card["protocol"] == "loso"  # from the experiment's folds: the final model has no test set
+    assert card["wheel"]["file"] == wheel and card["valid_split"].startswith("none (every utterance trained on")
+    assert "| valid split (stage 2) | none (every utterance trained on, for the folds' median epoch: " \
+        "final_epochs.json) |" in readme
     with zipfile.ZipFile(exp / "packed" / "ensemble.zip") as z:
         assert len(json.loads(z.read("card.json"))["members"]) == 3  # the folds, not final/
 

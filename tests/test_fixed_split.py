@@ -118,3 +118,57 @@ def test_training_and_selection_never_read_a_test_set(make_data_dir, tiny_config
         shutil.rmtree(tmp_path / "fixed" / "fold01" / name)
     assert train(tmp_path / "exp_b") == first
     assert '"selection": "valid"' in first[0]
+
+
+def test_each_test_set_is_scored_and_listed_in_results(make_data_dir, tiny_config, tmp_path):
+    """Stages 3-5 through their commands on a fixed fold with test and test2: both decoded and scored, the
+    aggregate gives each (results.json test_sets, RESULTS.md's Test sets table); an unscored one is named."""
+    import json
+
+    from mtlser.infer.__main__ import main as infer_main
+    from mtlser.score.__main__ import main as score_main
+    from mtlser.text.phone_classes import PhoneClassMap, phncls_token_list
+    from mtlser.text.tokenize import write_token_list
+    from mtlser.train.__main__ import main as train_main
+
+    data = make_data_dir(n_spk=4, n_utt=6, seconds=0.5)
+    utts = with_sets(data, lambda i: ("train", "train", "dev", "test", "train", "test2")[i % 6])
+    split(data, tmp_path / "fixed", "fixed")
+    write_token_list(tmp_path / "tokens.txt", phncls_token_list(PhoneClassMap.load().classes, 4))
+    exp = tmp_path / "exp"
+    assert train_main(["--config", str(tiny_config(loss={"lambda": 0.0}, train={"epochs": 1})), "--folds-dir",
+                       str(tmp_path / "fixed"), "--fold", "1", "--token-list", str(tmp_path / "tokens.txt"),
+                       "--exp-dir", str(exp)]) == 0
+    for name in ("test", "test2"):
+        assert infer_main(["--model-dir", str(exp), "--folds-dir", str(tmp_path / "fixed"), "--fold", "1",
+                           "--test-set", name, "--no-progress"]) == 0
+        assert score_main(["fold", str(exp / "fold01" / f"decode_{name}")]) == 0
+    assert score_main(["aggregate", str(exp)]) == 0
+    r = json.loads((exp / "results.json").read_text())
+    t2 = json.loads((exp / "fold01" / "decode_test2" / "result.json").read_text())
+    assert r["n"] == sum(1 for i in range(len(utts)) if i % 6 == 3)
+    assert list(r["test_sets"]) == ["test2"] and r["test_sets"]["test2"]["n"] == t2["n"] == len(utts) // 6
+    assert r["test_sets"]["test2"]["ua"] == t2["ua"] and r["test_sets"]["test2"]["macro_f1"] == t2["macro_f1"]
+    md = (exp / "RESULTS.md").read_text()
+    assert "### Test sets" in md and f"|test|decode_test|{r['n']}|{100 * r['wa']:.2f}|{100 * r['ua']:.2f}|" in md
+    assert f"|test2|decode_test2|{t2['n']}|{100 * t2['wa']:.2f}|{100 * t2['ua']:.2f}|{100 * t2['macro_f1']:.2f}|" in md
+    (exp / "fold01" / "decode_test2" / "result.json").unlink()
+    with pytest.raises(MtlserError, match=r"decode_test2/result.json: missing, but .*fold01 has the test set "
+                                          r"test2; decode and score it"):
+        score_main(["aggregate", str(exp)])
+    # A seed group of two such experiments lists test2 over both seeds.
+    import shutil
+
+    import yaml
+    assert score_main(["fold", str(exp / "fold01" / "decode_test2")]) == 0
+    assert score_main(["aggregate", str(exp)]) == 0
+    other = tmp_path / "exp_seed9"
+    shutil.copytree(exp, other)
+    cfg = yaml.safe_load((other / "fold01" / "config.yaml").read_text())
+    cfg["train"]["seed"] = 9
+    (other / "fold01" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert score_main(["aggregate", str(other)]) == 0
+    assert score_main(["aggregate", str(exp), str(other), "--seeds-out", str(tmp_path / "group")]) == 0
+    g = json.loads((tmp_path / "group" / "results.json").read_text())
+    assert g["test_sets"]["test2"]["num_seeds"] == 2 and g["test_sets"]["test2"]["ua"] == pytest.approx(t2["ua"])
+    assert "|test2|decode_test2|" in (tmp_path / "group" / "RESULTS.md").read_text()

@@ -105,4 +105,7 @@ def test_mini_avd_recipe_stages_0_to_6_with_the_fixed_protocol(tmp_path):
         assert set(attrs["ccc"]) == {"arousal", "valence", "dominance"} and -1 <= attrs["mean_ccc"] <= 1
         assert "CCC" in (exp / "fold01" / f"decode_{name}" / "result.txt").read_text()
     assert "decode_test2" in r.stderr and (exp / "RESULTS.md").is_file()
+    # RESULTS.md: macro-F1 and the attribute table over the fold, and both test sets listed.
+    md = (exp / "RESULTS.md").read_text()
+    assert "|macro-F1|" in md and "|mean|CCC|" in md and "|test2|decode_test2|" in md
     assert (exp / "packed" / "fold01.zip").is_file()

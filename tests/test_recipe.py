@@ -123,6 +123,8 @@ def test_failed_job_fails_the_stage(tmp_path):
     (recipe / "data" / "token_list" / "phncls" / "tokens.txt").write_text("<blank>\nS0\n")
     r = ser(recipe, "--stage", "3", "--stop-stage", "3", "--train-config", "conf/train_mini.yaml")
     assert r.returncode != 0
-    assert "train.1.log" in r.stderr
+    # The job's own error line, beside its log.
+    assert "launch: job JOB=1 failed (exit 1): data/loso/fold01/train: missing; run stage 2 (fold splits) first; " \
+           "see exp/train_mini_loso/logs/train.1.log" in r.stderr.splitlines()
     log = (recipe / "exp" / "train_mini_loso" / "logs" / "train.1.log").read_text()
     assert "run stage 2" in log and "# Ended (code 1)" in log

@@ -45,8 +45,12 @@ def test_lambda_sweep_shares_lambda_zero_across_reductions():
         ("exp/tiny_loso_novalid_lambda0.0", "--loss.lambda 0.0"),
         ("exp/tiny_loso_novalid_ctcmean_lambda0.1", "--loss.lambda 0.1 --loss.ctc_reduction mean")]
     assert n.sweep_table == "exp/tiny_loso_novalid_ctcmean_lambdas.md"
-    with pytest.raises(MtlserError, match="--lambdas: 'x' is not a number"):
+    with pytest.raises(MtlserError, match="^--lambdas: loss.lambda = 'x'; expected a number$"):
         run_names("loso", "share", "phncls", "c.yaml", lambdas="0 x")
+    # A lambda is checked as the config's loss.lambda is: finite, >= 0.
+    for bad in ("nan", "-1", ".inf"):
+        with pytest.raises(MtlserError, match="^--lambdas: loss.lambda = .*; expected a finite number >= 0$"):
+            run_names("loso", "share", "phncls", "c.yaml", lambdas=f"0 {bad}")
 
 
 def test_seeds_give_one_experiment_per_seed_and_a_group_each():
@@ -62,8 +66,10 @@ def test_seeds_give_one_experiment_per_seed_and_a_group_each():
     assert n.sweep_dirs == n.seed_groups == ["exp/tiny_loso_lambda0_seeds", "exp/tiny_loso_lambda0.1_seeds"]
     assert run_names("loso", "share", "phncls", "c.yaml", lambdas="0 1").sweep_dirs == ["exp/c_loso_lambda0",
                                                                                         "exp/c_loso_lambda1"]
-    with pytest.raises(MtlserError, match="--seeds: 'a' is not an integer seed"):
+    with pytest.raises(MtlserError, match="^--seeds: train.seed = 'a'; expected an integer$"):
         run_names("loso", "share", "phncls", "c.yaml", seeds="0 a")
+    with pytest.raises(MtlserError, match="^--seeds: train.seed = -1; expected >= 0$"):
+        run_names("loso", "share", "phncls", "c.yaml", seeds="0 -1")
 
 
 def test_folds_given_or_counted(tmp_path):

@@ -218,6 +218,160 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# One writer per log: a second launch of the same jobs (two ./run.sh --stage 3 on one tag) starts none of them.
+WAIT = ("import pathlib, sys, time\n"
+        "print('started', sys.argv[2], flush=True)\n"
+        "deadline = time.time() + 300\n"
+        "while not pathlib.Path(sys.argv[1]).exists() and time.time() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "print('done', flush=True)\n")
+
+
+def start_waiting_launch(tmp_path: Path, cwd: Path, log: str, jobs: int = 1) -> subprocess.Popen:
+    """A launcher running JOB=1:jobs of a job that waits for tmp_path/release; returns once every job runs."""
+    (tmp_path / "wait.py").write_text(WAIT)
+    launcher = subprocess.Popen([sys.executable, "-m", "mtlser.launch", "--max-jobs-run", str(jobs), f"JOB=1:{jobs}",
+                                 log, sys.executable, str(tmp_path / "wait.py"), str(tmp_path / "release"), "JOB"],
+                                env=env(), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    logs = [cwd / log.replace("JOB", str(j)) for j in range(1, jobs + 1)]
+    deadline = time.time() + 120
+    while not all(f.is_file() and "started" in f.read_text() for f in logs):
+        assert launcher.poll() is None and time.time() < deadline, "the first launch never started its jobs"
+        time.sleep(0.05)
+    return launcher
+
+
+def in_use(cwd: Path, log: str, launcher: subprocess.Popen, lock: str) -> str:
+    """The line by which a second launch in ``cwd`` refuses the log of job JOB=1 (the holder as its lock file
+    records it)."""
+    from mtlser.utils.lock import holder_of
+
+    h = holder_of(cwd / lock)
+    assert h["pid"] == launcher.pid and "JOB=1:" in h["command"], h
+    return (f"launch: the log of job JOB=1, {log}, is in use by PID {launcher.pid} on host {socket.gethostname()} "
+            f"(since {h['since']}): {h['command']}; wait for that run to end or stop it (lock: {lock}); "
+            "no job of this launch was started")
+
+
+def test_a_second_launch_of_the_same_jobs_starts_none_and_leaves_their_logs_whole(tmp_path):
+    winner = start_waiting_launch(tmp_path, tmp_path, "logs/train.JOB.log", jobs=2)
+    try:
+        logs = [tmp_path / "logs" / f"train.{j}.log" for j in (1, 2)]
+        before = [f.read_bytes() for f in logs]
+        loser = subprocess.run([sys.executable, "-m", "mtlser.launch", "--max-jobs-run", "2", "JOB=1:2",
+                                "logs/train.JOB.log", sys.executable, "-c", "open('ran.JOB', 'w')"],
+                               env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert loser.returncode == 1
+        assert loser.stderr == in_use(tmp_path, "logs/train.1.log", winner, "logs/.train.1.log.lock") + "\n"
+        assert not list(tmp_path.glob("ran.*")), "the second launch ran a job"
+        assert [f.read_bytes() for f in logs] == before
+    finally:
+        (tmp_path / "release").touch()
+        winner.wait(timeout=120)
+    assert winner.returncode == 0, winner.stderr.read()
+    for j, f in enumerate(logs, 1):
+        text = f.read_text()
+        assert f"started {j}\ndone\n# Accounting" in text and "# Ended (code 0)" in text and "ran." not in text
+    # The lock goes with its launcher: the next launch runs the jobs and rewrites their logs, as run.pl does.
+    again = subprocess.run([sys.executable, "-m", "mtlser.launch", "JOB=1:2", "logs/train.JOB.log",
+                            sys.executable, "-c", "print('again JOB')"], env=env(), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "again 1" in logs[0].read_text() and "started" not in logs[0].read_text()
+    # Nor do the jobs of one launch share a log (run.pl refuses that too).
+    one = subprocess.run([sys.executable, "-m", "mtlser.launch", "JOB=1:2", "logs/all.log", sys.executable, "-c", "1"],
+                         env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 1 and one.stderr == ("launch: JOB=1:2 would write every job's output into one log, "
+                                                  "logs/all.log; put JOB in its name (e.g. train.JOB.log)\n")
+    assert not (tmp_path / "logs" / "all.log").exists()
+
+
+def test_a_second_stage_3_on_the_same_tag_stops_naming_the_running_launch(tmp_path):
+    from tests.test_recipe import make_recipe, ser
+
+    recipe = make_recipe(tmp_path / "egs" / "x")
+    (recipe / "data" / "loso" / "fold01").mkdir(parents=True)
+    (recipe / "data" / "token_list" / "phncls").mkdir(parents=True)
+    (recipe / "data" / "token_list" / "phncls" / "tokens.txt").write_text("<blank>\nS0\n")
+    # The first run's launcher, as stage 3 starts it (its job waits here instead of training).
+    winner = start_waiting_launch(tmp_path, recipe, "exp/t/logs/train.JOB.log")
+    try:
+        log = recipe / "exp" / "t" / "logs" / "train.1.log"
+        before = log.read_bytes()
+        r = ser(recipe, "--stage", "3", "--stop-stage", "3", "--train-config", "conf/train_mini.yaml", "--tag", "t")
+        assert r.returncode == 1
+        assert r.stderr.splitlines()[-1] == in_use(recipe, "exp/t/logs/train.1.log", winner,
+                                                   "exp/t/logs/.train.1.log.lock")
+        assert log.read_bytes() == before and not (recipe / "exp" / "t" / "fold01").exists()
+    finally:
+        (tmp_path / "release").touch()
+        winner.wait(timeout=120)
+    text = log.read_text()
+    assert winner.returncode == 0 and "started 1\ndone\n# Accounting" in text and "# Ended (code 0)" in text
+
+
+# A failed job's own error line reaches the terminal beside its log (the resume refusals above included).
+def test_a_refused_resume_reaches_the_terminal_of_stage_3(folds, config, tmp_path):
+    from tests.test_recipe import make_recipe, ser
+
+    recipe = make_recipe(tmp_path / "egs" / "x")
+    (recipe / "data").mkdir()
+    (recipe / "data" / "loso").symlink_to(folds[0])
+    (recipe / "data" / "token_list" / "phncls").mkdir(parents=True)
+    shutil.copy(folds[1], recipe / "data" / "token_list" / "phncls" / "tokens.txt")
+    stage_3 = ["--stage", "3", "--stop-stage", "3", "--train-config", str(config()), "--folds", "1", "--tag", "t"]
+    r = ser(recipe, *stage_3)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = ser(recipe, *stage_3, "--train-opts", "--loss.lambda 5")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-2:] == [
+        "launch: job JOB=1 failed (exit 1): exp/t/fold01: trained for 1 epochs with other settings than this run's "
+        "(recorded -> now: loss.lambda: 0.1 -> 5.0); its model stays as it is. Run these settings as a new experiment "
+        "(./run.sh --tag NEW_NAME, or another --exp-dir), or retrain this fold from scratch with --force "
+        "(./run.sh --train-opts \"... --force\"); see exp/t/logs/train.1.log",
+        "launch: 1 of 1 jobs failed: exp/t/logs/train.1.log"]
+
+
+def test_the_error_line_of_a_job_log(tmp_path):
+    """What the launchers (local and Slurm) show of a failed job: its last error line, not its whole log."""
+    from mtlser.launch.joblog import MAX_ERROR_LINE, error_line
+
+    def line(*body: str) -> str | None:
+        log = tmp_path / "job.log"
+        log.write_text("# python -m mtlser.train --fold 1\n# Started at now\n#\n" + "".join(b + "\n" for b in body)
+                       + "# Accounting: time=1 threads=1\n# Ended (code 1) at now, elapsed time 1 seconds\n")
+        return error_line(log)
+
+    # mtlser's message in the logging format (a trainer) or bare (run_main without logging); the last one counts.
+    assert line("2026-12-05 17:00:00,001 (lock:60) ERROR: fold dir exp/t/fold01 is in use by PID 7",
+                "2026-12-05 17:00:01,002 (__init__:95) ERROR: data/x/wav.scp:3: not found; fix it") == \
+        "data/x/wav.scp:3: not found; fix it"
+    assert line("epoch 1/2", "ERROR: conf/a.yaml.train: unknown key 'epoch'") == "conf/a.yaml.train: unknown key 'epoch'"
+    # argparse's error, and an uncaught exception's last line (its message, not the stack).
+    assert line("usage: train.py [-h]", "train.py: error: unrecognized arguments: --bad") == \
+        "train.py: error: unrecognized arguments: --bad"
+    assert line("Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "    1 / 0",
+                "ZeroDivisionError: division by zero") == "ZeroDivisionError: division by zero"
+    # mtlser's own line wins over a traceback printed after it (e.g. by torchrun about its failed rank).
+    assert line("2026-12-05 17:00:00,001 (run:50) ERROR: exp/t/fold01: trained with other settings",
+                "Traceback (most recent call last):", "  File ...",
+                "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ") == \
+        "exp/t/fold01: trained with other settings"
+    # The last state of a progress bar's line; framing lines and plain output are not errors.
+    assert line("ERROR: half\rERROR: whole line") == "whole line"
+    assert line("epoch 1/2", "Killed") is None
+    assert len(line("ERROR: " + "x" * (MAX_ERROR_LINE + 50))) == MAX_ERROR_LINE + 2
+    assert error_line(tmp_path / "no such.log") is None
+    # A command of several lines in the header is not the job's output; on Slurm, only the last run counts.
+    log = tmp_path / "job.log"
+    log.write_text("# python -c 'import sys\nERROR: x'\n# Started at now\n#\nfine\n# Ended (code 1) at now\n")
+    assert error_line(log) is None
+    log.write_text("# python -m mtlser.train\n# Started at now\n# Slurm job 7_1 on n1\nERROR: first run\n"
+                   "# Requeued (restart 1) at now: runs again, training resumes\n# Slurm job 7_1 on n2\n"
+                   "ERROR: second run\n# Ended (code 1) at now\n")
+    assert error_line(log) == "second run"
+
+
 # ----------------------------------------------------------------------------- 3. keyed by content
 def _rewrite(path: Path, seconds: float, sr: int, seed: int) -> None:
     old = path.stat().st_mtime_ns
@@ -502,5 +656,6 @@ def test_a_value_with_spaces_in_train_opts_stays_one_value(tmp_path):
     r = ser(recipe, "--stage", "3", "--stop-stage", "3", "--train-config", "conf/train_mini.yaml",
             "--train-opts", "--backbone.arch 'wav 2 vec'")
     assert r.returncode != 0
-    log = (recipe / "exp" / "train_mini_loso" / "logs" / "train.1.log").read_text()
-    assert "backbone.arch = 'wav 2 vec'; expected one of" in log and "Traceback" not in log
+    # Refused by stage 3's config check, before any job starts, naming where the value came from.
+    assert ("ERROR: --train-opts: backbone.arch = 'wav 2 vec'; expected one of wav2vec2, hubert, wavlm"
+            in r.stderr.splitlines()) and "Traceback" not in r.stderr

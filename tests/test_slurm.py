@@ -102,10 +102,14 @@ def test_launcher_waits_for_a_requeued_task_that_sbatch_wait_missed(tmp_path):
         (fake / f).chmod(0o755)
     env = dict(os.environ, PYTHONPATH=str(ROOT), FAKE=str(fake), PATH=f"{fake}:{os.environ['PATH']}")
     r = subprocess.run([sys.executable, "-m", "mtlser.launch", "--backend", "slurm", "JOB=1:2",
-                        str(tmp_path / "log" / "j.JOB.log"), "bash", "-c", "[ JOB != 2 ] || exit 3"],
+                        str(tmp_path / "log" / "j.JOB.log"), "bash", "-c",
+                        "[ JOB != 2 ] || { echo 'ERROR: data/x: broken; fix it' >&2; exit 3; }"],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert "# Ended (code 0)" in (tmp_path / "log" / "j.1.log").read_text()
-    assert r.returncode == 1 and "Slurm job 99_2 failed (exit 3); see " in r.stderr, r.stderr
+    assert r.returncode == 1, r.stderr
+    # The job's own error line beside its log, as the local launcher shows it (mtlser.launch.joblog.error_line).
+    assert f"launch: Slurm job 99_2 failed (exit 3): data/x: broken; fix it; see {tmp_path}/log/j.2.log" \
+        in r.stderr.splitlines(), r.stderr
 
 
 # ---------------------------------------------------------------- on the local Slurm

@@ -36,7 +36,8 @@ nbpe=100             # pieces per fold, with token_type=bpe
 # Training and inference
 train_config=conf/train_mtl.yaml  # experiment config (stage 3)
 train_opts=""        # config overrides, e.g. "--optim.lr 1e-4 --train.epochs 50" (shell-quoted: "--backbone.init '/a b'"; --force retrains)
-tag=""               # experiment name (default: <config name>_<protocol>)
+tag=""               # experiment name (default: <config name>_<protocol>); stages 4-6 run alone take the
+                     # experiment stage 3 recorded that fits the options given (exp/<tag>/recipe_options.json)
 folds=""             # folds to run in stages 3-5, e.g. "1 2" (default: all)
 lambdas=""           # lambda sweep, e.g. "0 0.001 0.01 0.1 1": one experiment per value (stages 3-5)
 seeds=""             # model seeds, e.g. "0 1 2": each experiment once per seed (<name>_seedN, --train.seed N,
@@ -49,10 +50,21 @@ pack_opts=""         # extra options of python -m mtlser.export pack (stage 6), 
 
 # --help is answered after the options are parsed, so that it shows the calling recipe's defaults (its
 # run.sh passes them before "$@") and names the recipe, not this template.
+# given: the options named on the command line, after the recipe's defaults (its run.sh ends them with "--");
+# stages 4-6 run alone find the experiment stage 3 recorded that agrees with them (mtlser.recipe.options).
 want_help=false
 args=()
+given=""
+is_value=false
 for a in "$@"; do
-    case "${a}" in --help|-h) want_help=true ;; *) args+=("${a}") ;; esac
+    if "${is_value}"; then is_value=false; args+=("${a}"); continue; fi
+    case "${a}" in
+        --help|-h) want_help=true ;;
+        --) given="" ;;
+        --*=*) a_name=${a%%=*}; given+=" ${a_name#--}"; args+=("${a}") ;;
+        --*) given+=" ${a#--}"; is_value=true; args+=("${a}") ;;
+        *) args+=("${a}") ;;
+    esac
 done
 set -- ${args[@]+"${args[@]}"}
 help_text() { cat <<EOF
@@ -73,7 +85,7 @@ Usage: egs/$(basename "${PWD}")/run.sh [options]   (recipe egs/$(basename "${PWD
   --token-type phncls|phn|char|bpe, --emo-tag true|false, --nbpe N   CTC targets (default phncls, tagged)
   --train-config FILE        experiment YAML (default ${train_config})
   --train-opts "..."         config overrides, e.g. "--loss.lambda 0"
-  --tag NAME                 experiment dir name under exp/
+  --tag NAME                 experiment dir name under exp/ (stages 4-6 alone: selects one stage 3 recorded)
   --folds "1 2"              only these folds in stages 3-5
   --lambdas "0 0.1 1"        one experiment per lambda, and a comparison table
   --seeds "0 1 2"            each experiment once per model seed (one split), figures over seeds x folds
@@ -93,24 +105,41 @@ if [ $# -ne 0 ]; then
 fi
 . ./path.sh
 . ./cmd.sh
+# The options that are numbers, before anything is written: one line naming a bad one (mtlser.recipe.checks).
+python -m mtlser.recipe check-options --stage="${stage}" --stop-stage="${stop_stage}" --nj="${nj}" --ngpu="${ngpu}" \
+    --valid-share="${valid_share}" --split-seed="${split_seed}" --nbpe="${nbpe}"
 
 [ -x local/data.sh ] || { log "local/data.sh not found or not executable in $(pwd): a recipe needs one"; exit 1; }
 [ -f "${train_config}" ] || { log "config ${train_config} not found"; exit 1; }
 if [ -n "${partition}" ] && [ "${protocol}" != partition ]; then
     log "--partition ${partition}: the folds come from its files (protocol partition, not ${protocol})"; protocol=partition
 fi
-[[ "${ngpu}" =~ ^[0-9]+$ ]] || { log "--ngpu ${ngpu}: expected a number of GPUs (0, 1, 2, ...)"; exit 2; }
 
 data=data
 exp=exp
 # Every name of this run (folds dir, token set and list, experiment dirs and their overrides: one per
 # lambda of a sweep and seed, seed groups) comes from mtlser.recipe, which reads the rules from the modules
 # that own them.
-names=$(python -m mtlser.recipe names --protocol "${protocol}" --valid "${valid}" --token-type "${token_type}" \
+run_opts=(--protocol "${protocol}" --valid "${valid}" --token-type "${token_type}" \
     --emo-tag "${emo_tag}" --nbpe "${nbpe}" --train-config "${train_config}" --tag "${tag}" \
     --lambdas "${lambdas}" --ctc-reduction "${ctc_reduction}" --seeds "${seeds}" --data "${data}" --exp "${exp}")
+if [ "${stage}" -ge 4 ]; then
+    # Stages 4-6 alone: the options (folds included) of the experiment stage 3 recorded that agrees with the
+    # options given, or an error listing those that do (mtlser.recipe.options).
+    names=$(python -m mtlser.recipe find "${run_opts[@]}" --folds "${folds}" --given="${given}" --stage "${stage}")
+else
+    names=$(python -m mtlser.recipe names "${run_opts[@]}")
+fi
 eval "${names}"
 train_opts="${train_opts} ${valid_opts}"
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    # Each experiment's resolved config, checked before stage 0 writes and any job of stage 3 starts: a bad
+    # field is named here with its source (the YAML file or --train-opts), not in a job's log.
+    for i in "${!exp_dirs[@]}"; do
+        python -m mtlser.train --check-config --config "${train_config}" \
+            --train-opts "${train_opts} ${exp_opts[i]}" --data.token_type "${token_set}"
+    done
+fi
 score_sh=local/score.sh
 [ -x "${score_sh}" ] || score_sh=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/local/score.sh
 
@@ -154,6 +183,11 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         expdir=${exp_dirs[i]}
         log "Stage 3: training folds ${fold_args} -> ${expdir}/foldNN (logs in ${expdir}/logs)"
         mkdir -p "${expdir}/logs"
+        # What later stages run on their own read back: ${expdir}/recipe_options.json.
+        python -m mtlser.recipe record --exp-dir "${expdir}" "${run_opts[@]}" --folds "${fold_args}" \
+            --exp-opts "${exp_opts[i]}" --train-opts "${train_opts}" --valid-share "${valid_share}" \
+            --split-seed "${split_seed}" --partition "${partition}" --test-corpus "${test_corpus}" \
+            --train-corpora "${train_corpora}" --phone-classes "${phone_classes}" --train-final "${train_final}"
         # A replayable record of this experiment, as ESPnet keeps one per exp dir.
         echo "# $(date)" >> "${expdir}/run.sh"
         echo "(cd $(pwd) && ${cmdline})" >> "${expdir}/run.sh"
@@ -200,16 +234,16 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
                 "${score_sh}" "${expdir}/${f}/${d}"
             done
         done
-        python -m mtlser.score aggregate "${expdir}"  # logs WA and UA of the test set (RESULTS.md)
+        python -m mtlser.score aggregate "${expdir}"  # logs the headline table (WA, UA) with its header
         if [ "${#decode_names[@]}" -gt 1 ]; then
-            log "Stage 5: the further test sets' figures: ${expdir}/foldNN/{${decode_names[*]:1}}/result.txt"
+            log "Stage 5: each test set's figures (${decode_names[*]}) in ${expdir}/RESULTS.md (Test sets), per fold in ${expdir}/foldNN/<decode dir>/result.txt"
         fi
     done
     for group in "${seed_groups[@]}"; do
         members=()
         for i in "${!exp_dirs[@]}"; do [ "${exp_groups[i]}" != "${group}" ] || members+=("${exp_dirs[i]}"); done
         log "Stage 5: seeds ${seeds} over seeds x folds -> ${group}/RESULTS.md"
-        python -m mtlser.score aggregate --seeds-out "${group}" "${members[@]}"  # logs WA and UA
+        python -m mtlser.score aggregate --seeds-out "${group}" "${members[@]}"  # logs the table with its header
     done
     if [ -n "${sweep_table}" ]; then
         log "Stage 5: lambda sweep comparison -> ${sweep_table}"
@@ -220,7 +254,7 @@ fi
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
     for expdir in "${exp_dirs[@]}"; do
-        log "Stage 6: packing every fold, final/ when present, and the folds' ensemble -> ${expdir}/packed/*.zip"
+        log "Stage 6: packing every fold, final/ when present, and the folds' ensemble, mtlser wheel -> ${expdir}/packed"
         # shellcheck disable=SC2086
         python -m mtlser.export pack --exp-dir "${expdir}" --out-dir "${expdir}/packed" \
             --corpus "$(basename "$(pwd)")" ${pack_opts}

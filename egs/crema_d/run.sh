@@ -25,4 +25,4 @@ db_root=${CREMA_D:-}    # or export CREMA_D=/path/to/CREMA-D (the folder holding
     --protocol kfold5 \
     --valid share --valid-share 0.1 \
     --nj 1 \
-    "$@"
+    -- "$@"   # "--": the options above are this recipe's defaults, those after it the user's

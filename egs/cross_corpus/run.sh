@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 ../../tools/install.sh   # installs into tools/venv on first use; a no-op afterwards
 
-./ser.sh --protocol cross-corpus "$@"
+./ser.sh --protocol cross-corpus -- "$@"   # "--": this recipe's defaults before it, the user's options after

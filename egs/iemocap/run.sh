@@ -26,4 +26,4 @@ db_root=${IEMOCAP:-}    # or export IEMOCAP=/path/to/IEMOCAP_full_release; --db-
     --valid share --valid-share 0.1 \
     --compare-opts "--reference local/paper_table3.yaml" \
     --nj 1 \
-    "$@"
+    -- "$@"   # "--": the options above are this recipe's defaults, those after it the user's

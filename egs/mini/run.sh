@@ -15,4 +15,4 @@ cd "$(dirname "$(readlink -f "$0")")"
     --nj 2 \
     --ngpu 0 \
     --slurm-conf conf/slurm_mini.conf \
-    "$@"
+    -- "$@"   # "--": the options above are this recipe's defaults, those after it the user's

@@ -19,4 +19,4 @@ db_root=${MSP_PODCAST:-}    # or export MSP_PODCAST=/path/to/MSP-Podcast; --db-r
     --train-config conf/train_mtl_select_valid.yaml \
     --protocol fixed \
     --nj 1 \
-    "$@"
+    -- "$@"   # "--": the options above are this recipe's defaults, those after it the user's

@@ -26,4 +26,4 @@ db_root=${RAVDESS:-}    # or export RAVDESS=/path/to/RAVDESS (any folder above t
     --protocol kfold6 \
     --valid share --valid-share 0.1 \
     --nj 1 \
-    "$@"
+    -- "$@"   # "--": the options above are this recipe's defaults, those after it the user's

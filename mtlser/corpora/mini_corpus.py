@@ -209,6 +209,13 @@ def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speak
     from mtlser.corpora.espeak import Espeak
 
     out = Path(out)
+    # Checked before the cached corpus is looked at: a bad setting must not replace it (with an empty one).
+    if not 1 <= n_sessions <= 5:
+        raise MtlserError(f"--sessions {n_sessions}: IEMOCAP's layout has 1 to 5 sessions")
+    if utts_per_speaker < 1:
+        raise MtlserError(f"--utts-per-speaker {utts_per_speaker}: expected a count >= 1")
+    if seed < 0:
+        raise MtlserError(f"--seed {seed}: expected a seed >= 0")
     marker = out / "README.mtlser.json"
     if marker.is_file():
         old = json.loads(marker.read_text())
@@ -217,8 +224,6 @@ def generate(out: str | Path, seed: int = 0, n_sessions: int = 5, utts_per_speak
             logger.info("mini corpus already in %s (seed %d); not regenerated", out, seed)
             return old
         logger.info("mini corpus in %s was made with other settings; regenerating", out)
-    if not 1 <= n_sessions <= 5:
-        raise MtlserError(f"--sessions {n_sessions}: IEMOCAP's layout has 1 to 5 sessions")
     rng = np.random.default_rng(seed)
     engine = Espeak()
     speakers = make_speakers(n_sessions, rng)

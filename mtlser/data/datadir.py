@@ -14,7 +14,8 @@ A data dir is a folder of line-oriented maps keyed by utterance id::
     text_<set>   utt  CTC targets: text_phncls, text_phn, text_norm, ... (optional, stage 1
                  output, see mtlser.text.tokenize; may be empty)
     emotions     the emotion inventory: one label a line, in class-index order (required;
-                 mtlser.data.emotions). Not a per-utterance file.
+                 mtlser.data.emotions; empty for a corpus with attributes and no classes, whose
+                 utt2emo is all ``-``). Not a per-utterance file.
     utt2attr     utt  v1 v2 ...                     (optional; dimensional attributes, floats in the
                  order of ``attributes``, mtlser.data.attributes)
     attributes   the attribute declaration: '<name> <min> <max>' a line (with utt2attr). Not a
@@ -202,6 +203,9 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True) -> D
 
     if dd.emotions is None:
         read_inventory(path)  # raises: the message says what the file holds and who writes it
+    if not dd.emotions and UTT2ATTR not in dd.tables:
+        raise DataDirError(f"{path / INVENTORY}: empty (no classes) and no {UTT2ATTR}: a data dir needs classes, "
+                           "attributes or both; write the inventory (python -m mtlser.data.set_emotions) or utt2attr")
     allowed = set(dd.emotions)
     for lineno, (utt, emo) in enumerate(dd.tables["utt2emo"].items(), 1):
         if emo not in allowed and emo != NO_CLASS:

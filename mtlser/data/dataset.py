@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from mtlser.data.datadir import read_table, sort_key
-from mtlser.data.emotions import INVENTORY, check_same, read_inventory
+from mtlser.data.emotions import INVENTORY, NO_CLASS, NO_CLASS_INDEX, check_same, read_inventory
 from mtlser.model.lengths import conv_spec, hop
 from mtlser.utils import MtlserError
 
@@ -90,7 +90,8 @@ class SERDataset(Dataset):
                 check_same(list(emotions), "the model's emotion list", inventory, str(self.data_dir / INVENTORY),
                            "a model classifies into its own list: use data whose inventory is that list")
             emotions = inventory
-        emo_index = {e: i for i, e in enumerate(emotions)}
+        # An utterance with no class (NO_CLASS, kept for its attributes) is left out of the CE term.
+        emo_index = {**{e: i for i, e in enumerate(emotions)}, NO_CLASS: NO_CLASS_INDEX}
         self.emotions = []
         for u in self.utts:
             if u not in utt2emo:

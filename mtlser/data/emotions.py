@@ -43,6 +43,10 @@ INVENTORY = "emotions"
 #: Not a label (a label starts with a letter or digit), so it never collides with one.
 NO_CLASS = "-"
 
+#: The class index of a NO_CLASS utterance in a dataset: cross entropy's ignore_index (torch's default), so
+#: the CE term leaves it out.
+NO_CLASS_INDEX = -100
+
 #: A label is a token of a Kaldi table and a tag of CTC tokens: letters, digits, '_' and '-'.
 _LABEL = re.compile(r"^[^\W][\w\-]*$")
 
@@ -115,6 +119,8 @@ def read_inventory(data_dir: str | os.PathLike) -> list[str]:
                           f"in class-index order (python -m mtlser.data.set_emotions {Path(data_dir)} --map FILE "
                           f"or --emotions 'LABEL ...'); rerun the data preparation, then the tokens and folds steps")
     lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return []  # no classes: a dimensional-only corpus (every utt2emo is NO_CLASS)
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line != line.strip():
             raise MtlserError(f"{path}:{lineno}: expected one label per line, no blanks or spaces; got {line!r}")
@@ -122,9 +128,10 @@ def read_inventory(data_dir: str | os.PathLike) -> list[str]:
 
 
 def write_inventory(data_dir: str | os.PathLike, emotions: list[str]) -> None:
+    """The inventory file; an empty list writes an empty file (a corpus with attributes and no classes)."""
     from mtlser.utils.fileio import atomic_write_text
 
-    labels = check_labels(list(emotions), f"{data_dir}/{INVENTORY}")
+    labels = check_labels(list(emotions), f"{data_dir}/{INVENTORY}") if list(emotions) else []
     atomic_write_text(Path(data_dir) / INVENTORY, "".join(f"{e}\n" for e in labels))
 
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -210,6 +211,19 @@ def cross_corpus_fold(dd: DataDir, protocol: str, test_corpus: str | None,
     return [(f"{'+'.join(train_corpora)}->{test_corpus}", test, rest)]
 
 
+def check_valid_share(share: float | str, option: str = "--valid-share") -> float:
+    """The share of each training speaker's utterances that --valid share holds out: a number in (0, 1)
+    (1 or more would leave a speaker nothing to train on; --valid none is the way to have no valid set)."""
+    try:
+        value = float(share)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value < 1:  # nan fails too
+        raise MtlserError(f"{option} {share}: expected a share of each training speaker's utterances in (0, 1), "
+                          "e.g. 0.1 (no valid set: --valid none)")
+    return value
+
+
 def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: str = "share",
           valid_share: float = 0.1, seed: int = 0, audio_dir: str | Path | None = None,
           sample_rate: int = 16000, partition: str | Path | None = None, test_corpus: str | None = None,
@@ -218,6 +232,7 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
     check_output(out, [data_dir], "--out", around=[partition])
     if audio_dir is not None:
         check_output(audio_dir, [data_dir, out], "--audio-dir")
+    valid_share = check_valid_share(valid_share)
     if protocol == FIXED:
         if valid != "share" or partition is not None:
             raise MtlserError(f"--protocol {FIXED}: the valid set is the corpus's development set (utt2set dev); "

@@ -3,7 +3,8 @@
 Usage:
     python -m mtlser.export pack --model-dir exp/<tag>/fold01 --out fold01.zip
     python -m mtlser.export pack --exp-dir exp/<tag> --out-dir exp/<tag>/packed     # stage 6: every fold,
-                                                               # final/ when present, the folds' ensemble
+                                                               # final/ when present, the folds' ensemble,
+                                                               # mtlser's wheel (mtlser.export.wheel)
     python -m mtlser.export ensemble --exp-dir exp/<tag> [--out exp/<tag>/ensemble]
     python -m mtlser.export hf --model-dir exp/<tag>/fold01 --out hf/fold01      # a dir or a pack
     python -m mtlser.export onnx --model-dir exp/<tag>/fold01 --out fold01.onnx  # a dir, pack or ensemble

@@ -7,7 +7,9 @@ Every figure on a card is read from a file of the experiment (nothing is measure
   the 95 % CI), and its seed group's ``exp/<name>_seeds/results.json`` when it is one seed of a group;
 - protocol and corpus: the folds dir the decode points at (``decode_test/data_dir``, ``protocol``);
 - training time and hardware: ``history.tsv`` (seconds per epoch) and ``env.json`` (versions, git
-  commit, GPU, platform of the training run); the selected epoch: ``best.json``.
+  commit, GPU, platform of the training run); the selected epoch and its rule: ``best.json``;
+- the install lines: torch's CPU-only index, and the wheel stage 6 put beside the packs
+  (:mod:`mtlser.export.wheel`), with the torch/torchaudio pairs known to work (KNOWN_TORCH_PAIRS).
 
 A final model (trained on every speaker) and an ensemble of the fold models have no held-out
 figure: every speaker was seen in training. Their cards say so and give the fold models'
@@ -91,7 +93,9 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
         "kind": kind,
         "corpus": corpus or recipe,
         "protocol": protocol.get("protocol"),
-        "model_selection": protocol.get("valid"),
+        "valid_split": (expdir.valid_split_text(protocol) if kind != "final" else
+                        "none (every utterance trained on, for the folds' median epoch: final_epochs.json)"),
+        "epoch_selection": {k: best.get(k) for k in ("selection", "metric") if best.get(k)} or None,
         "emotions": list(info["emotions"]),
         "backbone": {"arch": info["arch"], "layers": info.get("num_hidden_states", 1) - 1,
                      "width": info["arch_kwargs"].get("encoder_embed_dim"),
@@ -171,6 +175,23 @@ def uncertainty_lines(cv: dict) -> list[str]:
     return lines
 
 
+def epoch_selection_text(facts: dict) -> str:
+    """How the reported epoch was chosen (best.json's rule), and which epoch of how many (one model)."""
+    sel = facts.get("epoch_selection") or {}
+    if sel.get("selection") == "last":
+        rule = ("the last epoch (train.model_selection last: nothing selected"
+                + ("" if facts.get("kind") == "final" else "; a valid split is trained on") + ")")
+    elif sel.get("selection") == "valid":
+        rule = f"the best epoch by valid {str(sel.get('metric')).upper()} (the valid split: training speakers only)"
+    else:
+        return "not recorded"
+    if facts.get("members"):
+        return rule + "; each member's epoch under Training"
+    if facts.get("selected_epoch") is None:
+        return rule
+    return rule + f": epoch {facts['selected_epoch']} of {facts.get('epochs_run') or '?'}"
+
+
 def card_text(facts: dict) -> str:
     """README.md of a pack (the facts in words; card.json holds them as data)."""
     name, kind = facts["name"], facts["kind"]
@@ -184,8 +205,9 @@ def card_text(facts: dict) -> str:
     lines += [f"Speech emotion recognition (Li et al., multi-task: CE + λ·CTC) — {what}.", ""]
     lines += ["| | |", "|---|---|",
               f"| corpus | {facts.get('corpus') or 'not recorded'} |",
-              f"| protocol | {facts.get('protocol') or 'not recorded'}"
-              + (f" (model selection: {facts['model_selection']})" if facts.get("model_selection") else "") + " |",
+              f"| fold protocol (stage 2) | {facts.get('protocol') or 'not recorded'} |",
+              f"| valid split (stage 2) | {facts.get('valid_split') or 'not recorded'} |",
+              f"| epoch selection (stage 3) | {epoch_selection_text(facts)} |",
               f"| emotions (class order) | {' '.join(facts['emotions'])} |"]
     if facts.get("attributes"):
         lines.append("| attributes (output order, scale) | "
@@ -240,8 +262,33 @@ def card_text(facts: dict) -> str:
     lines += ["", f"Trained at mtlser commit `{commit or 'unknown'}`"
               + (" (with uncommitted changes)" if facts.get("git_dirty") else "")
               + f"; packed by mtlser {facts.get('mtlser_version')}.", ""]
-    lines += ["## Use", "", "    pip install 'mtlser @ <path or URL of the mtlser source>'",
+    lines += ["## Use", "", *install_lines(facts), "",
               f"    mtlser-infer --model {name}.zip recordings/ --output labels.jsonl", "",
               "    from mtlser.infer import SERPredictor",
               f"    SERPredictor.from_pretrained('{name}.zip').predict_file('a.wav')", ""]
     return "\n".join(lines)
+
+
+#: torch / torchaudio pairs mtlser's inference was checked with (README "Using a trained model" says where and
+#: when); the cards list them. Other pairs are untested.
+KNOWN_TORCH_PAIRS = (("2.11.0", "2.11.0"), ("2.14.1", "2.11.1"))
+#: torch's CPU-only wheels: a few hundred MB instead of PyPI's default build with the CUDA libraries (GBs).
+CPU_TORCH_INSTALL = "pip install torch torchaudio --index-url https://download.pytorch.org/whl/cpu"
+
+
+def install_lines(facts: dict) -> list[str]:
+    """The card's install commands: CPU-only torch first, then the mtlser wheel stage 6 put beside the pack."""
+    members = facts.get("members") or [facts]
+    trained = members[0].get("versions") or {}
+    wheel = facts.get("wheel")
+    lines = [f"    {CPU_TORCH_INSTALL}   # no GPU: torch's CPU wheels, not the CUDA libraries",
+             f"    pip install {wheel['file']}" if wheel else
+             "    pip install 'mtlser @ <path or URL of the mtlser source>'", ""]
+    lines.append((f"`{wheel['file']}` lies beside this pack (stage 6 built it from the {wheel['source']}); "
+                  if wheel else "Stage 6 puts the wheel of the mtlser that trained a model beside its packs "
+                  "(packed/mtlser-<version>-py3-none-any.whl); ")
+                 + "installing torch first keeps pip from fetching the CUDA build. torch / torchaudio pairs known to "
+                 "work: " + ", ".join(f"{t} / {a}" for t, a in KNOWN_TORCH_PAIRS)
+                 + (f"; this model was trained with {trained['torch']} / {trained.get('torchaudio', '?')}"
+                    if trained.get("torch") else "") + ". Other pairs are untested.")
+    return lines

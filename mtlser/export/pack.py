@@ -1,7 +1,7 @@
 """Packs (ESPnet's pack stage): one .zip per model that loads anywhere mtlser is installed.
 
     python -m mtlser.export pack --model-dir exp/<tag>/fold01 --out fold01.zip
-    python -m mtlser.export pack --exp-dir exp/<tag> --out-dir exp/<tag>/packed     # stage 6
+    python -m mtlser.export pack --exp-dir exp/<tag> --out-dir exp/<tag>/packed     # stage 6, + mtlser's wheel
 
 A pack holds the model's ``model.yaml`` (architecture, emotions), ``config.yaml``, ``token_list``,
 its weights as ``model.safetensors``, and its model card (``card.json``, ``README.md``: see
@@ -65,8 +65,10 @@ def _card_entries(facts: dict) -> list[tuple[str, bytes]]:
             (CARD_MD, card_text(facts).encode("utf-8"))]
 
 
-def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weights: str | None = None) -> Path:
-    """Pack a training dir (foldNN, final) or an ensemble dir into ``out`` (.zip)."""
+def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weights: str | None = None,
+         wheel: dict | None = None) -> Path:
+    """Pack a training dir (foldNN, final) or an ensemble dir into ``out`` (.zip); ``wheel`` (file, source):
+    the mtlser wheel stage 6 put beside it, for the card's install lines."""
     model_dir, out = Path(model_dir), Path(out)
     if out.is_dir():  # checked before the work: os.replace onto a directory is a traceback at the very end
         raise MtlserError(f"{out}: a directory; --out names the .zip file to write, e.g. "
@@ -90,8 +92,9 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
             names.append(f"members/{name}")
         first = member_facts[0]
         facts = {"name": model_dir.name, "kind": "ensemble", "combine": "mean of the members' emotion probabilities",
-                 **{k: first.get(k) for k in ("corpus", "protocol", "model_selection", "emotions", "backbone",
-                                               "fusion", "lambda", "ctc_targets", "git_commit", "mtlser_version")},
+                 **{k: first.get(k) for k in ("corpus", "protocol", "valid_split", "epoch_selection", "emotions",
+                                               "backbone", "fusion", "lambda", "ctc_targets", "git_commit",
+                                               "mtlser_version")},
                  "members": member_facts}
         text = ensemble_text(names, first["emotions"], f"{len(names)} fold models of {model_dir.parent.name}")
         entries = [(ENSEMBLE_YAML, text.encode("utf-8"))] + entries
@@ -100,6 +103,8 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
         facts = model_facts(model_dir, model_kind(model_dir), corpus)
     if cv is not None:
         facts["cross_validation"] = cv
+    if wheel is not None:
+        facts["wheel"] = wheel
     write_zip(out, entries + _card_entries(facts))
     logger.info("packed %s into %s (%.1f MB)", model_dir, out, out.stat().st_size / 1e6)
     return out
@@ -133,20 +138,26 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None, overwrite:
 
 
 def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None = None) -> list[Path]:
-    """Stage 6: every fold model, the final model when there is one, and the ensemble of the folds."""
+    """Stage 6: the wheel of the mtlser that trained them (mtlser.export.wheel), every fold model, the final
+    model when there is one, and the ensemble of the folds."""
+    from mtlser.export.wheel import build_wheel
+
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     folds = expdir.model_dirs(exp_dir)
     check_output(out_dir, folds + [exp_dir / FINAL, exp_dir / ENSEMBLE_DIR], "--out-dir")
     if not folds:
         raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); train the folds first")
-    packs = [pack(d, out_dir / f"{d.name}.zip", corpus) for d in folds]
+    env = expdir.read_environment(folds[0]) or {}
+    path, source = build_wheel(out_dir, env.get("git_commit"), env.get("git_dirty"))
+    wheel = {"file": path.name, "source": source}
+    packs = [pack(d, out_dir / f"{d.name}.zip", corpus, wheel=wheel) for d in folds]
     final = exp_dir / FINAL
     if (final / expdir.MODEL_YAML).is_file():
-        packs.append(pack(final, out_dir / f"{FINAL}.zip", corpus))
+        packs.append(pack(final, out_dir / f"{FINAL}.zip", corpus, wheel=wheel))
     else:
         logger.info("%s: no final model (trained on every speaker); packing the folds and their ensemble", final)
     if len(folds) >= 2:
-        packs.append(pack(make_ensemble(exp_dir), out_dir / f"{ENSEMBLE_DIR}.zip", corpus))
+        packs.append(pack(make_ensemble(exp_dir), out_dir / f"{ENSEMBLE_DIR}.zip", corpus, wheel=wheel))
     else:
         logger.info("%s: one fold model, no ensemble", exp_dir)
     return packs

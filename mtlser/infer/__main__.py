@@ -19,7 +19,15 @@ from pathlib import Path
 from mtlser.data.fold_names import TEST_SET, fold_name
 from mtlser.expdir import DECODE_PREFIX
 from mtlser.infer.audio import find_recordings
-from mtlser.infer.output import HOP_S, WINDOW_S, check_ids, label_and_write, load_predictor, output_format
+from mtlser.infer.output import (
+    HOP_S,
+    WINDOW_S,
+    check_ids,
+    check_per_window,
+    label_and_write,
+    load_predictor,
+    output_format,
+)
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import check_output
 
@@ -34,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model dir, ensemble dir, or pack (.zip); with --fold: the experiment dir")
     p.add_argument("--output", "-o", help="write the labels here (default: stdout)")
     p.add_argument("--format", choices=("jsonl", "csv", "utt2emo"), help="default: from --output's name, else jsonl")
+    p.add_argument("--per-window", action="store_true",
+                   help="csv: one row per window (id, file, start, end, emotion, p_<emotion>...) instead of one "
+                   "per recording; a recording within one window is one row")
     p.add_argument("--window", type=float, default=WINDOW_S,
                    help=f"label recordings longer than this many seconds in windows (default {WINDOW_S:g}; 0: whole)")
     p.add_argument("--hop", type=float, default=HOP_S, help=f"seconds between window starts (default {HOP_S:g})")
@@ -91,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         check_output(args.output, files, "--output", around=dirs)
     if args.timeline:
         check_output(args.timeline, files, "--timeline", around=dirs, is_dir=True, overwrite=args.overwrite)
+    if args.per_window and data_dir is not None:
+        raise MtlserError("--per-window shapes the CSV of labelled inputs; a data dir's decode (--data-dir, --fold) "
+                          "labels whole utterances: leave --per-window out")
+    check_per_window(args.per_window, fmt)
     predictor = load_predictor(model, args.device, args.weights, args.precision, args.num_threads, args.backend)
     if args.precision != "fp32" and args.device == "cpu":
         from mtlser.infer.backends import report_agreement
@@ -98,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         report_agreement(predictor, model, args.check_set, recordings, args.window)
     if data_dir is None:
         return label_and_write(predictor, recordings, fmt, args.output, args.window, args.hop, args.batch_size,
-                               args.batch_seconds, not args.no_progress, args.timeline, args.overwrite)
+                               args.batch_seconds, not args.no_progress, args.timeline, args.per_window,
+                               args.overwrite)
     from mtlser.infer.decode import decode_data_dir
 
     out = Path(args.out) if args.out else model / f"{DECODE_PREFIX}{data_dir.name}"

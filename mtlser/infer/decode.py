@@ -38,13 +38,14 @@ def decode_data_dir(predictor, data_dir: Path, out: Path, batch_size: int = 16, 
         if d.error is not None:
             errors[utt] = " ".join(d.error.split())
             continue
-        hyp[utt] = d.result["emotion"]
-        probs[utt] = " ".join(f"{d.result['probs'][e]:.6f}" for e in predictor.emotions)
+        if predictor.emotions:  # a dimensional-only model: utt2attr_hyp only
+            hyp[utt] = d.result["emotion"]
+            probs[utt] = " ".join(f"{d.result['probs'][e]:.6f}" for e in predictor.emotions)
         if "attributes" in d.result:
             attrs[utt] = [d.result["attributes"][a.name] for a in predictor.attributes]
         if "tokens" in d.result:
             text[utt] = " ".join(d.result["tokens"])
-    expdir.write_decode(out, data_dir, hyp, probs, text if predictor.tokens is not None else None, errors,
+    expdir.write_decode(out, data_dir, hyp if predictor.emotions else None, probs, text if predictor.tokens is not None else None, errors,
                         attrs if getattr(predictor, "attributes", None) else None)
     if errors:
         logger.warning("%d of %d utterances of %s could not be decoded: %s (they are listed there)", len(errors),

@@ -59,7 +59,8 @@ def read_model(files: ModelFiles, weights: str | None = None, device: str | torc
     missing = [k for k in ("arch", "arch_kwargs", "emotions") if k not in info]
     if missing:
         raise MtlserError(f"{files.where(MODEL_YAML)}: no {', '.join(missing)}; is it a model.yaml of stage 3?")
-    emotions = check_labels(info["emotions"], files.where(MODEL_YAML))
+    # [] is a dimensional-only model's (no classes, no emotion head: attributes only)
+    emotions = check_labels(info["emotions"], files.where(MODEL_YAML)) if info["emotions"] != [] else []
     cfg: Config = from_dict(Config, files.read_yaml(CONFIG_YAML), files.where(CONFIG_YAML))
     check_config(cfg, files.where(CONFIG_YAML))
     tokens = parse_token_list(files.read_text(TOKEN_LIST), files.where(TOKEN_LIST))
@@ -222,7 +223,9 @@ class SERPredictor:
         for model in self.models:
             with self._autocast():
                 out = self._predict(model, batch, lens)
-            probs = out["emo_probs"].float() if probs is None else probs + out["emo_probs"].float()
+            p = out["emo_probs"]
+            p = p.float() if p is not None else batch.new_zeros(len(wavs), 0)  # no classes: (B, 0)
+            probs = p if probs is None else probs + p
             if self.attributes:
                 attrs = out["attributes"].float() if attrs is None else attrs + out["attributes"].float()
             if self.tokens is not None:
@@ -246,8 +249,9 @@ class SERPredictor:
         probs, tokens, attrs = self.predict_all(wavs)
         results = []
         for i, row in enumerate(probs):
-            r = {"emotion": self.emotions[int(np.argmax(row))],
-                 "probs": {e: float(p) for e, p in zip(self.emotions, row.tolist())}}
+            r = ({"emotion": self.emotions[int(np.argmax(row))],
+                  "probs": {e: float(p) for e, p in zip(self.emotions, row.tolist())}}
+                 if self.emotions else {})  # a dimensional-only model: attributes only
             if attrs is not None:
                 r["attributes"] = {a.name: float(v) for a, v in zip(self.attributes, attrs[i].tolist())}
             if tokens is not None:

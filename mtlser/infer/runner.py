@@ -72,11 +72,11 @@ def _combine(pieces: list[tuple[float, float, dict]], emotions: list[str]) -> di
     if len(pieces) == 1:
         return pieces[0][2]
     pieces = sorted(pieces, key=lambda p: p[0])
-    mean = np.mean([[r["probs"][e] for e in emotions] for _, _, r in pieces], axis=0)
-    out = {
-        "emotion": emotions[int(np.argmax(mean))],
-        "probs": {e: float(p) for e, p in zip(emotions, mean.tolist())},
-    }
+    out = {}
+    if emotions:  # a dimensional-only model: attributes only
+        mean = np.mean([[r["probs"][e] for e in emotions] for _, _, r in pieces], axis=0)
+        out = {"emotion": emotions[int(np.argmax(mean))],
+               "probs": {e: float(p) for e, p in zip(emotions, mean.tolist())}}
     if "attributes" in pieces[0][2]:
         names = list(pieces[0][2]["attributes"])
         out["attributes"] = {a: float(np.mean([r["attributes"][a] for _, _, r in pieces])) for a in names}
@@ -141,8 +141,5 @@ def label(predictor, recordings: list[Recording], window: float = 0.0, hop: floa
         elif d.error is None:
             d.error = "no audio"
         d._pieces = {}
-    failed = [d for d in done if d.error is not None]
-    if failed:
-        logger.warning("%d of %d recordings could not be labelled, e.g. %s: %s", len(failed), len(done),
-                       failed[0].recording.id, failed[0].error)
+    # Failures are reported by the caller, once each: mtlser-infer's error lines, the decode's utt2error.
     return done

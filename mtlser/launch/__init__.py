@@ -4,5 +4,6 @@
 jobs (:mod:`mtlser.launch.jobs`; Slurm's settings, job script and requeue: :mod:`mtlser.launch.slurm`);
 ``python -m mtlser.launch.nth_fold`` maps a job's number to its fold. Recipes reach it through
 cmd.sh (``train_cmd``/``decode_cmd``) and utils/run_{local,slurm}.sh. It imports no other mtlser
-package than :mod:`mtlser.utils`: the trainer's fold-dir lock is :mod:`mtlser.utils.lock`.
+package than :mod:`mtlser.utils`: the trainer's fold-dir lock and the launcher's log locks are
+:mod:`mtlser.utils.lock`.
 """

@@ -24,6 +24,17 @@ With --backend slurm the array goes to ``sbatch --wait --array=1-N%M`` with the
 settings of --slurm-conf for --slurm-stage, then any --sbatch-opt
 (:mod:`mtlser.launch.slurm`: job script, requeue, failure report).
 Exit status: 0 when every job succeeded; otherwise 1, naming the failed logs.
+A failed job is reported on one line with the job's own error line beside its log
+(:func:`mtlser.launch.joblog.error_line`): ``launch: job JOB=1 failed (exit 1): <its error>; see LOG``.
+
+One writer per log: before any job starts, the launcher locks every job's log
+(``.LOGNAME.lock`` beside it, :mod:`mtlser.launch.joblog`) for as long as it runs
+the jobs (on Slurm: until the array ends). A second launch of the same jobs (a
+second ``./run.sh --stage 3`` on the same tag) therefore starts none of them and
+writes nothing: it stops at once with one line naming the log, the launcher that
+writes it (PID, host, command) and what to do, and the running launch's logs
+stay whole. A log is otherwise rewritten by each launch that runs its job, as
+Kaldi's run.pl does.
 
 Recipes reach this through cmd.sh (``train_cmd``/``decode_cmd``), which picks
 the backend in one place.
@@ -41,6 +52,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mtlser.launch.joblog import failure, lock_logs
+from mtlser.utils import MtlserError
 
 
 def parse_range(spec: str) -> tuple[str, int, int]:
@@ -158,7 +172,7 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
         overall.update(1)
         if rc != 0:
             failed.append(job)
-            tqdm.write(f"launch: job {name}={job} failed (exit {rc}); see {log}", file=sys.stderr)
+            tqdm.write(f"launch: job {name}={job} failed {failure(log, f'exit {rc}')}", file=sys.stderr)
 
     def kill_all(signum=signal.SIGINT, *_):
         for proc, *_rest in running.values():
@@ -250,6 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.error("no command given")
     name, lo, hi = parse_range(args.range)
+    if hi > lo and substitute([args.log], name, lo) == [args.log]:  # as run.pl refuses it
+        print(f"launch: {args.range} would write every job's output into one log, {args.log}; put {name} in its "
+              f"name (e.g. train.{name}.log)", file=sys.stderr)
+        return 1
+    with contextlib.ExitStack() as locks:
+        try:
+            lock_logs({f"{name}={j}": Path(substitute([args.log], name, j)[0]) for j in range(lo, hi + 1)}, locks)
+        except MtlserError as e:
+            print(f"launch: {e}", file=sys.stderr)
+            return 1
+        return _run(args, name, lo, hi)
+
+
+def _run(args: argparse.Namespace, name: str, lo: int, hi: int) -> int:
     if args.backend == "local":
         gpus = [g for g in args.gpus.replace(" ", ",").split(",") if g]
         failed = run_local(name, lo, hi, args.log, args.command, max(1, args.max_jobs_run), args.progress_regex,

@@ -2,7 +2,9 @@
 
 :mod:`mtlser.launch.jobs` (``--backend slurm``) hands over the jobs, each one a log path
 and a command; this module writes one job script for the array, submits it with
-``sbatch --wait --array=LO-HI%M``, and reports the jobs that did not end with exit 0.
+``sbatch --wait --array=LO-HI%M``, and reports the jobs that did not end with exit 0, each with
+its error line (:func:`mtlser.launch.joblog.failure`). The jobs' logs stay locked by the submitting
+launcher until the array ends (:func:`mtlser.launch.joblog.lock_logs`).
 
 The settings come from a conf/slurm.conf (Kaldi style ``key=value`` and
 ``<stage>.key=value`` lines; that file's header documents every key), read by
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mtlser.launch.joblog import failure
 from mtlser.utils import MtlserError
 
 #: The job kinds cmd.sh submits: stage 3 (training) and stage 4 (inference).
@@ -232,5 +235,5 @@ def run_array(jobs: dict[int, tuple[Path, list[str]]], max_jobs: int, options: l
         code = exit_code(j)
         why = f"exit {code}" if code is not None else "no exit code in its log: killed or never started"
         extra = f" and {out}" if out.is_file() and out.stat().st_size else ""
-        print(f"launch: Slurm job {job_id}_{j} failed ({why}); see {log}{extra}", file=sys.stderr)
+        print(f"launch: Slurm job {job_id}_{j} failed {failure(log, why)}{extra}", file=sys.stderr)
     return failed

@@ -75,6 +75,19 @@ def ctc_required_frames(targets: Tensor, target_lens: Tensor) -> Tensor:
     return target_lens + repeats
 
 
+def masked_cross_entropy(logits: Tensor, emotions: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """CE and accuracy over the utterances with a class (NO_CLASS_INDEX left out), as F.cross_entropy's
+    weighted mean; 0 for a batch with none (F.cross_entropy would give 0/0 = NaN)."""
+    known = emotions >= 0
+    per = F.cross_entropy(logits, emotions, weight=weight, reduction="none")  # 0 where ignored
+    w = known.to(per.dtype)
+    if weight is not None:
+        w = w * weight[emotions.clamp(min=0)]
+    loss = per.sum() / w.sum().clamp(min=torch.finfo(per.dtype).tiny)
+    acc = ((logits.argmax(-1) == emotions) & known).sum().to(per.dtype) / known.sum().clamp(min=1).to(per.dtype)
+    return loss, acc
+
+
 class SERModel(nn.Module):
     def __init__(
         self,
@@ -97,7 +110,11 @@ class SERModel(nn.Module):
         self.defer_sync = False
         self.fusion = LayerFusion(backbone.num_layers + 1) if fusion == "softmax" else None
         self.dropout = nn.Dropout(head_dropout)
-        self.emotion_head = nn.Linear(backbone.hidden_size, num_emotions)
+        # No classes (a dimensional-only corpus: every utt2emo is '-'): no emotion head, no CE term.
+        self.emotion_head = nn.Linear(backbone.hidden_size, num_emotions) if num_emotions > 0 else None
+        #: Set by the trainer when the data hold utterances with no class (NO_CLASS_INDEX): the CE term then
+        #: averages over the classed utterances of a batch, and a batch with none adds 0 (not 0/0).
+        self.class_masking = False
         self.ctc_weight = ctc_weight
         self.ctc_reduction = ctc_reduction
         # lambda = 0 is the single-task baseline: no CTC head, no CTC compute.
@@ -131,7 +148,7 @@ class SERModel(nn.Module):
 
     def heads(self, fused: Tensor, frame_lens: Tensor | None) -> tuple[Tensor, Tensor | None]:
         pooled = mean_pool(fused, frame_lens)
-        emo_logits = self.emotion_head(pooled)  # (B, E)
+        emo_logits = self.emotion_head(pooled) if self.emotion_head is not None else None  # (B, E)
         ctc_logits = self.ctc_head(fused) if self.ctc_head is not None else None  # (B, T, V)
         self._pooled = pooled  # the attribute head's input (pooled once for both heads)
         return emo_logits, ctc_logits
@@ -202,23 +219,28 @@ class SERModel(nn.Module):
         """
         fused, frame_lens = self.encode(wavs, wav_lens, from_features)
         emo_logits, ctc_logits = self.heads(fused, frame_lens)
-        logits = fp32_or_wider(emo_logits)
-        weight = self.class_weights.to(logits.dtype) if self.class_weights is not None else None
-        loss_ce = F.cross_entropy(logits, emotions, weight=weight)
         # Python floats, or 0-d tensors left on the device (defer_sync: the trainer reads them in bulk).
         value = (lambda t: t.detach()) if self.defer_sync else (lambda t: t.detach().item())
-        stats = {
-            "loss_ce": value(loss_ce),
-            "acc": value((emo_logits.argmax(-1) == emotions).float().mean()),
-        }
-        if self.ce_weight != 1.0:  # the paper's objective stays the same expression, bit for bit
-            loss_ce = self.ce_weight * loss_ce
+        stats = {}
+        loss_ce = None  # the utterance-level terms (CE, attributes), weighted alike under DDP
+        if emo_logits is not None:
+            logits = fp32_or_wider(emo_logits)
+            weight = self.class_weights.to(logits.dtype) if self.class_weights is not None else None
+            if self.class_masking:
+                loss_ce, acc = masked_cross_entropy(logits, emotions, weight)
+            else:
+                loss_ce = F.cross_entropy(logits, emotions, weight=weight)
+                acc = (emo_logits.argmax(-1) == emotions).float().mean()
+            stats.update(loss_ce=value(loss_ce), acc=value(acc))
+            if self.ce_weight != 1.0:  # the paper's objective stays the same expression, bit for bit
+                loss_ce = self.ce_weight * loss_ce
         if self.attr_head is not None:
             assert attributes is not None, "the attribute head needs targets"
             unit = fp32_or_wider(self.attr_unit())
             loss_attr = attribute_loss(unit, self.attr_head.to_unit(attributes.to(unit.dtype)), self.attr_loss)
             stats["loss_attr"] = value(loss_attr)
-            loss_ce = loss_ce + self.attr_weight * loss_attr  # utterance-level terms, weighted alike under DDP
+            loss_attr = self.attr_weight * loss_attr
+            loss_ce = loss_attr if loss_ce is None else loss_ce + loss_attr
         loss = loss_ce
         if ctc_logits is not None:
             assert targets is not None and target_lens is not None, "the CTC head needs targets"
@@ -263,7 +285,7 @@ class SERModel(nn.Module):
         attr = self.attr_unit()
         return {
             "attributes": self.attr_head.to_scale(fp32_or_wider(attr)) if attr is not None else None,
-            "emo_probs": F.softmax(fp32_or_wider(emo_logits), dim=-1),
+            "emo_probs": F.softmax(fp32_or_wider(emo_logits), dim=-1) if emo_logits is not None else None,
             "ctc_log_probs": F.log_softmax(fp32_or_wider(ctc_logits), dim=-1) if ctc_logits is not None else None,
             "frame_lens": frame_lens,
         }

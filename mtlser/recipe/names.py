@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtlser.config import check_value
 from mtlser.data.fixed_split import PROTOCOL as FIXED
 from mtlser.data.fold_names import FINAL, FOLD_PLACEHOLDER, TEST_SET, fold_dirs, fold_name, test_sets
 from mtlser.expdir import DECODE_PREFIX, DECODE_TEST
@@ -56,16 +57,15 @@ class RunNames:
     valid_opts: str        # config overrides the valid choice implies
     tag: str
     experiments: list[Experiment] = field(default_factory=list)
+    base_tag: str = ""     # the --tag that gives these names (tag before the suffixes the options add)
     sweep_table: str = ""  # the lambda sweep's comparison, "" without a sweep
     seed_groups: list[str] = field(default_factory=list)  # --seeds: one dir per experiment of the options
     sweep_dirs: list[str] = field(default_factory=list)  # what the sweep table compares: experiments or groups
 
 
 def is_zero(value: str) -> bool:
-    try:
-        return float(value) == 0
-    except ValueError:
-        raise MtlserError(f"--lambdas: '{value}' is not a number") from None
+    """A lambda of --lambdas, checked as the config's loss.lambda is (a finite number >= 0): is it 0?"""
+    return check_value("loss.lambda", value, "--lambdas") == 0
 
 
 def seed_dir(exp_dir: str, seed: str) -> str:
@@ -101,10 +101,7 @@ def with_seeds(experiments: list[Experiment], seeds: str) -> tuple[list[Experime
         group = seed_group_dir(e.dir)
         groups.append(group)
         for seed in seeds.split():
-            try:
-                int(seed)
-            except ValueError:
-                raise MtlserError(f"--seeds: '{seed}' is not an integer seed") from None
+            check_value("train.seed", seed, "--seeds")  # as the config's train.seed: an integer >= 0
             out.append(Experiment(seed_dir(e.dir, seed), f"{e.opts} --train.seed {seed}".strip(), group))
     return out, groups
 
@@ -136,7 +133,7 @@ def run_names(protocol: str, valid: str, token_type: str, train_config: str, emo
         reduction_opts = f"--loss.ctc_reduction {ctc_reduction}"
     names = RunNames(folds_dir=folds_dir, token_set=token_set, token_list_dir=token_list_dir, token_list=token_list,
                      final_token_list=token_list.replace(FOLD_PLACEHOLDER, FINAL),
-                     valid_opts=NO_VALID_OPTS if valid == "none" else "", tag=tag)
+                     valid_opts=NO_VALID_OPTS if valid == "none" else "", tag=tag, base_tag=untagged)
     if lambdas.split():
         for lam in lambdas.split():
             if is_zero(lam):

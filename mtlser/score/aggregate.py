@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mtlser import expdir
 from mtlser.data.fold_names import fold_dirs
-from mtlser.score.runs import RUN_KEYS, run_key, runs_of, summarise_runs
+from mtlser.score.runs import RUN_KEYS, console_lines, run_key, runs_of, summarise_runs
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_write_text
 
@@ -52,11 +52,19 @@ def aggregate(exp_dir: str | Path, decode_name: str = expdir.DECODE_TEST) -> dic
     summary.pop("fold_means")
     summary.update(emotions=emotions, folds=[{k: r.get(k) for k in RUN_KEYS} for r in results])
     summary["seed"] = results[0]["seed"]
+    if decode_name == expdir.DECODE_TEST:
+        further = further_test_sets(folds, emotions)
+        if further:
+            summary["test_sets"] = further
     atomic_write_text(exp_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(exp_dir, summary)
-    logger.info("%s: WA %.4f +- %.4f, UA %.4f +- %.4f over %d folds (pooled WA %.4f UA %.4f, %d utterances)",
-                exp_dir, summary["wa"], summary["wa_std"], summary["ua"], summary["ua_std"], len(results),
-                summary["pooled_wa"], summary["pooled_ua"], summary["n"])
+    if "wa" not in summary:  # a model with no classes
+        logger.info("%s: mean CCC %.4f +- %.4f over %d folds (%d utterances)", exp_dir,
+                    summary["attributes"]["mean_ccc"]["mean"], summary["attributes"]["mean_ccc"]["std"],
+                    len(results), summary["n"])
+        return summary
+    _log_table(f"{exp_dir}: WA and UA in % over {_n(len(results), 'fold')} ({summary['n']} test utterances), "
+               f"from {exp_dir / expdir.RESULTS_MD}:", summary)
     return summary
 
 
@@ -93,13 +101,78 @@ def aggregate_seeds(exp_dirs: list[str | Path], out_dir: str | Path) -> dict:
     summary = {**summarise_runs(runs), "emotions": r0["emotions"], "runs": runs,
                "members": [str(d) for d, _ in members]}
     summary["folds"] = summary.pop("fold_means")
+    further = _group_test_sets(members)
+    if further:
+        summary["test_sets"] = further
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / expdir.RESULTS_JSON, json.dumps(summary, indent=1) + "\n")
     write_report(out_dir, summary, setup_dir=d0)
-    logger.info("%s: WA %.4f, UA %.4f over %d folds x %d seeds (std over seeds WA %.4f UA %.4f)", out_dir,
-                summary["wa"], summary["ua"], summary["num_folds"], summary["num_seeds"],
-                summary["wa_seed_std"] or 0.0, summary["ua_seed_std"] or 0.0)
+    if "wa" not in summary:  # a model with no classes
+        logger.info("%s: mean CCC %.4f over %d folds x %d seeds", out_dir, summary["attributes"]["mean_ccc"]["mean"],
+                    summary["num_folds"], summary["num_seeds"])
+        return summary
+    _log_table(f"{out_dir}: WA and UA in % over {_n(summary['num_folds'], 'fold')} x "
+               f"{_n(summary['num_seeds'], 'seed')}, from {out_dir / expdir.RESULTS_MD}:", summary)
     return summary
+
+
+def _log_table(title: str, summary: dict) -> None:
+    """Stage 5's figures at the terminal: a title line, then the headline table with its header."""
+    logger.info("%s", title)
+    for line in console_lines(summary):
+        logger.info("  %s", line)
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}{'' if k == 1 else 's'}"
+
+
+def further_test_sets(folds: list[Path], emotions: list[str]) -> dict[str, dict]:
+    """The fixed protocol's further test sets (test2, ...: each fold's data dir's test<name>), each summarised
+    over the folds as the main one is (mtlser.score.runs); {} when the folds have the test set alone."""
+    from mtlser.data.fold_names import TEST_SET, test_sets
+
+    data = expdir.decoded_data_dir(folds[0] / expdir.DECODE_TEST)
+    if data is None or not data.parent.is_dir():
+        return {}
+    out = {}
+    for name in test_sets(data.parent):
+        if name == TEST_SET:
+            continue
+        decode = expdir.DECODE_PREFIX + name
+        runs = []
+        for fold in folds:
+            path = fold / decode / expdir.RESULT_JSON
+            if not path.is_file():
+                raise MtlserError(f"{path}: missing, but {data.parent} has the test set {name}; decode and score it "
+                                  f"(stages 4-5 do each test set: python -m mtlser.infer --test-set {name}, then "
+                                  f"python -m mtlser.score fold {fold / decode})")
+            r = json.loads(path.read_text())
+            if r["emotions"] != emotions:
+                raise MtlserError(f"{path}: scores emotions {r['emotions']} but {expdir.DECODE_TEST} {emotions}; "
+                                  "decode and score it again")
+            runs.append({**{k: r.get(k) for k in RUN_KEYS}, "fold": fold.name, "seed": _seed_of(fold)})
+        s = summarise_runs(runs)
+        s.pop("fold_means")
+        out[name] = {"decode_name": decode, **s, "folds": runs}
+    return out
+
+
+def _group_test_sets(members: list[tuple[Path, dict]]) -> dict[str, dict]:
+    """A seed group's further test sets: each set's runs of every seed, summarised as the main test set's."""
+    names = [list(r.get("test_sets") or {}) for _, r in members]
+    if any(n != names[0] for n in names):
+        raise MtlserError(f"{members[0][0]}: the seeds' experiments score the test sets "
+                          f"{sorted({' '.join(['test', *n]) for n in names})}; aggregate each after stage 5 scored "
+                          "all of its test sets")
+    out = {}
+    for name in names[0]:
+        runs = [run for _, r in members for run in runs_of({"folds": r["test_sets"][name]["folds"],
+                                                            "seed": r.get("seed")})]
+        s = summarise_runs(runs)
+        s.pop("fold_means")
+        out[name] = {"decode_name": members[0][1]["test_sets"][name]["decode_name"], **s}
+    return out
 
 
 def _seed_of(fold_dir: Path):

@@ -11,7 +11,7 @@ import numpy as np
 
 from mtlser import expdir
 from mtlser.score import stats
-from mtlser.score.runs import run_key, runs_of, seed_group_member
+from mtlser.score.runs import run_key, run_value, runs_of, seed_group_member
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_write_text
 
@@ -55,7 +55,8 @@ def load_reference(path: str | Path) -> dict:
     return {"source": str(ref["source"]), "label": str(ref.get("label", "paper")), "rows": rows, "setup": setup}
 
 
-# Figures a comparison pairs when both experiments have them in every run (macro-F1, CCC: other heads' outputs).
+# Figures a comparison pairs when both experiments have them in every run (macro-F1, CCC: other heads' outputs;
+# ccc is the mean CCC over the attributes, mtlser.score.runs.run_value).
 COMPARED_METRICS = ("wa", "ua", "macro_f1", "ccc")
 
 
@@ -99,10 +100,12 @@ def compare_experiments(exp_dirs: list[str | Path], reference: str | Path | None
     for e in exps[1:]:
         a, b, e["pairing_note"] = _paired_runs(base, e)
         for metric in COMPARED_METRICS:
-            if all(r.get(metric) is not None for r in [*a.values(), *b.values()]):
-                e[f"paired_{metric}"] = stats.paired({k: r[metric] for k, r in a.items()},
-                                                     {k: r[metric] for k, r in b.items()})
-        e["verdicts"] = [stats.verdict(m.upper() if m != "macro_f1" else "macro-F1", e[f"paired_{m}"])
+            if all(run_value(r, metric) is not None for r in [*a.values(), *b.values()]):
+                e[f"paired_{metric}"] = stats.paired({k: run_value(r, metric) for k, r in a.items()},
+                                                     {k: run_value(r, metric) for k, r in b.items()})
+        # CCC is a correlation (-1..1), quoted as it is; the others in percent.
+        e["verdicts"] = [stats.verdict("mean CCC" if m == "ccc" else m.upper() if m != "macro_f1" else "macro-F1",
+                                       e[f"paired_{m}"], scale=1.0 if m == "ccc" else 100.0)
                          for m in COMPARED_METRICS if f"paired_{m}" in e]
     ref = load_reference(reference) if reference else None
     if ref:

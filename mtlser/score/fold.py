@@ -11,6 +11,7 @@ import numpy as np
 
 from mtlser import expdir
 from mtlser.data.datadir import read_table
+from mtlser.data.emotions import NO_CLASS
 from mtlser.score import not_scored
 from mtlser.score.attributes import f1_scores, score_attributes
 from mtlser.score.attributes import result_lines as attr_result_lines
@@ -80,20 +81,28 @@ def absent_classes(cm: np.ndarray, emotions: list[str]) -> list[str]:
 
 def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_type: str | None = None) -> dict:
     decode_dir = Path(decode_dir)
+    if not (decode_dir / expdir.UTT2EMO_HYP).is_file():
+        raise MtlserError(f"{decode_dir}: not decoded (no {expdir.UTT2EMO_HYP}); decode it first (python -m "
+                          "mtlser.infer, the recipe's stage 4)")
     token_type = token_type or _token_type_of(decode_dir)
     if ref_dir is None:
         ref_dir = expdir.decoded_data_dir(decode_dir)
         if ref_dir is None:
-            raise MtlserError(f"{decode_dir}: no {expdir.DATA_DIR_POINTER} file; pass --ref-dir (the data dir that "
-                              "was decoded)")
+            raise MtlserError(f"{decode_dir}: no {expdir.DATA_DIR_POINTER} file (a decode cut short, or one of an "
+                              "older mtlser); decode it again (the recipe's stage 4), or give the data dir that was "
+                              "decoded (--ref-dir; local/score.sh's second argument)")
     ref_dir = Path(ref_dir)
     emotions = _emotions_of(decode_dir, ref_dir)
-    ref = read_table(ref_dir / "utt2emo")
+    if not emotions:
+        return score_attributes_only(decode_dir, ref_dir)
+    ref_all = read_table(ref_dir / "utt2emo")
+    # An utterance with no class ('-', kept for its attributes) is in the attribute figures only.
+    ref = {u: e for u, e in ref_all.items() if e != NO_CLASS}
     hyp = read_table(decode_dir / expdir.UTT2EMO_HYP)
     errors = not_scored.read_utt2error(decode_dir, hyp)  # utterances the decode could not decode
     check_references(ref, emotions, ref_dir / "utt2emo")
     # An utterance the decode listed in utt2error counts as answered: it is reported, not scored.
-    check_hypotheses(ref, {**hyp, **errors}, ref_dir / "utt2emo", decode_dir / expdir.UTT2EMO_HYP)
+    check_hypotheses(ref_all, {**hyp, **errors}, ref_dir / "utt2emo", decode_dir / expdir.UTT2EMO_HYP)
     index = {e: i for i, e in enumerate(emotions)}
     utts = sorted(u for u in ref if u not in errors)
     if not utts:
@@ -119,6 +128,9 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         "not_scored": len(errors),
         "not_scored_utts": errors,
     }
+    unclassed = sorted(u for u in ref_all if u not in ref and u not in errors)
+    if unclassed:
+        result["unclassed"] = len(unclassed)
     text_hyp, text_ref = decode_dir / expdir.TEXT_HYP, ref_dir / f"text_{token_type}"
     if text_hyp.is_file() and text_ref.is_file():
         hyp_t = read_table(text_hyp, allow_empty_value=True)
@@ -139,8 +151,10 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         f"WA {result['wa']:.4f}  UA {result['ua']:.4f}"
         + (f"  CTC TER {result['ctc_ter']:.4f} ({token_type})" if result.get("ctc_ter") is not None else ""),
         f"macro-F1 {result['macro_f1']:.4f}  weighted F1 {result['weighted_f1']:.4f}",
-        *not_scored.header_line(errors, len(ref)),
+        *not_scored.header_line({u: e for u, e in errors.items() if u in ref}, len(ref)),
     ]
+    if unclassed:
+        lines.append(f"{len(unclassed)} more with no class ('{NO_CLASS}'): in the attribute figures only")
     if result["absent_classes"]:
         lines.append(f"UA over {len(emotions) - len(result['absent_classes'])} of {len(emotions)} classes: "
                      f"{' '.join(result['absent_classes'])} absent from this fold's references (no recall)")
@@ -150,7 +164,7 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         lines.append(f"{e:{w}s}  {_fmt(result['recall'][e])}   {_fmt(result['precision'][e])}    {int(cm[i].sum())}"
                      + ("   absent from the references" if e in result["absent_classes"] else ""))
     lines += ["", "confusion (rows = reference, columns = hypothesis):", *confusion_lines(cm, emotions)]
-    attr_result = score_attributes(decode_dir, ref_dir, utts)
+    attr_result = score_attributes(decode_dir, ref_dir, sorted(utts + unclassed))
     if attr_result is not None:
         result["attributes"] = attr_result
         lines += attr_result_lines(attr_result)
@@ -162,6 +176,34 @@ def score_fold(decode_dir: str | Path, ref_dir: str | Path | None = None, token_
         logger.warning("%s: %d of %d test utterances were not scored (the decode could not decode them): %s",
                        decode_dir, len(errors), len(ref),
                        " ".join(sorted(errors)[:10]) + (" ..." if len(errors) > 10 else ""))
+    return result
+
+
+def score_attributes_only(decode_dir: Path, ref_dir: Path) -> dict:
+    """A model with no classes (a dimensional-only corpus): CCC, Pearson r and MAE per attribute, no WA/UA."""
+    from mtlser.data.attributes import UTT2ATTR
+
+    ref = read_table(ref_dir / "utt2spk")
+    hyp_path = decode_dir / expdir.UTT2ATTR_HYP
+    if not hyp_path.is_file():
+        raise MtlserError(f"{hyp_path}: missing; the model has no classes, so its decode writes attribute values "
+                          "there: decode again")
+    errors = not_scored.read_utt2error(decode_dir, read_table(hyp_path))
+    check_hypotheses(ref, {**read_table(hyp_path), **errors}, ref_dir / UTT2ATTR, hyp_path)
+    utts = sorted(u for u in ref if u not in errors)
+    if not utts:
+        raise MtlserError(f"{decode_dir}: none of the {len(ref)} test utterances could be decoded (see "
+                          f"{decode_dir / not_scored.UTT2ERROR}); nothing to score")
+    result = {"n": len(utts), "emotions": [], "speakers": sorted(set(ref.values())), "not_scored": len(errors),
+              "not_scored_utts": errors, "attributes": score_attributes(decode_dir, ref_dir, utts)}
+    lines = [f"decode dir: {decode_dir}",
+             f"references: {ref_dir} ({len(utts)} utterances, speakers {' '.join(result['speakers'])}); "
+             "attributes only (the model has no classes)",
+             *not_scored.header_line(errors, len(ref)), *attr_result_lines(result["attributes"]),
+             *not_scored.listing(errors)]
+    atomic_write_text(decode_dir / expdir.RESULT_TXT, "\n".join(lines) + "\n")
+    atomic_write_text(decode_dir / expdir.RESULT_JSON, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    logger.info("%s: mean CCC %.4f (%d utterances)", decode_dir, result["attributes"]["mean_ccc"], len(utts))
     return result
 
 

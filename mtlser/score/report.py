@@ -21,9 +21,7 @@ def experiment_setup(exp_dir: Path) -> list[str]:
     if folds_dir is not None:
         p = expdir.read_protocol(folds_dir)
         if p:
-            valid = p.get("valid", "?")
-            if valid == "share":
-                valid += f" ({float(p.get('valid_share', 'nan')):.0%} of each training speaker, seed {p.get('seed')})"
+            valid = expdir.valid_split_text(p) or "?"
             lines.append(f"- protocol: `{p.get('protocol')}` ({folds_dir}); valid set (stage 2) = {valid}")
             if p.get("test_corpus"):
                 lines.append(f"- cross-corpus: trained and selected on `{p.get('train_corpora')}`, tested on the "
@@ -32,10 +30,18 @@ def experiment_setup(exp_dir: Path) -> list[str]:
         cfg = expdir.read_config(configs[0].parent)
         loss, data, bb, tr = (cfg.get(k) or {} for k in ("loss", "data", "backbone", "train"))
         lam = loss.get("lambda")
+        ce_w = loss.get("ce_weight", 1.0)
+        # The paper's objective reads as it always did; an attribute head and a class-free model name their terms.
+        ce = "" if data.get("emotions") == [] or ce_w == 0 else "CE" if ce_w == 1 else f"{ce_w:g} · CE"
+        if ce and loss.get("class_weighting") == "balanced":
+            ce += " (class-balanced)"
+        attr = (f"{loss.get('attr_weight', 1.0):g} · L_attr ({loss.get('attr_loss')})" if loss.get("attributes")
+                else "")
+        head = " + ".join(t for t in (ce, attr) if t)
         if lam == 0:
-            lines.append("- objective: L = CE (single task, λ = 0: no CTC head)")
+            lines.append(f"- objective: L = {head} ({'single task, ' if not attr else ''}λ = 0: no CTC head)")
         else:
-            lines.append(f"- objective: L = CE + {lam:g} · CTC (CTC {loss.get('ctc_reduction')}), CTC targets "
+            lines.append(f"- objective: L = {head} + {lam:g} · CTC (CTC {loss.get('ctc_reduction')}), CTC targets "
                          f"`{data.get('token_type')}` (text_{data.get('token_type')})")
         init = bb.get("init") or "random init (no pretrained weights)"
         lines.append(f"- backbone: {bb.get('arch')} {bb.get('size')} from `{init}`; feature encoder "
@@ -138,11 +144,12 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
     group = "runs" in summary
     env = environment()
     emotions = summary["emotions"]
-    cm = np.array(summary["confusion"])
     name = exp_dir.name
-    plot_confusion(cm, emotions, exp_dir / "confusion.png",
-                   f"{name}: summed over {summary['num_folds']} folds"
-                   + (f" × {summary['num_seeds']} seeds" if group else "") + " (row-normalised)")
+    if emotions:
+        cm = np.array(summary["confusion"])
+        plot_confusion(cm, emotions, exp_dir / "confusion.png",
+                       f"{name}: summed over {summary['num_folds']} folds"
+                       + (f" × {summary['num_seeds']} seeds" if group else "") + " (row-normalised)")
     weights = fusion_weights(exp_dir)
     if weights:
         plot_fusion(weights, exp_dir / "fusion_weights.png", f"{name}: learned layer-fusion weights")
@@ -183,11 +190,18 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
         f"- folds: {summary['num_folds']}, test utterances: {summary['n']}"
         + (f" scored; **{summary['not_scored']} more could not be decoded and are not in any figure** (each fold's "
            f"decode_test/utt2error)" if summary.get("not_scored") else ""),
-        "",
-        *runs.figure_lines(summary),
     ]
+    if not emotions:  # a model with no classes: the attribute scores are its figures
+        lines += runs.attribute_lines(summary) + runs.test_set_lines(summary) + _attribute_fold_lines(summary)
+        lines += _fusion_lines(weights)
+        atomic_write_text(exp_dir / expdir.RESULTS_MD, "\n".join(lines) + "\n")
+        return
+    lines += ["", *runs.figure_lines(summary)]
     if "ctc_ter" in summary:
         lines.append(f"|CTC token error rate|{100 * summary['ctc_ter']:.2f}||||||")
+    lines += runs.f1_note(summary)
+    lines += runs.attribute_lines(summary)
+    lines += runs.test_set_lines(summary)
     lines += runs.off_fold_lines(summary, emotions)
     if group:
         lines += runs.seed_lines(summary)
@@ -198,30 +212,49 @@ def write_report(exp_dir: Path, summary: dict, setup_dir: Path | None = None) ->
     for i, e in enumerate(emotions):
         lines.append(f"|{e}|" + "|".join(str(int(c)) for c in cm[i]) + "|")
     lines += ["", "![confusion](confusion.png)"]
-    if weights:
-        lines += ["", "### Layer fusion weights (mean over folds)", "",
-                  "|" + "|".join(str(i) for i in range(len(weights[0]))) + "|",
-                  "|" + "---|" * len(weights[0]),
-                  "|" + "|".join(f"{x:.3f}" for x in np.mean(weights, axis=0)) + "|",
-                  "", "![fusion weights](fusion_weights.png)"]
+    lines += _fusion_lines(weights)
     atomic_write_text(exp_dir / expdir.RESULTS_MD, "\n".join(lines) + "\n")
+
+
+def _fusion_lines(weights: list[list[float]]) -> list[str]:
+    if not weights:
+        return []
+    return ["", "### Layer fusion weights (mean over folds)", "",
+            "|" + "|".join(str(i) for i in range(len(weights[0]))) + "|",
+            "|" + "---|" * len(weights[0]),
+            "|" + "|".join(f"{x:.3f}" for x in np.mean(weights, axis=0)) + "|",
+            "", "![fusion weights](fusion_weights.png)"]
+
+
+def _attribute_fold_lines(summary: dict) -> list[str]:
+    """A class-free model's per-fold table: test speakers, utterances and the mean CCC of each fold."""
+    # One seed's folds are its runs; a seed group's are the means over its seeds (runs.fold_means's "ccc").
+    return ["", "### Per fold", "", "|fold|test speakers|n|mean CCC|", "|---|---|---|---|",
+            *(f"|{f['fold']}|{' '.join(f['speakers'])}|{f.get('n', '')}|"
+              f"{f['ccc'] if 'ccc' in f else runs.run_value(f, 'ccc'):.4f}|" for f in summary["folds"])]
 
 
 def _fold_lines(summary: dict, emotions: list[str]) -> list[str]:
     """One seed's per-fold table: figures, chance, recalls, CTC TER and the chosen epoch of each fold."""
     from mtlser.score.stats import chance
 
+    # Macro-F1 and mean CCC where the folds were scored with them (new columns; older results have none).
+    extra = [(m, name) for m, name in (("macro_f1", "macro-F1"), ("ccc", "mean CCC"))
+             if all(runs.run_value(f, m) is not None for f in summary["folds"])]
     lines = ["", "### Per fold", "",
-             "|fold|test speakers|n|WA|UA|" + "|".join(f"recall {e}" for e in emotions)
-             + "|CTC TER|best epoch|chance WA / UA|",
-             "|---|---|---|---|---|" + "---|" * len(emotions) + "---|---|---|"]
+             "|fold|test speakers|n|WA|UA|" + "".join(f"{name}|" for _, name in extra)
+             + "|".join(f"recall {e}" for e in emotions) + "|CTC TER|best epoch|chance WA / UA|",
+             "|---|---|---|---|---|" + "---|" * (len(extra) + len(emotions)) + "---|---|---|"]
     for f in summary["folds"]:
         rec = "|".join("n/a" if f["recall"].get(e) is None else f"{100 * f['recall'][e]:.1f}" for e in emotions)
         ter = "" if f.get("ctc_ter") is None else f"{100 * f['ctc_ter']:.1f}"
         c = chance(f["confusion"]) if f.get("confusion") else {"wa": None, "ua": None}
         ch = "" if c["wa"] is None else f"{100 * c['wa']:.2f} / {100 * c['ua']:.2f}"
+        ext = "".join((f"{100 * runs.run_value(f, m):.2f}|" if m == "macro_f1" else f"{runs.run_value(f, m):.4f}|")
+                      for m, _ in extra)
         lines.append(f"|{f['fold']}|{' '.join(f['speakers'])}|{f['n']}|{100 * f['wa']:.2f}|{100 * f['ua']:.2f}|"
-                     f"{rec}|{ter}|{f.get('best_epoch', '')}|{ch}|")
+                     f"{ext}{rec}|{ter}|{f.get('best_epoch', '')}|{ch}|")
     if any(r is None for f in summary["folds"] for r in f["recall"].values()):
         lines += ["", "n/a: the class is absent from that fold's references (no recall; left out of the fold's UA)."]
     return lines
+

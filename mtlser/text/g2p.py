@@ -33,7 +33,8 @@ from mtlser.utils import MtlserError
 
 logger = logging.getLogger(__name__)
 
-_TAG = re.compile(r"\[[^\]]*\]|<[^>]*>|\{[^}]*\}")
+#: A non-verbal tag: [LAUGHTER], <noise>, {lipsmack}.
+TAG = re.compile(r"\[[^\]]*\]|<[^>]*>|\{[^}]*\}")
 _STRESS = re.compile(r"^([A-Z]+)([012]?)$")
 
 
@@ -44,7 +45,7 @@ def _word_char(c: str) -> bool:
 
 def clean_transcript(text: str) -> str:
     """Drop non-verbal tags and punctuation; keep words (any script), apostrophes and digits."""
-    text = _TAG.sub(" ", unicodedata.normalize("NFC", text))
+    text = TAG.sub(" ", unicodedata.normalize("NFC", text))
     # Hyphenated words and slashes are separate words for the dictionary.
     text = re.sub(r"[-/_]", " ", text)
     text = "".join(c if _word_char(c) or c == "'" else " " for c in text)

@@ -40,7 +40,9 @@ bpe writes no targets here: its units depend on the fold (see mtlser.text.bpe).
 
 An utterance whose transcript is empty after cleaning (only ``[LAUGHTER]`` and the
 like) gets an empty target line: it keeps its emotion label and trains without
-the CTC term. Each file is written atomically.
+the CTC term. So does one whose words give no tokens (another script under G2P, digits only under
+char) and, when tagging, one without an emotion class; stage 1 counts them per reason
+(:data:`NO_TOKEN_REASONS`) and names the first few of each. Each file is written atomically.
 
 Usage:
     python -m mtlser.text.tokenize --data-dir data/all --token-list-dir data/token_list \\
@@ -60,7 +62,7 @@ from tqdm import tqdm
 
 from mtlser.data.datadir import DataDir, read_table, write_table
 from mtlser.data.emotions import NO_CLASS, read_inventory, write_inventory
-from mtlser.text.g2p import G2P, check_english, clean_transcript
+from mtlser.text.g2p import G2P, TAG, check_english, clean_transcript
 from mtlser.text.phone_classes import ARPABET, ARPABET_VOWELS, BLANK, PhoneClassMap, emotion_tagged
 from mtlser.utils import MtlserError, run_main, setup_logging
 from mtlser.utils.fileio import atomic_write_text
@@ -257,9 +259,6 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
         return stats
     # Tagged targets need the class: an utterance without one (NO_CLASS) trains without the CTC term.
     unclassed = {u for u in texts if emo_tag and u not in emo_index}
-    if unclassed:
-        logger.info("%d utterances have no class (utt2emo %s): no emotion-tagged targets, they train without the "
-                    "CTC term", len(unclassed), NO_CLASS)
     text_out = {u: "" if u in unclassed else tag(seqs[u], emo_index.get(u), emo_tag, sep) for u in texts}
     write_table(data_dir / f"text_{name}", text_out)
     token_list = token_list_path(token_list_dir, name)
@@ -267,15 +266,55 @@ def tokenize_data_dir(data_dir: str | Path, token_list_dir: str | Path, token_ty
     write_token_list(token_list, tokens)
     if emotions is not None:
         write_inventory(token_list.parent, emotions)  # what the tags are positions in
-    stats.update({"empty_targets": sum(1 for v in text_out.values() if not v),
+    reasons = no_token_reasons(texts, {u for u, v in text_out.items() if not v}, unclassed, token_type)
+    by_reason: dict[str, list[str]] = {}
+    for utt, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(utt)
+    stats.update({"empty_targets": len(reasons), "no_tokens": {r: len(us) for r, us in by_reason.items()},
                   "tokens": sum(len(v.split()) for v in text_out.values()), "token_list": str(token_list)})
-    logger.info(
-        "%s: text_%s for %d utterances, %d tokens (list: %s, %d entries); %d with no tokens (%d of them only "
-        "non-verbal tags) keep their emotion label and train without the CTC term",
-        data_dir, name, stats["utterances"], stats["tokens"], token_list, len(tokens),
-        stats["empty_targets"], stats["nonverbal_only"],
-    )
+    logger.info("%s: text_%s for %d utterances, %d tokens (list: %s, %d entries); %d with no tokens keep their "
+                "emotion label and train without the CTC term%s", data_dir, name, stats["utterances"],
+                stats["tokens"], token_list, len(tokens), len(reasons), ", by reason:" if reasons else "")
+    for reason in NO_TOKEN_REASONS:  # a fixed order, so that logs of two runs compare line by line
+        utts = sorted(by_reason.get(reason, []))
+        if utts:
+            logger.info("  %d %s: %s%s", len(utts), reason, " ".join(utts[:NAMED]),
+                        f" ... ({len(utts) - NAMED} more in text_{name}, empty lines)" if len(utts) > NAMED else "")
     return stats
+
+
+#: Why an utterance has no CTC tokens, in the order stage 1 reports them (:func:`no_token_reasons`).
+NO_CLASS_REASON = f"without an emotion class (utt2emo {NO_CLASS}: no tag to give its tokens)"
+NO_TOKEN_REASONS = (
+    "with an empty transcript",
+    "with only non-verbal tags ([LAUGHTER] ...)",
+    "with only punctuation",
+    "with no letters a-z for G2P (another script? --token-type char or bpe reads any)",
+    "with no letters (digits only: char units are letters)",
+    NO_CLASS_REASON,
+)
+#: How many utterances of each reason stage 1 names.
+NAMED = 5
+
+
+def no_token_reasons(texts: dict[str, str], empty: set[str], unclassed: set[str], token_type: str) -> dict[str, str]:
+    """utt -> why its target line is empty (one of NO_TOKEN_REASONS), for the utterances in ``empty``."""
+    out = {}
+    for utt in empty:
+        text = texts[utt]
+        cleaned = clean_transcript(text)
+        if utt in unclassed and cleaned:
+            reason = NO_CLASS_REASON
+        elif not text.strip():
+            reason = NO_TOKEN_REASONS[0]
+        elif not cleaned:
+            reason = NO_TOKEN_REASONS[1] if TAG.search(text) else NO_TOKEN_REASONS[2]
+        elif token_type in ("phncls", "phn"):
+            reason = NO_TOKEN_REASONS[3]
+        else:
+            reason = NO_TOKEN_REASONS[4]
+        out[utt] = reason
+    return out
 
 
 def str2bool(value: str) -> bool:

@@ -95,6 +95,22 @@ def resolve_emotions(cfg: Config, data_dirs: list[Path]) -> list[str]:
     return emotions
 
 
+def check_dimensional_only(cfg: Config, data_dir: Path, token_list: list[str]) -> None:
+    """A fold with no classes (an empty inventory: every utt2emo is '-') trains attributes only: no emotion head,
+    no CE term; CTC off or on untagged targets; the epoch chosen on the valid loss."""
+    where = data_dir / "train" / "emotions"
+    if not cfg.loss.attributes:
+        raise MtlserError(f"{where}: no classes, so the model has attributes only: train with --loss.attributes true "
+                          "(the data's utt2attr)")
+    if cfg.loss.lambda_ > 0 and len(token_list) <= 1:
+        raise MtlserError(f"{where}: no classes, so the emotion-tagged CTC targets are empty (token list of "
+                          f"{len(token_list)} token): train with untagged targets (--emo-tag false: text_phncls_notag) "
+                          "or without CTC (--loss.lambda 0)")
+    if cfg.train.model_selection == "valid" and cfg.train.select_metric in ("ua", "wa"):
+        raise MtlserError(f"{where}: no classes, so no valid {cfg.train.select_metric.upper()} to select the epoch "
+                          "on: use --train.select_metric loss (or --train.model_selection last)")
+
+
 def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERDataset, SERDataset | None]:
     """The fold's training set and its valid set (None without one, or merged into training for
     ``train.model_selection last``). Sets ``cfg.data.emotions`` to the data's inventory."""
@@ -107,6 +123,8 @@ def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERD
                           "does with train.model_selection last")
     # The classes come from the data (stage 0's inventory); data.emotions may only restate them.
     cfg.data.emotions = resolve_emotions(cfg, [data_dir / "train", data_dir / "valid"])
+    if not cfg.data.emotions:
+        check_dimensional_only(cfg, data_dir, token_list)
     use_ctc = cfg.loss.lambda_ > 0
     ds_kw = dict(token_list=token_list if use_ctc else None, token_type=cfg.data.token_type,
                  emotions=cfg.data.emotions, sample_rate=cfg.data.sample_rate, cache_audio=cfg.data.cache_audio)
@@ -122,7 +140,30 @@ def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERD
                     data_dir / "valid", len(valid_set))
         train_set.extend(valid_set)
         valid_set = None
+    if cfg.loss.class_weighting == "balanced":
+        cfg.loss.class_weights = balanced_weights(cfg, train_set, data_dir / "train")
     return train_set, valid_set
+
+
+def balanced_weights(cfg: Config, train_set: SERDataset, where: Path) -> list[float]:
+    """loss.class_weighting balanced: CE weights from the training set's class counts (what trains, the valid
+    share included under model_selection last). Weights already in the config must be these (a fold's saved
+    config.yaml records them), so that no two weightings are silently mixed."""
+    from mtlser.model.heads import balanced_class_weights
+
+    counts = [0] * len(cfg.data.emotions)
+    for e in train_set.emotions:
+        if e >= 0:  # an utterance with no class (utt2emo '-') is not in the CE
+            counts[e] += 1
+    weights = balanced_class_weights(counts)
+    given = cfg.loss.class_weights
+    if given is not None and (len(given) != len(weights)
+                              or any(abs(float(g) - w) > 1e-6 * max(1.0, w) for g, w in zip(given, weights))):
+        raise MtlserError(f"loss.class_weights {given} and loss.class_weighting balanced ({weights} from the class "
+                          f"counts of {where}) are both set; give one of them")
+    logger.info("loss.class_weighting balanced: class counts %s of %s -> CE weights %s",
+                dict(zip(cfg.data.emotions, counts)), where, [round(w, 4) for w in weights])
+    return weights
 
 
 def build_seeded_model(cfg: Config, vocab_size: int, device: torch.device, dist: DistInfo,

@@ -13,7 +13,7 @@ import logging
 import shlex
 from pathlib import Path
 
-from mtlser.config import load_config
+from mtlser.config import resolve_config
 from mtlser.text.tokenize import read_token_list
 from mtlser.train import distributed
 from mtlser.train.resume import ResumeRefused, clear_training
@@ -23,8 +23,8 @@ from mtlser.utils.lock import LOCK_NAME, hold_lock
 logger = logging.getLogger("mtlser.train")
 
 
-def train_fold(config: str, overrides: list[str], token_list: str, data_dir: Path, exp_dir: Path, force: bool,
-               argv: list[str]) -> int:
+def train_fold(config: str, overrides: list[tuple[str, list[str]]], token_list: str, data_dir: Path, exp_dir: Path,
+               force: bool, argv: list[str]) -> int:
     rank = distributed.rank()
     exp_dir.mkdir(parents=True, exist_ok=True)
     # Rank 0 logs (to train.log too); the other ranks of a torchrun only say what goes wrong.
@@ -32,7 +32,7 @@ def train_fold(config: str, overrides: list[str], token_list: str, data_dir: Pat
     logger.info("command: python -m mtlser.train %s", " ".join(shlex.quote(a) for a in argv))
     # One writer per fold dir: rank 0 holds the lock for the whole run (the OS drops it if the process dies).
     with hold_lock(exp_dir / LOCK_NAME, f"fold dir {exp_dir}") if rank == 0 else contextlib.nullcontext():
-        cfg = load_config(config, overrides)
+        cfg = resolve_config(config, overrides)  # overrides: (source, arguments), named in errors
         tokens = read_token_list(token_list)
         if not data_dir.is_dir():
             raise MtlserError(f"{data_dir}: fold data dir not found; run stage 2 first")
@@ -40,8 +40,11 @@ def train_fold(config: str, overrides: list[str], token_list: str, data_dir: Pat
         with distributed.process_group(cfg.train.device):
             best = fit_or_retrain(cfg, data_dir, tokens, exp_dir, force)
     if best:
-        logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
-                    best.get("ua", float("nan")))
+        if "ua" in best or "loss" not in best:
+            logger.info("best epoch %s: valid WA %.4f UA %.4f", best.get("epoch"), best.get("wa", float("nan")),
+                        best.get("ua", float("nan")))
+        else:  # a dimensional-only model (no classes)
+            logger.info("best epoch %s: valid loss %.4f", best.get("epoch"), best["loss"])
     distributed.exit_now(0)  # a torchrun rank ends here (gloo's threads outlive its group); a plain run returns
     return 0
 

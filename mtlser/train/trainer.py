@@ -98,6 +98,13 @@ class TrainerCallback:
         pass
 
 
+def has_unclassed(*sets) -> bool:
+    """Whether any utterance of these datasets has no class (utt2emo '-'): the CE term then masks them."""
+    from mtlser.data.emotions import NO_CLASS_INDEX
+
+    return any(e == NO_CLASS_INDEX for ds in sets if ds is not None for e in ds.emotions)
+
+
 class Trainer:
     """One fold's training, assembled from the builders of :mod:`mtlser.train.build` (in their order:
     the seed is set right before the model is built, so reordering changes the weights)."""
@@ -115,6 +122,7 @@ class Trainer:
         self.train_set, self.valid_set = build_data(cfg, self.data_dir, token_list)
         self.model: SERModel = build_seeded_model(cfg, len(token_list), self.device, self.dist,
                                                   attributes=self.train_set.attributes)
+        self.model.class_masking = has_unclassed(self.train_set, self.valid_set)
         self.loss_check = LossCheck(deferred=cfg.train.defer_host_sync)
         drop_short_utterances(self.model, {"train": self.train_set, "valid": self.valid_set}, self.data_dir,
                               cfg.data.sample_rate)
@@ -423,16 +431,21 @@ class Trainer:
             for k in ("loss_ce", "loss_ctc"):  # float(): 0-d device tensors under train.defer_host_sync
                 sums[k] += float(stats.get(k, 0.0)) * bs
             n += bs
-            refs.extend(batch["emotions"].tolist())
-            hyps.extend(emo_logits.argmax(-1).tolist())
+            if emo_logits is not None:
+                refs.extend(batch["emotions"].tolist())
+                hyps.extend(emo_logits.argmax(-1).tolist())
         self.model.train()
-        cm = confusion_matrix(refs, hyps, len(self.cfg.data.emotions))
+        # Utterances with no class (NO_CLASS_INDEX) are in the loss's attribute term only, not in WA/UA.
+        classed = [(r, h) for r, h in zip(refs, hyps) if r >= 0]
+        cm = confusion_matrix([r for r, _ in classed], [h for _, h in classed], len(self.cfg.data.emotions))
         if self.dist.world_size > 1:  # each rank validated its share of the batches
             keys = sorted(sums)
             *values, n = distributed.all_reduce_sum([sums[k] for k in keys] + [n], self.device)
             sums = dict(zip(keys, values))
             cm = distributed.all_reduce_counts(cm, self.device)
         out = {k: v / max(n, 1) for k, v in sums.items() if k != "loss_ctc" or self.model.ctc_head is not None}
+        if self.model.emotion_head is None:  # a dimensional-only model: no WA, no UA
+            return out
         return {**out, "wa": weighted_accuracy(cm), "ua": unweighted_accuracy(cm)}
 
     def is_better(self, valid: dict) -> bool:
@@ -523,13 +536,14 @@ class Trainer:
         if not self.dist.is_main:
             return
         logger.info(
-            "epoch %d: train loss %.4f (ce %.4f%s) %.0f audio-s/s | %s%s",
-            self.epoch, train_stats.get("loss", math.nan), train_stats.get("loss_ce", math.nan),
+            "epoch %d: train loss %.4f (%s%s) %.0f audio-s/s | %s%s",
+            self.epoch, train_stats.get("loss", math.nan),
+            f"ce {train_stats['loss_ce']:.4f}" if "loss_ce" in train_stats else f"attr {train_stats['loss_attr']:.4f}",
             f", ctc {train_stats['loss_ctc']:.4f}, {int(train_stats.get('ctc_skipped', 0))} ctc-skipped"
             if "loss_ctc" in train_stats else "",
             train_stats["audio_s_per_s"],
-            f"valid loss {valid['loss']:.4f} WA {valid['wa']:.4f} UA {valid['ua']:.4f}" if valid
-            else "no valid set", " (best)" if improved and valid else "")
+            f"valid loss {valid['loss']:.4f}" + (f" WA {valid['wa']:.4f} UA {valid['ua']:.4f}" if "ua" in valid else "")
+            if valid else "no valid set", " (best)" if improved and valid else "")
 
     def stop_requested(self) -> bool:
         """train.stop_after_epoch: end this run, unfinished, once that many epochs are trained (as a

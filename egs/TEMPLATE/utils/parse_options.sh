@@ -3,7 +3,8 @@
 #   --config FILE sources FILE (lines foo_bar=value) first;
 #   --help / -h prints $help_message and exits.
 # An option that names no existing variable is an error, so typos never pass
-# silently; a boolean variable (true/false) only takes true or false.
+# silently; a boolean variable (true/false) only takes true or false; an option
+# given without its value is an error, not the next option taken as its value.
 # Positional arguments stop the parsing and are left in "$@".
 
 while true; do
@@ -21,6 +22,15 @@ while true; do
             _name=${1#--}; _name=${_name//-/_}
             if [ $# -lt 2 ]; then
                 echo "$0: option $1 needs a value" >&2; exit 1
+            fi
+            # An option given without its value must not take the next option as its value (Kaldi's
+            # parse_options.sh takes anything): a value that begins with -- is refused, except for an
+            # *_opts variable (options for another command), whose value is refused only when it is one of
+            # this script's own options (--tag --stage 3, --train-opts --stage 3).
+            _next=${2%%=*}; _next=${_next#--}; _next=${_next//-/_}
+            if [[ "$2" == --* ]] && { [[ "${_name}" != *_opts ]] || [ "${_next}" = config ] \
+                    || declare -p "${_next}" >/dev/null 2>&1; }; then
+                echo "$0: option $1 needs a value, got the option $2 (give $1 its value first)" >&2; exit 1
             fi
             if [ "${_name}" = config ]; then
                 if [ ! -f "$2" ]; then echo "$0: config file $2 not found" >&2; exit 1; fi
@@ -47,5 +57,5 @@ while true; do
             ;;
     esac
 done
-unset _opt _val _name _old
+unset _opt _val _name _old _next
 true
