@@ -166,7 +166,8 @@ def test_timeline_of_a_long_recording_reads_windows_only(tiny_experiment, tmp_pa
     assert [r["emotion"] for r in rows] == [w["emotion"] for w in record["windows"]]
     assert float(rows[0]["p_ang"]) == pytest.approx(record["windows"][0]["probs"]["ang"], abs=1e-6)
     assert (tl / "long.wav.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tl.iterdir()) == ["long.wav.csv", "long.wav.png"]  # the short one has no windows
+    # The short one has no windows; the list of what mtlser wrote (mtlser.utils.fileio.atomic_dir).
+    assert sorted(p.name for p in tl.iterdir()) == [".mtlser-written", "long.wav.csv", "long.wav.png"]
     spans = label_spans(record["windows"], record["duration"])
     assert spans[0][0] == 0 and spans[-1][1] == record["duration"]
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))

@@ -29,7 +29,7 @@ from mtlser.data.attributes import UTT2ATTR, Attribute, write_declaration
 from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
 from mtlser.data.emotions import NO_CLASS, EmotionMap, check_labels, load_emotion_map, write_inventory
 from mtlser.utils import MtlserError
-from mtlser.utils.fileio import atomic_dir, atomic_write_text
+from mtlser.utils.fileio import atomic_dir, atomic_write_text, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ def prepare(corpus: Corpus, db_root: str | Path, out: str | Path, emotion_map: E
                                        else EMOTION_MAPS / f"{corpus.module}.yaml")
     check_map(corpus, emotion_map)
     db_root, out = Path(db_root).resolve(), Path(out)
+    check_output(out, [], "--out", around=[db_root])  # the data dir may sit in the release, never replace it
     report_dir = Path(report_dir) if report_dir is not None else out.parent / "local" / f"{corpus.module}_prep"
     found = corpus.scan(db_root, **options)
 

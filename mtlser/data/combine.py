@@ -26,6 +26,7 @@ from pathlib import Path
 from mtlser.data.datadir import DataDir, DataDirError, read_table, validate_data_dir, write_table
 from mtlser.data.emotions import EmotionMap, load_emotion_map
 from mtlser.utils import run_main, setup_logging
+from mtlser.utils.fileio import check_output
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def combine(out: str | Path, inputs: list[tuple[str, Path]], emotion_map: Emotio
     names = [n for n, _ in inputs]
     if len(set(names)) != len(names):
         raise DataDirError(f"corpus names {names} repeat; name each input NAME=DIR")
+    check_output(out, [path for _, path in inputs], "out")
     dirs = [(name, validate_data_dir(path, check_audio=check_audio)) for name, path in inputs]
     common = set.intersection(*(set(dd.tables) for _, dd in dirs))
     prefix = _collide(dirs)

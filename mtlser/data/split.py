@@ -47,10 +47,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
-import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -66,7 +63,7 @@ from mtlser.data.fold_names import FINAL, PROTOCOL_TABLE, TEST_SET, fold_name
 from mtlser.data.partition import partition_folds
 from mtlser.data.speaker_folds import kfold_k, speaker_kfold
 from mtlser.utils import MtlserError, run_main, setup_logging
-from mtlser.utils.fileio import atomic_write_text, file_identity, path_in
+from mtlser.utils.fileio import atomic_write_text, check_output, file_identity, path_in, remove_written_dir
 
 logger = logging.getLogger(__name__)
 
@@ -177,16 +174,6 @@ def pick_valid(dd: DataDir, train_utts: list[str], test_speakers: list[str], how
     raise MtlserError(f"unknown valid selection '{how}'; expected share, session-mate or none")
 
 
-def remove_dir(path: Path) -> None:
-    """Remove a data dir so that it is never seen half-deleted: renamed away first, then deleted."""
-    if not path.exists():
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-    os.rmdir(aside)
-    os.replace(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def published_partition(dd: DataDir, protocol: str, valid: str, partition: str | Path | None) -> list | None:
     """The folds of --partition (protocol partition), or None for the other protocols."""
     if (protocol == "partition") != (partition is not None):
@@ -242,6 +229,9 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
           sample_rate: int = 16000, partition: str | Path | None = None, test_corpus: str | None = None,
           train_corpora: list[str] | None = None) -> list[dict]:
     data_dir, out = Path(data_dir), Path(out)
+    check_output(out, [data_dir], "--out", around=[partition])
+    if audio_dir is not None:
+        check_output(audio_dir, [data_dir, out], "--audio-dir")
     valid_share = check_valid_share(valid_share)
     if protocol == FIXED:
         if valid != "share" or partition is not None:
@@ -286,7 +276,7 @@ def split(data_dir: str | Path, out: str | Path, protocol: str = "loso", valid: 
         fold_dir = out / fold_name(i)
         for split_name, utts in (("train", train), ("valid", sorted(valid_utts, key=sort_key)), ("test", test)):
             if split_name == "valid" and valid == "none":
-                remove_dir(fold_dir / split_name)  # a valid set of an earlier split would be trained on
+                remove_written_dir(fold_dir / split_name)  # a valid set of an earlier split would be trained on
                 continue
             dd.subset(utts).write(fold_dir / split_name)
         valid_spk = sorted({dd["utt2spk"][u] for u in valid_utts}, key=sort_key)
@@ -320,7 +310,7 @@ def write_fixed(dd: DataDir, out: Path, sets: dict[str, str], data_dir: Path) ->
         dd.subset(utts).write(fold_dir / name)
     for stale in fold_dir.iterdir():  # a test set of an earlier split that this utt2set no longer has
         if stale.name not in tests and stale.name not in ("train", "valid") and stale.is_dir():
-            remove_dir(stale)
+            remove_written_dir(stale)
     spk = {name: sorted({dd["utt2spk"][u] for u in utts}, key=sort_key) for name, utts in tests.items()}
     row = {"fold": fold_name(1), "test": ",".join(spk[TEST_SET]),
            "valid_speakers": ",".join(sorted({dd["utt2spk"][u] for u in dev}, key=sort_key)),

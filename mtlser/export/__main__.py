@@ -10,6 +10,8 @@ Usage:
     python -m mtlser.export onnx --model-dir exp/<tag>/fold01 --out fold01.onnx  # a dir, pack or ensemble
 
 A pack or an ensemble dir is a model for ``mtlser-infer --model`` and ``SERPredictor.from_pretrained``.
+Every output is checked first (mtlser.utils.fileio.check_output): one that is, contains or lies inside
+an input is refused, and so is an existing non-empty dir that mtlser did not write, unless --overwrite.
 ``hf`` writes the model only when transformers gives mtlser's probabilities (mtlser.export.hf), and
 exits 1 with the reason otherwise; ``onnx`` likewise checks its graph in onnxruntime
 (mtlser.export.onnx) and writes OUT.onnx with OUT.json and OUT.md (what was measured).
@@ -40,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("ensemble", help="an ensemble dir over the fold models of an experiment")
     e.add_argument("--exp-dir", required=True)
     e.add_argument("--out", help="ensemble dir to write (default EXP_DIR/ensemble)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out even when mtlser did not write it")
     h = sub.add_parser("hf", help="export to a Hugging Face transformers model dir (exact, or refused)")
     h.add_argument("--model-dir", required=True, help="a training dir or a pack (not an ensemble)")
     h.add_argument("--out", required=True, help="the transformers model dir to write")
+    h.add_argument("--overwrite", action="store_true", help="replace --out even when mtlser did not write it "
+                   "(an existing non-empty dir is refused without it)")
     o = sub.add_parser("onnx", help="export to an ONNX graph, checked in onnxruntime (exact, or refused)")
     o.add_argument("--model-dir", required=True, help="a training dir, an ensemble dir, or a pack")
     o.add_argument("--out", required=True, help="the .onnx file to write (OUT.json, OUT.md beside it)")
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "ensemble":
         from mtlser.export.pack import make_ensemble
 
-        make_ensemble(args.exp_dir, args.out)
+        make_ensemble(args.exp_dir, args.out, overwrite=args.overwrite)
     elif args.command == "onnx":
         from mtlser.export.onnx import export_onnx
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from mtlser.export.hf import export_hf
 
-        export_hf(args.model_dir, args.out)
+        export_hf(args.model_dir, args.out, overwrite=args.overwrite)
     return 0
 
 

@@ -53,12 +53,14 @@ from mtlser.infer.onnx_graph import probe_signals  # noqa: F401 (also the HF exp
 from mtlser.infer.predictor import SERPredictor, read_model
 from mtlser.model.lengths import DEFAULT_CONV_LAYERS
 from mtlser.utils import MtlserError
-from mtlser.utils.fileio import atomic_dir
+from mtlser.utils.fileio import atomic_dir, check_output
 
 logger = logging.getLogger(__name__)
 
 #: Largest difference in any emotion's probability, mtlser vs the exported model, that counts as exact.
 TOLERANCE = 1e-5
+#: What an export dir holds (transformers' files and the export's own): a dir holding only these is replaced.
+HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "mtlser_export.json", "README.md")
 #: transformers' class names per backbone family, and the attribute of the base model in them.
 _CLASSES = {"wav2vec2": ("Wav2Vec2Config", "Wav2Vec2ForSequenceClassification", "wav2vec2"),
             "hubert": ("HubertConfig", "HubertForSequenceClassification", "hubert"),
@@ -200,8 +202,11 @@ def compare(predictor: SERPredictor, hf_dir: Path) -> dict:
             "probe_lengths": [len(p) for p in probes], "transformers_version": transformers.__version__}
 
 
-def export_hf(model_path: str | Path, out: str | Path, tolerance: float = TOLERANCE) -> dict:
-    """Write ``out`` (a transformers model dir) for a model dir or pack, or refuse (module doc)."""
+def export_hf(model_path: str | Path, out: str | Path, tolerance: float = TOLERANCE, overwrite: bool = False) -> dict:
+    """Write ``out`` (a transformers model dir) for a model dir or pack, or refuse (module doc). An ``out`` that
+    is, contains or lies in the model, or a non-empty dir mtlser did not write (without ``overwrite``), is
+    refused before any work."""
+    check_output(out, [model_path], "--out", is_dir=True, overwrite=overwrite, expect=HF_FILES)
     transformers = _transformers()
     files = ModelFiles.open(model_path)
     if files.is_ensemble:
@@ -222,7 +227,7 @@ def export_hf(model_path: str | Path, out: str | Path, tolerance: float = TOLERA
         do_normalize=bool(meta["config"].backbone.normalize_waveform), return_attention_mask=True)
     group_norm = config.feat_extract_norm == "group"
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite, "--out") as tmp:
         hf.save_pretrained(str(tmp))
         fe.save_pretrained(str(tmp))
         check = compare(predictor, tmp)

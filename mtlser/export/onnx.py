@@ -63,12 +63,14 @@ def export_onnx(model_path: str | Path, out: str | Path, check_data: str | None 
     """Write ``out`` (.onnx), ``out.json`` and ``out.md`` for a model dir, ensemble or pack, or refuse (module doc)."""
     from mtlser.infer.audio import load
     from mtlser.infer.backends import session_from_bytes
-    from mtlser.utils.fileio import atomic_write_bytes, atomic_write_text
+    from mtlser.utils.fileio import atomic_write_bytes, atomic_write_text, check_output
 
     _require_onnx()
     out = Path(out)
     if out.suffix != ".onnx":
         raise MtlserError(f"--out {out}: give a file name ending in .onnx")
+    for written in (out, out.with_suffix(".json"), out.with_suffix(".md")):
+        check_output(written, [model_path, check_data], "--out")
     files = ModelFiles.open(model_path)
     predictor = SERPredictor.from_pretrained(model_path, weights=weights)
     recordings, source = check_set_of(files, check_data)

@@ -41,7 +41,7 @@ from mtlser.infer.package import (
 )
 from mtlser.infer.predictor import read_model
 from mtlser.utils import MtlserError
-from mtlser.utils.fileio import atomic_open
+from mtlser.utils.fileio import atomic_dir, atomic_open, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
     if out.is_dir():  # checked before the work: os.replace onto a directory is a traceback at the very end
         raise MtlserError(f"{out}: a directory; --out names the .zip file to write, e.g. "
                           f"{out / (model_dir.name + '.zip')}")
+    check_output(out, [model_dir], "--out")
     if not model_dir.is_dir():
         raise MtlserError(f"{model_dir}: not a directory; pack a training dir (exp/<tag>/foldNN or final) or an "
                           "ensemble dir (python -m mtlser.export ensemble)")
@@ -94,6 +95,7 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
             raise MtlserError(f"{model_dir / ENSEMBLE_YAML}: members named {dup} more than once; a pack keeps each "
                               "member under members/<its dir name>/")
         member_facts, entries, names = [], [], []
+        check_output(out, [files.base for _, files in members], "--out")
         for name, files in members:
             expdir.check_finished(files.base, allow_unfinished)
             entries += _model_entries(files.base, f"members/{name}/", weights)
@@ -123,11 +125,13 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
     return out
 
 
-def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``EXP/ensemble/ensemble.yaml`` over every fold model of an experiment; returns the ensemble dir."""
+def make_ensemble(exp_dir: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``EXP/ensemble/ensemble.yaml`` over every fold model of an experiment; returns the ensemble dir
+    (written as a whole: :func:`mtlser.utils.fileio.atomic_dir`)."""
     exp_dir = Path(exp_dir)
     out = Path(out) if out else exp_dir / ENSEMBLE_DIR
     folds = expdir.model_dirs(exp_dir)
+    check_output(out, folds, "--out", is_dir=True, overwrite=overwrite, expect=[ENSEMBLE_YAML])
     if len(folds) < 2:
         raise MtlserError(f"{exp_dir}: {len(folds)} fold model(s); an ensemble needs at least 2 (train more "
                           "folds)")
@@ -141,9 +145,9 @@ def make_ensemble(exp_dir: str | Path, out: str | Path | None = None) -> Path:
                               "the fold models of one experiment must share them")
         emotions = e
     members = [os.path.relpath(d, out) for d in folds]
-    out.mkdir(parents=True, exist_ok=True)
-    write_ensemble(out, members, emotions, f"{len(folds)} fold models of {exp_dir.name}: "
-                   "python -m mtlser.export ensemble")
+    with atomic_dir(out, overwrite, "--out") as tmp:
+        write_ensemble(tmp, members, emotions, f"{len(folds)} fold models of {exp_dir.name}: "
+                       "python -m mtlser.export ensemble")
     logger.info("ensemble of %d fold models: %s", len(folds), out / ENSEMBLE_YAML)
     return out
 
@@ -157,6 +161,7 @@ def pack_experiment(exp_dir: str | Path, out_dir: str | Path, corpus: str | None
 
     exp_dir, out_dir = Path(exp_dir), Path(out_dir)
     folds = expdir.model_dirs(exp_dir)
+    check_output(out_dir, folds + [exp_dir / FINAL, exp_dir / ENSEMBLE_DIR], "--out-dir")
     if not folds:
         raise MtlserError(f"{exp_dir}: no fold models (foldNN/model.yaml); train the folds first")
     final = exp_dir / FINAL

@@ -30,6 +30,7 @@ from mtlser.infer.output import (
 )
 from mtlser.infer.package import check_trained
 from mtlser.utils import MtlserError, run_main, setup_logging
+from mtlser.utils.fileio import check_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "list (default: the fold's test files when the model has them, else the first inputs)")
     p.add_argument("--timeline", metavar="DIR", help="write DIR/<id>.csv and DIR/<id>.png for every recording "
                    "longer than --window (mtlser.infer.timeline)")
+    p.add_argument("--overwrite", action="store_true", help="replace --timeline DIR even when mtlser did not write "
+                   "it (an existing non-empty dir is refused without it)")
     p.add_argument("--batch-size", type=int, default=16, help="most recordings (or windows) per batch")
     p.add_argument("--batch-seconds", type=float, default=60.0,
                    help="most padded audio per batch, in seconds (bounds memory)")
@@ -95,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     fmt = output_format(args.format, args.output)
     recordings = find_recordings(args.inputs, args.allow_pipes) if args.inputs else []
     check_ids(recordings, fmt)
+    # Labels may sit in the folder of the recordings (or the model's dir), but never replace a recording, a
+    # list, the folder or the model.
+    read = [Path(i) for i in args.inputs] + [Path(r.source) for r in recordings if not r.is_pipe and not r.error]
+    files, dirs = [p for p in read if not p.is_dir()], [p for p in read if p.is_dir()] + [model]
+    if args.output:
+        check_output(args.output, files, "--output", around=dirs)
+    if args.timeline:
+        check_output(args.timeline, files, "--timeline", around=dirs, is_dir=True, overwrite=args.overwrite)
     if args.per_window and data_dir is not None:
         raise MtlserError("--per-window shapes the CSV of labelled inputs; a data dir's decode (--data-dir, --fold) "
                           "labels whole utterances: leave --per-window out")
@@ -107,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         report_agreement(predictor, model, args.check_set, recordings, args.window)
     if data_dir is None:
         return label_and_write(predictor, recordings, fmt, args.output, args.window, args.hop, args.batch_size,
-                               args.batch_seconds, not args.no_progress, args.timeline, args.per_window)
+                               args.batch_seconds, not args.no_progress, args.timeline, args.per_window,
+                               args.overwrite)
     from mtlser.infer.decode import decode_data_dir
 
     out = Path(args.out) if args.out else model / f"{DECODE_PREFIX}{data_dir.name}"
+    check_output(out, [data_dir], "--out", around=[model])
     decode_data_dir(predictor, data_dir, out, args.batch_size, args.batch_seconds, not args.no_progress)
     return 0
 

@@ -124,7 +124,8 @@ def check_ids(recordings: list[Recording], fmt: str) -> None:
 
 def label_and_write(predictor, recordings: list[Recording], fmt: str, output: str | None, window: float = WINDOW_S,
                     hop: float = HOP_S, batch_size: int = 16, batch_seconds: float = 60.0,
-                    progress: bool = True, timeline: str | None = None, per_window: bool = False) -> int:
+                    progress: bool = True, timeline: str | None = None, per_window: bool = False,
+                    overwrite: bool = False) -> int:
     """Label the recordings into ``output`` (stdout when None) in ``fmt``; the exit status (see EXIT_SOME_FAILED).
     With ``timeline`` (a dir): a CSV and a PNG per windowed recording (mtlser.infer.timeline); with
     ``per_window`` (csv): a row per window."""
@@ -135,7 +136,7 @@ def label_and_write(predictor, recordings: list[Recording], fmt: str, output: st
     if timeline:
         from mtlser.infer.timeline import write_timelines
 
-        write_timelines(done, predictor.emotions, timeline)
+        write_timelines(done, predictor.emotions, timeline, overwrite)
     if output:
         atomic_write_text(output, text)
     else:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from mtlser.utils import MtlserError
-from mtlser.utils.fileio import atomic_open, atomic_write_text
+from mtlser.utils.fileio import atomic_dir, atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,11 @@ def draw(path: Path, recording_id: str, windows: list[dict], emotions: list[str]
     plt.close(fig)
 
 
-def write_timelines(done: list, emotions: list[str], out_dir: str | Path) -> list[Path]:
-    """CSV + PNG for every labelled recording with windows (see the module doc); returns the CSVs written."""
+def write_timelines(done: list, emotions: list[str], out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """CSV + PNG for every labelled recording with windows (see the module doc); returns the CSVs written.
+    ``out_dir`` is written as a whole (:func:`mtlser.utils.fileio.atomic_dir`), when there is a timeline."""
     out_dir = Path(out_dir)
-    written, used = [], set()
+    items, used = [], set()
     for d in done:
         if d.error is not None or "windows" not in (d.result or {}):
             continue
@@ -97,10 +98,13 @@ def write_timelines(done: list, emotions: list[str], out_dir: str | Path) -> lis
             n += 1
             stem = f"{file_stem(d.recording.id)}_{n}"
         used.add(stem)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        windows = d.result["windows"]
-        atomic_write_text(out_dir / f"{stem}.csv", timeline_csv(windows, emotions))
-        draw(out_dir / f"{stem}.png", d.recording.id, windows, emotions, d.duration or windows[-1]["end"])
-        written.append(out_dir / f"{stem}.csv")
+        items.append((stem, d))
+    if items:
+        with atomic_dir(out_dir, overwrite, "--timeline") as tmp:
+            for stem, d in items:
+                windows = d.result["windows"]
+                atomic_write_text(tmp / f"{stem}.csv", timeline_csv(windows, emotions))
+                draw(tmp / f"{stem}.png", d.recording.id, windows, emotions, d.duration or windows[-1]["end"])
+    written = [out_dir / f"{stem}.csv" for stem, _ in items]
     logger.info("timelines of %d recordings in %s", len(written), out_dir)
     return written

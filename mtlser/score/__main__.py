@@ -19,6 +19,7 @@ import sys
 
 from mtlser import expdir
 from mtlser.utils import run_main, setup_logging
+from mtlser.utils.fileio import check_output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.exp_dirs) > 1 and not args.seeds_out:
             parser.error("aggregate: several experiment dirs are one seed group: give --seeds-out DIR")
         if args.seeds_out:
+            check_output(args.seeds_out, args.exp_dirs, "--seeds-out")
             aggregate_seeds(args.exp_dirs, args.seeds_out)
         else:
             aggregate(args.exp_dirs[0], args.decode_name, args.allow_unfinished)
     else:
         from mtlser.score.compare import compare
 
+        if args.out:
+            check_output(args.out, args.exp_dirs + [args.reference], "--out")
         print(compare(args.exp_dirs, args.out, args.reference, verdicts_only=True))
     return 0
 

