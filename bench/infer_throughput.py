@@ -316,14 +316,15 @@ def main(argv: list[str] | None = None) -> int:
         ratios = {}
         for v in variants:
             if v.startswith("mtlser"):
-                ratios[v] = {b: {"wall": round(statistics.median(row[b]["wall_s"] / row[v]["wall_s"] for row in rounds), 2),
-                                 "cpu": round(statistics.median(row[b]["cpu_s"] / row[v]["cpu_s"] for row in rounds), 2)}
-                             for b in variants if not b.startswith("mtlser")}
+                ratios[v] = {b: {k: round(statistics.median(row[b][f"{k}_s"] / row[v][f"{k}_s"] for row in rounds), 2)
+                                 for k in ("wall", "cpu")} for b in variants if not b.startswith("mtlser")}
         pipelines = [v for v in variants if v.startswith("pipeline_bs")]
         best_batch = min(pipelines, key=lambda v: summary[v]["wall_s_median"]) if pipelines else None
         result = {
-            "what": "CPU inference throughput: mtlser backends vs transformers pipeline/direct, same files, interleaved",
-            "size": args.size, "files": args.files, "long": args.long, "durations_s": [round(d, 2) for d in durations],
+            "what": "CPU inference throughput: mtlser backends vs transformers pipeline/direct, same files, "
+                    "interleaved",
+            "size": args.size, "files": args.files, "long": args.long,
+            "durations_s": [round(d, 2) for d in durations],
             "audio_s": round(audio_s, 2), "batch_size": args.batch_size, "threads": args.threads,
             "repeats": len(rounds), "complete": complete, "window_s": WINDOW_S, "hop_s": HOP_S,
             "native_bf16": {"available": bf16, "how": bf16_how},
@@ -366,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                 out = w.run()
                 labels[w.variant] = out.pop("labels")
                 row[w.variant] = out
-                print(f"  {w.variant}: {audio_s / out['wall_s']:.2f} audio-s/s ({out['wall_s']:.0f} s)", file=sys.stderr,
-                      flush=True)
+                print(f"  {w.variant}: {audio_s / out['wall_s']:.2f} audio-s/s ({out['wall_s']:.0f} s)",
+                      file=sys.stderr, flush=True)
             rounds.append(row)
             print(f"round {r}: " + ", ".join(f"{v} {audio_s / row[v]['wall_s']:.1f}" for v in variants)
                   + " audio-s/s", file=sys.stderr, flush=True)
