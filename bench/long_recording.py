@@ -5,8 +5,8 @@ Usage:
     python bench/long_recording.py --json bench/results/long_recording.json --timeline /tmp/timeline
     python bench/long_recording.py --model exp/<tag>/fold01 --backend torch --minutes 5,60 --json /tmp/x.json
 
-For each length of --minutes (default 5 and 60) one synthetic recording (16 kHz, 16-bit mono WAV: a
-gliding tone with noise, written block by block, never whole in memory) is written to --dir and
+For each length of --minutes (default 5 and 60) one synthetic recording (16 kHz, 16-bit mono WAV:
+:func:`synth`, written block by block, never whole in memory) is written to --dir and
 labelled by mtlser-infer's own ``main`` in a fresh process (windows of --window seconds every --hop
 seconds, each window read from the file when its batch runs). Recorded per run: the process's peak
 resident memory (``os.wait4``'s ``ru_maxrss``: start-up included), the **labelling peak** (the peak from
@@ -104,6 +104,27 @@ def label_in_child(model: str, wav: Path, args, out: Path, timeline: str | None)
             "duration_s": record["duration"], "emotion": record["emotion"]}
 
 
+def synth(path: Path, seconds: float, segment_s: float = 150.0) -> None:
+    """A recording written block by block (never whole in memory): a gliding tone with noise whose pitch,
+    loudness and noise change every ``segment_s`` seconds, so that a model's answer (and the timeline's band)
+    can change along it."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(7)
+    styles = [(rng.uniform(90, 260), rng.uniform(0.05, 0.4), rng.uniform(0.005, 0.15)) for _ in range(8)]
+    block = int(segment_s * SAMPLE_RATE)
+    total = int(seconds * SAMPLE_RATE)
+    with sf.SoundFile(str(path), "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16") as f:
+        for k, done in enumerate(range(0, total, block)):
+            n = min(block, total - done)
+            f0, amp, noise = styles[k % len(styles)]
+            t = (done + np.arange(n)) / SAMPLE_RATE
+            pitch = f0 * (1 + 0.2 * np.sin(2 * np.pi * t / 7.0))
+            x = amp * np.sin(2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE) + noise * rng.standard_normal(n)
+            f.write(np.clip(x, -1, 1).astype(np.float32))
+
+
 def random_onnx(size: str, out: Path) -> str:
     """A model with random weights (bench/infer_throughput.py's) exported to ONNX at ``out``."""
     from infer_throughput import build_predictor
@@ -132,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
 
-    from infer_throughput import synth_hour
 
     minutes = sorted(float(m) for m in args.minutes.split(",") if m)
     runs = []
@@ -142,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in minutes:
             wav = Path(args.dir) / f"mtlser_synthetic_{m:g}min.wav"
             seconds = 60 * m
-            synth_hour(wav, seconds)
+            synth(wav, seconds)
             try:
                 run = label_in_child(model, wav, args, tmp / f"{m:g}.jsonl", args.timeline)
             finally:
