@@ -112,6 +112,17 @@ def write_hf(predictor, out: Path) -> dict:
     return compare(predictor, out)
 
 
+def balance_head(predictor, paths: list[Path]) -> None:
+    """Shift the emotion head's biases so that every class has the same mean log-probability over ``paths``
+    (--balanced-head); the model builders (build_predictor) then rebuild it from the saved weights."""
+    import soundfile as sf
+    import torch
+
+    probs = np.concatenate([predictor.predict_arrays([sf.read(str(p), dtype="float32")[0]])[0] for p in paths])
+    with torch.no_grad():
+        predictor.model.emotion_head.bias -= torch.from_numpy(np.log(probs).mean(axis=0)).float()
+
+
 def write_files(root: Path, n: int, n_long: int, long_s: float, seed: int) -> list[Path]:
     import soundfile as sf
     from train_throughput import iemocap_like_durations
@@ -278,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime CPU threads")
     p.add_argument("--hour", type=float, default=0.0, help="also label one recording of this many seconds "
                    "(mtlser_onnx_int8) and report its peak RSS (default 0: not run)")
+    p.add_argument("--balanced-head", action="store_true",
+                   help="centre the random emotion head's biases on the first --warmup-files files (each class's "
+                        "mean log-probability equal), so that labels vary between files and the label agreement "
+                        "with fp32 can show a difference (a random head may give every file one class)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", required=True, help="write the results here")
     args = p.parse_args(argv)
@@ -326,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.size, "files": args.files, "long": args.long,
             "durations_s": [round(d, 2) for d in durations],
             "audio_s": round(audio_s, 2), "batch_size": args.batch_size, "threads": args.threads,
-            "repeats": len(rounds), "complete": complete, "window_s": WINDOW_S, "hop_s": HOP_S,
+            "repeats": len(rounds), "complete": complete, "balanced_head": args.balanced_head,
+            "window_s": WINDOW_S, "hop_s": HOP_S,
             "native_bf16": {"available": bf16, "how": bf16_how},
             "reference_label_counts": {e: ref.count(e) for e in EMOTIONS},
             "hf_export_check": hf_check, "variants": summary, "best_pipeline_batch": best_batch,
@@ -344,10 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mtlser-bench-") as tmp:
         tmp = Path(tmp)
         predictor = build_predictor(args.size)
+        paths = write_files(tmp / "wav", args.files, args.long, args.long_s, args.seed)
+        if args.balanced_head:
+            balance_head(predictor, paths[:max(args.warmup_files, 2)])
         hf_check = write_hf(predictor, tmp / "hf")
         (tmp / "model.onnx").write_bytes(graph_bytes(predictor))
         save_file(predictor.model.state_dict(), str(tmp / "weights.safetensors"))
-        paths = write_files(tmp / "wav", args.files, args.long, args.long_s, args.seed)
         import soundfile as sf
 
         durations = [sf.info(str(p)).duration for p in paths]
