@@ -22,9 +22,10 @@ per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times 
     mtlser_onnx_int8     the graph with onnxruntime's dynamic int8 quantisation
 
 Every variant reads the files itself (soundfile; timed). Each variant lives in its own worker
-process (so its peak RSS is its own), and the rounds run interleaved (A B C, A B C, ...; one
-untimed warm-up pass over the first --warmup-files files first) so that a shared machine's load
-drift reaches all alike. Reported
+process (so its peak RSS is its own), and the rounds run interleaved in alternating order (A B C,
+C B A, ...; one untimed warm-up pass over the first --warmup-files files first) so that a shared
+machine's load drift reaches all alike; the JSON is rewritten after every round ("complete": false
+until the last). Reported
 per variant: medians over rounds of audio-seconds per wall-second and per CPU-second (the
 worker's process CPU time, all threads), peak RSS, and the share of files whose label equals
 mtlser_torch_fp32's; ratios are medians of per-round time ratios. A long recording's label is
