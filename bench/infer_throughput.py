@@ -22,9 +22,10 @@ per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times 
     mtlser_onnx_int8     the graph with onnxruntime's dynamic int8 quantisation
 
 Every variant reads the files itself (soundfile; timed). Each variant lives in its own worker
-process (so its peak RSS is its own), and the rounds run interleaved (A B C, A B C, ...; one
-untimed warm-up pass over the first --warmup-files files first) so that a shared machine's load
-drift reaches all alike. Reported
+process (so its peak RSS is its own), and the rounds run interleaved in alternating order (A B C,
+C B A, ...; one untimed warm-up pass over the first --warmup-files files first) so that a shared
+machine's load drift reaches all alike; the JSON is rewritten after every round ("complete": false
+until the last). Reported
 per variant: medians over rounds of audio-seconds per wall-second and per CPU-second (the
 worker's process CPU time, all threads), peak RSS, and the share of files whose label equals
 mtlser_torch_fp32's; ratios are medians of per-round time ratios. A long recording's label is
@@ -110,6 +111,17 @@ def write_hf(predictor, out: Path) -> dict:
     transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
                                           return_attention_mask=True).save_pretrained(str(out))
     return compare(predictor, out)
+
+
+def balance_head(predictor, paths: list[Path]) -> None:
+    """Shift the emotion head's biases so that every class has the same mean log-probability over ``paths``
+    (--balanced-head); the model builders (build_predictor) then rebuild it from the saved weights."""
+    import soundfile as sf
+    import torch
+
+    probs = np.concatenate([predictor.predict_arrays([sf.read(str(p), dtype="float32")[0]])[0] for p in paths])
+    with torch.no_grad():
+        predictor.model.emotion_head.bias -= torch.from_numpy(np.log(probs).mean(axis=0)).float()
 
 
 def write_files(root: Path, n: int, n_long: int, long_s: float, seed: int) -> list[Path]:
@@ -232,7 +244,8 @@ def worker(variant: str, spec: dict, conn) -> None:
                 continue
             wall0, cpu0 = time.perf_counter(), time.process_time()
             labels = run()
-            conn.send({"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "labels": labels})
+            conn.send({"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "labels": labels,
+                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     except BaseException as e:  # the parent reports it and stops
         conn.send({"error": f"{type(e).__name__}: {e}"})
 
@@ -277,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime CPU threads")
     p.add_argument("--hour", type=float, default=0.0, help="also label one recording of this many seconds "
                    "(mtlser_onnx_int8) and report its peak RSS (default 0: not run)")
+    p.add_argument("--balanced-head", action="store_true",
+                   help="centre the random emotion head's biases on the first --warmup-files files (each class's "
+                        "mean log-probability equal), so that labels vary between files and the label agreement "
+                        "with fp32 can show a difference (a random head may give every file one class)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", required=True, help="write the results here")
     args = p.parse_args(argv)
@@ -296,14 +313,60 @@ def main(argv: list[str] | None = None) -> int:
         variants = [v for v in args.variants.split(",") if v]
         if REFERENCE not in variants:
             variants.insert(0, REFERENCE)
+
+    def write(rounds, labels, rss, hour, complete):
+        n_short = args.files
+        ref = labels[REFERENCE]
+        summary = {}
+        for v in variants:
+            walls = [row[v]["wall_s"] for row in rounds]
+            cpus = [row[v]["cpu_s"] for row in rounds]
+            same = [a == b for a, b in zip(labels[v], ref)]
+            summary[v] = {"audio_s_per_wall_s": round(audio_s / statistics.median(walls), 2),
+                          "audio_s_per_cpu_s": round(audio_s / statistics.median(cpus), 2),
+                          "wall_s_median": round(statistics.median(walls), 2), "wall_s_min": round(min(walls), 2),
+                          "wall_s_max": round(max(walls), 2), "cpu_s_median": round(statistics.median(cpus), 2),
+                          "peak_rss_mib": round(rss[v], 1),
+                          "label_agreement_with_fp32": round(float(np.mean(same)), 4),
+                          "label_agreement_short_files": round(float(np.mean(same[:n_short])), 4)}
+        ratios = {}
+        for v in variants:
+            if v.startswith("mtlser"):
+                ratios[v] = {b: {k: round(statistics.median(row[b][f"{k}_s"] / row[v][f"{k}_s"] for row in rounds), 2)
+                                 for k in ("wall", "cpu")} for b in variants if not b.startswith("mtlser")}
+        pipelines = [v for v in variants if v.startswith("pipeline_bs")]
+        best_batch = min(pipelines, key=lambda v: summary[v]["wall_s_median"]) if pipelines else None
+        result = {
+            "what": "CPU inference throughput: mtlser backends vs transformers pipeline/direct, same files, "
+                    "interleaved",
+            "size": args.size, "files": args.files, "long": args.long,
+            "durations_s": [round(d, 2) for d in durations],
+            "audio_s": round(audio_s, 2), "batch_size": args.batch_size, "threads": args.threads,
+            "repeats": len(rounds), "complete": complete, "balanced_head": args.balanced_head,
+            "window_s": WINDOW_S, "hop_s": HOP_S,
+            "native_bf16": {"available": bf16, "how": bf16_how},
+            "reference_label_counts": {e: ref.count(e) for e in EMOTIONS},
+            "hf_export_check": hf_check, "variants": summary, "best_pipeline_batch": best_batch,
+            "ratios_time_baseline_over_mtlser": ratios, "hour_recording": hour, "rounds": rounds,
+            # The shared environment record (mtlser.expdir: versions, CPU model, git commit, date), plus what only
+            # this benchmark needs.
+            "machine": {**environment(), "cpus": _cpus(), "onnxruntime": _version("onnxruntime"),
+                        "transformers": _version("transformers"), "load_average_at_end": list(_loadavg())},
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        return summary
+
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="mtlser-bench-") as tmp:
         tmp = Path(tmp)
         predictor = build_predictor(args.size)
+        paths = write_files(tmp / "wav", args.files, args.long, args.long_s, args.seed)
+        if args.balanced_head:
+            balance_head(predictor, paths[:max(args.warmup_files, 2)])
         hf_check = write_hf(predictor, tmp / "hf")
         (tmp / "model.onnx").write_bytes(graph_bytes(predictor))
         save_file(predictor.model.state_dict(), str(tmp / "weights.safetensors"))
-        paths = write_files(tmp / "wav", args.files, args.long, args.long_s, args.seed)
         import soundfile as sf
 
         durations = [sf.info(str(p)).duration for p in paths]
@@ -318,13 +381,18 @@ def main(argv: list[str] | None = None) -> int:
             w.run("warmup")
         for r in range(1, args.repeats + 1):
             row = {}
-            for w in workers:
+            # Alternate orders (A B C, C B A, ...): a variant is not always the one after the same neighbour.
+            for w in (workers if r % 2 else workers[::-1]):
                 out = w.run()
                 labels[w.variant] = out.pop("labels")
                 row[w.variant] = out
+                print(f"  {w.variant}: {audio_s / out['wall_s']:.2f} audio-s/s ({out['wall_s']:.0f} s)",
+                      file=sys.stderr, flush=True)
             rounds.append(row)
             print(f"round {r}: " + ", ".join(f"{v} {audio_s / row[v]['wall_s']:.1f}" for v in variants)
                   + " audio-s/s", file=sys.stderr, flush=True)
+            # A run cut short keeps the rounds it measured.
+            write(rounds, labels, {v: row[v]["peak_rss_mib"] for v in variants}, None, complete=False)
         rss = {w.variant: w.stop()["peak_rss_mib"] for w in workers}
         hour = None
         if args.hour > 0:
@@ -333,44 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             out = w.run()
             hour = {"seconds": args.hour, "variant": "mtlser_onnx_int8", "wall_s": round(out["wall_s"], 1),
                     "cpu_s": round(out["cpu_s"], 1), **w.stop(), "file_mib": (tmp / "hour.wav").stat().st_size / 2**20}
-    n_short = args.files
-    ref = labels[REFERENCE]
-    summary = {}
-    for v in variants:
-        walls = [row[v]["wall_s"] for row in rounds]
-        cpus = [row[v]["cpu_s"] for row in rounds]
-        same = [a == b for a, b in zip(labels[v], ref)]
-        summary[v] = {"audio_s_per_wall_s": round(audio_s / statistics.median(walls), 2),
-                      "audio_s_per_cpu_s": round(audio_s / statistics.median(cpus), 2),
-                      "wall_s_median": round(statistics.median(walls), 2), "wall_s_min": round(min(walls), 2),
-                      "wall_s_max": round(max(walls), 2), "cpu_s_median": round(statistics.median(cpus), 2),
-                      "peak_rss_mib": round(rss[v], 1),
-                      "label_agreement_with_fp32": round(float(np.mean(same)), 4),
-                      "label_agreement_short_files": round(float(np.mean(same[:n_short])), 4)}
-    ratios = {}
-    for v in variants:
-        if v.startswith("mtlser"):
-            ratios[v] = {b: {"wall": round(statistics.median(row[b]["wall_s"] / row[v]["wall_s"] for row in rounds), 2),
-                             "cpu": round(statistics.median(row[b]["cpu_s"] / row[v]["cpu_s"] for row in rounds), 2)}
-                         for b in variants if not b.startswith("mtlser")}
-    pipelines = [v for v in variants if v.startswith("pipeline_bs")]
-    best_batch = min(pipelines, key=lambda v: summary[v]["wall_s_median"]) if pipelines else None
-    result = {
-        "what": "CPU inference throughput: mtlser backends vs transformers pipeline/direct, same files, interleaved",
-        "size": args.size, "files": args.files, "long": args.long, "durations_s": [round(d, 2) for d in durations],
-        "audio_s": round(audio_s, 2), "batch_size": args.batch_size, "threads": args.threads,
-        "repeats": args.repeats, "window_s": WINDOW_S, "hop_s": HOP_S,
-        "native_bf16": {"available": bf16, "how": bf16_how},
-        "reference_label_counts": {e: ref.count(e) for e in EMOTIONS},
-        "hf_export_check": hf_check, "variants": summary, "best_pipeline_batch": best_batch,
-        "ratios_time_baseline_over_mtlser": ratios, "hour_recording": hour, "rounds": rounds,
-        # The shared environment record (mtlser.expdir: versions, CPU model, git commit, date), plus what only
-        # this benchmark needs.
-        "machine": {**environment(), "cpus": _cpus(), "onnxruntime": _version("onnxruntime"),
-                    "transformers": _version("transformers"), "load_average_at_end": list(_loadavg())},
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    summary = write(rounds, labels, rss, hour, complete=True)
     for v in variants:
         s = summary[v]
         print(f"{v:22s} {s['audio_s_per_wall_s']:8.2f} audio-s/wall-s {s['audio_s_per_cpu_s']:8.2f} audio-s/cpu-s "

@@ -91,13 +91,26 @@ def make_experiment(root: Path, backbone: dict = MINI_BACKBONE, n_spk: int = 3, 
     return exp
 
 
-def random_model_dir(root: Path, backbone: dict, name: str = "model", seed: int = 0, **sections) -> Path:
-    """A model dir (the files stage 3 writes) with random weights: fusion logits ~ N(0, 1), heads ~ N(0, 0.5)."""
+def random_model_dir(root: Path, backbone: dict, name: str = "model", seed: int = 0, attributes: list | None = None,
+                     **sections) -> Path:
+    """A model dir (the files stage 3 writes) with random weights: fusion logits ~ N(0, 1), heads ~ N(0, 0.5).
+
+    ``attributes`` (mtlser.data.attributes.Attribute's): with an attribute head (loss.attributes on, values drawn
+    on each scale), its unit outputs centred (bias 0.5) so that its values are not clamped to the scale's ends."""
     from mtlser.train.trainer import Trainer
 
     data = root / f"{name}_data"
+    if attributes:
+        sections["loss"] = {**sections.get("loss", {}), "attributes": True}
     if not (data / "train").is_dir():
         all_dir = make_corpus(data, n_spk=2, n_utt=2)
+        if attributes:
+            from mtlser.data.attributes import write_declaration, write_values
+
+            rng = np.random.default_rng(seed)
+            write_declaration(all_dir, attributes)
+            write_values(all_dir / "utt2attr", {u: [float(rng.uniform(a.low, a.high)) for a in attributes]
+                                                for u in sorted((all_dir / "utt2spk").read_text().split()[::2])})
         for split_name in ("train", "valid"):
             (data / split_name).symlink_to(all_dir, target_is_directory=True)
     torch.manual_seed(seed)
@@ -110,6 +123,9 @@ def random_model_dir(root: Path, backbone: dict, name: str = "model", seed: int 
             model.fusion.logits.copy_(torch.randn(model.fusion.logits.shape, generator=g))
         model.emotion_head.weight.copy_(0.5 * torch.randn(model.emotion_head.weight.shape, generator=g))
         model.emotion_head.bias.copy_(0.5 * torch.randn(model.emotion_head.bias.shape, generator=g))
+        if model.attr_head is not None:
+            model.attr_head.linear.weight.copy_(0.02 * torch.randn(model.attr_head.linear.weight.shape, generator=g))
+            model.attr_head.linear.bias.fill_(0.5)
     trainer.write_model_files()
     trainer.save_best()
     return root / name

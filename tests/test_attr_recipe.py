@@ -90,10 +90,12 @@ def test_classes_and_attributes_train_decode_score_and_infer(attr_folds, tmp_pat
     with pytest.raises(MtlserError, match=r"has an attribute head \(arousal, valence\); transformers' audio "
                                           r"classification is categorical"):
         export_hf(exp, tmp_path / "hf")
-    # nor does the ONNX graph carry the attribute head yet: refused before anything is written
+    # the ONNX graph carries the attribute head, checked with the probabilities (issue 22 item 1)
     pytest.importorskip("onnxruntime")
-    from mtlser.export.onnx import export_onnx
-    with pytest.raises(MtlserError, match=r"has an attribute head \(arousal, valence\) that the ONNX export does "
-                                          r"not carry yet"):
-        export_onnx(zip_path, tmp_path / "attr.onnx")
-    assert not (tmp_path / "attr.onnx").exists()
+    from mtlser.export.onnx import TOLERANCE, export_onnx
+    result = export_onnx(zip_path, tmp_path / "attr.onnx", check_data=str(test_dir))
+    assert result["attributes"] == ["arousal", "valence"] and result["max_abs_diff"] <= TOLERANCE
+    assert result["check_set"]["n"] > 0 and result["check_set"]["attributes_max_abs_diff_single"] <= TOLERANCE
+    assert infer_main(["--model", str(tmp_path / "attr.onnx"), "--backend", "onnx", wav[first], "--no-progress"]) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[0])["attributes"]
+    assert got == pytest.approx(rec["attributes"], abs=1e-3)

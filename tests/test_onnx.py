@@ -72,6 +72,50 @@ def test_base_shaped_model_exports_exactly_whatever_its_cnn_padding_switch(tmp_p
     assert "none" in result["check_set"]["source"]
 
 
+def test_attribute_heads_are_graph_outputs_checked_like_the_probabilities(tmp_path, monkeypatch, capsys):
+    """A model with an attribute head: the graph outputs the attribute values beside the probabilities, the
+    export's check compares them (absolute, on their scales), and --backend onnx returns them as torch does."""
+    from mtlser.data.attributes import Attribute
+
+    model = random_model_dir(tmp_path, BASE_SHAPED_BACKBONE, attributes=[Attribute("arousal", 1, 7),
+                                                                         Attribute("valence", -1, 1)])
+    audio = tmp_path / "model_data" / "wav"
+    out = tmp_path / "attr.onnx"
+    assert run_main(export_main, ["onnx", "--model-dir", str(model), "--out", str(out), "--check-data",
+                                  str(audio)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["attributes"] == ["arousal", "valence"] and report["max_abs_diff"] <= TOLERANCE
+    for part in ("probes", "check_set"):
+        assert report[part]["n"] > 0
+        assert report[part]["attributes_max_abs_diff_single"] <= report[part]["max_abs_diff_single"] <= TOLERANCE
+        assert report[part]["attributes_max_abs_diff_padded_batch"] <= TOLERANCE
+    assert "arousal, valence" in out.with_suffix(".md").read_text()
+    torch_pred = SERPredictor.from_pretrained(model)
+    onnx_pred = SERPredictor.from_pretrained(out, backend="onnx")
+    assert onnx_pred.attributes == torch_pred.attributes
+    wavs = [sf.read(p, dtype="float32")[0] for p in sorted(audio.glob("*.wav"))] + \
+        probe_signals(16000, onnx_pred.min_samples)
+    ref = np.concatenate([torch_pred.predict_all([w])[2] for w in wavs])
+    # values inside the scales and varying between inputs: the comparison is not of clamped constants
+    assert ((ref > [1, -1]) & (ref < [7, 1])).all() and (ref.std(axis=0) > 1e-3).all()
+    np.testing.assert_allclose(onnx_pred.predict_all(wavs)[2], ref, atol=TOLERANCE)  # one padded batch
+    capsys.readouterr()
+    first = sorted(audio.glob("*.wav"))[0]
+    assert infer_main(["--model", str(out), "--backend", "onnx", str(first), "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert [record["attributes"][a] for a in ("arousal", "valence")] == pytest.approx(ref[0].tolist(), abs=TOLERANCE)
+    # int8 of the same graph keeps the output and states its attribute difference
+    check = agreement(OnnxPredictor.open(model, precision="int8"), torch_pred, wavs)
+    assert 0 < check["attributes_max_abs_diff"] < 0.5
+    # the check is real: a graph whose attribute values are off by 1e-3 is refused, nothing written
+    real = OnnxGraph.attributes_of
+    monkeypatch.setattr(OnnxGraph, "attributes_of", staticmethod(lambda m, pooled: real(m, pooled) + 1e-3))
+    out2 = tmp_path / "off.onnx"
+    assert run_main(export_main, ["onnx", "--model-dir", str(model), "--out", str(out2)]) == 1
+    assert "probabilities and attribute values are up to 1.00e-03" in capsys.readouterr().err
+    assert not any(p.name.startswith("off.") for p in tmp_path.iterdir())
+
+
 def test_export_refuses_a_graph_that_drifts_with_padding(tiny_experiment, tmp_path, monkeypatch, capsys):
     """The check is real: with the batch's statistics in the CNN norm (transformers' way) the padded
     batches drift, and nothing is written."""

@@ -10,7 +10,8 @@ change nothing) is :mod:`mtlser.infer.onnx_graph`'s; this module checks it and w
 shortest input the model takes up to a few seconds) and on a check set (``--check-data``: a data
 dir, ``wav.scp``, folder or list; default the fold's test files, found through the model dir's
 ``decode_test/data_dir``), each input alone and in padded batches, and is compared with mtlser.
-Any emotion probability more than :data:`TOLERANCE` away is a refusal (exit 1, nothing written).
+Any emotion probability (or, for a model with an attribute head, any attribute value on its declared
+scale) more than :data:`TOLERANCE` away is a refusal (exit 1, nothing written).
 What was measured goes into ``OUT.json`` and the model card ``OUT.md`` beside the graph, and the
 graph's own metadata carries what a runtime needs (emotions, sample rate, minimum length, tokens).
 onnxruntime is an optional extra: ``pip install 'mtlser[onnx]'``.
@@ -94,11 +95,13 @@ def export_onnx(model_path: str | Path, out: str | Path, check_data: str | None 
     worst = max(v for part in ("probes", "check_set") for k in ("max_abs_diff_single", "max_abs_diff_padded_batch")
                 if (v := result[part][k]) is not None)
     result.update(max_abs_diff=worst, tokens=bool(tokens), emotions=predictor.emotions,
+                  attributes=[a.name for a in predictor.attributes] if predictor.attributes else None,
                   members=len(predictor.models), sample_rate=predictor.sample_rate,
                   onnxruntime_version=require_onnxruntime().__version__, torch_version=torch.__version__,
                   export_s=round(time.perf_counter() - t0, 1))
     if not worst <= tolerance:
-        raise MtlserError(f"{model_path}: onnxruntime's probabilities are up to {worst:.2e} away from mtlser's "
+        what = "probabilities and attribute values" if predictor.attributes else "probabilities"
+        raise MtlserError(f"{model_path}: onnxruntime's {what} are up to {worst:.2e} away from mtlser's "
                           f"(tolerance {tolerance:g}); not written, nothing was written to {out}")
     data = graph_bytes(predictor, tokens, {"export_check": {k: result[k] for k in ("max_abs_diff", "tolerance")}})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,16 +120,23 @@ def _card(files: ModelFiles, result: dict) -> str:
     def fmt(v):
         return "n/a" if v is None else f"{v:.1e}"
 
+    attr_worst = max((v for part in (cs, pr) for k, v in part.items()
+                      if k.startswith("attributes_max_abs_diff") and v is not None), default=None)
+
     lines = [f"# {facts.get('name') or Path(files.location).name} as ONNX (exported from mtlser)", "",
              f"Emotions, in output order: {', '.join(result['emotions'])}. Sample rate {result['sample_rate']} Hz. "
              f"{'Ensemble of ' + str(result['members']) + ' models (mean probabilities). ' if result['members'] > 1 else ''}"
-             f"Class tokens: {'output ctc_log_probs' if result['tokens'] else 'not exported'}.", "",
+             f"Class tokens: {'output ctc_log_probs' if result['tokens'] else 'not exported'}."
+             + (f" Attributes (output attributes, on their declared scales): {', '.join(result['attributes'])}."
+                if result["attributes"] else ""), "",
              "    mtlser-infer --model THIS.onnx --backend onnx recordings/", "",
              "## Exactness (measured at export, onnxruntime vs mtlser fp32 one input at a time)", "",
              f"- probe signals ({pr['n']}, {min(pr['lengths'])} to {max(pr['lengths'])} samples): max |dp| "
              f"{fmt(pr['max_abs_diff_single'])} alone, {fmt(pr['max_abs_diff_padded_batch'])} in a padded batch",
              f"- check set ({cs['source']}; {cs['n']} files): max |dp| {fmt(cs['max_abs_diff_single'])} alone, "
              f"{fmt(cs['max_abs_diff_padded_batch'])} in padded batches of {CHECK_BATCH}",
+             *([f"- attribute values (absolute, on their declared scales; within the figures above): max |d| "
+                f"{fmt(attr_worst)}"] if result["attributes"] else []),
              f"- tolerance {result['tolerance']:g}; onnxruntime {result['onnxruntime_version']}, torch "
              f"{result['torch_version']}", ""]
     return "\n".join(lines) + "\n"

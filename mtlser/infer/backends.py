@@ -31,7 +31,7 @@ from mtlser.expdir import DECODE_TEST, decoded_data_dir
 # The modes (what runs here) and the onnxruntime session live below this module; re-exported as its API.
 from mtlser.infer.modes import (BACKENDS, BF16_FLAGS, MAX_LABEL_CHANGE, PRECISIONS, check_mode,  # noqa: F401
                                 native_bf16)
-from mtlser.infer.onnx_graph import run_session, session_from_bytes  # noqa: F401
+from mtlser.infer.onnx_graph import outputs_by_name, run_session, session_from_bytes  # noqa: F401
 from mtlser.infer.package import ModelFiles
 from mtlser.infer.predictor import OPENERS, SERPredictor, ctc_greedy
 from mtlser.utils import MtlserError
@@ -82,6 +82,10 @@ class OnnxPredictor(SERPredictor):
         self.models, self.metas = [], [meta]
         self.emotions = list(meta["emotions"])
         self.attributes = None
+        if meta.get("attributes"):
+            from mtlser.data.attributes import declaration_from_yaml
+
+            self.attributes = declaration_from_yaml(meta["attributes"], f"{location} (its mtlser metadata)")
         self.sample_rate = int(meta["sample_rate"])
         self.min_samples = int(meta["min_samples"])
         self.tokens = list(meta["tokens"]) if meta.get("tokens") else None
@@ -122,33 +126,40 @@ class OnnxPredictor(SERPredictor):
 
     def predict_all(self, wavs: list[np.ndarray]
                     ) -> tuple[np.ndarray, list[list[str]] | None, np.ndarray | None]:
-        # SERPredictor's predict_arrays/predict_batch read this; an exported graph has no attribute head
-        # (the export refuses such models), so the third value is always None.
+        # SERPredictor's predict_arrays/predict_batch read this: (probs, tokens, attribute values or None).
         if not wavs:
-            return np.zeros((0, len(self.emotions)), dtype=np.float32), ([] if self.tokens is not None else None), None
+            return (np.zeros((0, len(self.emotions)), dtype=np.float32), ([] if self.tokens is not None else None),
+                    np.zeros((0, len(self.attributes)), dtype=np.float32) if self.attributes else None)
         short = [i for i, w in enumerate(wavs) if len(w) < self.min_samples]
         if short:
             raise MtlserError(f"input {short[0]} has {len(wavs[short[0]])} samples; this model needs at least "
                               f"{self.min_samples}")
-        out = run_session(self.session, [np.asarray(w, dtype=np.float32) for w in wavs])
+        out = outputs_by_name(self.session,
+                              run_session(self.session, [np.asarray(w, dtype=np.float32) for w in wavs]))
         tokens = None
         if self.tokens is not None:
             import torch
 
-            log_probs, frame_lens = torch.from_numpy(out[2]), out[1]
+            log_probs, frame_lens = torch.from_numpy(out["ctc_log_probs"]), out["frame_lens"]
             tokens = [[self.tokens[t] for t in ctc_greedy(log_probs[i], int(frame_lens[i]))] for i in range(len(wavs))]
-        return out[0].astype(np.float32), tokens, None
+        attrs = out["attributes"].astype(np.float32) if self.attributes else None
+        return out["emo_probs"].astype(np.float32), tokens, attrs
 
 
 def agreement(candidate: SERPredictor, reference: SERPredictor, wavs: list[np.ndarray], batch: int = 8) -> dict:
     """How ``candidate`` (bf16, int8) answers against ``reference`` (fp32) on ``wavs``: label agreement, max |Δp|."""
     if not wavs:
         return {"n": 0}
-    ours = np.concatenate([candidate.predict_arrays(wavs[i:i + batch])[0] for i in range(0, len(wavs), batch)])
-    ref = np.concatenate([reference.predict_arrays(wavs[i:i + batch])[0] for i in range(0, len(wavs), batch)])
+    got = [candidate.predict_all(wavs[i:i + batch]) for i in range(0, len(wavs), batch)]
+    want = [reference.predict_all(wavs[i:i + batch]) for i in range(0, len(wavs), batch)]
+    ours, ref = np.concatenate([g[0] for g in got]), np.concatenate([w[0] for w in want])
     same = float(np.mean(ours.argmax(1) == ref.argmax(1)))
-    return {"n": len(wavs), "label_agreement": same, "max_abs_diff": float(np.abs(ours - ref).max()),
-            "fit_for_default": 1.0 - same <= MAX_LABEL_CHANGE}
+    result = {"n": len(wavs), "label_agreement": same, "max_abs_diff": float(np.abs(ours - ref).max()),
+              "fit_for_default": 1.0 - same <= MAX_LABEL_CHANGE}
+    if got[0][2] is not None and want[0][2] is not None:  # on the attributes' declared scales
+        result["attributes_max_abs_diff"] = float(np.abs(np.concatenate([g[2] for g in got])
+                                                         - np.concatenate([w[2] for w in want])).max())
+    return result
 
 
 def fp32_reference(predictor: SERPredictor) -> SERPredictor:
@@ -226,8 +237,11 @@ def report_agreement(predictor: SERPredictor, model: str | Path, check_set: str 
         logger.warning("%s %s: not checked against fp32 (no usable audio in the check set %s)", backend,
                        predictor.precision, source)
         return result
-    logger.info("%s %s vs fp32 on %d files of %s: labels equal on %.1f %%, max |dp| %.2e", backend,
-                predictor.precision, result["n"], source, 100 * result["label_agreement"], result["max_abs_diff"])
+    attrs = (f", attributes max |d| {result['attributes_max_abs_diff']:.2e}"
+             if "attributes_max_abs_diff" in result else "")
+    logger.info("%s %s vs fp32 on %d files of %s: labels equal on %.1f %%, max |dp| %.2e%s", backend,
+                predictor.precision, result["n"], source, 100 * result["label_agreement"], result["max_abs_diff"],
+                attrs)
     if not result["fit_for_default"]:
         logger.warning("%s %s changed %.1f %% of fp32's labels on its check (more than %g %%): not fit to be a "
                        "default; use fp32 where the labels matter", backend, predictor.precision,

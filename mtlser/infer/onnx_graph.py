@@ -9,9 +9,12 @@ The graph (opset :data:`OPSET`) takes a zero-padded batch and each row's length:
     outputs  emo_probs (batch, emotions) float32, in the model's emotion order
              frame_lens (batch,) int64
              ctc_log_probs (batch, frames, tokens) float32   (with --tokens, models with a CTC head)
+             attributes (batch, K) float32 on their declared scales, in the declaration's order
+                                                              (models with an attribute head, issue 21)
 
 Batch and time axes are dynamic. An ensemble is one graph that averages its members' probabilities
-(and, with tokens, their per-frame token posteriors, as :class:`mtlser.infer.SERPredictor` does).
+(with tokens, their per-frame token posteriors; with attributes, their attribute values), as
+:class:`mtlser.infer.SERPredictor` does. Outputs are found by name (:func:`outputs_by_name`).
 
 **Per-utterance CNN normalisation.** The first CNN layer of group-norm backbones (wav2vec2-base,
 the mini recipe's) normalises each channel over time. In the graph its statistics are taken over
@@ -50,6 +53,8 @@ INPUTS = ("wavs", "lengths")
 CHECK_BATCH = 8
 #: Metadata keys of the graph (JSON values): what a runtime needs besides the graph.
 META_KEY = "mtlser"
+#: The graph's output names, in order (those of a model's graph are a subsequence: :meth:`OnnxGraph.output_names`).
+OUTPUTS = ("emo_probs", "frame_lens", "ctc_log_probs", "attributes")
 
 
 def require_onnxruntime():
@@ -73,6 +78,17 @@ class OnnxGraph(nn.Module):
         super().__init__()
         self.models = nn.ModuleList(models)
         self.with_tokens = with_tokens
+        # An ensemble's members agree on the declaration (SERPredictor checks it): all have the head or none.
+        self.with_attributes = models[0].attr_head is not None
+
+    def output_names(self) -> list[str]:
+        return ["emo_probs", "frame_lens"] + (["ctc_log_probs"] if self.with_tokens else []) + \
+            (["attributes"] if self.with_attributes else [])
+
+    @staticmethod
+    def attributes_of(model: SERModel, pooled: Tensor) -> Tensor:
+        """The attribute values (B, K) on their declared scales, as :meth:`SERModel.predict` gives them."""
+        return model.attr_head.to_scale(model.attr_head(pooled))
 
     @staticmethod
     def masked_group_norm(x: Tensor, lens: Tensor, norm: nn.GroupNorm) -> Tensor:
@@ -106,30 +122,33 @@ class OnnxGraph(nn.Module):
         return x.transpose(1, 2), lens  # (B, T, C), (B,)
 
     def forward(self, wavs: Tensor, lengths: Tensor):
-        probs, frame_probs, frame_lens = None, None, None
+        probs, frame_probs, frame_lens, attrs = None, None, None, None
         for model in self.models:
             feats, frame_lens = self.cnn(model, wavs, lengths)
             states = model.backbone.transformer_states(feats, frame_lens)
             fused = model.fusion(states) if model.fusion is not None else states[-1]
-            p = torch.softmax(model.emotion_head(mean_pool(fused, frame_lens)), dim=-1)
+            pooled = mean_pool(fused, frame_lens)
+            p = torch.softmax(model.emotion_head(pooled), dim=-1)
             probs = p if probs is None else probs + p
             if self.with_tokens:
                 fp = torch.softmax(model.ctc_head(fused), dim=-1)
                 frame_probs = fp if frame_probs is None else frame_probs + fp
+            if self.with_attributes:
+                a = self.attributes_of(model, pooled)
+                attrs = a if attrs is None else attrs + a
         n = float(len(self.models))
+        out = [probs / n, frame_lens]
         if self.with_tokens:
-            return probs / n, frame_lens, torch.log(frame_probs / n)
-        return probs / n, frame_lens
+            out.append(torch.log(frame_probs / n))
+        if self.with_attributes:
+            out.append(attrs / n)
+        return tuple(out)
 
 
 def graph_of(predictor: SERPredictor, tokens: bool) -> OnnxGraph:
     if tokens and predictor.tokens is None:
         raise MtlserError("--tokens: this model has no class tokens to export (no CTC head, or ensemble members "
                           "with different token lists or CNNs)")
-    if getattr(predictor, "attributes", None):
-        # The graph has the emotion (and token) outputs only; an export would silently drop the attributes.
-        raise MtlserError(f"this model has an attribute head ({', '.join(a.name for a in predictor.attributes)}) "
-                          "that the ONNX export does not carry yet; use mtlser-infer or the pack for attributes")
     for m in predictor.models:
         m.backbone.pos_conv_impl = "conv"  # the FFT form is a speed-up of the same convolution; ONNX has the conv
     return OnnxGraph(list(predictor.models), tokens).eval()
@@ -143,11 +162,10 @@ def graph_bytes(predictor: SERPredictor, tokens: bool = False, meta: dict | None
     n = max(predictor.min_samples * 4, predictor.sample_rate)
     example = (torch.zeros(2, n).normal_(generator=torch.Generator().manual_seed(0)) * 0.1,
                torch.tensor([n, n - 7], dtype=torch.long))
-    outputs = ["emo_probs", "frame_lens"] + (["ctc_log_probs"] if tokens else [])
+    outputs = graph.output_names()
     axes = {"wavs": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}, "emo_probs": {0: "batch"},
-            "frame_lens": {0: "batch"}}
-    if tokens:
-        axes["ctc_log_probs"] = {0: "batch", 1: "frames"}
+            "frame_lens": {0: "batch"}, "ctc_log_probs": {0: "batch", 1: "frames"}, "attributes": {0: "batch"}}
+    axes = {k: v for k, v in axes.items() if k in INPUTS or k in outputs}
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
@@ -156,8 +174,11 @@ def graph_bytes(predictor: SERPredictor, tokens: bool = False, meta: dict | None
     import onnx
 
     proto = onnx.load_from_string(buf.getvalue())
+    from mtlser.data.attributes import declaration_to_yaml
+
     info = {"emotions": predictor.emotions, "sample_rate": predictor.sample_rate,
             "min_samples": predictor.min_samples, "tokens": predictor.tokens if tokens else None,
+            "attributes": declaration_to_yaml(predictor.attributes) if graph.with_attributes else None,
             "members": len(predictor.models), **(meta or {})}
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(info)
@@ -165,16 +186,41 @@ def graph_bytes(predictor: SERPredictor, tokens: bool = False, meta: dict | None
 
 
 def compare(predictor: SERPredictor, session, probes: list[np.ndarray], batch: int = CHECK_BATCH) -> dict:
-    """Max |Δp| between mtlser (each input alone: the reference) and the graph (alone, and padded batches)."""
+    """Max |Δp| between mtlser (each input alone: the reference) and the graph (alone, and padded batches).
 
+    With an attribute head, each ``max_abs_diff_*`` is the larger of the probabilities' and the attribute
+    values' (absolute, on their declared scales), and ``attributes_max_abs_diff_*`` gives the latter apart."""
+    with_attrs = bool(getattr(predictor, "attributes", None))
+    empty = {"n": 0, "max_abs_diff_single": None, "max_abs_diff_padded_batch": None}
     if not probes:
-        return {"n": 0, "max_abs_diff_single": None, "max_abs_diff_padded_batch": None}
-    ours = np.concatenate([predictor.predict_arrays([w])[0] for w in probes])
-    single = np.concatenate([run_session(session, [w])[0] for w in probes])
-    padded = np.concatenate([run_session(session, probes[i:i + batch])[0] for i in range(0, len(probes), batch)])
-    return {"n": len(probes), "max_abs_diff_single": float(np.abs(single - ours).max()),
-            "max_abs_diff_padded_batch": float(np.abs(padded - ours).max()),
-            "label_agreement": float(np.mean(single.argmax(1) == ours.argmax(1)))}
+        return {**empty, **({"attributes_max_abs_diff_single": None,
+                             "attributes_max_abs_diff_padded_batch": None} if with_attrs else {})}
+    ours = [predictor.predict_all([w]) for w in probes]
+    single = [outputs_by_name(session, run_session(session, [w])) for w in probes]
+    padded = [outputs_by_name(session, run_session(session, probes[i:i + batch]))
+              for i in range(0, len(probes), batch)]
+
+    def cat(parts, key):
+        return np.concatenate([p[key] for p in parts])
+
+    ref_p = np.concatenate([o[0] for o in ours])
+    result = {"n": len(probes), "max_abs_diff_single": float(np.abs(cat(single, "emo_probs") - ref_p).max()),
+              "max_abs_diff_padded_batch": float(np.abs(cat(padded, "emo_probs") - ref_p).max()),
+              "label_agreement": float(np.mean(cat(single, "emo_probs").argmax(1) == ref_p.argmax(1)))}
+    if with_attrs:
+        if "attributes" not in single[0]:
+            raise MtlserError("the ONNX graph has no attributes output, but the model has an attribute head")
+        ref_a = np.concatenate([o[2] for o in ours])
+        for how, parts in (("single", single), ("padded_batch", padded)):
+            d = float(np.abs(cat(parts, "attributes") - ref_a).max())
+            result[f"attributes_max_abs_diff_{how}"] = d
+            result[f"max_abs_diff_{how}"] = max(result[f"max_abs_diff_{how}"], d)
+    return result
+
+
+def outputs_by_name(session, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """A session's outputs (as :func:`run_session` returns them) by the graph's output names."""
+    return {o.name: v for o, v in zip(session.get_outputs(), outputs)}
 
 
 

@@ -9,7 +9,8 @@ last path component (a file's name, a wav.scp key) with anything but letters, di
 
 The picture has time on the x-axis and one probability curve per emotion (each window's
 probabilities at its centre), with a band underneath coloured by the label in force: each
-window rules from halfway after its predecessor's centre to halfway before its successor's.
+window rules from halfway after its predecessor's centre to halfway before its successor's; a run
+of one label wider than 6 % of the recording is named in the band.
 matplotlib draws it (``pip install 'mtlser[recipe]'`` or ``pip install matplotlib``).
 """
 
@@ -69,11 +70,22 @@ def draw(path: Path, recording_id: str, windows: list[dict], emotions: list[str]
                 marker="o" if len(windows) <= 60 else None, ms=3)
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
-    ax.set_title(f"{recording_id}: {len(windows)} windows", fontsize=10)
+    ax.set_title(f"{recording_id}: {len(windows)} windows", fontsize=10, loc="left")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", ncol=len(emotions), fontsize=8, frameon=True)
+    # Above the axes, right of the title: inside, it hid the curves where probabilities are high.
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(emotions), fontsize=8, frameon=False,
+              borderaxespad=0.2)
+    runs: list[list] = []  # consecutive spans of one label, merged: the band names each wide enough run
     for a, b, e in label_spans(windows, duration):
         band.axvspan(a / scale, b / scale, color=colours[e], lw=0)
+        if runs and runs[-1][2] == e:
+            runs[-1][1] = b
+        else:
+            runs.append([a, b, e])
+    for a, b, e in runs:
+        if b - a >= 0.06 * duration:
+            band.text((a + b) / 2 / scale, 0.5, e, ha="center", va="center", fontsize=8, color="white",
+                      fontweight="bold", transform=band.get_xaxis_transform())
     band.set_yticks([])
     band.set_ylabel("label", rotation=0, ha="right", va="center")
     band.set_xlim(0, duration / scale)
