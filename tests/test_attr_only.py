@@ -47,16 +47,22 @@ def test_attributes_only_runs_stages_2_to_5_and_infer_prints_attributes(make_dat
     assert split_main(["--data-dir", str(data), "--out", str(tmp_path / "loso"), "--valid-share", "0.25"]) == 0
     tokens = tmp_path / "tokens.txt"
     write_token_list(tokens, phncls_token_list(PhoneClassMap.load().classes, 0))
-    config = tiny_config(loss={"lambda": 0.0, "attributes": True}, train={"epochs": 1})
+    config = tiny_config(loss={"lambda": 0.0, "attributes": True}, train={"epochs": 2})
     common = ["--config", str(config), "--folds-dir", str(tmp_path / "loso"), "--token-list", str(tokens),
               "--exp-dir", str(tmp_path / "exp")]
     # Selecting on the valid UA needs classes: the message names the fold's inventory and what to do.
     with pytest.raises(MtlserError, match=r"fold01/train/emotions: no classes, so no valid UA to select the epoch "
-                                          r"on: use --train.select_metric loss"):
+                                          r"on: use --train.select_metric ccc or loss"):
         train_main([*common, "--fold", "1"])
-    for fold in (1, 2):
-        assert train_main([*common, "--fold", str(fold), "--train.select_metric", "loss"]) == 0
+    # fold01's epoch is chosen on the valid CCC, fold02's on the valid loss
+    for fold, metric in ((1, "ccc"), (2, "loss")):
+        assert train_main([*common, "--fold", str(fold), "--train.select_metric", metric]) == 0
     exp = tmp_path / "exp" / "fold01"
+    rows = [line.split("\t") for line in (exp / "history.tsv").read_text().splitlines()]
+    ccc = [float(r[rows[0].index("valid_ccc")]) for r in rows[1:]]
+    best = json.loads((exp / "best.json").read_text())
+    assert len(ccc) == 2 and best["metric"] == "ccc" and best["epoch"] == 1 + ccc.index(max(ccc))
+    assert best["ccc"] == pytest.approx(max(ccc), abs=1e-5)
     info = yaml.safe_load((exp / "model.yaml").read_text())
     assert info["emotions"] == [] and [a["name"] for a in info["attributes"]] == ["arousal", "valence"]
     from safetensors import safe_open
