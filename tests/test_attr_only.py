@@ -98,6 +98,46 @@ def test_attributes_only_runs_stages_2_to_5_and_infer_prints_attributes(make_dat
     with pytest.raises(MtlserError, match="--format utt2emo: this model has no classes"):
         infer_main(["--model", str(exp), wav[sorted(wav)[0]], "--format", "utt2emo", "--no-progress"])
 
+    # Stage 6: each fold, the folds' ensemble and mtlser's wheel packed; the ensemble's zip infers attributes only.
+    from mtlser.export.__main__ import main as export_main
+    packed = tmp_path / "exp" / "packed"
+    assert export_main(["pack", "--exp-dir", str(tmp_path / "exp"), "--out-dir", str(packed)]) == 0
+    assert {p.name for p in packed.glob("*.zip")} == {"fold01.zip", "fold02.zip", "ensemble.zip"}
+    import zipfile
+    with zipfile.ZipFile(packed / "fold01.zip") as z:
+        card, readme = json.loads(z.read("card.json")), z.read("README.md").decode()
+    assert card["emotions"] == [] and card["test"]["attributes"]["attributes"] == ["arousal", "valence"]
+    assert "wa" not in card["test"] and "wa" not in card["cross_validation"]
+    assert "mean CCC" in readme and "WA" not in readme and "UA" not in readme and "by valid CCC" in readme
+    with zipfile.ZipFile(packed / "ensemble.zip") as z:
+        card, readme = json.loads(z.read("card.json")), z.read("README.md").decode()
+    assert [a["name"] for a in card["attributes"]] == ["arousal", "valence"] and "WA" not in readme
+    assert "attribute" in card["combine"] and "mean CCC" in readme
+    capsys.readouterr()
+    assert infer_main(["--model", str(packed / "ensemble.zip"), wav[sorted(wav)[0]], "--no-progress"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert set(rec["attributes"]) == {"arousal", "valence"} and "emotion" not in rec and "probs" not in rec
+    # The ensemble's values: the mean of its members' (SERPredictor's averaging of attributes).
+    from mtlser.infer import SERPredictor
+    members = [SERPredictor.from_pretrained(packed / f"{f}.zip").predict_file(wav[sorted(wav)[0]])["attributes"]
+               for f in ("fold01", "fold02")]
+    for a in ("arousal", "valence"):
+        assert rec["attributes"][a] == pytest.approx((members[0][a] + members[1][a]) / 2, abs=1e-5)
+    assert infer_main(["--model", str(packed / "ensemble.zip"), wav[sorted(wav)[0]], "--format", "csv",
+                       "--no-progress"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split(",")
+    assert "arousal" in header and "valence" in header and "emotion" not in header
+    # Neither transformers' audio classification nor the ONNX export carry a class-free model: one line each.
+    for cmd, model, out, why in (
+            ("hf", "fold01.zip", tmp_path / "hf", "; transformers' audio classification is categorical, so there is "
+                                                  "nothing it could export; use mtlser-infer or the pack instead"),
+            ("onnx", "fold01.zip", tmp_path / "m.onnx", ", and the ONNX export carries emotion probabilities only"),
+            ("onnx", "ensemble.zip", tmp_path / "m.onnx", ", and the ONNX export carries emotion probabilities only")):
+        with pytest.raises(MtlserError) as e:
+            export_main([cmd, "--model-dir", str(packed / model), "--out", str(out)])
+        assert str(e.value).startswith(f"{packed / model}: has no classes, only an attribute head (arousal, "
+                                       f"valence){why}") and "\n" not in str(e.value) and not out.exists()
+
 
 def test_no_classes_needs_the_attribute_head_and_untagged_ctc(make_data_dir, tmp_path):
     from mtlser.config import Config, from_dict

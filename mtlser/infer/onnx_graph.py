@@ -122,14 +122,23 @@ class OnnxGraph(nn.Module):
         return probs / n, frame_lens
 
 
+def attributes_refusal(predictor: SERPredictor) -> str:
+    """Why a model with an attribute head is not exported: the graph has the emotion (and token) outputs only,
+    so an export would silently drop the attributes, and of a class-free model keep nothing."""
+    names = ", ".join(a.name for a in predictor.attributes)
+    if not predictor.emotions:
+        return (f"has no classes, only an attribute head ({names}), and the ONNX export carries emotion "
+                "probabilities only (attributes not yet); use mtlser-infer or the pack for attributes")
+    return (f"has an attribute head ({names}) that the ONNX export does not carry yet; use mtlser-infer or the "
+            "pack for attributes")
+
+
 def graph_of(predictor: SERPredictor, tokens: bool) -> OnnxGraph:
     if tokens and predictor.tokens is None:
         raise MtlserError("--tokens: this model has no class tokens to export (no CTC head, or ensemble members "
                           "with different token lists or CNNs)")
     if getattr(predictor, "attributes", None):
-        # The graph has the emotion (and token) outputs only; an export would silently drop the attributes.
-        raise MtlserError(f"this model has an attribute head ({', '.join(a.name for a in predictor.attributes)}) "
-                          "that the ONNX export does not carry yet; use mtlser-infer or the pack for attributes")
+        raise MtlserError(f"this model {attributes_refusal(predictor)}")
     for m in predictor.models:
         m.backbone.pos_conv_impl = "conv"  # the FFT form is a speed-up of the same convolution; ONNX has the conv
     return OnnxGraph(list(predictor.models), tokens).eval()
