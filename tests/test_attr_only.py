@@ -204,7 +204,7 @@ def test_a_mixed_corpus_trains_with_the_unclassed_masked(make_data_dir, tmp_path
     t.fit()
     history = t.history[-1]
     assert all(v == v for k, v in history.items() if isinstance(v, float))  # no NaN
-    assert "valid_ua" in history
+    assert "valid_ua" in history and "valid_ccc" in history  # an attribute head: its valid CCC beside UA
     # Decoded and scored: WA/UA over the classed test utterances, the attributes over all of them.
     from mtlser.infer.__main__ import main as infer_main
     from mtlser.score.fold import score_fold
@@ -218,3 +218,36 @@ def test_a_mixed_corpus_trains_with_the_unclassed_masked(make_data_dir, tmp_path
     assert sum(map(sum, res["confusion"])) == classed and set(res["attributes"]["ccc"]) == {"arousal", "valence"}
     text = (tmp_path / "exp" / "decode_test" / "result.txt").read_text()
     assert f"{len(ref) - classed} more with no class ('-')" in text
+
+
+def test_select_metric_ccc_is_the_mean_valid_ccc_higher_better_and_needs_attributes():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mtlser.config import Config, check_config, from_dict
+    from mtlser.score.attributes import ccc, ccc_from_sums
+    from mtlser.train.trainer import Trainer
+    from tests.conftest import tiny_config_dict
+
+    # The trainer's valid CCC (sums that ranks can add up) is the scorer's CCC, split in shares or not.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(3, 1, 40), rng.normal(4, 2, 40)
+    y = y + 0.5 * x
+    sums = lambda a, b: [len(a), a.sum(), b.sum(), (a * a).sum(), (b * b).sum(), (a * b).sum()]  # noqa: E731
+    shares = np.add(sums(x[:15], y[:15]), sums(x[15:], y[15:]))
+    assert ccc_from_sums(*shares) == pytest.approx(ccc(x, y), rel=1e-9) and 0 < ccc(x, y) < 1
+    assert ccc_from_sums(0, 0, 0, 0, 0, 0) == 0.0
+
+    cfg = from_dict(Config, tiny_config_dict(loss={"attributes": True}, train={"select_metric": "ccc"}), "test")
+    check_config(cfg, "test")
+    trainer = SimpleNamespace(cfg=cfg, best={"ccc": 0.2, "loss": 1.0})
+    assert Trainer.is_better(trainer, {"ccc": 0.3, "loss": 2.0})  # higher CCC wins whatever the loss
+    assert not Trainer.is_better(trainer, {"ccc": 0.1, "loss": 0.5})
+    assert Trainer.is_better(trainer, {"ccc": 0.2, "loss": 0.5})  # tie: the lower loss
+    # No attribute head, no CCC to select on: refused where the config is checked, saying what to set.
+    cfg = from_dict(Config, tiny_config_dict(train={"select_metric": "ccc"}), "test")
+    with pytest.raises(MtlserError, match=r"^test: train.select_metric = ccc selects on the attributes' valid CCC, "
+                                          r"but loss.attributes = false trains no attribute head; set "
+                                          r"loss.attributes: true \(data with utt2attr\) or another select_metric"):
+        check_config(cfg, "test")
