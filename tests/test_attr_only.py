@@ -70,6 +70,7 @@ def test_attributes_only_runs_stages_2_to_5_and_infer_prints_attributes(make_dat
         assert not any(k.startswith("emotion_head") for k in f.keys()) and "attr_head.linear.weight" in f.keys()
     header = (exp / "history.tsv").read_text().splitlines()[0].split("\t")
     assert "train_loss_attr" in header and "train_loss_ce" not in header and "valid_ua" not in header
+    assert "valid_loss_attr" in header and "valid_ccc" in header and "valid_loss_ce" not in header
 
     for fold in ("fold01", "fold02"):  # stage 4: the recipe's decode of each fold
         assert infer_main(["--model-dir", str(tmp_path / "exp"), "--folds-dir", str(tmp_path / "loso"),

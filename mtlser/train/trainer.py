@@ -427,14 +427,17 @@ class Trainer:
         # Per attribute: the sums of x, y, x², y², xy (x predicted on the declared scale as inference gives it,
         # y the reference), from which the valid CCC follows, also summed over ranks.
         attr_sums = torch.zeros(5, len(head.low), dtype=torch.float64) if head is not None else None
+        if head is not None:
+            sums["loss_attr"] = 0.0
         for batch in self.valid_loader:
             batch = batch_to(batch, self.device)
             with self.autocast():
                 loss, stats, emo_logits = self.model.loss_and_logits(**self.model_inputs(batch))
             bs = len(batch["utts"])
             sums["loss"] += float(loss) * bs
-            for k in ("loss_ce", "loss_ctc"):  # float(): 0-d device tensors under train.defer_host_sync
-                sums[k] += float(stats.get(k, 0.0)) * bs
+            for k in ("loss_ce", "loss_ctc", "loss_attr"):  # float(): 0-d device tensors (train.defer_host_sync)
+                if k in sums:
+                    sums[k] += float(stats.get(k, 0.0)) * bs
             n += bs
             if attr_sums is not None:
                 x = head.to_scale(self.model.attr_unit().double()).cpu()
@@ -455,7 +458,10 @@ class Trainer:
             if attr_sums is not None:
                 flat = distributed.all_reduce_sum(attr_sums.flatten().tolist(), self.device)
                 attr_sums = torch.tensor(flat, dtype=torch.float64).view_as(attr_sums)
-        out = {k: v / max(n, 1) for k, v in sums.items() if k != "loss_ctc" or self.model.ctc_head is not None}
+        # A term the model does not have is no column: no CTC loss without a CTC head, no CE without classes.
+        out = {k: v / max(n, 1) for k, v in sums.items()
+               if (k != "loss_ctc" or self.model.ctc_head is not None)
+               and (k != "loss_ce" or self.model.emotion_head is not None)}
         if attr_sums is not None:  # only then: a model without attributes keeps its history columns
             from mtlser.score.attributes import ccc_from_sums
 
