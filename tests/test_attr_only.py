@@ -252,3 +252,23 @@ def test_select_metric_ccc_is_the_mean_valid_ccc_higher_better_and_needs_attribu
                                           r"but loss.attributes = false trains no attribute head; set "
                                           r"loss.attributes: true \(data with utt2attr\) or another select_metric"):
         check_config(cfg, "test")
+
+
+def test_an_ensemble_card_says_what_its_members_average_and_a_mixed_card_adds_the_attribute_cv():
+    from mtlser.export.card import card_text
+    from mtlser.export.pack import ensemble_combine
+
+    av = [{"name": "arousal", "min": 1.0, "max": 7.0}]
+    assert ensemble_combine({"emotions": ["ang", "neu"]}) == "mean of the members' emotion probabilities"
+    assert ensemble_combine({"emotions": [], "attributes": av}) == "mean of the members' attribute values"
+    both = ensemble_combine({"emotions": ["ang", "neu"], "attributes": av})
+    assert both == "mean of the members' emotion probabilities and of their attribute values"
+    spread = {"mean": 0.5, "std": 0.1, "ci": [0.1, 0.9]}
+    cv = {"num_folds": 2, "n": 10, "wa": 0.5, "wa_std": 0.1, "ua": 0.4, "ua_std": 0.05, "seed": 0,
+          "attributes": {"attributes": ["arousal"], "ccc": {"arousal": spread}, "mean_ccc": spread}}
+    text = card_text({"name": "ensemble", "kind": "ensemble", "combine": both, "objective": "CE + 1 · L_attr (ccc)",
+                      "emotions": ["ang", "neu"], "attributes": av, "members": [{"name": "fold01"}, {"name": "fold02"}],
+                      "lambda": 0.1, "cross_validation": cv})
+    assert f"an ensemble of 2 fold models; its output is the {both}." in text
+    assert "| objective | CE + 1 · L_attr (ccc) + 0.1 · CTC" in text and "UA 40.0 ± 5.0 %" in text
+    assert "\nAttributes (CCC, mean ± std over folds): arousal 0.500 ± 0.100; mean CCC 0.500 ± 0.100.\n" in text
