@@ -312,8 +312,10 @@ class TrainConfig:
         "protocol: no model selection, the model after the last epoch; every training-side utterance trains, the "
         "fold's valid/ set too when stage 2 made one). The paper configs set last. Default valid, so that a "
         "config without this field selects as before.", "valid", check=one_of("valid", "last"))
-    select_metric: str = doc("Validation metric that picks the best epoch (model_selection valid): ua | wa | loss.",
-                             "ua", check=one_of("ua", "wa", "loss"))
+    select_metric: str = doc(
+        "Validation metric that picks the best epoch (model_selection valid): ua | wa | loss | ccc (the mean "
+        "over the attributes of the valid CCC, higher is better; a model with loss.attributes, with or without "
+        "classes).", "ua", check=one_of("ua", "wa", "loss", "ccc"))
     patience: int = doc("Stop when the selection metric has not improved for this many epochs; 0 = never "
                         "(model_selection last has no metric: 0 only).", 0, check=NON_NEGATIVE)
     log_interval: int = doc("Log training statistics every N steps.", 50, check=AT_LEAST_ONE)
@@ -565,6 +567,10 @@ def check_config(cfg: Config, where: str = "config") -> None:
     if cfg.train.model_selection == "last" and cfg.train.patience > 0:
         raise MtlserError(f"{where}: train.patience = {cfg.train.patience} stops on a valid metric, but "
                           "train.model_selection = last has none; set train.patience 0 or model_selection valid")
+    if cfg.train.model_selection == "valid" and cfg.train.select_metric == "ccc" and not cfg.loss.attributes:
+        raise MtlserError(f"{where}: train.select_metric = ccc selects on the attributes' valid CCC, but "
+                          "loss.attributes = false trains no attribute head; set loss.attributes: true (data with "
+                          "utt2attr) or another select_metric (ua, wa, loss)")
     if cfg.loss.ce_weight == 0 and not cfg.loss.attributes:
         raise MtlserError(f"{where}: loss.ce_weight = 0 and loss.attributes = false leave no utterance-level task; "
                           "set loss.attributes: true (data with utt2attr) or ce_weight > 0")

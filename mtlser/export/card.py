@@ -121,10 +121,16 @@ def model_facts(model_dir: Path, kind: str, corpus: str | None = None) -> dict:
     if result is not None and kind == "fold":
         facts["test"] = {k: result.get(k) for k in ("speakers", "n", "wa", "ua", "ctc_ter")}
     if info.get("attributes"):  # only then: the paper's cards keep their facts
+        from mtlser.score.report import utterance_terms
+
         facts["attributes"] = info["attributes"]
+        facts["objective"] = utterance_terms(cfg.get("loss") or {}, cfg.get("data") or {})
         if result is not None and kind == "fold":
             facts["test"]["macro_f1"] = result.get("macro_f1")
             facts["test"]["attributes"] = result.get("attributes")
+            if not info["emotions"]:  # a class-free model: no WA, UA or F1 to state
+                for k in ("wa", "ua", "macro_f1"):
+                    facts["test"].pop(k)
     return facts
 
 
@@ -138,6 +144,10 @@ def experiment_facts(exp_dir: Path) -> dict | None:
     keys = ("num_folds", "n", "wa", "wa_std", "ua", "ua_std", "pooled_wa", "pooled_ua", "seed", "wa_ci", "ua_ci",
             "ci_rule", "chance")
     facts = {k: res.get(k) for k in keys}
+    if res.get("attributes"):  # only then: the paper's cards keep their facts
+        facts["attributes"] = res["attributes"]
+        if "wa" not in res:  # a class-free experiment: attributes only
+            return {k: v for k, v in facts.items() if not k.startswith(("wa", "ua", "pooled_")) and k != "chance"}
     group = seed_group_of(exp_dir)
     g = _json(group / expdir.RESULTS_JSON) if group else None
     if g:
@@ -207,7 +217,11 @@ def card_text(facts: dict) -> str:
             "model": "a model trained by mtlser (not from a cross-validation fold dir, so no held-out figure is known)",
             "ensemble": f"an ensemble of {len(facts.get('members', []))} fold models; its emotion probabilities are "
                         "the mean of theirs"}[kind]
-    lines += [f"Speech emotion recognition (Li et al., multi-task: CE + λ·CTC) — {what}.", ""]
+    objective = facts.get("objective")  # a model with attributes names its terms; the paper's card reads as it did
+    if objective and kind == "ensemble":
+        what = f"an ensemble of {len(facts.get('members', []))} fold models; its output is the {facts['combine']}"
+    task = f"mtlser, multi-task: {objective} + λ·CTC" if objective else "Li et al., multi-task: CE + λ·CTC"
+    lines += [f"Speech emotion recognition ({task}) — {what}.", ""]
     if facts.get("unfinished"):
         lines += [f"**Training did not finish** ({facts['unfinished']}): packed with --allow-unfinished; its "
                   "figures are those of a model stopped early, not of the configured training.", ""]
@@ -216,7 +230,7 @@ def card_text(facts: dict) -> str:
               f"| fold protocol (stage 2) | {facts.get('protocol') or 'not recorded'} |",
               f"| valid split (stage 2) | {facts.get('valid_split') or 'not recorded'} |",
               f"| epoch selection (stage 3) | {epoch_selection_text(facts)} |",
-              f"| emotions (class order) | {' '.join(facts['emotions'])} |"]
+              f"| emotions (class order) | {' '.join(facts['emotions']) or 'none: attributes only'} |"]
     if facts.get("attributes"):
         lines.append("| attributes (output order, scale) | "
                      + ", ".join(f"{a['name']} [{a['min']:g}, {a['max']:g}]" for a in facts["attributes"]) + " |")
@@ -225,18 +239,23 @@ def card_text(facts: dict) -> str:
         lines.append(f"| backbone | {bb.get('arch')}, {bb.get('layers')} layers × {bb.get('width')}, initialised "
                      f"from {bb.get('init') or 'random weights'} |")
     if facts.get("lambda") is not None:
-        lines.append(f"| objective | CE + {facts['lambda']:g} · CTC" +
+        lines.append(f"| objective | {objective or 'CE'} + {facts['lambda']:g} · CTC" +
                      (f" over `{facts['ctc_targets']}`" if facts.get("ctc_targets") else "") +
                      f", {facts.get('fusion')} fusion |")
     lines.append("")
     lines += ["## How well it does", ""]
     test = facts.get("test")
     if test:
-        lines.append(f"On this fold's held-out speaker(s) {', '.join(test.get('speakers') or [])}: "
-                     f"**WA {_pct(test.get('wa'))} %, UA {_pct(test.get('ua'))} %** ({test.get('n')} utterances).")
+        held_out = f"On this fold's held-out speaker(s) {', '.join(test.get('speakers') or [])}"
+        if "wa" in test:
+            lines.append(f"{held_out}: **WA {_pct(test.get('wa'))} %, UA {_pct(test.get('ua'))} %** "
+                         f"({test.get('n')} utterances).")
+        else:  # a class-free model: its attributes only
+            lines.append(f"{held_out} ({test.get('n')} utterances):")
         attr = test.get("attributes")
         if attr:
-            lines.append(f"Macro-F1 {_pct(test.get('macro_f1'))} %; attributes (CCC / Pearson r / MAE): "
+            lines.append((f"Macro-F1 {_pct(test.get('macro_f1'))} %; " if "macro_f1" in test else "")
+                         + "attributes (CCC / Pearson r / MAE): "
                          + "; ".join(f"{a} {attr['ccc'][a]:.3f} / {attr['pearson'][a]:.3f} / {attr['mae'][a]:.2f}"
                                      for a in attr["attributes"])
                          + f"; mean CCC {attr['mean_ccc']:.3f}.")
@@ -247,12 +266,28 @@ def card_text(facts: dict) -> str:
                       }.get(kind, "No held-out figure was found for this model (no scored decode of its test set)."))
     if cv:
         lines.append("")
-        lines.append(f"Cross-validation of the experiment's fold models ({cv.get('num_folds')} folds, "
-                     f"{cv.get('n')} test utterances): WA {_pct(cv.get('wa'))} ± {_pct(cv.get('wa_std'))} %, "
-                     f"UA {_pct(cv.get('ua'))} ± {_pct(cv.get('ua_std'))} % (mean ± std over folds)"
-                     + ("." if kind == "fold" else "; this estimates one fold model on unseen speakers, not this "
-                        "model, whose figure on new speakers has not been measured."))
-        lines += ["", *uncertainty_lines(cv)]
+        cv_head = (f"Cross-validation of the experiment's fold models ({cv.get('num_folds')} folds, "
+                   f"{cv.get('n')} test utterances): ")
+        caveat = ("." if kind == "fold" else "; this estimates one fold model on unseen speakers, not this "
+                  "model, whose figure on new speakers has not been measured.")
+        if "wa" in cv:
+            lines.append(cv_head + f"WA {_pct(cv.get('wa'))} ± {_pct(cv.get('wa_std'))} %, "
+                         f"UA {_pct(cv.get('ua'))} ± {_pct(cv.get('ua_std'))} % (mean ± std over folds)" + caveat)
+        cv_attr = cv.get("attributes")
+        if cv_attr:
+            lines.append(("Attributes" if "wa" in cv else cv_head + "attributes")
+                         + " (CCC, mean ± std over folds): "
+                         + "; ".join(f"{a} {cv_attr['ccc'][a]['mean']:.3f} ± {cv_attr['ccc'][a]['std']:.3f}"
+                                     for a in cv_attr["attributes"])
+                         + f"; mean CCC {cv_attr['mean_ccc']['mean']:.3f} ± {cv_attr['mean_ccc']['std']:.3f}"
+                         + ("." if "wa" in cv else caveat))
+        if "wa" in cv:
+            lines += ["", *uncertainty_lines(cv)]
+        else:
+            ci = cv_attr["mean_ccc"].get("ci") if cv_attr else None
+            lines += ["", f"Trained with seed {cv.get('seed')}; 95 % CI of the mean CCC: "
+                      + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "none")
+                      + f" ({cv.get('ci_rule') or 'not recorded'})."]
     lines += ["", "## Training", ""]
     members = facts.get("members")
     rows = [facts] if not members else members

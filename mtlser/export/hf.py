@@ -212,10 +212,16 @@ def export_hf(model_path: str | Path, out: str | Path, tolerance: float = TOLERA
     if files.is_ensemble:
         raise MtlserError(f"{model_path}: an ensemble averages several models' probabilities and a transformers "
                           "model is one network; export one of its members, or the final model")
-    if files.read_yaml(MODEL_YAML).get("attributes"):
-        raise MtlserError(f"{model_path}: has an attribute head ({', '.join(a['name'] for a in files.read_yaml(MODEL_YAML)['attributes'])}); "
-                          "transformers' audio classification is categorical and has no place for regression "
-                          "outputs, so an export would drop them; use mtlser-infer or the pack instead")
+    info = files.read_yaml(MODEL_YAML)
+    if info.get("attributes"):
+        names = ", ".join(a["name"] for a in info["attributes"])
+        if not info.get("emotions"):
+            raise MtlserError(f"{model_path}: has no classes, only an attribute head ({names}); transformers' audio "
+                              "classification is categorical, so there is nothing it could export; use "
+                              "mtlser-infer or the pack instead")
+        raise MtlserError(f"{model_path}: has an attribute head ({names}); transformers' audio classification is "
+                          "categorical and has no place for regression outputs, so an export would drop them; use "
+                          "mtlser-infer or the pack instead")
     model, meta = read_model(files)
     predictor = SERPredictor(model, meta)
     family = meta["info"]["arch"]

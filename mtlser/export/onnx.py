@@ -74,6 +74,10 @@ def export_onnx(model_path: str | Path, out: str | Path, check_data: str | None 
         check_output(written, [model_path, check_data], "--out")
     files = ModelFiles.open(model_path)
     predictor = SERPredictor.from_pretrained(model_path, weights=weights)
+    if not predictor.emotions:  # refused before the check set is read, naming the model
+        from mtlser.infer.onnx_graph import class_free_refusal
+
+        raise MtlserError(f"{model_path}: {class_free_refusal(predictor)}")
     recordings, source = check_set_of(files, check_data)
     check_wavs = []
     for rec in recordings:

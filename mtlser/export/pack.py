@@ -74,6 +74,15 @@ def _card_entries(facts: dict, entries: list[tuple[str, bytes]]) -> list[tuple[s
             (CARD_MD, card_text(facts).encode("utf-8"))]
 
 
+def ensemble_combine(member: dict) -> str:
+    """How an ensemble's output comes from its members' (SERPredictor averages both, mtlser.infer.predictor)."""
+    if not member.get("attributes"):
+        return "mean of the members' emotion probabilities"
+    if not member.get("emotions"):
+        return "mean of the members' attribute values"
+    return "mean of the members' emotion probabilities and of their attribute values"
+
+
 def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weights: str | None = None,
          wheel: dict | None = None, allow_unfinished: bool = False) -> Path:
     """Pack a training dir (foldNN, final) or an ensemble dir into ``out`` (.zip); ``wheel`` (file, source):
@@ -102,11 +111,13 @@ def pack(model_dir: str | Path, out: str | Path, corpus: str | None = None, weig
             member_facts.append(model_facts(files.base, "fold", corpus))
             names.append(f"members/{name}")
         first = member_facts[0]
-        facts = {"name": model_dir.name, "kind": "ensemble", "combine": "mean of the members' emotion probabilities",
+        facts = {"name": model_dir.name, "kind": "ensemble", "combine": ensemble_combine(first),
                  **{k: first.get(k) for k in ("corpus", "protocol", "valid_split", "epoch_selection", "emotions",
                                                "backbone", "fusion", "lambda", "ctc_targets", "git_commit",
                                                "mtlser_version")},
                  "members": member_facts}
+        if first.get("attributes"):  # only then: the paper's ensemble card keeps its facts
+            facts.update(attributes=first["attributes"], objective=first.get("objective"))
         text = ensemble_text(names, first["emotions"], f"{len(names)} fold models of {model_dir.parent.name}")
         entries = [(ENSEMBLE_YAML, text.encode("utf-8"))] + entries
         unfinished = [m["name"] for m in member_facts if m.get("unfinished")]

@@ -145,10 +145,20 @@ class OnnxGraph(nn.Module):
         return tuple(out)
 
 
+def class_free_refusal(predictor: SERPredictor) -> str:
+    """Why a model with no classes (attributes only) is not exported: the graph's first output is the emotion
+    probabilities, which such a model does not have."""
+    names = ", ".join(a.name for a in predictor.attributes)
+    return (f"has no classes, only an attribute head ({names}), and the ONNX graph is built around the emotion "
+            "probabilities; use mtlser-infer or the pack for its attributes")
+
+
 def graph_of(predictor: SERPredictor, tokens: bool) -> OnnxGraph:
     if tokens and predictor.tokens is None:
         raise MtlserError("--tokens: this model has no class tokens to export (no CTC head, or ensemble members "
                           "with different token lists or CNNs)")
+    if not predictor.emotions:
+        raise MtlserError(f"this model {class_free_refusal(predictor)}")
     for m in predictor.models:
         m.backbone.pos_conv_impl = "conv"  # the FFT form is a speed-up of the same convolution; ONNX has the conv
     return OnnxGraph(list(predictor.models), tokens).eval()

@@ -38,6 +38,17 @@ def ccc(x, y) -> float:
     return float(2 * cov / denom) if denom > 0 else 0.0
 
 
+def ccc_from_sums(n: float, sx: float, sy: float, sxx: float, syy: float, sxy: float) -> float:
+    """:func:`ccc` from the sums of x, y, x², y² and xy over n pairs: what ranks that each saw a share of the
+    pairs can add up (the trainer's valid CCC under torchrun)."""
+    if n <= 0:
+        return 0.0
+    mx, my = sx / n, sy / n
+    vx, vy, cov = sxx / n - mx * mx, syy / n - my * my, sxy / n - mx * my
+    denom = vx + vy + (mx - my) ** 2
+    return float(2 * cov / denom) if denom > 0 else 0.0
+
+
 def pearson(x, y) -> float:
     x, y = np.asarray(x, float), np.asarray(y, float)
     sx, sy = x.std(), y.std()

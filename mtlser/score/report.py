@@ -13,6 +13,18 @@ from mtlser.score import runs
 from mtlser.utils.fileio import atomic_open, atomic_write_text
 
 
+def utterance_terms(loss: dict, data: dict) -> str:
+    """The objective's utterance-level terms from a config's loss and data sections ("CE", "1 · L_attr (ccc)",
+    ...). The paper's objective reads as it always did; an attribute head and a class-free model name their
+    terms."""
+    ce_w = loss.get("ce_weight", 1.0)
+    ce = "" if data.get("emotions") == [] or ce_w == 0 else "CE" if ce_w == 1 else f"{ce_w:g} · CE"
+    if ce and loss.get("class_weighting") == "balanced":
+        ce += " (class-balanced)"
+    attr = f"{loss.get('attr_weight', 1.0):g} · L_attr ({loss.get('attr_loss')})" if loss.get("attributes") else ""
+    return " + ".join(t for t in (ce, attr) if t)
+
+
 def experiment_setup(exp_dir: Path) -> list[str]:
     """Markdown lines: protocol, objective, targets, backbone of an experiment, from what stages 2-3 wrote."""
     lines = []
@@ -30,14 +42,8 @@ def experiment_setup(exp_dir: Path) -> list[str]:
         cfg = expdir.read_config(configs[0].parent)
         loss, data, bb, tr = (cfg.get(k) or {} for k in ("loss", "data", "backbone", "train"))
         lam = loss.get("lambda")
-        ce_w = loss.get("ce_weight", 1.0)
-        # The paper's objective reads as it always did; an attribute head and a class-free model name their terms.
-        ce = "" if data.get("emotions") == [] or ce_w == 0 else "CE" if ce_w == 1 else f"{ce_w:g} · CE"
-        if ce and loss.get("class_weighting") == "balanced":
-            ce += " (class-balanced)"
-        attr = (f"{loss.get('attr_weight', 1.0):g} · L_attr ({loss.get('attr_loss')})" if loss.get("attributes")
-                else "")
-        head = " + ".join(t for t in (ce, attr) if t)
+        head = utterance_terms(loss, data)
+        attr = loss.get("attributes")
         if lam == 0:
             lines.append(f"- objective: L = {head} ({'single task, ' if not attr else ''}λ = 0: no CTC head)")
         else:

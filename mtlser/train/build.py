@@ -108,7 +108,7 @@ def check_dimensional_only(cfg: Config, data_dir: Path, token_list: list[str]) -
                           "or without CTC (--loss.lambda 0)")
     if cfg.train.model_selection == "valid" and cfg.train.select_metric in ("ua", "wa"):
         raise MtlserError(f"{where}: no classes, so no valid {cfg.train.select_metric.upper()} to select the epoch "
-                          "on: use --train.select_metric loss (or --train.model_selection last)")
+                          "on: use --train.select_metric ccc or loss (or --train.model_selection last)")
 
 
 def build_data(cfg: Config, data_dir: Path, token_list: list[str]) -> tuple[SERDataset, SERDataset | None]:

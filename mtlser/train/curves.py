@@ -45,11 +45,18 @@ def plot_curves(history: list[dict], path: Path, title: str, reported_epoch: int
     line = dict(marker="o", ms=3, lw=1.2)
 
     ax = axes[0]
-    ax.plot(ep, _series(history, "train_loss_ce"), label="train", **line)
-    if _has(history, "valid_loss_ce"):
-        ax.plot(ep, _series(history, "valid_loss_ce"), label="valid", **line)
-    ax.set_title("emotion: cross entropy", fontsize=10)
-    ax.set_ylabel("CE per utterance")
+    if not _has(history, "train_loss_ce") and _has(history, "train_loss_attr"):  # a class-free model
+        ax.plot(ep, _series(history, "train_loss_attr"), label="train", **line)
+        if _has(history, "valid_loss_attr"):
+            ax.plot(ep, _series(history, "valid_loss_attr"), label="valid", **line)
+        ax.set_title("attributes: L_attr (no classes)", fontsize=10)
+        ax.set_ylabel("L_attr (before × attr_weight)")
+    else:
+        ax.plot(ep, _series(history, "train_loss_ce"), label="train", **line)
+        if _has(history, "valid_loss_ce"):
+            ax.plot(ep, _series(history, "valid_loss_ce"), label="valid", **line)
+        ax.set_title("emotion: cross entropy", fontsize=10)
+        ax.set_ylabel("CE per utterance")
 
     ax = axes[1]
     if _has(history, "train_loss_ctc"):
@@ -67,12 +74,17 @@ def plot_curves(history: list[dict], path: Path, title: str, reported_epoch: int
     if _has(history, "valid_ua"):
         ax.plot(ep, _series(history, "valid_wa"), label="valid WA", **line)
         ax.plot(ep, _series(history, "valid_ua"), label="valid UA", **line)
-    else:
+    elif not _has(history, "valid_loss"):
         ax.text(0.5, 0.08, "no valid set (model_selection last)", ha="center", va="bottom",
                 transform=ax.transAxes, color="0.4")
     ax.set_ylim(0, 1.02)
     ax.set_title("emotion accuracy", fontsize=10)
     ax.set_ylabel("accuracy (WA, UA)")
+    if _has(history, "valid_ccc"):  # an attribute head (train.select_metric ccc selects on it); CCC may be < 0
+        ax.plot(ep, _series(history, "valid_ccc"), label="valid mean CCC (attributes)", **line)
+        ax.set_ylim(min(0.0, float(np.nanmin(_series(history, "valid_ccc"))) - 0.02), 1.02)
+        ax.set_title("emotion accuracy, attribute CCC", fontsize=10)
+        ax.set_ylabel("accuracy (WA, UA), CCC")
 
     for ax in axes:
         if reported_epoch is not None:

@@ -412,7 +412,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Objective (and its CE and CTC parts), WA and UA on the fold's valid set (training speakers only).
+        """Objective (and its CE and CTC parts), WA and UA on the fold's valid set (training speakers only), and
+        with an attribute head the mean over the attributes of their CCC (``ccc``).
 
         Empty without a valid set (train.model_selection last: nothing is selected).
         """
@@ -422,15 +423,26 @@ class Trainer:
         refs, hyps = [], []
         sums = {"loss": 0.0, "loss_ce": 0.0, "loss_ctc": 0.0}
         n = 0
+        head = self.model.attr_head
+        # Per attribute: the sums of x, y, x², y², xy (x predicted on the declared scale as inference gives it,
+        # y the reference), from which the valid CCC follows, also summed over ranks.
+        attr_sums = torch.zeros(5, len(head.low), dtype=torch.float64) if head is not None else None
+        if head is not None:
+            sums["loss_attr"] = 0.0
         for batch in self.valid_loader:
             batch = batch_to(batch, self.device)
             with self.autocast():
                 loss, stats, emo_logits = self.model.loss_and_logits(**self.model_inputs(batch))
             bs = len(batch["utts"])
             sums["loss"] += float(loss) * bs
-            for k in ("loss_ce", "loss_ctc"):  # float(): 0-d device tensors under train.defer_host_sync
-                sums[k] += float(stats.get(k, 0.0)) * bs
+            for k in ("loss_ce", "loss_ctc", "loss_attr"):  # float(): 0-d device tensors (train.defer_host_sync)
+                if k in sums:
+                    sums[k] += float(stats.get(k, 0.0)) * bs
             n += bs
+            if attr_sums is not None:
+                x = head.to_scale(self.model.attr_unit().double()).cpu()
+                y = batch["attributes"].double().cpu()
+                attr_sums += torch.stack([x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)])
             if emo_logits is not None:
                 refs.extend(batch["emotions"].tolist())
                 hyps.extend(emo_logits.argmax(-1).tolist())
@@ -443,7 +455,18 @@ class Trainer:
             *values, n = distributed.all_reduce_sum([sums[k] for k in keys] + [n], self.device)
             sums = dict(zip(keys, values))
             cm = distributed.all_reduce_counts(cm, self.device)
-        out = {k: v / max(n, 1) for k, v in sums.items() if k != "loss_ctc" or self.model.ctc_head is not None}
+            if attr_sums is not None:
+                flat = distributed.all_reduce_sum(attr_sums.flatten().tolist(), self.device)
+                attr_sums = torch.tensor(flat, dtype=torch.float64).view_as(attr_sums)
+        # A term the model does not have is no column: no CTC loss without a CTC head, no CE without classes.
+        out = {k: v / max(n, 1) for k, v in sums.items()
+               if (k != "loss_ctc" or self.model.ctc_head is not None)
+               and (k != "loss_ce" or self.model.emotion_head is not None)}
+        if attr_sums is not None:  # only then: a model without attributes keeps its history columns
+            from mtlser.score.attributes import ccc_from_sums
+
+            out["ccc"] = sum(ccc_from_sums(n, *attr_sums[:, k].tolist()) for k in range(attr_sums.shape[1])) / \
+                attr_sums.shape[1]
         if self.model.emotion_head is None:  # a dimensional-only model: no WA, no UA
             return out
         return {**out, "wa": weighted_accuracy(cm), "ua": unweighted_accuracy(cm)}
@@ -543,6 +566,7 @@ class Trainer:
             if "loss_ctc" in train_stats else "",
             train_stats["audio_s_per_s"],
             f"valid loss {valid['loss']:.4f}" + (f" WA {valid['wa']:.4f} UA {valid['ua']:.4f}" if "ua" in valid else "")
+            + (f" CCC {valid['ccc']:.4f}" if "ccc" in valid else "")
             if valid else "no valid set", " (best)" if improved and valid else "")
 
     def stop_requested(self) -> bool:
