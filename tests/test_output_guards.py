@@ -187,3 +187,24 @@ def test_export_ensemble_into_a_foreign_dir_needs_overwrite(experiment, tmp_path
     (experiment / "ensemble" / "ensemble.yaml").write_text("old\n")
     assert run_main(export_main, ["ensemble", "--exp-dir", str(experiment)]) == 0
     assert (experiment / "ensemble" / "ensemble.yaml").read_text() != "old\n"
+
+
+def test_a_data_dir_of_an_older_mtlser_is_rewritten_but_a_users_file_in_it_is_not(tmp_path):
+    """A data dir written before mtlser listed its files (no .mtlser-written), with stage 1's text_phn in it:
+    rerunning stage 0 after upgrading replaces it; a file no stage writes still stops the rewrite."""
+    d = DataDir({"utt2spk": {"s1_a": "s1"}, "wav.scp": {"s1_a": "/x.wav"}, "text": {"s1_a": "A"},
+                 "utt2emo": {"s1_a": "ang"}})
+    out = tmp_path / "data" / "all"
+    out.mkdir(parents=True)
+    for name in ("utt2spk", "wav.scp", "text", "utt2emo", "spk2utt", "text_phn", "text_phncls"):
+        (out / name).write_text("s1_a x\n")
+    d.write(out)
+    assert (out / WRITTEN_BY_MTLSER).is_file() and not (out / "text_phn").exists()
+    assert (out / "utt2spk").read_text() == "s1_a s1\n"
+    older = tmp_path / "data" / "older"
+    older.mkdir()
+    (older / "utt2spk").write_text("s1_a s1\n")
+    (older / "notes.txt").write_text("mine\n")
+    with pytest.raises(MtlserError, match=r"holds 1 file\(s\) that mtlser did not write \(notes.txt\)"):
+        d.write(older)
+    assert (older / "notes.txt").read_text() == "mine\n"

@@ -26,7 +26,7 @@ from typing import Callable
 import soundfile as sf
 
 from mtlser.data.attributes import UTT2ATTR, Attribute, write_declaration
-from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table
+from mtlser.data.datadir import sort_key, spk2utt_from_utt2spk, validate_data_dir, write_table, written_by_stages
 from mtlser.data.emotions import NO_CLASS, EmotionMap, check_labels, load_emotion_map, write_inventory
 from mtlser.utils import MtlserError
 from mtlser.utils.fileio import atomic_dir, atomic_write_text, check_output
@@ -321,7 +321,7 @@ def write_data_dir(out: Path, tables: dict[str, dict[str, str]], emotion_map: Em
     """The data dir, its ``emotions`` inventory, spk2gender and the ``attributes`` declaration, appearing in one
     piece; then validated."""
     emotions = check_labels(list(emotion_map.emotions), emotion_map.source)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, older_ours=written_by_stages) as tmp:
         for name, table in tables.items():
             write_table(tmp / name, table)
         write_table(tmp / "spk2utt", spk2utt_from_utt2spk(tables["utt2spk"]))

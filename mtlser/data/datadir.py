@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from mtlser.data.tables import DataDirError, read_table, sort_key, write_table  # noqa: F401 (this module's API)
-from mtlser.data.attributes import UTT2ATTR, Attribute, has_attributes, read_declaration, write_declaration
+from mtlser.data.attributes import ATTRIBUTES, UTT2ATTR, Attribute, has_attributes, read_declaration, write_declaration
 from mtlser.data.attributes import validate as validate_attributes
 from mtlser.data.emotions import INVENTORY, NO_CLASS, read_inventory, write_inventory
 from mtlser.utils import run_main, setup_logging
@@ -94,6 +94,14 @@ def spk2utt_from_utt2spk(utt2spk: Mapping[str, str]) -> dict[str, str]:
     for utt in sorted(utt2spk, key=sort_key):
         groups[utt2spk[utt]].append(utt)
     return {spk: " ".join(utts) for spk, utts in groups.items()}
+
+
+def written_by_stages(name: str) -> bool:
+    """Whether a file of a data dir is one that the stages write there (the Kaldi tables, spk2utt, spk2gender,
+    the ``emotions`` inventory, the ``attributes`` declaration, ``utt2*``, stage 1's ``text_*``): how a data dir
+    written before mtlser listed its files (``.mtlser-written``) is told apart from one holding a user's files."""
+    return (name in REQUIRED_FILES or name in ("spk2utt", "spk2gender", INVENTORY, ATTRIBUTES)
+            or name.startswith(("utt2", "text_")))
 
 
 def per_utt_files(path: Path) -> list[str]:
@@ -149,7 +157,7 @@ class DataDir:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write all tables and the derived spk2utt; the dir appears complete or not at all."""
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, older_ours=written_by_stages) as tmp:
             for name, table in self.tables.items():
                 write_table(tmp / name, table)
             if "utt2spk" in self.tables:

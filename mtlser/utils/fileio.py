@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mtlser.utils import MtlserError, write_failure
 
@@ -215,15 +215,18 @@ def refuse_foreign_dir(path: Path, what: str = "--out", overwrite: bool | None =
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False, what: str | None = None) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, what: str | None = None,
+               older_ours: Callable[[str], bool] | None = None) -> Iterator[Path]:
     """Yield an empty temp directory; on success it replaces ``path`` as a whole.
 
     An existing ``path`` is moved aside first and deleted only after the new one is in place, so at every
     moment ``path`` is either complete-old or complete-new. Only what mtlser wrote is ever deleted: the new
     dir lists its files in :data:`WRITTEN_BY_MTLSER`, and an existing ``path`` is replaced only when each of
     its files is either on its own list or rewritten by the new dir, unless ``overwrite`` (the user named
-    it to be replaced: ``--overwrite``). A write the file system refuses (disk full) is one MtlserError
-    naming ``path``, and nothing is left of the new dir.
+    it to be replaced: ``--overwrite``). ``older_ours`` tells, for a dir without that list (written by an
+    mtlser from before the lists), which file names its writers made: those count as mtlser's, so upgrading
+    mtlser does not make a rerun refuse its own earlier output. A write the file system refuses (disk full) is
+    one MtlserError naming ``path``, and nothing is left of the new dir.
     """
     path = Path(path)
     what = f"{what} {path}" if what else str(path)
@@ -242,7 +245,10 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, what: str | Non
             f.write("# written by mtlser, which replaces this directory only when it wrote each of these files\n"
                     + "".join(f"{name}\n" for name in sorted(new)))
         if path.is_dir() and not overwrite:
-            foreign = sorted(_files_under(path) - (_written_by_mtlser(path) or set()) - new - {WRITTEN_BY_MTLSER})
+            written = _written_by_mtlser(path)
+            if written is None and older_ours is not None:
+                written = {name for name in _files_under(path) if older_ours(name)}
+            foreign = sorted(_files_under(path) - (written or set()) - new - {WRITTEN_BY_MTLSER})
             if foreign:
                 raise MtlserError(f"{what}: holds {len(foreign)} file(s) that mtlser did not write "
                                   f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); nothing was "
