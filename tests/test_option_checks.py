@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
-import typing
 from pathlib import Path
 
 import pytest
 
-from mtlser.config import Config, load_config
+from mtlser.config import load_config
 from mtlser.utils import MtlserError
 from tests.test_bad_input import cli
+from tests.test_config import leaf_fields
 from tests.test_recipe import make_recipe, ser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,15 +96,7 @@ def test_train_check_config_names_each_source(tmp_path):
 
 
 def test_every_number_of_the_config_has_its_range_beside_its_doc():
-    def fields(cls):
-        for f in dataclasses.fields(cls):
-            tp = typing.get_type_hints(cls)[f.name]
-            if dataclasses.is_dataclass(tp):
-                yield from fields(tp)
-            else:
-                yield f, tp
-
-    numbers = [f for f, tp in fields(Config) if tp in (int, float)]
+    numbers = [f for f, tp in leaf_fields() if tp in (int, float)]
     assert len(numbers) > 25
     assert [f.name for f in numbers if f.metadata.get("check") is None] == []
     for f in numbers:  # every default is in its own range
