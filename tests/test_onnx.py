@@ -72,6 +72,31 @@ def test_base_shaped_model_exports_exactly_whatever_its_cnn_padding_switch(tmp_p
     assert "none" in result["check_set"]["source"]
 
 
+def test_layer_norm_cnn_with_conv_bias_exports_exactly_and_int8_quantises_its_convolutions(tmp_path):
+    """wav2vec2-large's CNN (a layer norm in every layer, convolutions with bias), as the base test above:
+    the graph's CNN layers after the first are matrix products (taps laid side by side), exact within the
+    export's check; int8 quantises them with the transformer (only the one-channel first layer and the
+    grouped positional convolution stay Conv)."""
+    import onnx
+
+    from mtlser.infer.backends import quantize_int8
+
+    large_cnn = {**BASE_SHAPED_BACKBONE["custom"], "extractor_mode": "layer_norm", "extractor_conv_bias": True,
+                 "encoder_layer_norm_first": True}
+    model = random_model_dir(tmp_path, {**BASE_SHAPED_BACKBONE, "custom": large_cnn})
+    result = export_onnx(model, tmp_path / "m.onnx")
+    assert result["max_abs_diff"] <= TOLERANCE
+    graph = (tmp_path / "m.onnx").read_bytes()
+    convs = [n.name for n in onnx.load_from_string(graph).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and any("pos_conv" in n for n in convs)
+    int8 = onnx.load_from_string(quantize_int8(graph))
+    assert sum(n.op_type == "Conv" for n in int8.graph.node) == 2
+    assert sum(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger") for n in int8.graph.node) >= 6 + 3 * 6
+    heads = [n for n in int8.graph.node if "emotion_head" in n.name]
+    assert any(n.op_type in ("Gemm", "MatMul") for n in heads)  # the head stays fp32
+    assert not any("Integer" in n.op_type or "Quant" in n.op_type for n in heads)
+
+
 def test_attribute_heads_are_graph_outputs_checked_like_the_probabilities(tmp_path, monkeypatch, capsys):
     """A model with an attribute head: the graph outputs the attribute values beside the probabilities, the
     export's check compares them (absolute, on their scales), and --backend onnx returns them as torch does."""

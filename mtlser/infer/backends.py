@@ -10,7 +10,8 @@
   than fp32, so it is refused). On GPUs: autocast, as before.
 - **onnx fp32**: the graph of :mod:`mtlser.infer.onnx_graph` in onnxruntime (exact within its export check).
 - **onnx int8**: onnxruntime's dynamic quantisation of the graph's matrix products (MatMul/Gemm
-  weights int8 per channel, activations quantised per batch at run time); the CNN's convolutions stay fp32.
+  weights int8 per channel, activations quantised per batch at run time): the transformer's and the CNN's
+  after its first layer (the graph writes those convolutions as MatMuls for this); the heads stay fp32.
 
 bf16 and int8 are not exact. :func:`agreement` measures a mode against fp32 on a check set (how
 often its label equals fp32's, the largest probability difference); ``mtlser-infer`` prints it,
@@ -39,12 +40,23 @@ from mtlser.utils import MtlserError
 logger = logging.getLogger(__name__)
 
 
+#: Graph nodes left in fp32 by int8: the heads (a rounding error of the time, and they set the labels).
+INT8_KEEP_FP32 = ("emotion_head", "attr_head", "ctc_head")
+
+
 def quantize_int8(data: bytes) -> bytes:
-    """onnxruntime's dynamic int8 quantisation of a graph's MatMul/Gemm weights (per channel)."""
+    """onnxruntime's dynamic int8 quantisation of a graph's MatMul/Gemm weights (per channel): the transformer's
+    and the CNN's (its layers after the first are MatMuls in the graph), not the heads (:data:`INT8_KEEP_FP32`)."""
+    import onnx
+
     from mtlser.infer.onnx_graph import require_onnxruntime
 
     require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    keep = [name for n in onnx.load_from_string(data).graph.node
+            if n.op_type in ("MatMul", "Gemm") and any(part in n.name for part in INT8_KEEP_FP32)
+            for name in (n.name, f"{n.name}_MatMul")]  # the quantiser renames a Gemm it splits into MatMul + Add
 
     root = logging.getLogger()
     level = root.level
@@ -54,7 +66,7 @@ def quantize_int8(data: bytes) -> bytes:
         root.setLevel(logging.ERROR)  # the quantiser logs a line per tensor on the root logger
         try:
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                             weight_type=QuantType.QInt8)
+                             weight_type=QuantType.QInt8, nodes_to_exclude=keep)
         finally:
             root.setLevel(level)
         return dst.read_bytes()
