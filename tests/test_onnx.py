@@ -240,3 +240,38 @@ def test_timeline_of_a_long_recording_reads_windows_only(tiny_experiment, tmp_pa
     spans = label_spans(record["windows"], record["duration"])
     assert spans[0][0] == 0 and spans[-1][1] == record["duration"]
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_bf16_runs_the_backbone_in_bf16_and_the_fusion_pooling_and_heads_in_fp32(tmp_path):
+    """Under autocast, SERModel.predict gives the heads fp32 inputs (bf16-rounded logits flipped close labels):
+    the transformer's matrix products run in bf16, the fusion's output and every head's input are fp32, and
+    the answer is nearer fp32's than with the whole model under autocast."""
+    import torch
+
+    from mtlser.data.attributes import Attribute
+
+    model = SERPredictor.from_pretrained(random_model_dir(tmp_path, BASE_SHAPED_BACKBONE,
+                                                          attributes=[Attribute("arousal", 1, 5)])).models[0]
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (getattr(inputs[0], "dtype", None) if inputs else None, output.dtype)
+        return hook
+
+    for name in ("emotion_head", "ctc_head", "attr_head", "fusion"):
+        getattr(model, name).register_forward_hook(record(name))
+    linear = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(record("backbone_linear"))
+    wavs = torch.from_numpy(np.stack(probe_signals(16000, 400)[2:3])).float()
+    lens = torch.tensor([wavs.shape[1]])
+    with torch.inference_mode():
+        ref = model.predict(wavs, lens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.predict(wavs, lens)
+    assert seen["backbone_linear"][1] == torch.bfloat16
+    assert seen["fusion"][1] == torch.float32
+    assert all(seen[h][0] == torch.float32 for h in ("emotion_head", "ctc_head", "attr_head"))
+    for key in ("emo_probs", "ctc_log_probs", "attributes"):
+        assert out[key].dtype == torch.float32 and torch.isfinite(out[key]).all()
+    assert float((out["emo_probs"] - ref["emo_probs"]).abs().max()) < 0.05

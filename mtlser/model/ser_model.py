@@ -138,13 +138,17 @@ class SERModel(nn.Module):
         With ``from_features`` the inputs are CNN features (B, T, C) and frame lengths (B,), cached
         from a frozen CNN (mtlser.data.cnn_cache): the CNN is skipped.
         """
+        states, frame_lens = self._states(wavs, wav_lens, from_features)
+        return self.dropout(self._fuse(states)), frame_lens
+
+    def _states(self, wavs: Tensor, wav_lens: Tensor | None, from_features: bool) -> tuple[list[Tensor], Tensor | None]:
         if from_features:
             assert wavs.ndim == 3, f"CNN features must be (batch, frames, channels), got {tuple(wavs.shape)}"
-            states, frame_lens = self.backbone.transformer_states(wavs, wav_lens), wav_lens
-        else:
-            states, frame_lens = self.backbone.extract_features(wavs, wav_lens)
-        fused = self.fusion(states) if self.fusion is not None else states[-1]
-        return self.dropout(fused), frame_lens
+            return self.backbone.transformer_states(wavs, wav_lens), wav_lens
+        return self.backbone.extract_features(wavs, wav_lens)
+
+    def _fuse(self, states: list[Tensor]) -> Tensor:
+        return self.fusion(states) if self.fusion is not None else states[-1]
 
     def heads(self, fused: Tensor, frame_lens: Tensor | None) -> tuple[Tensor, Tensor | None]:
         pooled = mean_pool(fused, frame_lens)
@@ -280,9 +284,20 @@ class SERModel(nn.Module):
     @torch.no_grad()
     def predict(self, wavs: Tensor, wav_lens: Tensor | None, from_features: bool = False) -> dict[str, Tensor | None]:
         """Emotion posteriors and, with a CTC head, per-frame token log-probabilities (inputs as :meth:`encode`)."""
-        fused, frame_lens = self.encode(wavs, wav_lens, from_features)
-        emo_logits, ctc_logits = self.heads(fused, frame_lens)
-        attr = self.attr_unit()
+        device = wavs.device.type
+        if not torch.is_autocast_enabled(device):
+            fused, frame_lens = self.encode(wavs, wav_lens, from_features)
+            emo_logits, ctc_logits = self.heads(fused, frame_lens)
+            attr = self.attr_unit()
+        else:
+            # bf16/fp16 inference: the backbone (nearly all of the time) in the autocast dtype, the fusion, pooling
+            # and heads in fp32 on fp32 copies of its states. Rounding the pooled vector and the logits to 8 bits
+            # of mantissa changed labels of close classes for nothing (mtlser.infer.backends.agreement).
+            states, frame_lens = self._states(wavs, wav_lens, from_features)
+            with torch.autocast(device, enabled=False):
+                fused = self.dropout(self._fuse([s.float() for s in states]))
+                emo_logits, ctc_logits = self.heads(fused, frame_lens)
+                attr = self.attr_unit()
         return {
             "attributes": self.attr_head.to_scale(fp32_or_wider(attr)) if attr is not None else None,
             "emo_probs": F.softmax(fp32_or_wider(emo_logits), dim=-1) if emo_logits is not None else None,
