@@ -16,7 +16,7 @@ per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times 
     transformers_direct  AutoFeatureExtractor + AutoModelForAudioClassification on batches of --batch-size
                          sorted by duration (padded, attention mask), softmax: a hand-written transformers loop
     mtlser_torch_fp32    mtlser.infer.runner.label with SERPredictor (mtlser-infer's path and defaults: windows
-                         of 20 s every 10 s for longer recordings, batches by duration)
+                         of 20 s side by side for longer recordings, batches by duration)
     mtlser_torch_bf16    the same under bf16 autocast (only on CPUs with native bf16: mtlser.infer.backends)
     mtlser_onnx_fp32     the same path on onnxruntime (the exported graph)
     mtlser_onnx_int8     the graph with onnxruntime's dynamic int8 quantisation
@@ -55,13 +55,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mtlser.expdir import environment  # noqa: E402  (the repo on sys.path first)
+from mtlser.infer.output import HOP_S, WINDOW_S  # noqa: E402  (mtlser-infer's defaults)
 
 #: A smaller wav2vec2 shape for a quick look and the test (--size scaled): bench/train_throughput.py's CPU model.
 SCALED = "scaled"
 EMOTIONS = ["ang", "hap", "sad", "neu"]
 TOKENS = ["<blank>"] + [f"{c}{e}" for c in ("S", "F", "N", "L", "V", "Vs") for e in range(4)]
 REFERENCE = "mtlser_torch_fp32"
-WINDOW_S, HOP_S = 20.0, 10.0
 
 
 def arch_kwargs(size: str) -> dict:

@@ -34,9 +34,10 @@ logger = logging.getLogger("mtlser.infer")
 
 #: Exit status when some inputs could not be labelled (the others were).
 EXIT_SOME_FAILED = 3
-#: Default windows for files: utterance-sized pieces, overlapping by half (see mtlser.infer.audio.windows).
+#: Default windows for files: utterance-sized pieces side by side (see mtlser.infer.audio.windows). Each second
+#: is computed once: overlapping windows (--hop 10) give a timeline twice the points for twice the compute.
 WINDOW_S = 20.0
-HOP_S = 10.0
+HOP_S = WINDOW_S
 
 
 def output_format(fmt: str | None, output: str | None) -> str:
