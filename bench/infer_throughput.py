@@ -21,10 +21,10 @@ per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times 
     mtlser_onnx_fp32     the same path on onnxruntime (the exported graph)
     mtlser_onnx_int8     the graph with onnxruntime's dynamic int8 quantisation
 
-Every variant reads the files itself (soundfile; timed). Each variant lives in its own worker
-process (so its peak RSS is its own), and the rounds run interleaved in alternating order (A B C,
-C B A, ...; one untimed warm-up pass over the first --warmup-files files first) so that a shared
-machine's load drift reaches all alike; the JSON is rewritten after every round ("complete": false
+Every variant reads the files itself (soundfile; timed). Each variant runs in a fresh worker
+process per round (its peak RSS is its own; the model loaded and one untimed warm-up pass over the
+first --warmup-files files before the timed pass), and the rounds run interleaved in alternating
+order (A B C, C B A, ...) so that a shared machine's load drift reaches all alike; the JSON is rewritten after every round ("complete": false
 until the last). Reported
 per variant: medians over rounds of audio-seconds per wall-second and per CPU-second (the
 worker's process CPU time, all threads), peak RSS, and the share of files whose label equals
@@ -374,26 +374,29 @@ def main(argv: list[str] | None = None) -> int:
         spec = {"paths": [str(x) for x in paths], "hf_dir": str(tmp / "hf"), "onnx": str(tmp / "model.onnx"),
                 "weights": str(tmp / "weights.safetensors"), "size": args.size, "threads": args.threads,
                 "batch_size": args.batch_size, "warmup_files": args.warmup_files}
-        workers = [Worker(ctx, v, spec) for v in variants]
         rounds: list[dict] = []
         labels: dict[str, list[str]] = {}
-        for w in workers:  # untimed
-            w.run("warmup")
+        rss = {v: 0.0 for v in variants}
         for r in range(1, args.repeats + 1):
             row = {}
-            # Alternate orders (A B C, C B A, ...): a variant is not always the one after the same neighbour.
-            for w in (workers if r % 2 else workers[::-1]):
+            # Alternate orders (A B C, C B A, ...): a variant is not always the one after the same neighbour. Each
+            # variant runs in a fresh worker per round (model loaded, an untimed warm-up pass, then the timed pass):
+            # eight base-size models held at once would not fit in the machine's memory, and every round starts
+            # alike.
+            for v in (variants if r % 2 else variants[::-1]):
+                w = Worker(ctx, v, spec)
+                w.run("warmup")
                 out = w.run()
-                labels[w.variant] = out.pop("labels")
-                row[w.variant] = out
-                print(f"  {w.variant}: {audio_s / out['wall_s']:.2f} audio-s/s ({out['wall_s']:.0f} s)",
+                rss[v] = max(rss[v], w.stop()["peak_rss_mib"])
+                labels[v] = out.pop("labels")
+                row[v] = out
+                print(f"  {v}: {audio_s / out['wall_s']:.2f} audio-s/s ({out['wall_s']:.0f} s)",
                       file=sys.stderr, flush=True)
             rounds.append(row)
             print(f"round {r}: " + ", ".join(f"{v} {audio_s / row[v]['wall_s']:.1f}" for v in variants)
                   + " audio-s/s", file=sys.stderr, flush=True)
             # A run cut short keeps the rounds it measured.
-            write(rounds, labels, {v: row[v]["peak_rss_mib"] for v in variants}, None, complete=False)
-        rss = {w.variant: w.stop()["peak_rss_mib"] for w in workers}
+            write(rounds, labels, rss, None, complete=False)
         hour = None
         if args.hour > 0:
             synth_hour(tmp / "hour.wav", args.hour)
