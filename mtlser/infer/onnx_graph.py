@@ -111,59 +111,20 @@ class OnnxGraph(nn.Module):
             y = y * norm.weight[None, :, None] + norm.bias[None, :, None] * mask[:, None, :]
         return y
 
-    @staticmethod
-    def conv_as_matmul(x: Tensor, conv: nn.Conv1d) -> Tensor:
-        """An unpadded, ungrouped Conv1d on (B, T, C) frames as one matrix product: (B, T', O).
-
-        The kernel's taps laid side by side (im2col) make the graph a MatMul where it had a Conv:
-        onnxruntime's dynamic int8 quantisation covers MatMul (its ConvInteger was slower than the fp32
-        Conv here), and the frames stay (B, T, C) between layers. With a kernel at least as long as its
-        stride, the first ``stride`` taps of every output are one reshape of the input (no copy per tap);
-        the rest are strided slices."""
-        k, s = conv.kernel_size[0], conv.stride[0]
-        B = x.shape[0]
-        out_frames = lengths_mod.layer_frames(x.shape[1], k, s)
-        span = s * (out_frames - 1) + 1
-        if k >= s:
-            taps = [x[:, : s * out_frames, :].reshape(B, out_frames, s * x.shape[2])]
-            taps += [x[:, j: j + span: s, :] for j in range(s, k)]
-        else:
-            taps = [x[:, j: j + span: s, :] for j in range(k)]
-        cols = taps[0] if len(taps) == 1 else torch.cat(taps, dim=2)  # (B, T', k*C), tap-major
-        weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1)  # (O, k*C), the same order
-        return nn.functional.linear(cols, weight, conv.bias)
-
     def cnn(self, model: SERModel, wavs: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
         backbone = model.backbone
         if backbone.normalize_waveform:
             wavs = backbone._normalize(wavs, lens)
         x = wavs.unsqueeze(1)  # (B, 1, S)
-        frames_last = True  # x is (B, C, T); False once a MatMul layer made it (B, T, C)
-        for i, layer in enumerate(backbone.model.feature_extractor.conv_layers):
-            # The first layer (one input channel, a 10-tap kernel) stays a Conv: as a MatMul it would be K=10.
-            matmul = i > 0 and self.matmul_convs(layer)
-            if matmul and frames_last:
-                x, frames_last = x.transpose(1, 2), False
-            elif not matmul and not frames_last:
-                x, frames_last = x.transpose(1, 2), True
-            x = self.conv_as_matmul(x, layer.conv) if matmul else layer.conv(x)
+        for layer in backbone.model.feature_extractor.conv_layers:
+            x = layer.conv(x)
             lens = lengths_mod.layer_frames(lens, layer.kernel_size, layer.stride)
-            norm = layer.layer_norm
-            if isinstance(norm, nn.GroupNorm):
-                x = self.masked_group_norm(x, lens, norm)
-            elif norm is not None and not frames_last:
-                x = nn.functional.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-            elif norm is not None:
-                x = norm(x)  # per frame: padding cannot reach it
+            if isinstance(layer.layer_norm, nn.GroupNorm):
+                x = self.masked_group_norm(x, lens, layer.layer_norm)
+            elif layer.layer_norm is not None:
+                x = layer.layer_norm(x)  # per frame: padding cannot reach it
             x = nn.functional.gelu(x)
-        return (x.transpose(1, 2) if frames_last else x), lens  # (B, T, C), (B,)
-
-    @staticmethod
-    def matmul_convs(layer) -> bool:
-        """Whether a CNN layer after the first runs as a MatMul: plain convolutions with a per-frame norm or none."""
-        conv = layer.conv
-        return (conv.groups == 1 and conv.padding in ((0,), 0, "valid") and conv.dilation == (1,)
-                and (layer.layer_norm is None or isinstance(layer.layer_norm, nn.LayerNorm)))
+        return x.transpose(1, 2), lens  # (B, T, C), (B,)
 
     def forward(self, wavs: Tensor, lengths: Tensor):
         probs, frame_probs, frame_lens, attrs = None, None, None, None
