@@ -224,6 +224,18 @@ def make_runner(variant: str, spec: dict):
     return run
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: the kernel's VmHWM (Linux). Not ``ru_maxrss``: a process started
+    by fork + exec (multiprocessing's spawn) keeps in it the forking parent's peak, here the parent's models."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(variant: str, spec: dict, conn) -> None:
     try:
         run = make_runner(variant, spec)
@@ -231,7 +243,7 @@ def worker(variant: str, spec: dict, conn) -> None:
         while True:
             cmd = conn.recv()
             if cmd == "stop":
-                conn.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                conn.send({"peak_rss_mib": peak_rss_mib()})
                 return
             if cmd == "warmup":  # the first files only: allocators, kernels, onnxruntime's arenas
                 keep = list(spec["paths"])
@@ -245,7 +257,7 @@ def worker(variant: str, spec: dict, conn) -> None:
             wall0, cpu0 = time.perf_counter(), time.process_time()
             labels = run()
             conn.send({"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "labels": labels,
-                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                       "peak_rss_mib": peak_rss_mib()})
     except BaseException as e:  # the parent reports it and stops
         conn.send({"error": f"{type(e).__name__}: {e}"})
 
@@ -282,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", type=int, default=2, help="long recordings (default 2)")
     p.add_argument("--long-s", type=float, default=120.0, help="seconds of the first long recording (default 120; "
                    "each next one 7 s longer)")
-    p.add_argument("--batch-size", type=int, default=8, help="mtlser's and transformers_direct's batch size")
+    p.add_argument("--batch-size", type=int, default=16, help="mtlser's and transformers_direct's batch size "
+                   "(default 16, mtlser-infer's; mtlser's batches also stop at 60 s of padded audio, as there)")
     p.add_argument("--pipeline-batch-sizes", default="4,16", help="pipeline batch sizes to time (comma list)")
     p.add_argument("--variants", help="comma list (default: all that run here)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (each runs every variant once)")
