@@ -273,3 +273,28 @@ def test_bf16_runs_the_backbone_in_bf16_and_the_fusion_pooling_and_heads_in_fp32
     for key in ("emo_probs", "ctc_log_probs", "attributes"):
         assert out[key].dtype == torch.float32 and torch.isfinite(out[key]).all()
     assert float((out["emo_probs"] - ref["emo_probs"]).abs().max()) < 0.05
+
+
+def test_onnx_runs_a_long_batch_in_pieces_with_the_same_answers(tiny_experiment, monkeypatch):
+    """A batch of more padded audio than backends.RUN_SECONDS runs in consecutive pieces (each row's answer
+    does not depend on its batch mates in the graph): the same probabilities and class tokens, in input order."""
+    import mtlser.infer.backends as backends
+
+    fold = tiny_experiment / "fold01"
+    onnx_pred = SERPredictor.from_pretrained(fold, backend="onnx")
+    wavs = fold_test_audio(fold) + probe_signals(16000, onnx_pred.min_samples)
+    monkeypatch.setattr(backends, "RUN_SECONDS", 1e6)
+    whole_p, whole_t, _ = onnx_pred.predict_all(wavs)
+    monkeypatch.setattr(backends, "RUN_SECONDS", 1.0)
+    assert len(backends.run_chunks([len(w) for w in wavs], 16000)) > 2
+    piece_p, piece_t, _ = onnx_pred.predict_all(wavs)
+    np.testing.assert_allclose(piece_p, whole_p, atol=TOLERANCE)
+    assert piece_t == whole_t and len(piece_t) == len(wavs)
+
+
+def test_run_chunks_caps_each_piece_at_its_padded_samples():
+    from mtlser.infer.backends import run_chunks
+
+    assert run_chunks([10, 10, 10, 30, 5], 30) == [[0, 1, 2], [3], [4]]
+    assert run_chunks([40, 1], 30) == [[0], [1]]  # a row longer than the cap runs alone
+    assert run_chunks([], 30) == []

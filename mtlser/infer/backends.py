@@ -150,16 +150,40 @@ class OnnxPredictor(SERPredictor):
         if short:
             raise MtlserError(f"input {short[0]} has {len(wavs[short[0]])} samples; this model needs at least "
                               f"{self.min_samples}")
-        out = outputs_by_name(self.session,
-                              run_session(self.session, [np.asarray(w, dtype=np.float32) for w in wavs]))
-        tokens = None
-        if self.tokens is not None:
-            import torch
+        probs, tokens, attrs = [], ([] if self.tokens is not None else None), []
+        for chunk in run_chunks([len(w) for w in wavs], int(RUN_SECONDS * self.sample_rate)):
+            out = outputs_by_name(self.session,
+                                  run_session(self.session, [np.asarray(wavs[i], dtype=np.float32) for i in chunk]))
+            probs.append(out["emo_probs"].astype(np.float32))
+            if self.attributes:
+                attrs.append(out["attributes"].astype(np.float32))
+            if self.tokens is not None:
+                import torch
 
-            log_probs, frame_lens = torch.from_numpy(out["ctc_log_probs"]), out["frame_lens"]
-            tokens = [[self.tokens[t] for t in ctc_greedy(log_probs[i], int(frame_lens[i]))] for i in range(len(wavs))]
-        attrs = out["attributes"].astype(np.float32) if self.attributes else None
-        return out["emo_probs"].astype(np.float32), tokens, attrs
+                log_probs, frame_lens = torch.from_numpy(out["ctc_log_probs"]), out["frame_lens"]
+                tokens += [[self.tokens[t] for t in ctc_greedy(log_probs[i], int(frame_lens[i]))]
+                           for i in range(len(chunk))]
+        return np.concatenate(probs), tokens, (np.concatenate(attrs) if self.attributes else None)
+
+
+#: Most padded audio (seconds) one onnxruntime run takes; a batch of more is run in consecutive pieces.
+RUN_SECONDS = 10.0
+
+
+def run_chunks(lengths: list[int], most: int) -> list[list[int]]:
+    """Consecutive pieces of a batch, each of at most ``most`` padded samples (rows x its longest row; a row
+    longer than that alone). The graph convolves the padded batch: a batch of 16 utterances made the CNN's
+    activations hundreds of MiB, which ran slower than the same rows in pieces (docs/speed.md)."""
+    chunks: list[list[int]] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if chunks and (len(chunks[-1]) + 1) * max(longest, n) <= most:
+            chunks[-1].append(i)
+            longest = max(longest, n)
+        else:
+            chunks.append([i])
+            longest = n
+    return chunks
 
 
 def agreement(candidate: SERPredictor, reference: SERPredictor, wavs: list[np.ndarray], batch: int = 8) -> dict:
