@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import sys
 import tempfile
@@ -224,19 +223,9 @@ def make_runner(variant: str, spec: dict):
     return run
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory: the kernel's VmHWM (Linux). Not ``ru_maxrss``: a process started
-    by fork + exec (multiprocessing's spawn) keeps in it the forking parent's peak, here the parent's models."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def worker(variant: str, spec: dict, conn) -> None:
+    from train_throughput import peak_rss_mib
+
     try:
         run = make_runner(variant, spec)
         conn.send("ready")

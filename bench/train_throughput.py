@@ -179,12 +179,24 @@ def _peak_reset(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: the kernel's VmHWM (Linux). Not ``ru_maxrss`` alone: a process started
+    by fork + exec (multiprocessing's spawn, as the benchmarks' workers are) keeps in it the forking parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak_gib(device: str) -> float:
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+    return peak_rss_mib() / 2 ** 10
 
 
 def _padding(batch: dict) -> tuple[float, float]:
