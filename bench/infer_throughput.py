@@ -24,9 +24,8 @@ per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times 
 Every variant reads the files itself (soundfile; timed). Each variant runs in a fresh worker
 process per round (its peak RSS is its own; the model loaded and one untimed warm-up pass over the
 first --warmup-files files before the timed pass), and the rounds run interleaved in alternating
-order (A B C, C B A, ...) so that a shared machine's load drift reaches all alike; the JSON is rewritten after every round ("complete": false
-until the last). Reported
-per variant: medians over rounds of audio-seconds per wall-second and per CPU-second (the
+order (A B C, C B A, ...) so that a shared machine's load drift reaches all alike; the JSON is
+rewritten after every round ("complete": false until the last). Reported per variant: medians over rounds of audio-seconds per wall-second and per CPU-second (the
 worker's process CPU time, all threads), peak RSS, and the share of files whose label equals
 mtlser_torch_fp32's; ratios are medians of per-round time ratios. A long recording's label is
 mtlser's mean over its windows, while the transformers variants take it whole, so their labels

@@ -150,6 +150,8 @@ class OnnxPredictor(SERPredictor):
         if short:
             raise MtlserError(f"input {short[0]} has {len(wavs[short[0]])} samples; this model needs at least "
                               f"{self.min_samples}")
+        import torch
+
         probs, tokens, attrs = [], ([] if self.tokens is not None else None), []
         for chunk in run_chunks([len(w) for w in wavs], int(RUN_SECONDS * self.sample_rate)):
             out = outputs_by_name(self.session,
@@ -158,8 +160,6 @@ class OnnxPredictor(SERPredictor):
             if self.attributes:
                 attrs.append(out["attributes"].astype(np.float32))
             if self.tokens is not None:
-                import torch
-
                 log_probs, frame_lens = torch.from_numpy(out["ctc_log_probs"]), out["frame_lens"]
                 tokens += [[self.tokens[t] for t in ctc_greedy(log_probs[i], int(frame_lens[i]))]
                            for i in range(len(chunk))]
