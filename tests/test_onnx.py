@@ -298,3 +298,43 @@ def test_run_chunks_caps_each_piece_at_its_padded_samples():
     assert run_chunks([10, 10, 10, 30, 5], 30) == [[0, 1, 2], [3], [4]]
     assert run_chunks([40, 1], 30) == [[0], [1]]  # a row longer than the cap runs alone
     assert run_chunks([], 30) == []
+
+
+def test_bf16_on_a_cpu_computes_with_a_bf16_twin_and_leaves_the_fp32_model_as_it_was(tmp_path):
+    """torch bf16 on a CPU runs a copy of each model made for it (Backbone.bf16_inference: prepacked bf16 linear
+    layers, the CNN and the positional conv as bf16 matrix products): answers near fp32's (this model's
+    positional conv, 8 channels per group, is a shape oneDNN's bf16 grouped conv got wrong: 0.09 here), padded
+    rows as each row alone, and the fp32 model (agreement's reference) keeps its weights and answers."""
+    import torch
+
+    from mtlser.model.fast_ops import PackedLinear, PosConvAsMatmuls
+
+    fp32 = SERPredictor.from_pretrained(random_model_dir(tmp_path, BASE_SHAPED_BACKBONE))
+    model = fp32.models[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wavs = probe_signals(16000, fp32.min_samples)[:4]
+    ref, ref_tokens, _ = fp32.predict_all(wavs)
+    bf16 = SERPredictor(fp32.models, fp32.metas, "cpu", "bf16")
+    got, _, _ = bf16.predict_all(wavs)
+    twin = bf16._computing(0)
+    assert twin is not model and twin.backbone.cnn_matrices is not None
+    assert any(isinstance(m, PackedLinear) and m.dtype == torch.bfloat16 for m in twin.backbone.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in twin.backbone.modules())
+    assert isinstance(twin.backbone.model.encoder.transformer.pos_conv_embed, PosConvAsMatmuls)
+    assert float(np.abs(got - ref).max()) < 0.02
+    # The original: same weights, same answers (a deep copy shares a parametrized module's class with it).
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    again, again_tokens, _ = fp32.predict_all(wavs)
+    assert np.array_equal(again, ref) and again_tokens == ref_tokens
+    # The twin's CNN on a padded batch: each row as alone (the padding-invariant CNN's contract).
+    lens = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(lens.max()))
+    for i, w in enumerate(wavs):
+        batch[i, :len(w)] = torch.from_numpy(w)
+    with torch.inference_mode():
+        feats, frame_lens = twin.backbone.cnn(batch, lens)
+        for i, n in enumerate(lens.tolist()):
+            alone, _ = twin.backbone.cnn(batch[i:i + 1, :n], None)
+            assert torch.equal(feats[i, :int(frame_lens[i])], alone[0])
+            assert not feats[i, int(frame_lens[i]):].any()

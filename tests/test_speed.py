@@ -770,3 +770,29 @@ def test_local_jobs_share_gpus_round_robin_and_split_the_cores(tmp_path):
     assert rc == 0
     for j in (1, 2):
         assert "GPU 5 THREADS" in (tmp_path / f"log.{j}").read_text()
+
+
+@pytest.mark.parametrize("mode,conv_bias", [("group_norm", False), ("layer_norm", True)])
+def test_cnn_as_matmuls_computes_the_feature_extractor(mode, conv_bias):
+    """The CNN as matrix products over strided windows (CPU bf16 inference): in float32 what torchaudio's
+    FeatureExtractor computes on an unpadded batch, for both extractor modes (the first layer's GroupNorm folded
+    into its matrix); with bf16 matrices, bf16 features within bf16's rounding."""
+    from torchaudio.models.wav2vec2.components import _get_feature_extractor
+
+    from mtlser.model.fast_ops import CnnMatrices, cnn_as_matmuls
+
+    torch.manual_seed(0)
+    shapes = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2
+    extractor = _get_feature_extractor(mode, shapes, conv_bias).eval()
+    for module in extractor.modules():
+        if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):  # not the identity affine of a fresh norm
+            nn.init.normal_(module.weight, 1.0, 0.3)
+            nn.init.normal_(module.bias, 0.0, 0.3)
+    wavs = torch.randn(2, 9000) * 0.1 + 0.05  # a DC offset: the folded norm's mean must remove it
+    with torch.inference_mode():
+        ref, _ = extractor(wavs, None)
+        got = cnn_as_matmuls(CnnMatrices(extractor, torch.float32), wavs)
+        half = cnn_as_matmuls(CnnMatrices(extractor, torch.bfloat16), wavs)
+    assert got.shape == ref.shape == (2, 27, 32) and got.dtype == torch.float32
+    assert rel(got, ref) < 1e-5
+    assert half.dtype == torch.bfloat16 and 1e-5 < rel(half.float(), ref) < 3e-2

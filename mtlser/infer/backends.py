@@ -1,13 +1,15 @@
 """Where and at what precision a model runs: torch fp32/bf16, or onnxruntime fp32/int8 (ONNX graph).
 
     SERPredictor.from_pretrained("fold01.zip")                                    # torch, fp32 (exact)
-    SERPredictor.from_pretrained("fold01.zip", precision="bf16")                  # torch autocast, native bf16 only
+    SERPredictor.from_pretrained("fold01.zip", precision="bf16")                  # torch bf16, native bf16 only
     SERPredictor.from_pretrained("fold01.onnx", backend="onnx")                   # an exported graph
     SERPredictor.from_pretrained("fold01.zip", backend="onnx", precision="int8")  # exported in memory, then quantised
 
-- **torch bf16** (CPU): autocast to bfloat16, only where the CPU computes bf16 natively (:func:`native_bf16`:
-  the ``avx512_bf16`` or ``amx_bf16`` flags of /proc/cpuinfo; elsewhere bf16 is emulated and slower
-  than fp32, so it is refused). On GPUs: autocast, as before.
+- **torch bf16** (CPU): only where the CPU computes bf16 natively (:func:`native_bf16`: the ``avx512_bf16`` or
+  ``amx_bf16`` flags of /proc/cpuinfo; elsewhere bf16 is emulated and slower than fp32, so it is refused). Each
+  model computes through a bf16 copy made for it (``Backbone.bf16_inference``: linear weights prepacked for
+  oneDNN, the CNN and the positional convolution as matrix products) under autocast, the fusion and heads in
+  fp32; the fp32 model stays as it was, the reference of :func:`agreement`. On GPUs: autocast, as before.
 - **onnx fp32**: the graph of :mod:`mtlser.infer.onnx_graph` in onnxruntime (exact within its export check).
 - **onnx int8**: onnxruntime's dynamic quantisation of the graph's matrix products (MatMul/Gemm
   weights int8 per channel, activations quantised per batch at run time): the transformer's and the feature

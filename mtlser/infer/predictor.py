@@ -13,6 +13,7 @@ otherwise it gives none.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from pathlib import Path
 
@@ -151,6 +152,7 @@ class SERPredictor:
         self.sample_rate: int = int(first["sample_rate"])
         self.device = torch.device(device)
         self.precision = precision
+        self._bf16_twins: dict[int, SERModel] = {}
         self.min_samples: int = max(m.backbone.min_samples() for m in models)
         # Averaged class tokens need one token list, one frame rate, and a CTC head in every member.
         same_cnn = len({tuple(m.backbone.conv_spec) for m in models}) == 1
@@ -189,6 +191,17 @@ class SERPredictor:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _computing(self, i: int) -> SERModel:
+        """The model that computes member ``i``: itself, or at bf16 on a CPU its bf16 twin (built on first use,
+        :meth:`mtlser.model.backbone.Backbone.bf16_inference`; ``models`` stay float32 for the fp32 reference)."""
+        if self.precision != "bf16" or self.device.type != "cpu":
+            return self.models[i]
+        if i not in self._bf16_twins:
+            twin = copy.deepcopy(self.models[i]).eval()
+            twin.backbone.bf16_inference()
+            self._bf16_twins[i] = twin
+        return self._bf16_twins[i]
 
     def _predict(self, model: SERModel, batch: torch.Tensor, lens: torch.Tensor) -> dict:
         """One model on a padded batch (B, S), as :meth:`SERModel.predict` returns it.
@@ -236,9 +249,9 @@ class SERPredictor:
         attrs = None
         frame_probs = None
         frame_lens = None
-        for model in self.models:
+        for i, model in enumerate(self.models):
             with self._autocast():
-                out = self._predict(model, batch, lens)
+                out = self._predict(self._computing(i), batch, lens)
             p = out["emo_probs"]
             p = p.float() if p is not None else batch.new_zeros(len(wavs), 0)  # no classes: (B, 0)
             probs = p if probs is None else probs + p

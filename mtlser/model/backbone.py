@@ -66,6 +66,7 @@ class Backbone(nn.Module):
         self.cnn_norm_impl = "rows"  # rows | fused (fast_ops.group_norm_gelu)
         self.cnn_channels_last = False
         self.cnn_precision = "autocast"  # autocast | fp32 (the CNN outside autocast)
+        self.cnn_matrices = None  # fast_ops.CnnMatrices: the CNN as matrix products (CPU inference, bf16_inference)
         self.arch = arch
         self.arch_kwargs = dict(arch_kwargs)
         self.model = model if model is not None else build_torchaudio_model(arch, arch_kwargs)
@@ -182,6 +183,8 @@ class Backbone(nn.Module):
         if self.normalize_waveform:
             waveforms = self._normalize(waveforms, lengths)
         extractor = self.model.feature_extractor
+        if self.cnn_matrices is not None:
+            return self._cnn_matmuls(waveforms, lengths)
         plain = self.cnn_norm_impl == "rows" and not self.cnn_channels_last and self.cnn_precision == "autocast"
         if plain and (not self.padding_invariant_cnn or lengths is None):
             return extractor(waveforms, lengths)
@@ -207,6 +210,44 @@ class Backbone(nn.Module):
                     x = layer.layer_norm(x)  # per-frame layer norm: padding cannot reach it
                 x = nn.functional.gelu(x)
         return x.transpose(1, 2), lengths  # (B, T, C)
+
+    def _cnn_matmuls(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        from mtlser.model.fast_ops import cnn_as_matmuls
+
+        if lengths is None:
+            return cnn_as_matmuls(self.cnn_matrices, waveforms), None
+        frame_lens = self.frame_lengths(lengths)
+        if not self.padding_invariant_cnn:  # the norm over the padded row, as nn.GroupNorm takes it
+            return cnn_as_matmuls(self.cnn_matrices, waveforms), frame_lens
+        x = None
+        for i, n in enumerate(lengths.tolist()):  # each row alone: its norm over its own frames
+            row = cnn_as_matmuls(self.cnn_matrices, waveforms[i:i + 1, :n])[0]
+            if x is None:
+                x = row.new_zeros(len(lengths), int(frame_lens.max()), row.shape[1])
+            x[i, :len(row)] = row
+        return x, frame_lens
+
+    def bf16_inference(self) -> "Backbone":
+        """Turn this backbone (a copy kept for the purpose) into a CPU bf16 inference one: the linear layers'
+        weights stored in bf16 and prepacked for oneDNN (:class:`mtlser.model.fast_ops.PackedLinear`), the CNN
+        as matrix products in bf16 (:func:`mtlser.model.fast_ops.cnn_as_matmuls`), and so the positional
+        convolution, per group (:class:`~mtlser.model.fast_ops.PosConvAsMatmuls`; the FFT form pays off on a GPU in
+        training, not at inference on a CPU). Layer norms, the fusion and the heads stay float32. The model's own weights are untouched: call it on a copy."""
+        from mtlser.model.fast_ops import CnnMatrices, PackedLinear, PosConvAsMatmuls
+
+        assert not self.training, "bf16_inference is for inference (eval mode, no gradients)"
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:  # a subclass (nn.MultiheadAttention's out_proj) is read by weight
+                    setattr(parent, name, PackedLinear.of(child, torch.bfloat16))
+                elif isinstance(child, nn.Linear):
+                    child.to(torch.bfloat16)
+        self.cnn_matrices = CnnMatrices(self.model.feature_extractor, torch.bfloat16)
+        transformer = self.model.encoder.transformer
+        if hasattr(transformer.pos_conv_embed, "conv"):  # wav2vec2/HuBERT/WavLM's ConvolutionalPositionalEmbedding
+            transformer.pos_conv_embed = PosConvAsMatmuls(transformer.pos_conv_embed, torch.bfloat16)
+            self.pos_conv_impl = "conv"
+        return self
 
     def _transformer(self, features: Tensor, frame_lens: Tensor | None) -> list[Tensor]:
         encoder = self.model.encoder

@@ -310,3 +310,165 @@ def cnn_conv(conv: nn.Conv1d, x: Tensor, channels_last: bool = False) -> Tensor:
     y = F.conv2d(x.unsqueeze(2).contiguous(memory_format=cl), conv.weight.unsqueeze(2).contiguous(memory_format=cl),
                  conv.bias, stride=(1, conv.stride[0]))
     return y.squeeze(2)
+
+
+def can_prepack_bf16() -> bool:
+    """Whether oneDNN can hold linear weights prepacked for bf16 here (torch's mkldnn ops, as inductor uses)."""
+    ops = torch.ops.mkldnn
+    return (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise") and bool(getattr(ops, "_is_mkldnn_bf16_supported", lambda: False)()))
+
+
+class PackedLinear(nn.Module):
+    """``F.linear`` for CPU inference in ``dtype``, the weight stored once in that dtype and, for bf16 where oneDNN
+    can, prepacked in its blocked (AMX/AVX-512) layout: a plain bf16 ``F.linear`` reorders the weight on every
+    call, which took ~40 % of the product's time at wav2vec2-base sizes (bench/infer_throughput.py). The input is
+    cast to ``dtype`` (as autocast would); the output is in ``dtype``."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight.detach().to(dtype).contiguous()
+        self.bias = bias.detach().to(dtype) if bias is not None else None
+        self.packed = None
+        if dtype == torch.bfloat16 and can_prepack_bf16():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+            self.weight = None  # the packed copy is the one used
+
+    @classmethod
+    def of(cls, linear: nn.Linear, dtype: torch.dtype) -> "PackedLinear":
+        return cls(linear.weight, linear.bias, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.dtype)
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+class PosConvAsMatmuls(nn.Module):
+    """torchaudio's ConvolutionalPositionalEmbedding (a grouped Conv1d, GELU) for CPU inference in ``dtype``:
+    per group, the K-frame windows of its channels as rows of one matrix product (:class:`PackedLinear`).
+
+    Not oneDNN's bf16 grouped Conv1d: in torch 2.11 it gave wrong answers for some shapes (8 channels per
+    group, kernel 16: 86 % relative error; 48 per group, kernel 128 was right), and a kernel is not to be
+    trusted per shape. Not the float32 convolution either: at wav2vec2-base size it was a third of a bf16 file's
+    time. The weight norm is folded in once. (B, T, D) in, (B, T, D) out, in ``dtype``.
+    """
+
+    def __init__(self, pos_conv: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        conv = pos_conv.conv
+        assert conv.stride == (1,) and conv.dilation == (1,), conv
+        self.groups, self.kernel, self.padding = conv.groups, conv.kernel_size[0], conv.padding[0]
+        self.num_remove = pos_conv.num_remove
+        weight = conv.weight.detach()  # (D, D / G, K); the weight norm's product
+        c_out, c_in, K = weight.shape[0] // self.groups, weight.shape[1], self.kernel
+        bias = conv.bias.detach() if conv.bias is not None else None
+        # Column c * K + k of group g's (c_out, c_in * K) weight meets frame t + k, channel g * c_in + c (unfold).
+        self.linears = nn.ModuleList(
+            PackedLinear(weight[g * c_out:(g + 1) * c_out].reshape(c_out, c_in * K),
+                         bias[g * c_out:(g + 1) * c_out] if bias is not None else None, dtype)
+            for g in range(self.groups))
+        self.c_in, self.c_out, self.dtype = c_in, c_out, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        xp = F.pad(x.to(self.dtype), (0, 0, self.padding, self.padding))  # (B, T + 2P, D)
+        T_out = T + 2 * self.padding - self.kernel + 1 - self.num_remove
+        out = xp.new_empty((B, T_out, self.groups * self.c_out))
+        for g, linear in enumerate(self.linears):
+            windows = xp[:, :, g * self.c_in:(g + 1) * self.c_in].unfold(1, self.kernel, 1)[:, :T_out]
+            out[:, :, g * self.c_out:(g + 1) * self.c_out] = linear(windows.reshape(B, T_out, -1))
+        return F.gelu(out)
+
+
+class CnnMatrices:
+    """The CNN's convolutions as linear maps of K-frame windows for :func:`cnn_as_matmuls`.
+
+    The first layer (one input channel: the waveform) stays float32, the others take ``dtype``: the first
+    layer's ten taps are nearly free either way, and the waveform keeps its 24 bits of mantissa.
+    """
+
+    def __init__(self, extractor: nn.Module, dtype: torch.dtype):
+        self.dtype = dtype
+        self.layers = []
+        for i, layer in enumerate(extractor.conv_layers):
+            conv = layer.conv
+            assert conv.padding in ((0,), 0) and conv.dilation == (1,) and conv.groups == 1, conv
+            K, stride = conv.kernel_size[0], conv.stride[0]
+            # Column k * C_in + c of the (C_out, K * C_in) weight meets input frame t * stride + k, channel c.
+            weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, K * conv.in_channels)
+            linear = PackedLinear(weight, conv.bias, torch.float32 if i == 0 else dtype)
+            self.layers.append((linear, K, stride, layer.layer_norm))
+
+
+def cnn_as_matmuls(matrices: CnnMatrices, waveforms: Tensor) -> Tensor:
+    """torchaudio's FeatureExtractor on an unpadded batch, each Conv1d as one matrix product in channels-last
+    layout: (B, S) samples -> (B, T, C) features.
+
+    An output frame's window is K consecutive input frames, one contiguous run of K * C values in (T, C)
+    memory, so the windows are a strided view of the input and the convolution is ``windows @ matrix``. On a
+    CPU that is a single large GEMM per layer (AMX/AVX-512 in bf16), where oneDNN's Conv1d spends as long
+    again reordering (B, C, T) activations as it does convolving them. The norm (GroupNorm over each channel's
+    frames, or a per-frame LayerNorm) is computed in float32; the features come out in the matrices' dtype.
+    Inference only: no padding (a GroupNorm's statistics span the whole row), no autograd.
+    """
+    x = waveforms.unsqueeze(-1)  # (B, S, 1)
+    layers = matrices.layers
+    for i, (linear, K, stride, norm) in enumerate(layers):
+        B, T, C = x.shape
+        T_out = (T - K) // stride + 1
+        x = x.contiguous()
+        windows = x.as_strided((B, T_out, K * C), (x.stride(0), stride * C, 1))
+        next_dtype = layers[i + 1][0].dtype if i + 1 < len(layers) else matrices.dtype
+        if i == 0 and isinstance(norm, nn.GroupNorm):
+            x = _first_layer_group_norm(windows, linear, norm, next_dtype)
+            continue
+        if isinstance(norm, nn.GroupNorm):
+            raise AssertionError("cnn_as_matmuls covers a GroupNorm in the first layer only (wav2vec2's group_norm)")
+        y = linear(windows)  # (B, T_out, C_out)
+        if norm is not None:
+            y = F.layer_norm(y.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        x = F.gelu(y.to(next_dtype))
+    return x
+
+
+#: Frames of the first layer's output computed at once: a few MB per piece, in cache and below glibc's mmap
+#: threshold (a fresh 40 MB tensor per call costs more in page faults than its arithmetic).
+FIRST_LAYER_PIECE = 2048
+
+
+def _first_layer_group_norm(windows: Tensor, linear: PackedLinear, norm: nn.GroupNorm, dtype: torch.dtype) -> Tensor:
+    """gelu(GroupNorm(conv(x))) of a one-channel first layer, the norm folded into the convolution.
+
+    The conv is linear in its K-sample windows, so each output channel's mean and variance over the frames
+    follow from the windows' K-vector mean and K x K covariance (float64): mean_c = w_c . m, var_c = w_c' S w_c.
+    The normalisation is then a per-row scale of the matrix and a shift: one pass over the layer's output
+    (the largest activation of the model) instead of three.
+    """
+    assert norm.num_groups == norm.num_channels, "one group per channel (wav2vec2's group_norm)"
+    B, T_out, K = windows.shape
+    w64 = linear.weight.double().t()  # (K, C)
+    win64 = windows.double()
+    m = win64.mean(1)  # (B, K)
+    cov = win64.transpose(1, 2) @ win64 / T_out - m[:, :, None] * m[:, None, :]  # (B, K, K)
+    mean = m @ w64  # (B, C)
+    var = torch.einsum("kc,bkl,lc->bc", w64, cov, w64).clamp_min(0.0)
+    bias = linear.bias.double() if linear.bias is not None else None
+    if bias is not None:
+        mean = mean + bias
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.double()
+    shift = (norm.bias.double() if norm.bias is not None else 0.0) - mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    mats = (w64[None] * scale[:, None, :]).float()  # (B, K, C)
+    shift = shift.float()[:, None, :]  # (B, 1, C)
+    out = windows.new_empty((B, T_out, w64.shape[1]), dtype=dtype)
+    for start in range(0, T_out, FIRST_LAYER_PIECE):
+        piece = windows[:, start:start + FIRST_LAYER_PIECE]
+        out[:, start:start + piece.shape[1]] = F.gelu(torch.baddbmm(shift, piece, mats))
+    return out
