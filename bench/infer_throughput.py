@@ -17,7 +17,7 @@ per call is checked exact) and to ONNX (mtlser.export.onnx, checked), and times 
                          sorted by duration (padded, attention mask), softmax: a hand-written transformers loop
     mtlser_torch_fp32    mtlser.infer.runner.label with SERPredictor (mtlser-infer's path and defaults: windows
                          of 20 s side by side for longer recordings, batches by duration)
-    mtlser_torch_bf16    the same under bf16 autocast (only on CPUs with native bf16: mtlser.infer.backends)
+    mtlser_torch_bf16    the same at bf16 (only on CPUs with native bf16; its bf16 copy: mtlser.infer.backends)
     mtlser_onnx_fp32     the same path on onnxruntime (the exported graph)
     mtlser_onnx_int8     the graph with onnxruntime's dynamic int8 quantisation
 
