@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch, or onnx (onnxruntime; --model may then be an exported .onnx): "
                    "mtlser.infer.backends (default torch)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
-                   help="fp32 (exact); bf16 (torch autocast: GPUs, or CPUs with native bf16); fp16 (GPUs); "
+                   help="fp32 (exact); bf16 (torch: GPUs, or CPUs with native bf16, the fastest there); fp16 (GPUs); "
                    "int8 (onnx: dynamic quantisation). Non-exact modes print their agreement with fp32")
     p.add_argument("--check-set", help="where bf16/int8 are checked against fp32: a data dir, wav.scp, folder or "
                    "list (default: the fold's test files when the model has them, else the first inputs)")
