@@ -233,9 +233,12 @@ class Backbone(nn.Module):
         as matrix products in bf16 (:func:`mtlser.model.fast_ops.cnn_as_matmuls`), and so the positional
         convolution, per group (:class:`~mtlser.model.fast_ops.PosConvAsMatmuls`; the FFT form pays off on a GPU in
         training, not at inference on a CPU). Layer norms, the fusion and the heads stay float32. The model's own weights are untouched: call it on a copy."""
-        from mtlser.model.fast_ops import CnnMatrices, PackedLinear, PosConvAsMatmuls
+        from mtlser.model.fast_ops import CnnMatrices, PackedFeedForward, PackedLinear, PosConvAsMatmuls
 
         assert not self.training, "bf16_inference is for inference (eval mode, no gradients)"
+        for layer in self.model.encoder.transformer.layers:
+            if hasattr(layer.feed_forward, "intermediate_dense"):  # torchaudio's FeedForward
+                layer.feed_forward = PackedFeedForward(layer.feed_forward, torch.bfloat16)
         for parent in list(self.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:  # a subclass (nn.MultiheadAttention's out_proj) is read by weight

@@ -320,14 +320,16 @@ def can_prepack_bf16() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """``F.linear`` for CPU inference in ``dtype``, the weight stored once in that dtype and, for bf16 where oneDNN
-    can, prepacked in its blocked (AMX/AVX-512) layout: a plain bf16 ``F.linear`` reorders the weight on every
-    call, which took ~40 % of the product's time at wav2vec2-base sizes (bench/infer_throughput.py). The input is
-    cast to ``dtype`` (as autocast would); the output is in ``dtype``."""
+    """``F.linear`` (then GELU, with ``activation="gelu"``) for CPU inference in ``dtype``, the weight stored once
+    in that dtype and, for bf16 where oneDNN can, prepacked in its blocked (AMX/AVX-512) layout with the GELU as
+    the product's post-op: a plain bf16 ``F.linear`` reorders the weight on every call, which took ~40 % of the
+    product's time at wav2vec2-base sizes. The input is cast to ``dtype`` (as autocast would); the output is in
+    ``dtype``."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype):
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, activation: str = "none"):
         super().__init__()
-        self.dtype = dtype
+        assert activation in ("none", "gelu"), activation
+        self.dtype, self.activation = dtype, activation
         self.out_features, self.in_features = weight.shape
         self.weight = weight.detach().to(dtype).contiguous()
         self.bias = bias.detach().to(dtype) if bias is not None else None
@@ -337,14 +339,28 @@ class PackedLinear(nn.Module):
             self.weight = None  # the packed copy is the one used
 
     @classmethod
-    def of(cls, linear: nn.Linear, dtype: torch.dtype) -> "PackedLinear":
-        return cls(linear.weight, linear.bias, dtype)
+    def of(cls, linear: nn.Linear, dtype: torch.dtype, activation: str = "none") -> "PackedLinear":
+        return cls(linear.weight, linear.bias, dtype, activation)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(self.dtype)
         if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.activation, [], "none")
+        y = F.linear(x, self.weight, self.bias)
+        return F.gelu(y) if self.activation == "gelu" else y
+
+
+class PackedFeedForward(nn.Module):
+    """torchaudio's transformer FeedForward at inference (dropout off): two :class:`PackedLinear`, the GELU fused
+    into the first."""
+
+    def __init__(self, feed_forward: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.intermediate = PackedLinear.of(feed_forward.intermediate_dense, dtype, activation="gelu")
+        self.output = PackedLinear.of(feed_forward.output_dense, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.intermediate(x))
 
 
 class PosConvAsMatmuls(nn.Module):
@@ -401,7 +417,9 @@ class CnnMatrices:
             K, stride = conv.kernel_size[0], conv.stride[0]
             # Column k * C_in + c of the (C_out, K * C_in) weight meets input frame t * stride + k, channel c.
             weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, K * conv.in_channels)
-            linear = PackedLinear(weight, conv.bias, torch.float32 if i == 0 else dtype)
+            # Without a norm between them, the GELU runs as the product's post-op.
+            activation = "gelu" if i > 0 and layer.layer_norm is None else "none"
+            linear = PackedLinear(weight, conv.bias, torch.float32 if i == 0 else dtype, activation)
             self.layers.append((linear, K, stride, layer.layer_norm))
 
 
@@ -429,10 +447,9 @@ def cnn_as_matmuls(matrices: CnnMatrices, waveforms: Tensor) -> Tensor:
             continue
         if isinstance(norm, nn.GroupNorm):
             raise AssertionError("cnn_as_matmuls covers a GroupNorm in the first layer only (wav2vec2's group_norm)")
-        y = linear(windows)  # (B, T_out, C_out)
+        x = linear(windows)  # (B, T_out, C_out), the GELU applied when there is no norm
         if norm is not None:
-            y = F.layer_norm(y.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        x = F.gelu(y.to(next_dtype))
+            x = F.gelu(F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps).to(next_dtype))
     return x
 
 
