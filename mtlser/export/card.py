@@ -41,18 +41,20 @@ def _json(path: Path) -> dict | None:
 
 
 def _training_time(model_dir: Path) -> tuple[float | None, int | None]:
-    """(seconds of training, epochs run) from history.tsv's train_time_s column."""
+    """(seconds of training, epochs run) from history.tsv: its train_time_s column, and its rows as counted by
+    :func:`mtlser.expdir.epochs_run`; (None, None) without one."""
     path = model_dir / expdir.HISTORY_TSV
     if not path.is_file():
         return None, None
+    epochs = expdir.epochs_run(model_dir)
     rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(rows) < 2 or "train_time_s" not in rows[0]:
-        return None, len(rows) - 1 if rows else None
+        return None, epochs
     col = rows[0].index("train_time_s")
     try:
-        return sum(float(r[col]) for r in rows[1:]), len(rows) - 1
+        return sum(float(r[col]) for r in rows[1:]), epochs
     except (ValueError, IndexError):
-        return None, len(rows) - 1
+        return None, epochs
 
 
 def _protocol(model_dir: Path) -> tuple[dict, str | None]:
