@@ -796,3 +796,44 @@ def test_cnn_as_matmuls_computes_the_feature_extractor(mode, conv_bias):
     assert got.shape == ref.shape == (2, 27, 32) and got.dtype == torch.float32
     assert rel(got, ref) < 1e-5
     assert half.dtype == torch.bfloat16 and 1e-5 < rel(half.float(), ref) < 3e-2
+
+
+@pytest.mark.parametrize("kernel,groups", [(16, 4), (15, 2)])
+def test_pos_conv_as_matmuls_computes_the_positional_convolution(kernel, groups):
+    """The positional convolution per group as one matrix product of K-frame windows (CPU bf16 inference): in
+    float32 what torchaudio's module computes (weight norm, even and odd kernels, padded frames in the batch);
+    in bf16 within its rounding."""
+    from torchaudio.models.wav2vec2.components import ConvolutionalPositionalEmbedding
+
+    from mtlser.model.fast_ops import PosConvAsMatmuls
+
+    torch.manual_seed(0)
+    module = ConvolutionalPositionalEmbedding(32, kernel, groups).eval()
+    x = torch.randn(2, 23, 32)
+    x[1, 17:] = 0.0
+    with torch.inference_mode():
+        ref = module(x)
+        got = PosConvAsMatmuls(module, torch.float32)(x)
+        half = PosConvAsMatmuls(module, torch.bfloat16)(x)
+    assert got.shape == ref.shape == (2, 23, 32)
+    assert rel(got, ref) < 1e-5
+    assert half.dtype == torch.bfloat16 and rel(half.float(), ref) < 3e-2
+
+
+def test_packed_linear_without_onednn_packing_computes_the_same(monkeypatch):
+    """PackedLinear where oneDNN cannot prepack (another CPU, a torch without it): F.linear (+ GELU) in bf16,
+    the answer of the packed product within bf16's rounding."""
+    import mtlser.model.fast_ops as fast_ops
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    x = torch.randn(3, 5, 64)
+    with torch.inference_mode():
+        ref = torch.nn.functional.gelu(linear(x))
+        packed = fast_ops.PackedLinear.of(linear, torch.bfloat16, activation="gelu")
+        monkeypatch.setattr(fast_ops, "can_prepack_bf16", lambda: False)
+        plain = fast_ops.PackedLinear.of(linear, torch.bfloat16, activation="gelu")
+        assert plain.packed is None and plain.weight.dtype == torch.bfloat16
+        a, b = packed(x), plain(x)
+    assert a.dtype == b.dtype == torch.bfloat16
+    assert rel(a.float(), ref) < 2e-2 and rel(b.float(), ref) < 2e-2
