@@ -126,8 +126,8 @@ class Trainer:
                                                   attributes=self.train_set.attributes)
         self.model.class_masking = has_unclassed(self.train_set, self.valid_set)
         self.loss_check = LossCheck(deferred=cfg.train.defer_host_sync)
-        drop_short_utterances(self.model.backbone.min_samples(), {"train": self.train_set, "valid": self.valid_set}, self.data_dir,
-                              cfg.data.sample_rate)
+        drop_short_utterances(self.model.backbone.min_samples(), {"train": self.train_set, "valid": self.valid_set},
+                              self.data_dir, cfg.data.sample_rate)
         self.sampler, self.valid_sampler = build_samplers(cfg, self.train_set, self.valid_set, self.dist)
         self._make_loaders()
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -656,32 +656,31 @@ def write_history(exp_dir: Path, history: list[dict]) -> None:
 
 
 def rerun_of_finished(cfg: Config, data_dir: str | Path, token_list: list[str], exp_dir: str | Path) -> dict | None:
-    """A rerun of a fold whose checkpoint finished under this run's settings, without building the model and
-    the optimizer (seconds of a rerun that has nothing to train, and a backbone.init that has moved since is
-    not needed): the checks and the files of Trainer.fit on it (refusal of other settings, token list or data;
-    config.yaml, token_list, env.json, history.tsv rewritten; model.yaml, which only the model can write, left
-    as training wrote it under these settings). Returns what fit returns (best.json's record, {} without one),
-    or None where the fold has to train (no checkpoint, more epochs to go) or where model.yaml gives no CNN to tell
-    the utterances too short for it (then Trainer, which builds the model, decides)."""
+    """The rerun of a fold whose checkpoint finished under this run's settings, without building the model and
+    the optimizer: it needs neither, nor the pretrained backbone (backbone.init) it started from. It checks and
+    writes what Trainer.fit does on such a fold: refuses other settings, another token list or other data;
+    rewrites config.yaml, token_list, env.json and history.tsv; keeps model.yaml, which the model wrote under
+    the same settings. Returns fit's result (best.json's record, {} without one), or None where Trainer decides:
+    no checkpoint, epochs to go, or no model.yaml naming the CNN (the utterances too short for it are left out
+    of the data the checkpoint's fingerprint was taken of)."""
     data_dir, exp_dir = Path(data_dir), Path(exp_dir)
-    cfg = copy.deepcopy(cfg)  # build_data resolves fields in it; a fold that trains starts from the config given
     path = exp_dir / CHECKPOINT
-    if not path.is_file() or not (exp_dir / expdir.MODEL_YAML).is_file():
-        return None
-    conv = (expdir.read_model_info(exp_dir).get("arch_kwargs") or {}).get("extractor_conv_layer_config")
+    info = expdir.read_model_info(exp_dir) if path.is_file() else None
+    conv = ((info or {}).get("arch_kwargs") or {}).get("extractor_conv_layer_config")
     if not conv:
         return None
-    dist = dist_info()
-    device = setup_device(cfg, dist)
-    train_set, valid_set = build_data(cfg, data_dir, token_list)  # resolves data.emotions, compared next
-    # The sets the checkpoint's data fingerprint was taken of: without what the trained CNN gives no frame.
-    drop_short_utterances(receptive_field([(kernel, stride) for _channels, kernel, stride in conv]),
-                          {"train": train_set, "valid": valid_set}, data_dir, cfg.data.sample_rate)
-    state = resume.read_checkpoint(path, device)
-    changed = check_resume(cfg, token_list, train_set, valid_set, data_dir, state, path)
+    # Memory-mapped: of the trainer state, only the record of the run is read here.
+    state = resume.read_checkpoint(path, "cpu", mmap=True)
     epoch, best = int(state["epoch"]), json.loads(state["best"])
     if not finished_under(cfg, epoch, bool(state["finished"]), best):
         return None
+    cfg = copy.deepcopy(cfg)  # build_data resolves fields in it; Trainer (--force) starts from the config given
+    dist = dist_info()
+    device = setup_device(cfg, dist)
+    train_set, valid_set = build_data(cfg, data_dir, token_list)
+    drop_short_utterances(receptive_field([(kernel, stride) for _channels, kernel, stride in conv]),
+                          {"train": train_set, "valid": valid_set}, data_dir, cfg.data.sample_rate)
+    changed = check_resume(cfg, token_list, train_set, valid_set, data_dir, state, path)
     if changed:
         logger.info("settings changed since the checkpoint, which may change on resume: %s",
                     resume.describe_resumable(changed))
