@@ -29,11 +29,16 @@ Stage 2's folds dir (``data/<protocol>``) holds the fold data dirs and the ``pro
 
 from __future__ import annotations
 
+import ast
+import ctypes
 import datetime
+import importlib
+import importlib.util
 import json
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,25 +273,61 @@ def read_recipe_options(exp_dir: str | Path) -> dict | None:
 
 
 def environment(device=None) -> dict:
-    """Where this process runs: versions, git commit, and the GPU (``device``'s, else GPU 0's, else none)."""
-    import torch
-
+    """Where this process runs: versions, git commit, and the GPU (``device``'s, else GPU 0's, else none).
+    Scoring records it too, and imports no torch for it where the answer is known without (package_version,
+    _gpu_name): that import is most of a scoring command's time."""
     env = {
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": package_version("torch"),
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "gpu": _gpu_name(device),
     }
-    try:
-        import torchaudio
-
-        env["torchaudio"] = torchaudio.__version__
-    except Exception:  # pragma: no cover
-        pass
+    torchaudio = package_version("torchaudio")
+    if torchaudio is not None:
+        env["torchaudio"] = torchaudio
     env.update(git_commit())
     return env
+
+
+def package_version(name: str) -> str | None:
+    """``name.__version__`` (torch, torchaudio), None when the package is not installed. An imported package
+    answers itself; otherwise the string is read from the package's ``version.py``, the file its
+    ``__version__`` is imported from, without importing the package. importlib.metadata would not do:
+    it drops the local part (torch 2.11.0+cu130 is "2.11.0" there)."""
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return None
+        fields = _version_py(spec)
+        if "__version__" in fields:
+            return str(fields["__version__"])
+        module = importlib.import_module(name)  # another layout: ask the package
+    return str(module.__version__)
+
+
+def _version_py(spec) -> dict:
+    """The literal assignments of the ``version.py`` beside a package's ``__init__`` (torch's: __version__,
+    cuda, hip, ...); {} without one or where it cannot be read."""
+    fields = {}
+    for location in spec.submodule_search_locations or []:
+        path = Path(location) / "version.py"
+        try:
+            body = ast.parse(path.read_text(encoding="utf-8")).body
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+                node.target if isinstance(node, ast.AnnAssign) else None
+            if isinstance(target, ast.Name) and node.value is not None:
+                try:
+                    fields[target.id] = ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError):  # not a literal: the caller asks the package
+                    pass
+        break
+    return fields
 
 
 def git_commit() -> dict:
@@ -326,10 +367,33 @@ def cpu_model() -> str:
 
 
 def _gpu_name(device) -> str:
-    import torch
-
     if device is not None and getattr(device, "type", str(device)) == "cpu":
         return "none (cpu)"
+    if _no_gpu_without_torch():
+        return "none"
+    import torch
+
     if not torch.cuda.is_available():
         return "none"
     return torch.cuda.get_device_name(device if device is not None else 0)
+
+
+def _no_gpu_without_torch() -> bool:
+    """True where torch.cuda.is_available() is certainly False, told without importing torch: a torch built
+    without CUDA and ROCm (its version.py), or a CUDA build on a machine whose dynamic loader finds no CUDA
+    driver (libcuda.so.1, which CUDA's runtime loads to count the devices). Anything else asks torch."""
+    if "torch" in sys.modules or os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"):
+        return False  # already paid for, or torch counts the devices another way (NVML)
+    spec = importlib.util.find_spec("torch")
+    if spec is None:
+        return False  # no torch: let its import say so, as it always did
+    build = _version_py(spec)
+    if "cuda" not in build or "hip" not in build or build["hip"] is not None:
+        return False
+    if build["cuda"] is None:
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return True
+    return False

@@ -51,3 +51,31 @@ def test_a_decode_dir_points_at_its_data_and_the_protocol_is_found_from_the_expe
     assert expdir.experiment_folds_dir(tmp_path / "exp" / "tag") == folds.resolve()
     assert expdir.read_protocol(folds) == {"protocol": "loso", "valid": "none"}
     assert expdir.read_protocol(tmp_path) == {} and expdir.experiment_folds_dir(tmp_path) is None
+
+
+def test_environment_is_recorded_alike_with_and_without_torch_imported():
+    """Scoring records where it ran without importing torch where it can (mtlser.expdir.environment): the record
+    is the one a process that imported torch and torchaudio writes, torch's local version part included."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys{}\nfrom mtlser import expdir\nenv = expdir.environment()\nenv.pop('date')\n"
+            "print(json.dumps([env, 'torch' in sys.modules, expdir._no_gpu_without_torch()]))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def record(imports: str):
+        out = subprocess.run([sys.executable, "-c", code.format(imports)], capture_output=True, text=True, env=env,
+                             cwd=ROOT, check=True).stdout
+        return json.loads(out)
+
+    cold, imported_torch, no_gpu = record("")
+    warm, _, _ = record(", torch, torchaudio")
+    assert cold == warm
+    import torch
+
+    assert cold["torch"] == torch.__version__ and cold["gpu"] == ("none" if not torch.cuda.is_available() else
+                                                                  torch.cuda.get_device_name(0))
+    # Where the torch build or the machine says there is no GPU, torch is not imported at all.
+    assert imported_torch is not no_gpu

@@ -116,3 +116,19 @@ def test_off_folds():
     assert stats.off_folds({**ua, "fold05": 0.56}) == ["fold05"]
     # Four folds: the std of three others is too rough to flag by.
     assert stats.off_folds({"fold01": 0.60, "fold02": 0.62, "fold03": 0.61, "fold04": 0.10}) == []
+
+
+def test_t_figures_are_scipy_stats_own():
+    """The t quantile and tail come from scipy.special (no scipy.stats import): the same bits as scipy.stats.t."""
+    from scipy.stats import t as student_t
+
+    from mtlser.score.stats import paired_t_p, t_interval
+
+    rng = np.random.default_rng(0)
+    for n in range(2, 30):
+        x = rng.normal(0.5, 0.1, n)
+        half = student_t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)
+        assert t_interval(x) == (float(x.mean()) - float(half), float(x.mean()) + float(half))
+        d = rng.normal(0.01, 0.02, n)
+        t = d.mean() / (d.std(ddof=1) / math.sqrt(n))
+        assert paired_t_p(d) == float(2 * student_t.sf(abs(t), n - 1))

@@ -135,3 +135,36 @@ def test_resume_after_kill_is_bit_identical(fold, tiny_config, tmp_path):
     strip = [[{k: v for k, v in e.items() if k not in drop} for e in json.loads(h)] for h in (h1, h2)]
     assert strip[0] == strip[1]
     assert (straight / "fold01" / "best.safetensors").read_bytes() == (killed / "fold01" / "best.safetensors").read_bytes()
+
+
+def test_a_finished_folds_rerun_does_not_build_the_model(fold, tiny_config, tmp_path):
+    """A rerun of a finished fold checks its checkpoint against this run and rewrites its records, the same
+    bytes, without building the model: the pretrained backbone it started from may be gone since. A fold with
+    epochs to go builds it (and needs that backbone); other settings are refused as before."""
+    import shutil
+
+    from tests.test_backbone_loading import hf_model, write_hf_safetensors
+
+    folds, tokens = fold
+    hf = write_hf_safetensors(hf_model("wav2vec2", "base"), tmp_path / "hf")
+    config = tiny_config(backbone={"init": str(hf), "size": "base", "custom": {}}, train={"epochs": 1})
+    exp = tmp_path / "exp"
+    r = run(train_cmd(config, folds, tokens, exp))
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = exp / "fold01"
+    names = ("config.yaml", "model.yaml", "token_list", "history.tsv", "best.json", "best.safetensors",
+             "checkpoint.pt")
+    before = {n: (d / n).read_bytes() for n in names}
+    shutil.rmtree(hf)
+    (d / "history.tsv").unlink()  # a run killed before its history row: the rerun writes it again
+
+    r = run(train_cmd(config, folds, tokens, exp))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "training already finished (1 epochs); nothing to do" in r.stderr
+    assert {n: (d / n).read_bytes() for n in names} == before
+    assert yaml.safe_load((d / "env.json").read_text())["gpu"] == "none (cpu)"
+
+    r = run(train_cmd(config, folds, tokens, exp, "--loss.lambda", "0.5"))
+    assert r.returncode != 0 and "trained for 1 epochs with other settings" in r.stderr
+    r = run(train_cmd(config, folds, tokens, exp, "--train.epochs", "2"))  # resumes: the model is built
+    assert r.returncode != 0 and str(hf) in r.stderr

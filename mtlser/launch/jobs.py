@@ -128,6 +128,13 @@ def format_duration(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+#: How often the launcher looks whether a job ended: a job that has nothing to do (a rerun) ends within a second
+#: or two, and every poll is one waitpid per running job.
+POLL_SECONDS = 0.05
+#: How often the progress bars read the tails of the job logs.
+BARS_SECONDS = 0.5
+
+
 def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max_jobs: int,
               progress_regex: str | None, gpus: list[str] | None = None, gpus_per_job: int = 1) -> list[int]:
     from tqdm import tqdm
@@ -190,14 +197,18 @@ def run_local(name: str, lo: int, hi: int, log_pattern: str, cmd: list[str], max
 
     caught = (signal.SIGTERM, signal.SIGHUP)
     old = {s: signal.signal(s, kill_all) for s in caught}
+    bars_read = 0.0
     try:
         while pending or running:
             while pending and len(running) < max_jobs:
                 start(pending.pop(0))
-            time.sleep(0.5)
+            time.sleep(POLL_SECONDS)
+            read_bars = show_bars and pattern is not None and time.monotonic() - bars_read >= BARS_SECONDS
+            if read_bars:
+                bars_read = time.monotonic()
             for job in list(running):
                 proc, log, _t0, (_f, bar, _slot) = running[job]
-                if show_bars and pattern is not None:
+                if read_bars:
                     try:
                         with open(log, "rb") as fh:
                             fh.seek(max(0, log.stat().st_size - 8192))

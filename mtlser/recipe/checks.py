@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 
-from mtlser.data.split import check_valid_share
 from mtlser.utils import MtlserError
 
 #: The recipe's stages: 0 data, 1 tokens, 2 folds, 3 train, 4 infer, 5 score, 6 pack.
@@ -39,6 +38,9 @@ def check_options(stage: str, stop_stage: str, nj: str, ngpu: str, valid_share: 
                           "--stage <= --stop-stage")
     whole_number("--nj", nj, 1, "a number of jobs at once >= 1")
     whole_number("--ngpu", ngpu, 0, "a number of GPUs (0, 1, 2, ...)")
+    # Imported here: stage 2's module imports numpy and soundfile, which ser.sh's other recipe commands need not.
+    from mtlser.data.split import check_valid_share
+
     check_valid_share(valid_share)
     whole_number("--split-seed", split_seed, 0, "a seed >= 0")
     whole_number("--nbpe", nbpe, 1, "a number of pieces >= 1")

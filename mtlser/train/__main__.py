@@ -18,7 +18,7 @@ as one shell-quoted string (what the recipe passes: a value with spaces stays on
 value). Rerunning resumes from ``checkpoint.pt`` when the settings that shape the
 model match the checkpoint's (mtlser.train.resume), and refuses otherwise;
 with ``--force`` a fold that cannot resume is retrained from scratch instead (one
-that can is left alone). A finished fold returns at once. ``--check-config`` only
+that can is left alone). A finished fold returns at once, without building the model. ``--check-config`` only
 resolves and checks the config, naming the source of a bad field (the YAML file,
 ``--train-opts``, the command line): the recipe runs it before stage 3's jobs. One
 run per fold dir at a time (a lock, mtlser.utils.lock). Under torchrun

@@ -181,10 +181,11 @@ def build_seeded_model(cfg: Config, vocab_size: int, device: torch.device, dist:
     return model
 
 
-def drop_short_utterances(model: SERModel, sets: dict[str, SERDataset | None], data_dir: Path,
+def drop_short_utterances(min_samples: int, sets: dict[str, SERDataset | None], data_dir: Path,
                           sample_rate: int) -> None:
-    """Utterances shorter than the CNN's receptive field give no frame at all: a logged, counted skip."""
-    min_s = model.backbone.min_samples() / sample_rate
+    """Utterances shorter than the CNN's receptive field (``min_samples``: the model's
+    ``backbone.min_samples()``) give no frame at all: a logged, counted skip."""
+    min_s = min_samples / sample_rate
     for name, ds in sets.items():
         if ds is None:
             continue

@@ -129,14 +129,15 @@ def _show(v: Any) -> str:
     return "(unset)" if v is None else repr(v) if isinstance(v, str) else str(v)
 
 
-def read_checkpoint(path: Path, map_location) -> dict:
+def read_checkpoint(path: Path, map_location, mmap: bool = False) -> dict:
     """The trainer state in ``path``, read with ``torch.load(weights_only=True)``; a file that is not one
     (truncated, corrupt, a pickle of other objects) is one clear error. torch's own message for a refused
-    pickle advises ``weights_only=False``, i.e. running the file's code: that advice is not passed on."""
+    pickle advises ``weights_only=False``, i.e. running the file's code: that advice is not passed on.
+    ``mmap``: the tensors stay in the file until used (a caller that reads the record of the run only)."""
     import torch
 
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         text = str(e)
         if "Weights only load failed" in text:

@@ -50,10 +50,14 @@ def train_fold(config: str, overrides: list[tuple[str, list[str]]], token_list: 
 
 
 def fit_or_retrain(cfg, data_dir: Path, tokens: list[str], exp_dir: Path, force: bool) -> dict:
-    """Train (or resume) the fold; with ``force`` a fold that cannot resume is cleared and trained from scratch."""
-    from mtlser.train.trainer import Trainer
+    """Train (or resume) the fold; with ``force`` a fold that cannot resume is cleared and trained from scratch.
+    A finished fold is checked and left without building the model (mtlser.train.trainer.rerun_of_finished)."""
+    from mtlser.train.trainer import Trainer, rerun_of_finished
 
     try:
+        best = rerun_of_finished(cfg, data_dir, tokens, exp_dir)
+        if best is not None:
+            return best
         return Trainer(cfg, data_dir, tokens, exp_dir).fit()
     except ResumeRefused as refused:
         if not force:

@@ -28,6 +28,7 @@ Experiment dir::
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -44,6 +45,7 @@ from mtlser import expdir
 from mtlser.config import Config, save_config, to_dict
 from mtlser.data.dataset import batch_to, collate
 from mtlser.model.backbone import conv_layers_as_lists
+from mtlser.model.lengths import receptive_field
 from mtlser.model.ser_model import SERModel
 from mtlser.score.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from mtlser.text.tokenize import write_token_list
@@ -124,8 +126,8 @@ class Trainer:
                                                   attributes=self.train_set.attributes)
         self.model.class_masking = has_unclassed(self.train_set, self.valid_set)
         self.loss_check = LossCheck(deferred=cfg.train.defer_host_sync)
-        drop_short_utterances(self.model, {"train": self.train_set, "valid": self.valid_set}, self.data_dir,
-                              cfg.data.sample_rate)
+        drop_short_utterances(self.model.backbone.min_samples(), {"train": self.train_set, "valid": self.valid_set},
+                              self.data_dir, cfg.data.sample_rate)
         self.sampler, self.valid_sampler = build_samplers(cfg, self.train_set, self.valid_set, self.dist)
         self._make_loaders()
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -224,40 +226,19 @@ class Trainer:
         if changed:
             logger.info("settings changed since the checkpoint, which may change on resume: %s",
                         resume.describe_resumable(changed))
-        # Finished under the settings it was trained with; maybe not under this run's (more epochs, patience).
-        since_best = self.epoch - int(self.best["epoch"]) if self.best else 0
-        self.finished = self.epoch >= self.cfg.train.epochs or (
-            self.finished and self.cfg.train.patience > 0 and since_best >= self.cfg.train.patience)
+        self.finished = finished_under(self.cfg, self.epoch, self.finished, self.best)
         return True
 
     def check_resume(self, state: dict, path: Path) -> list:
         """Refuse to resume a checkpoint trained with other settings (mtlser.train.resume); return the changes
         that may happen on resume. Nothing is written before this check."""
-        recorded = json.loads(state["config"]) if "config" in state else None
-        if not isinstance(recorded, dict):
-            logger.warning("%s: no record of the settings it was trained with; resuming unchecked", path)
-            return []
-        changed = resume.check_resume(recorded, to_dict(self.cfg), to_dict(Config()), checkpoint=path,
-                                      epochs_done=int(state["epoch"]), scheduler=self.cfg.scheduler.name)
-        if "token_list" in state and json.loads(state["token_list"]) != list(self.token_list):
-            raise resume.ResumeRefused(f"{self.exp_dir}: trained with another CTC token list than this run's "
-                              f"({len(json.loads(state['token_list']))} vs {len(self.token_list)} tokens); run it as a "
-                              "new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
-        if "data" in state and state["data"] != resume.data_fingerprint(self.train_set, self.valid_set):
-            raise resume.ResumeRefused(f"{self.exp_dir}: trained on other utterances, labels or CTC targets than "
-                              f"{self.data_dir}/{{train,valid}} hold now (stages 0-2 were rerun differently?); run it "
-                              "as a new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
-        return changed
+        return check_resume(self.cfg, self.token_list, self.train_set, self.valid_set, self.data_dir, state, path)
 
     # ------------------------------------------------------------------ setup files
     def write_model_files(self) -> None:
         if not self.dist.is_main:
             return
-        self.exp_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.exp_dir / expdir.CONFIG_YAML)
-        write_token_list(self.exp_dir / expdir.TOKEN_LIST, self.token_list)
-        # The versions and GPU this fold trains with, for RESULTS.md (scoring may run on another machine).
-        expdir.write_environment(self.exp_dir, self.device)
+        write_setup_files(self.cfg, self.token_list, self.exp_dir, self.device)
         info = {
             "arch": self.model.backbone.arch,
             "arch_kwargs": conv_layers_as_lists(self.model.backbone.arch_kwargs),
@@ -510,13 +491,8 @@ class Trainer:
             self._save_weights(f"epoch{self.epoch}.safetensors")
 
     def write_history(self) -> None:
-        if not self.dist.is_main or not self.history:
-            return
-        keys = list(self.history[0].keys())
-        lines = ["\t".join(keys)]
-        for h in self.history:
-            lines.append("\t".join(f"{h[k]:.6g}" if isinstance(h.get(k), float) else str(h.get(k, "")) for k in keys))
-        atomic_write_text(self.exp_dir / expdir.HISTORY_TSV, "\n".join(lines) + "\n")
+        if self.dist.is_main:
+            write_history(self.exp_dir, self.history)
 
     def write_curves(self) -> None:
         """train_curves.png after every epoch: titled with experiment and fold, the reported epoch marked."""
@@ -627,3 +603,91 @@ class Trainer:
             if board is not None:
                 board.close()
         return self.best or {}
+
+
+# ---------------------------------------------------------------------- shared with a finished fold's rerun
+def check_resume(cfg: Config, token_list: list[str], train_set, valid_set, data_dir: Path, state: dict,
+                 path: Path) -> list:
+    """Refuse to resume the checkpoint ``state`` (read from ``path``) when it was trained with other settings,
+    another token list or other data (mtlser.train.resume); return the changes that may happen on resume."""
+    exp_dir = path.parent
+    recorded = json.loads(state["config"]) if "config" in state else None
+    if not isinstance(recorded, dict):
+        logger.warning("%s: no record of the settings it was trained with; resuming unchecked", path)
+        return []
+    changed = resume.check_resume(recorded, to_dict(cfg), to_dict(Config()), checkpoint=path,
+                                  epochs_done=int(state["epoch"]), scheduler=cfg.scheduler.name)
+    if "token_list" in state and json.loads(state["token_list"]) != list(token_list):
+        raise resume.ResumeRefused(f"{exp_dir}: trained with another CTC token list than this run's "
+                          f"({len(json.loads(state['token_list']))} vs {len(token_list)} tokens); run it as a "
+                          "new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
+    if "data" in state and state["data"] != resume.data_fingerprint(train_set, valid_set):
+        raise resume.ResumeRefused(f"{exp_dir}: trained on other utterances, labels or CTC targets than "
+                          f"{data_dir}/{{train,valid}} hold now (stages 0-2 were rerun differently?); run it "
+                          "as a new experiment (./run.sh --tag NEW_NAME) or retrain with --force")
+    return changed
+
+
+def finished_under(cfg: Config, epoch: int, finished: bool, best: dict | None) -> bool:
+    """Whether a checkpoint after ``epoch`` epochs (``finished`` as it recorded) is finished under this run's
+    settings: it was under those it was trained with, maybe not under this run's (more epochs, patience)."""
+    since_best = epoch - int(best["epoch"]) if best else 0
+    return epoch >= cfg.train.epochs or (finished and cfg.train.patience > 0 and since_best >= cfg.train.patience)
+
+
+def write_setup_files(cfg: Config, token_list: list[str], exp_dir: Path, device: torch.device) -> None:
+    """config.yaml, token_list and env.json of a fold dir (rank 0)."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, exp_dir / expdir.CONFIG_YAML)
+    write_token_list(exp_dir / expdir.TOKEN_LIST, token_list)
+    # The versions and GPU this fold trains with, for RESULTS.md (scoring may run on another machine).
+    expdir.write_environment(exp_dir, device)
+
+
+def write_history(exp_dir: Path, history: list[dict]) -> None:
+    """history.tsv, one row per epoch trained (rank 0)."""
+    if not history:
+        return
+    keys = list(history[0].keys())
+    lines = ["\t".join(keys)]
+    for h in history:
+        lines.append("\t".join(f"{h[k]:.6g}" if isinstance(h.get(k), float) else str(h.get(k, "")) for k in keys))
+    atomic_write_text(exp_dir / expdir.HISTORY_TSV, "\n".join(lines) + "\n")
+
+
+def rerun_of_finished(cfg: Config, data_dir: str | Path, token_list: list[str], exp_dir: str | Path) -> dict | None:
+    """The rerun of a fold whose checkpoint finished under this run's settings, without building the model and
+    the optimizer: it needs neither, nor the pretrained backbone (backbone.init) it started from. It checks and
+    writes what Trainer.fit does on such a fold: refuses other settings, another token list or other data;
+    rewrites config.yaml, token_list, env.json and history.tsv; keeps model.yaml, which the model wrote under
+    the same settings. Returns fit's result (best.json's record, {} without one), or None where Trainer decides:
+    no checkpoint, epochs to go, or no model.yaml naming the CNN (the utterances too short for it are left out
+    of the data the checkpoint's fingerprint was taken of)."""
+    data_dir, exp_dir = Path(data_dir), Path(exp_dir)
+    path = exp_dir / CHECKPOINT
+    info = expdir.read_model_info(exp_dir) if path.is_file() else None
+    conv = ((info or {}).get("arch_kwargs") or {}).get("extractor_conv_layer_config")
+    if not conv:
+        return None
+    # Memory-mapped: of the trainer state, only the record of the run is read here.
+    state = resume.read_checkpoint(path, "cpu", mmap=True)
+    epoch, best = int(state["epoch"]), json.loads(state["best"])
+    if not finished_under(cfg, epoch, bool(state["finished"]), best):
+        return None
+    cfg = copy.deepcopy(cfg)  # build_data resolves fields in it; Trainer (--force) starts from the config given
+    dist = dist_info()
+    device = setup_device(cfg, dist)
+    train_set, valid_set = build_data(cfg, data_dir, token_list)
+    drop_short_utterances(receptive_field([(kernel, stride) for _channels, kernel, stride in conv]),
+                          {"train": train_set, "valid": valid_set}, data_dir, cfg.data.sample_rate)
+    changed = check_resume(cfg, token_list, train_set, valid_set, data_dir, state, path)
+    if changed:
+        logger.info("settings changed since the checkpoint, which may change on resume: %s",
+                    resume.describe_resumable(changed))
+    if dist.is_main:
+        write_setup_files(cfg, token_list, exp_dir, device)
+        # history.tsv is how later stages tell a finished fold (mtlser.expdir.read_training): a run killed
+        # between the last checkpoint and its history row leaves it one row short until rewritten here.
+        write_history(exp_dir, json.loads(state["history"]))
+    logger.info("%s: training already finished (%d epochs); nothing to do", exp_dir, epoch)
+    return best or {}
