@@ -331,8 +331,8 @@ class PackedLinear(nn.Module):
     """``F.linear`` (then GELU, with ``activation="gelu"``) for CPU inference in ``dtype``, the weight stored once
     in that dtype and, for bf16 where oneDNN can, prepacked in its blocked (AMX/AVX-512) layout with the GELU as
     the product's post-op: a plain bf16 ``F.linear`` reorders the weight on every call (prepacked, the
-    transformer's products ran 1.3-1.6x faster on one thread). The input is cast to ``dtype`` (as autocast would); the output is in
-    ``dtype``."""
+    transformer's products ran 1.3-1.6x faster on one thread). The input is cast to ``dtype`` (as autocast
+    would); the output is in ``dtype``."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, activation: str = "none"):
         super().__init__()
