@@ -776,7 +776,8 @@ def test_local_jobs_share_gpus_round_robin_and_split_the_cores(tmp_path):
 def test_cnn_as_matmuls_computes_the_feature_extractor(mode, conv_bias):
     """The CNN as matrix products over strided windows (CPU bf16 inference): in float32 what torchaudio's
     FeatureExtractor computes on an unpadded batch, for both extractor modes (the first layer's GroupNorm folded
-    into its matrix); with bf16 matrices, bf16 features within bf16's rounding."""
+    into its matrix); with bf16 matrices, bf16 features within bf16's rounding, the same under autocast (the
+    first layer, on the waveform, in float32 either way)."""
     from torchaudio.models.wav2vec2.components import _get_feature_extractor
 
     from mtlser.model.fast_ops import CnnMatrices, cnn_as_matmuls
@@ -792,7 +793,11 @@ def test_cnn_as_matmuls_computes_the_feature_extractor(mode, conv_bias):
     with torch.inference_mode():
         ref, _ = extractor(wavs, None)
         got = cnn_as_matmuls(CnnMatrices(extractor, torch.float32), wavs)
-        half = cnn_as_matmuls(CnnMatrices(extractor, torch.bfloat16), wavs)
+        matrices = CnnMatrices(extractor, torch.bfloat16)
+        half = cnn_as_matmuls(matrices, wavs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as the predictor runs it: the first layer stays fp32
+            under_autocast = cnn_as_matmuls(matrices, wavs)
+    assert torch.equal(under_autocast, half)
     assert got.shape == ref.shape == (2, 27, 32) and got.dtype == torch.float32
     assert rel(got, ref) < 1e-5
     assert half.dtype == torch.bfloat16 and 1e-5 < rel(half.float(), ref) < 3e-2

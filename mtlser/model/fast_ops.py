@@ -31,6 +31,8 @@ Each is checked against the reference modules in tests/test_speed.py.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -461,11 +463,14 @@ def cnn_as_matmuls(matrices: CnnMatrices, waveforms: Tensor) -> Tensor:
         windows = x.as_strided((B, T_out, K * C), (x.stride(0), stride * C, 1))
         next_dtype = layers[i + 1][0].dtype if i + 1 < len(layers) else matrices.dtype
         if i == 0 and isinstance(norm, nn.GroupNorm):
-            x = _first_layer_group_norm(windows, linear, norm, next_dtype)
+            with torch.autocast(device_type=x.device.type, enabled=False):  # float32, as the matrix is
+                x = _first_layer_group_norm(windows, linear, norm, next_dtype)
             continue
         if isinstance(norm, nn.GroupNorm):
             raise AssertionError("cnn_as_matmuls covers a GroupNorm in the first layer only (wav2vec2's group_norm)")
-        x = linear(windows)  # (B, T_out, C_out), the GELU applied when there is no norm
+        first = torch.autocast(device_type=x.device.type, enabled=False) if i == 0 else contextlib.nullcontext()
+        with first:  # the first layer in float32, as its matrix is
+            x = linear(windows)  # (B, T_out, C_out), the GELU applied when there is no norm
         if norm is not None:
             x = F.gelu(F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps).to(next_dtype))
     return x
