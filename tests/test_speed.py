@@ -772,7 +772,7 @@ def test_local_jobs_share_gpus_round_robin_and_split_the_cores(tmp_path):
         assert "GPU 5 THREADS" in (tmp_path / f"log.{j}").read_text()
 
 
-@pytest.mark.parametrize("mode,conv_bias", [("group_norm", False), ("layer_norm", True)])
+@pytest.mark.parametrize("mode,conv_bias", [("group_norm", False), ("group_norm", True), ("layer_norm", True)])
 def test_cnn_as_matmuls_computes_the_feature_extractor(mode, conv_bias):
     """The CNN as matrix products over strided windows (CPU bf16 inference): in float32 what torchaudio's
     FeatureExtractor computes on an unpadded batch, for both extractor modes (the first layer's GroupNorm folded

@@ -232,7 +232,8 @@ class Backbone(nn.Module):
         weights stored in bf16 and prepacked for oneDNN (:class:`mtlser.model.fast_ops.PackedLinear`), the CNN
         as matrix products in bf16 (:func:`mtlser.model.fast_ops.cnn_as_matmuls`), and so the positional
         convolution, per group (:class:`~mtlser.model.fast_ops.PosConvAsMatmuls`; the FFT form pays off on a GPU in
-        training, not at inference on a CPU). Layer norms, the fusion and the heads stay float32. The model's own weights are untouched: call it on a copy."""
+        training, not at inference on a CPU). Layer norms, the fusion and the heads stay float32. It replaces this
+        backbone's modules: call it on a copy."""
         from mtlser.model.fast_ops import CnnMatrices, PackedFeedForward, PackedLinear, PosConvAsMatmuls
 
         assert not self.training, "bf16_inference is for inference (eval mode, no gradients)"

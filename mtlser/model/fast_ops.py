@@ -495,17 +495,13 @@ def _first_layer_group_norm(windows: Tensor, linear: PackedLinear, norm: nn.Grou
     win64 = windows.double()
     m = win64.mean(1)  # (B, K)
     cov = win64.transpose(1, 2) @ win64 / T_out - m[:, :, None] * m[:, None, :]  # (B, K, K)
-    mean = m @ w64  # (B, C)
+    # A conv bias adds to every frame and to the mean alike: the norm removes it, so it is not used.
+    mean = m @ w64  # (B, C), of the products without bias
     var = torch.einsum("kc,bkl,lc->bc", w64, cov, w64).clamp_min(0.0)
-    bias = linear.bias.double() if linear.bias is not None else None
-    if bias is not None:
-        mean = mean + bias
     scale = torch.rsqrt(var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight.double()
     shift = (norm.bias.double() if norm.bias is not None else 0.0) - mean * scale
-    if bias is not None:
-        shift = shift + bias * scale
     mats = (w64[None] * scale[:, None, :]).float()  # (B, K, C)
     shift = shift.float()[:, None, :]  # (B, 1, C)
     out = windows.new_empty((B, T_out, w64.shape[1]), dtype=dtype)
